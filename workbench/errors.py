@@ -1,0 +1,27 @@
+"""One exception family for everything a user can get wrong; each message names the fix."""
+
+from __future__ import annotations
+
+
+class WorkbenchError(ValueError):
+    """Bad input or an unsupported request. The model and earlier results are untouched."""
+
+
+class TokenizationError(WorkbenchError):
+    """A prompt or metric token does not tokenize the way the operation needs."""
+
+
+class SiteError(WorkbenchError):
+    """A site, layer, head or position that the model does not have."""
+
+
+class UnsupportedModelError(WorkbenchError):
+    """A model family with no entry in the architecture table."""
+
+
+class ModelLoadError(WorkbenchError):
+    """A model could not be found or loaded (missing package, offline hub, bad path)."""
+
+
+class CancelledError(WorkbenchError):
+    """A long computation was cancelled by the user; nothing was changed."""
