@@ -1,0 +1,746 @@
+"""Every engine op against the independent hook-based reference (tests/reference.py), on tiny models.
+
+Numbers: max abs diff <= 1e-4 in float32. Families: all of workbench.testing.FAMILIES (the brief's
+minimum is gpt2, llama, gpt_neox, gemma2, phi).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import workbench as wb
+from tests import reference as R
+from tests.conftest import (
+    ATOL,
+    CLEAN,
+    CORRUPT,
+    CORRUPT_SHORT,
+    FOIL,
+    OTHER,
+    TARGET,
+    assert_close,
+    assert_same_topk,
+    run_code,
+    tiny,
+)
+from workbench.testing import FAMILIES, tiny_hf_model, tiny_tokenizer
+
+CORE = ("gpt2", "llama", "gpt_neox", "gemma2", "phi")
+RESID_SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out")
+
+
+def ref_metric(model):
+    return R.logit_diff(model.tokenizer, TARGET, FOIL)
+
+
+def metric():
+    return wb.logit_diff(TARGET, FOIL)
+
+
+def norm_atol(clean: float, corrupt: float) -> float:
+    """Tolerance for normalized effects: ATOL on the raw metric, scaled by the baseline gap."""
+    return ATOL / max(abs(clean - corrupt), 1e-6) + ATOL
+
+
+# =============================================================================================
+# The reference itself (no engine involved): checks against plain HF forwards.
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reference_is_self_consistent(family):
+    hf, tok = tiny_hf_model(family), tiny_tokenizer()
+    m = R.logit_diff(tok, TARGET, FOIL)
+    ids = R.tokens(tok, CLEAN)
+    L = R.n_layers(hf)
+    # lens last row is HF's own next-token distribution
+    lens = R.reference_logit_lens(hf, tok, CLEAN)
+    assert_close(lens["probs"][-1], torch.softmax(R.run_logits(hf, ids)[0], -1), 1e-6, "lens last row")
+    # residual decomposition: resid_post = resid_pre + attn_out + mlp_out; resid_pre[l+1] = resid_post[l]
+    pre, post = R.capture(hf, ids, "resid_pre"), R.capture(hf, ids, "resid_post")
+    attn, mlp = R.capture(hf, ids, "attn_out"), R.capture(hf, ids, "mlp_out")
+    for layer in range(L):
+        assert_close(pre[layer] + attn[layer] + mlp[layer], post[layer], 1e-5, f"decomposition L{layer}")
+        if layer + 1 < L:
+            assert_close(pre[layer + 1], post[layer], 0, f"resid_pre[{layer + 1}] == resid_post[{layer}]")
+    # patching the clean activation into the clean run changes nothing, at every site
+    base = R.reference_patch(hf, tok, CLEAN, CORRUPT, m, "resid_pre", 0)
+    for site in R.SITES:
+        for pos, head in ((None, None), (3, None), (3, 1), (None, 1)):
+            if head is not None and site != "head":
+                continue
+            v = R.reference_patch(hf, tok, CLEAN, CLEAN, m, site, 1, position=pos, head=head)["value"]
+            assert abs(v - base["clean"]) < 1e-6
+    # patching a whole residual layer restores the clean metric
+    for layer in range(L):
+        for site in ("resid_pre", "resid_post"):
+            assert (
+                abs(R.reference_patch(hf, tok, CLEAN, CORRUPT, m, site, layer)["value"] - base["clean"])
+                < 1e-5
+            )
+    # all heads at once == the attention output
+    for layer in range(L):
+        a = R.reference_patch(hf, tok, CLEAN, CORRUPT, m, "head", layer, position=4)["value"]
+        b = R.reference_patch(hf, tok, CLEAN, CORRUPT, m, "attn_out", layer, position=4)["value"]
+        assert abs(a - b) < 1e-5
+    # attribution matches a finite difference along (clean - corrupt)
+    attr = R.reference_attribution_patch(hf, tok, CLEAN, CORRUPT, m, "resid_pre")
+    x_ids = R.tokens(tok, CORRUPT)
+    cl, co = R.capture(hf, ids, "resid_pre", [1])[1], R.capture(hf, x_ids, "resid_pre", [1])[1]
+    eps = 1e-3
+    with R.hooks(hf, [("resid_pre", 1, R._setter(hf, "resid_pre", 2, None, co[2] + eps * (cl[2] - co[2])))]):
+        fd = (float(m(R.run_logits(hf, x_ids)[:, -1])[0]) - base["corrupt"]) / eps
+    assert abs(fd - float(attr[1, 2])) < 2e-3 * max(1.0, abs(fd))
+    # attention weights = HF's output_attentions
+    att = R.reference_attention(hf, tok, CLEAN)
+    with torch.no_grad():
+        oa = hf(input_ids=ids, output_attentions=True).attentions
+    assert_close(att, torch.stack([a[0] for a in oa]), 1e-6, "attention")
+    # steering with a zero vector is plain greedy generation
+    assert (
+        R.reference_steer(hf, tok, CLEAN, None, 1, max_new_tokens=4)["ids"]
+        == R.reference_steer(hf, tok, CLEAN, torch.zeros(hf.config.hidden_size), 1, max_new_tokens=4)["ids"]
+    )
+
+
+# =============================================================================================
+# Model facts
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_model_facts(family):
+    model = tiny(family)
+    hf = model.hf
+    assert model.n_layers == R.n_layers(hf)
+    assert model.n_heads == R.n_heads(hf)
+    assert model.d_head == R.d_head(hf)
+    assert model.d_model == hf.config.hidden_size
+    assert model.vocab_size == hf.get_output_embeddings().weight.shape[0]
+    ids = R.tokens(model.tokenizer, CLEAN)
+    assert torch.equal(model.to_tokens(CLEAN), ids)
+    assert model.to_str_tokens(CLEAN) == [model.tokenizer.decode([i]) for i in ids[0].tolist()]
+    assert hasattr(model.lock, "acquire")
+
+
+# =============================================================================================
+# Patching
+
+
+@pytest.mark.parametrize("site", RESID_SITES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_patch_sweep_sites(family, site):
+    model = tiny(family)
+    ref = R.reference_patch_sweep(model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric(model), site)
+    sweep = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site=site)
+    T = model.to_tokens(CORRUPT).shape[1]
+    assert sweep.values.shape == (model.n_layers, T)
+    assert sweep.values.dtype == np.float32
+    assert tuple(sweep.axes) == ("layer", "position")
+    assert list(sweep.tokens) == model.to_str_tokens(CORRUPT)
+    assert abs(sweep.clean - ref["clean"]) <= ATOL and abs(sweep.corrupt - ref["corrupt"]) <= ATOL
+    assert_close(sweep.values, ref["values"], what=f"{family} {site} sweep values")
+    assert_close(
+        sweep.normalized,
+        ref["normalized"],
+        norm_atol(ref["clean"], ref["corrupt"]),
+        f"{family} {site} normalized",
+    )
+
+
+@pytest.mark.parametrize("by_position", [False, True])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_patch_sweep_heads(family, by_position):
+    model = tiny(family)
+    ref = R.reference_patch_sweep(
+        model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric(model), "head", by_position=by_position
+    )
+    sweep = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="head", by_position=by_position)
+    T = model.to_tokens(CORRUPT).shape[1]
+    if by_position:
+        assert sweep.values.shape == (model.n_layers, T, model.n_heads)
+        assert tuple(sweep.axes) == ("layer", "position", "head")
+    else:
+        assert sweep.values.shape == (model.n_layers, model.n_heads)
+        assert tuple(sweep.axes) == ("layer", "head")
+    assert_close(sweep.values, ref["values"], what=f"{family} head sweep by_position={by_position}")
+    assert abs(sweep.clean - ref["clean"]) <= ATOL and abs(sweep.corrupt - ref["corrupt"]) <= ATOL
+
+
+PATCH_CELLS = [
+    ("resid_pre", 0, 1, None),
+    ("resid_pre", 2, None, None),
+    ("resid_post", 1, 8, None),
+    ("attn_out", 1, 2, None),
+    ("attn_out", 2, None, None),
+    ("mlp_out", 0, 1, None),
+    ("mlp_out", 2, 8, None),
+    ("head", 1, 8, 1),
+    ("head", 2, None, 3),
+    ("head", 0, 2, None),
+]
+
+
+@pytest.mark.parametrize("site,layer,position,head", PATCH_CELLS)
+@pytest.mark.parametrize("family", CORE)
+def test_patch_single(family, site, layer, position, head):
+    model = tiny(family)
+    ref = R.reference_patch(
+        model.hf,
+        model.tokenizer,
+        CLEAN,
+        CORRUPT,
+        ref_metric(model),
+        site,
+        layer,
+        position=position,
+        head=head,
+    )
+    v = wb.patch(model, CLEAN, CORRUPT, metric=metric(), site=site, layer=layer, position=position, head=head)
+    assert isinstance(v, float)
+    what = f"{family} patch {site} L{layer} p{position} h{head}"
+    assert_close(float(v), ref["value"], what=what)
+    assert_close(v.clean, ref["clean"], what=what + " clean")
+    assert_close(v.corrupt, ref["corrupt"], what=what + " corrupt")
+    k = len(v.top_ids)
+    assert_same_topk(v.top_ids, v.top_probs, ref["top_ids"][:k], ref["top_probs"][:k], what=what)
+    assert list(v.top_tokens) == [model.tokenizer.decode([int(i)]) for i in v.top_ids]
+
+
+DRAG_CELLS = [
+    ("resid_pre", 2, 5, 1, 3),  # (site, layer, position, source_layer, source_position)
+    ("resid_pre", 1, 8, None, 1),
+    ("resid_post", 0, 8, 2, None),
+    ("attn_out", 2, 8, 1, 4),
+    ("mlp_out", 1, 6, None, 2),
+]
+
+
+@pytest.mark.parametrize("site,layer,position,source_layer,source_position", DRAG_CELLS)
+@pytest.mark.parametrize("family", CORE)
+def test_patch_drag_from_other_cell(family, site, layer, position, source_layer, source_position):
+    model = tiny(family)
+    ref = R.reference_patch(
+        model.hf,
+        model.tokenizer,
+        CLEAN,
+        CORRUPT,
+        ref_metric(model),
+        site,
+        layer,
+        position=position,
+        source_layer=source_layer,
+        source_position=source_position,
+    )
+    v = wb.patch(
+        model,
+        CLEAN,
+        CORRUPT,
+        metric=metric(),
+        site=site,
+        layer=layer,
+        position=position,
+        source_layer=source_layer,
+        source_position=source_position,
+    )
+    assert_close(
+        float(v),
+        ref["value"],
+        what=f"{family} drag {site} L{source_layer}p{source_position}->L{layer}p{position}",
+    )
+
+
+@pytest.mark.parametrize("family", ("llama", "gpt2"))
+def test_patch_other_metrics(family):
+    model = tiny(family)
+    tok = model.tokenizer
+    for ours, theirs in (
+        (wb.prob(TARGET), R.prob(tok, TARGET)),
+        (wb.logprob(TARGET), R.logprob(tok, TARGET)),
+        (lambda logits: logits[:, 5] * 2.0 - logits[:, 7], lambda logits: logits[:, 5] * 2.0 - logits[:, 7]),
+    ):
+        ref = R.reference_patch(model.hf, tok, CLEAN, CORRUPT, theirs, "mlp_out", 1, position=8)
+        v = wb.patch(model, CLEAN, CORRUPT, metric=ours, site="mlp_out", layer=1, position=8)
+        assert_close(float(v), ref["value"], what=f"{family} metric {ours!r}")
+        ref = R.reference_patch_sweep(model.hf, tok, CLEAN, CORRUPT, theirs, "resid_pre")
+        sweep = wb.patch_sweep(model, CLEAN, CORRUPT, metric=ours, site="resid_pre")
+        assert_close(sweep.values, ref["values"], what=f"{family} sweep metric {ours!r}")
+
+
+# =============================================================================================
+# Ablation
+
+ABLATE_CELLS = [
+    ("mlp_out", 1, None, None),
+    ("mlp_out", 0, 3, None),
+    ("attn_out", 2, 8, None),
+    ("resid_pre", 1, 4, None),
+    ("resid_post", 2, None, None),
+    ("head", 1, None, 2),
+    ("head", 2, 8, 0),
+]
+
+
+@pytest.mark.parametrize("method", ["zero", "mean", "resample"])
+@pytest.mark.parametrize("family", CORE)
+def test_ablate(family, method):
+    model = tiny(family)
+    reference = OTHER if method == "resample" else None
+    for site, layer, position, head in ABLATE_CELLS:
+        ref = R.reference_ablate(
+            model.hf,
+            model.tokenizer,
+            CLEAN,
+            ref_metric(model),
+            site,
+            layer,
+            position=position,
+            head=head,
+            method=method,
+            reference=reference,
+        )
+        v = wb.ablate(
+            model,
+            CLEAN,
+            metric=metric(),
+            site=site,
+            layer=layer,
+            position=position,
+            head=head,
+            method=method,
+            reference=reference,
+        )
+        what = f"{family} ablate {method} {site} L{layer} p{position} h{head}"
+        assert_close(float(v), ref["value"], what=what)
+        assert_close(v.clean, ref["clean"], what=what + " clean (unablated)")
+        k = len(v.top_ids)
+        assert_same_topk(v.top_ids, v.top_probs, ref["top_ids"][:k], ref["top_probs"][:k], what=what)
+
+
+@pytest.mark.parametrize(
+    "site,method,by_position",
+    [
+        ("mlp_out", "zero", False),
+        ("attn_out", "mean", False),
+        ("resid_pre", "resample", False),
+        ("head", "zero", False),
+        ("head", "mean", True),
+        ("head", "resample", False),
+    ],
+)
+@pytest.mark.parametrize("family", CORE)
+def test_ablate_sweep(family, site, method, by_position):
+    model = tiny(family)
+    reference = OTHER if method == "resample" else None
+    ref = R.reference_ablate_sweep(
+        model.hf, model.tokenizer, CLEAN, ref_metric(model), site, method, reference, by_position=by_position
+    )
+    sweep = wb.ablate_sweep(
+        model, CLEAN, metric=metric(), site=site, method=method, reference=reference, by_position=by_position
+    )
+    assert_close(
+        sweep.values, ref["values"], what=f"{family} ablate_sweep {site} {method} by_position={by_position}"
+    )
+    assert_close(sweep.clean, ref["clean"], what="ablate_sweep clean")
+
+
+# =============================================================================================
+# Attribution patching
+
+
+@pytest.mark.parametrize("site", [*RESID_SITES, "head"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_attribution_patch(family, site):
+    model = tiny(family)
+    ref = R.reference_attribution_patch(model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric(model), site)
+    approx = wb.attribution_patch(model, CLEAN, CORRUPT, metric=metric(), site=site)
+    assert_close(approx.values, ref, what=f"{family} attribution {site}")
+    exact = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site=site)
+    assert approx.values.shape == exact.values.shape
+    assert tuple(approx.axes) == tuple(exact.axes)
+
+
+@pytest.mark.parametrize("family", CORE)
+def test_attribution_patch_heads_by_position(family):
+    model = tiny(family)
+    try:
+        approx = wb.attribution_patch(model, CLEAN, CORRUPT, metric=metric(), site="head", by_position=True)
+    except TypeError:
+        pytest.skip("attribution_patch has no by_position option")
+    ref = R.reference_attribution_patch(
+        model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric(model), "head", by_position=True
+    )
+    assert_close(approx.values, ref, what=f"{family} attribution head by_position")
+
+
+# =============================================================================================
+# Logit lens
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logit_lens(family):
+    model = tiny(family)
+    tok = model.tokenizer
+    ref = R.reference_logit_lens(model.hf, tok, CLEAN, top_k=5)
+    lens = wb.logit_lens(model, CLEAN, top_k=5)
+    L, T = model.n_layers, model.to_tokens(CLEAN).shape[1]
+    assert lens.tokens == model.to_str_tokens(CLEAN)
+    assert lens.top_ids.shape == (L, T, 5) and lens.top_ids.dtype == np.int32
+    assert lens.top_probs.dtype == np.float32 and lens.entropy.dtype == np.float32
+    assert_same_topk(lens.top_ids, lens.top_probs, ref["top_ids"], ref["top_probs"], what=f"{family} lens")
+    assert_close(lens.entropy, ref["entropy"], what=f"{family} lens entropy")
+    assert_close(lens.kl, ref["kl"], what=f"{family} lens kl")
+    assert np.all(lens.kl[-1] == pytest.approx(0, abs=1e-5))
+    assert lens.top_tokens[0][0] == [tok.decode([int(i)]) for i in lens.top_ids[0][0]]
+    for token in (TARGET, FOIL, " the"):
+        tid = R.single_token(tok, token)
+        assert_close(lens.prob(token), R.lens_prob(ref, tid), what=f"{family} lens prob({token!r})")
+        rank = np.asarray(lens.rank(token))
+        assert rank.dtype == np.int32
+        ref_rank = R.lens_rank(ref, tid)
+        # ranks agree exactly unless probabilities tie within float32 noise
+        probs = R.lens_prob(ref, tid)
+        mism = rank != ref_rank
+        assert not mism.any() or np.all(probs[mism] < 1e-6), (
+            f"{family} lens rank({token!r}) differs at {np.argwhere(mism)[:5].tolist()}: "
+            f"{rank[mism][:5]} vs {ref_rank[mism][:5]}"
+        )
+    # the last row is the model's own next-token distribution
+    own = torch.softmax(R.run_logits(model.hf, model.to_tokens(CLEAN))[0], -1).numpy()
+    top = np.sort(own, -1)[:, ::-1][:, :5]
+    assert_close(lens.top_probs[-1], top, what=f"{family} lens last row vs model softmax")
+    assert_close(lens.prob(TARGET)[-1], own[:, R.single_token(tok, TARGET)], what="last-row prob")
+
+
+@pytest.mark.parametrize("family", ("llama", "gemma2", "gpt2"))
+def test_logit_lens_with_intervention(family):
+    model = tiny(family)
+    hf, tok = model.hf, model.tokenizer
+    # patch: clean resid_pre[1] at position 2 into the corrupt prompt, then lens the corrupt run
+    src = R.capture(hf, R.tokens(tok, CLEAN), "resid_pre", [1])[1]
+    ref = R.reference_logit_lens(
+        hf, tok, CORRUPT, intervention_hooks=[("resid_pre", 1, R._setter(hf, "resid_pre", 2, None, src[2]))]
+    )
+    lens = wb.logit_lens(
+        model, CORRUPT, intervention=wb.Intervention("resid_pre", 1, position=2, kind="patch", source=CLEAN)
+    )
+    assert_same_topk(lens.top_ids, lens.top_probs, ref["top_ids"], ref["top_probs"], what="lens+patch")
+    assert_close(lens.entropy, ref["entropy"], what="lens+patch entropy")
+    # zero-ablate mlp_out[0] everywhere
+    ref = R.reference_logit_lens(
+        hf, tok, CLEAN, intervention_hooks=[("mlp_out", 0, lambda x: torch.zeros_like(x))]
+    )
+    lens = wb.logit_lens(model, CLEAN, intervention=wb.Intervention("mlp_out", 0, kind="zero"))
+    assert_same_topk(lens.top_ids, lens.top_probs, ref["top_ids"], ref["top_probs"], what="lens+zero")
+    assert_close(lens.kl, ref["kl"], what="lens+zero kl")
+
+
+# =============================================================================================
+# Attention
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_attention(family):
+    model = tiny(family)
+    ref = R.reference_attention(model.hf, model.tokenizer, CLEAN)
+    attn = wb.attention(model, CLEAN)
+    T = model.to_tokens(CLEAN).shape[1]
+    assert attn.patterns.shape == (model.n_layers, model.n_heads, T, T)
+    assert attn.patterns.dtype == np.float32
+    assert attn.tokens == model.to_str_tokens(CLEAN)
+    assert_close(attn.patterns, ref, what=f"{family} attention")
+    sub = wb.attention(model, CLEAN, layers=[2, 0])
+    assert_close(sub.patterns, ref[[2, 0]], what=f"{family} attention layers=[2, 0]")
+    # the model still gives the same logits afterwards (attention implementation restored)
+    lens = wb.logit_lens(model, CLEAN)
+    own = torch.softmax(R.run_logits(model.hf, model.to_tokens(CLEAN))[0], -1)
+    assert_close(
+        lens.top_probs[-1], torch.sort(own, -1, descending=True).values[:, :5], what="after attention"
+    )
+
+
+# =============================================================================================
+# Steering
+
+
+@pytest.mark.parametrize("family", CORE)
+def test_steer_vector(family):
+    model = tiny(family)
+    g = torch.Generator().manual_seed(1)
+    vec = torch.randn(model.d_model, generator=g)
+    for layer, scale in ((1, 4.0), (0, -2.0)):
+        ref = R.reference_steer(model.hf, model.tokenizer, CLEAN, vec, layer, scale, max_new_tokens=6)
+        base = R.reference_steer(model.hf, model.tokenizer, CLEAN, None, layer, max_new_tokens=6)
+        out = wb.steer(model, CLEAN, vector=vec, layer=layer, scale=scale, max_new_tokens=6)
+        assert isinstance(out, str)
+        assert _generated(out, CLEAN) == ref["text"], (
+            f"{family} steered L{layer} x{scale}: {str(out)!r} vs {ref}"
+        )
+        assert _generated(out.baseline, CLEAN) == base["text"], (
+            f"{family} baseline: {out.baseline!r} vs {base}"
+        )
+
+
+@pytest.mark.parametrize("family", ("llama", "gpt2"))
+def test_steer_contrast_pair(family):
+    """vector=(positive, negative): the difference of resid_pre[layer] activations of two prompts."""
+    model = tiny(family)
+    out = wb.steer(
+        model, CLEAN, vector=(" Paris Paris Paris", " Rome Rome Rome"), layer=1, scale=6.0, max_new_tokens=6
+    )
+    vec = getattr(out, "vector", None)
+    assert vec is not None, "SteerResult should carry the vector it used"
+    candidates = {
+        how: R.steering_vector(model.hf, model.tokenizer, " Paris Paris Paris", " Rome Rome Rome", 1, how)
+        for how in ("last", "mean")
+    }
+    vec = torch.as_tensor(np.asarray(vec), dtype=torch.float32).reshape(-1)
+    matches = [h for h, c in candidates.items() if torch.allclose(vec, c, atol=ATOL)]
+    assert matches, "steering vector is neither the last-token nor the mean difference of resid_pre"
+    ref = R.reference_steer(model.hf, model.tokenizer, CLEAN, vec, 1, 6.0, max_new_tokens=6)
+    assert _generated(out, CLEAN) == ref["text"]
+
+
+def _generated(text: str, prompt: str) -> str:
+    """The continuation, whether the engine returns it alone or with the prompt in front."""
+    text = str(text)
+    return text[len(prompt) :] if text.startswith(prompt) else text
+
+
+# =============================================================================================
+# to_code(): standalone code that reproduces the numbers
+
+
+@pytest.mark.parametrize("family", ("llama", "gemma2"))
+def test_to_code_reproduces(family):
+    model = tiny(family)
+    v = wb.patch(model, CLEAN, CORRUPT, metric=metric(), site="head", layer=1, position=8, head=2)
+    assert_close(float(run_code(v.to_code())["result"]), float(v), what="patch to_code")
+
+    v = wb.patch(
+        model,
+        CLEAN,
+        CORRUPT,
+        metric=metric(),
+        site="resid_pre",
+        layer=2,
+        position=5,
+        source_layer=1,
+        source_position=3,
+    )
+    assert_close(float(run_code(v.to_code())["result"]), float(v), what="drag patch to_code")
+
+    sweep = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="mlp_out")
+    assert_close(_values(run_code(sweep.to_code())["result"]), sweep.values, what="patch_sweep to_code")
+
+    sweep = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="head", by_position=True)
+    assert_close(_values(run_code(sweep.to_code())["result"]), sweep.values, what="head sweep to_code")
+
+    for method, reference in (("zero", None), ("mean", None), ("resample", OTHER)):
+        v = wb.ablate(
+            model, CLEAN, metric=metric(), site="attn_out", layer=1, method=method, reference=reference
+        )
+        assert_close(float(run_code(v.to_code())["result"]), float(v), what=f"ablate {method} to_code")
+
+    approx = wb.attribution_patch(model, CLEAN, CORRUPT, metric=metric(), site="resid_pre")
+    assert_close(_values(run_code(approx.to_code())["result"]), approx.values, 1e-4, "attribution to_code")
+
+    lens = wb.logit_lens(model, CLEAN)
+    res = run_code(lens.to_code())["result"]
+    if hasattr(res, "top_probs"):
+        assert_close(res.top_probs, lens.top_probs, what="lens to_code")
+    else:  # the probabilities [L, T, V]
+        probs = np.asarray(res.detach() if isinstance(res, torch.Tensor) else res, dtype=np.float64)
+        top = np.sort(probs, -1)[..., ::-1][..., :5]
+        assert_close(top, lens.top_probs, what="lens to_code (probs)")
+
+    attn = wb.attention(model, CLEAN, layers=[1])
+    res = run_code(attn.to_code())["result"]
+    assert_close(_values(getattr(res, "patterns", res)), attn.patterns, what="attention to_code")
+
+    vec = torch.randn(model.d_model, generator=torch.Generator().manual_seed(3))
+    out = wb.steer(model, CLEAN, vector=vec, layer=1, scale=4.0, max_new_tokens=5)
+    assert _generated(str(run_code(out.to_code())["result"]), CLEAN) == _generated(out, CLEAN)
+
+
+def _values(res) -> np.ndarray:
+    if isinstance(res, torch.Tensor):
+        return res.detach().float().cpu().numpy()
+    if hasattr(res, "values") and not isinstance(res, dict):
+        return np.asarray(res.values, dtype=np.float64)
+    return np.asarray(res, dtype=np.float64)
+
+
+# =============================================================================================
+# Progress and cancellation
+
+
+def test_progress_and_cancel():
+    model = tiny("llama")
+    seen = []
+    wb.patch_sweep(
+        model, CLEAN, CORRUPT, metric=metric(), site="resid_pre", progress=lambda f, msg: seen.append(f)
+    )
+    assert seen and all(0 <= f <= 1 for f in seen) and seen[-1] == pytest.approx(1.0)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(wb.CancelledError):
+        wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="head", by_position=True, cancel=cancel)
+    _still_works(model)
+
+
+# =============================================================================================
+# Errors (issue 2): a WorkbenchError subclass with a message that names the fix; the model still works.
+
+
+def _still_works(model):
+    ref = R.reference_patch(
+        model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric(model), "attn_out", 1, position=8
+    )
+    v = wb.patch(model, CLEAN, CORRUPT, metric=metric(), site="attn_out", layer=1, position=8)
+    assert_close(float(v), ref["value"], what="patch after an error")
+    lens = wb.logit_lens(model, CLEAN)
+    ref = R.reference_logit_lens(model.hf, model.tokenizer, CLEAN)
+    assert_close(lens.top_probs, ref["top_probs"], what="lens after an error")
+
+
+def _raises(fn, *needles):
+    with pytest.raises(wb.WorkbenchError) as info:
+        fn()
+    msg = str(info.value)
+    assert type(info.value) is not wb.WorkbenchError or msg, "error without a message"
+    for needle in needles:
+        assert needle in msg, f"error message does not mention {needle!r}: {msg!r}"
+    return msg
+
+
+@pytest.mark.parametrize("family", CORE)
+def test_error_empty_prompt(family):
+    model = tiny(family)
+    for bad in ("", "   "):
+        _raises(lambda bad=bad: wb.logit_lens(model, bad))
+        _raises(lambda bad=bad: wb.patch_sweep(model, bad, CORRUPT, metric=metric()))
+        _raises(lambda bad=bad: wb.patch(model, CLEAN, bad, metric=metric(), layer=0, position=0))
+        _raises(lambda bad=bad: wb.attention(model, bad))
+    _still_works(model)
+
+
+@pytest.mark.parametrize("family", CORE)
+def test_error_different_lengths(family):
+    model = tiny(family)
+    clean_toks, corrupt_toks = model.to_str_tokens(CLEAN), model.to_str_tokens(CORRUPT_SHORT)
+    assert len(clean_toks) != len(corrupt_toks)
+    for fn in (
+        lambda: wb.patch_sweep(model, CLEAN, CORRUPT_SHORT, metric=metric()),
+        lambda: wb.patch(model, CLEAN, CORRUPT_SHORT, metric=metric(), layer=1, position=2),
+        lambda: wb.attribution_patch(model, CLEAN, CORRUPT_SHORT, metric=metric()),
+    ):
+        msg = _raises(fn, str(len(clean_toks)), str(len(corrupt_toks)))
+        # both tokenisations are shown, token by token
+        assert all(t.strip() in msg for t in clean_toks if t.strip()), msg
+        assert all(t.strip() in msg for t in corrupt_toks if t.strip()), msg
+    _still_works(model)
+
+
+@pytest.mark.parametrize("family", CORE)
+def test_error_out_of_range(family):
+    model = tiny(family)
+    L, H, T = model.n_layers, model.n_heads, model.to_tokens(CORRUPT).shape[1]
+    _raises(lambda: wb.patch(model, CLEAN, CORRUPT, metric=metric(), layer=L, position=0), str(L - 1))
+    _raises(lambda: wb.patch(model, CLEAN, CORRUPT, metric=metric(), layer=-L - 5, position=0), str(L - 1))
+    _raises(
+        lambda: wb.patch(model, CLEAN, CORRUPT, metric=metric(), site="head", layer=0, position=0, head=H),
+        str(H - 1),
+    )
+    _raises(lambda: wb.patch(model, CLEAN, CORRUPT, metric=metric(), layer=0, position=T), str(T - 1))
+    _raises(
+        lambda: wb.patch(model, CLEAN, CORRUPT, metric=metric(), layer=0, position=0, source_layer=L),
+        str(L - 1),
+    )
+    _raises(
+        lambda: wb.patch(model, CLEAN, CORRUPT, metric=metric(), layer=0, position=0, source_position=T + 3)
+    )
+    _raises(lambda: wb.ablate(model, CLEAN, metric=metric(), site="mlp_out", layer=L), str(L - 1))
+    _raises(lambda: wb.ablate(model, CLEAN, metric=metric(), site="head", layer=0, head=H + 1), str(H - 1))
+    _raises(
+        lambda: wb.steer(
+            model, CLEAN, vector=torch.zeros(model.d_model), layer=L, scale=1.0, max_new_tokens=2
+        )
+    )
+    _raises(lambda: wb.attention(model, CLEAN, layers=[0, L]), str(L - 1))
+    _still_works(model)
+
+
+@pytest.mark.parametrize("family", CORE)
+def test_error_metric_token_not_one_token(family):
+    model = tiny(family)
+    for bad in (" Parisian", " Paris Rome", "Paris"):
+        assert len(model.tokenizer(bad, add_special_tokens=False).input_ids) != 1
+        _raises(
+            lambda bad=bad: wb.patch_sweep(model, CLEAN, CORRUPT, metric=wb.logit_diff(bad, FOIL)), repr(bad)
+        )
+        _raises(
+            lambda bad=bad: wb.ablate(model, CLEAN, metric=wb.prob(bad), site="mlp_out", layer=0), repr(bad)
+        )
+        _raises(lambda bad=bad: wb.logit_lens(model, CLEAN).prob(bad), repr(bad))
+    _still_works(model)
+
+
+@pytest.mark.parametrize("family", CORE)
+def test_error_unknown_site(family):
+    model = tiny(family)
+    _raises(
+        lambda: wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="resid_mid"),
+        "resid_pre",
+        "mlp_out",
+    )
+    _raises(
+        lambda: wb.patch(model, CLEAN, CORRUPT, metric=metric(), site="MLP", layer=0, position=0), "mlp_out"
+    )
+    _raises(lambda: wb.ablate(model, CLEAN, metric=metric(), site="attn", layer=0), "attn_out")
+    _raises(
+        lambda: wb.ablate(model, CLEAN, metric=metric(), site="mlp_out", layer=0, method="banana"), "zero"
+    )
+    _still_works(model)
+
+
+def test_error_unsupported_family():
+    import transformers
+
+    cfg = transformers.OPTConfig(
+        vocab_size=len(tiny_tokenizer()),
+        hidden_size=16,
+        num_hidden_layers=1,
+        ffn_dim=32,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        word_embed_proj_dim=16,
+    )
+    hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    Model = getattr(wb, "Model", None)
+    if Model is None:
+        from workbench.model import Model
+    msg = _raises(lambda: Model.from_hf(hf, tiny_tokenizer()), "opt")
+    for fam in ("gpt2", "llama", "gpt_neox", "gemma2", "phi"):
+        assert fam in msg, f"unsupported-family message does not list {fam!r}: {msg!r}"
+    _still_works(tiny("llama"))
+
+
+@pytest.mark.parametrize("family", CORE)
+def test_error_prompt_longer_than_context(family):
+    model = tiny(family)
+    n_ctx = model.hf.config.max_position_embeddings
+    long = " ".join(["the cat sat on the mat"] * 60)
+    assert model.tokenizer(long, return_tensors="pt").input_ids.shape[1] > n_ctx
+    _raises(lambda: wb.logit_lens(model, long), str(n_ctx))
+    _raises(lambda: wb.patch_sweep(model, long, long, metric=metric()), str(n_ctx))
+    _raises(lambda: wb.attention(model, long), str(n_ctx))
+    _raises(
+        lambda: wb.steer(
+            model, long, vector=torch.zeros(model.d_model), layer=0, scale=1.0, max_new_tokens=2
+        ),
+        str(n_ctx),
+    )
+    _still_works(model)
