@@ -1,0 +1,236 @@
+// AttentionView: layers x heads grid of thumbnails; a click opens the full pattern and a head view.
+import { at, maybeUnpack, type NDArray } from "./arrays";
+import { css, readTheme, sequential } from "./colors";
+import { button, clear, debounce, fmt, h } from "./dom";
+import { Heatmap } from "./heatmap";
+import type { AnyModel } from "./model";
+import { tokenStrip, visibleToken } from "./tokens";
+import { View } from "./view";
+
+/** Paint [L, H, S, S] thumbnails into one image (H*S wide, L*S tall), each scaled to its own max. */
+export function thumbnailImage(th: NDArray, fg: [number, number, number], bg: [number, number, number]): HTMLCanvasElement {
+  const [L, H, S] = th.shape;
+  const c = document.createElement("canvas");
+  c.width = H * S;
+  c.height = L * S;
+  const ctx = c.getContext("2d");
+  if (!ctx) return c;
+  const img = ctx.createImageData(H * S, L * S);
+  for (let l = 0; l < L; l++) {
+    for (let hd = 0; hd < H; hd++) {
+      const base = (l * H + hd) * S * S;
+      let mx = 1e-9;
+      for (let i = 0; i < S * S; i++) mx = Math.max(mx, th.data[base + i]);
+      for (let q = 0; q < S; q++) {
+        for (let k = 0; k < S; k++) {
+          const t = Math.sqrt(Math.max(0, th.data[base + q * S + k]) / mx);
+          const o = ((l * S + q) * H * S + hd * S + k) * 4;
+          img.data[o] = bg[0] + (fg[0] - bg[0]) * t;
+          img.data[o + 1] = bg[1] + (fg[1] - bg[1]) * t;
+          img.data[o + 2] = bg[2] + (fg[2] - bg[2]) * t;
+          img.data[o + 3] = 255;
+        }
+      }
+    }
+  }
+  ctx.putImageData(img, 0, 0);
+  return c;
+}
+
+export class AttentionView extends View {
+  grid: Heatmap;
+  pattern: Heatmap;
+  private promptInput: HTMLTextAreaElement;
+  private stripBox: HTMLElement;
+  private detail: HTMLElement;
+  private headView: HTMLElement;
+  private thumbs: HTMLCanvasElement | null = null;
+  private focusRow: number | null = null;
+
+  constructor(model: AnyModel, el: HTMLElement) {
+    super(model, el, "Attention");
+    this.promptInput = h("textarea", { class: "wb-prompt", "data-testid": "wb-prompt", rows: 2, spellcheck: "false" });
+    this.promptInput.value = String(model.get("prompt") ?? "");
+    this.promptInput.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.shiftKey) {
+        e.preventDefault();
+        this.setTrait("prompt", this.promptInput.value);
+      }
+    });
+    this.stripBox = h("div");
+    this.grid = new Heatmap({ rows: 0, cols: 0, values: new Float32Array(0), color: () => [0, 0, 0] });
+    this.grid.canvas.setAttribute("data-role", "heads");
+    this.grid.onApply = (l, hd) => {
+      this.setTrait("selected", [l, hd]);
+      this.send("head", { layer: l, head: hd });
+    };
+    this.pattern = new Heatmap({ rows: 0, cols: 0, values: new Float32Array(0), color: () => [0, 0, 0] });
+    this.pattern.canvas.setAttribute("data-role", "pattern");
+    this.pattern.applyOnClick = false;
+    const hl = debounce((r: number | null) => this.highlight(r), 16);
+    this.pattern.onHover = (cell) => hl(cell ? cell[0] : null);
+    this.pattern.onSelect = (r) => this.highlight(r);
+    this.headView = h("div", { class: "wb-headview", "data-testid": "wb-headview" });
+    this.detail = h("div", { class: "wb-attn-detail" });
+    this.body.append(h("div", { class: "wb-row" }, this.promptInput, button("Run", () => this.setTrait("prompt", this.promptInput.value), { "data-testid": "wb-run" })), this.stripBox, h("div", { class: "wb-panes" }, h("div", { class: "wb-pane" }, h("div", { class: "wb-subtitle" }, "Layers × heads (click a head)"), this.grid.el), this.detail));
+    this.listen("change:thumbs", () => this.renderGrid());
+    this.listen("change:tokens", () => this.renderGrid());
+    this.listen("change:pattern", () => this.renderDetail());
+    this.listen("change:prompt", () => {
+      this.promptInput.value = String(model.get("prompt") ?? "");
+    });
+    this.renderGrid();
+    this.renderDetail();
+  }
+
+  title(): string {
+    const p = this.model.get("pattern") as any;
+    return p && p.data ? `Attention L${p.layer} H${p.head}` : "Attention heads";
+  }
+  mainHeatmap(): Heatmap {
+    const p = this.model.get("pattern") as any;
+    return p && p.data ? this.pattern : this.grid;
+  }
+
+  private renderGrid(): void {
+    const toks = (this.model.get("tokens") ?? []) as string[];
+    clear(this.stripBox);
+    this.stripBox.append(tokenStrip(toks, { label: "tokens:" }));
+    const th = maybeUnpack(this.model.get("thumbs"));
+    const L = Number(this.model.get("n_layers") ?? 0);
+    const H = Number(this.model.get("n_heads") ?? 0);
+    const theme = readTheme(this.el.isConnected ? this.el : document.body);
+    this.thumbs = th ? thumbnailImage(th, theme.dark ? [120, 180, 255] : [20, 70, 160], theme.bg) : null;
+    const img = this.thumbs;
+    this.grid.setSpec({
+      rows: L,
+      cols: H,
+      values: new Float32Array(L * H),
+      color: (_v, t) => t.bg,
+      overlay: img
+        ? (ctx, _W, _H, cw, ch) => {
+            const S = th!.shape[2];
+            ctx.imageSmoothingEnabled = false;
+            for (let l = 0; l < L; l++) for (let hd = 0; hd < H; hd++) ctx.drawImage(img, hd * S, l * S, S, S, hd * cw + 2, l * ch + 2, cw - 4, ch - 4);
+          }
+        : undefined,
+      rowLabels: Array.from({ length: L }, (_, i) => `L${i}`),
+      colLabels: Array.from({ length: H }, (_, i) => `H${i}`),
+      tooltip: (l, hd) => [`layer ${l}, head ${hd}`, "click to open"],
+      cellW: 30,
+      cellH: 30,
+      maxWidth: 420,
+      name: "attention heads",
+    });
+    const sel = (this.model.get("selected") ?? []) as number[];
+    if (sel.length === 2 && sel[0] < L && sel[1] < H) this.grid.setSelected([sel[0], sel[1]]);
+  }
+
+  private renderDetail(): void {
+    clear(this.detail);
+    const p = this.model.get("pattern") as any;
+    const pat = p ? maybeUnpack(p.data) : null;
+    if (!pat) {
+      this.detail.append(h("div", { class: "wb-hint" }, "Click a head to see its full query × key pattern and head view."));
+      return;
+    }
+    const toks = (p.tokens ?? this.model.get("tokens") ?? []) as string[];
+    const T = pat.shape[0];
+    let mx = 1e-9;
+    for (let i = 0; i < pat.data.length; i++) mx = Math.max(mx, pat.data[i]);
+    this.pattern.shade = null;
+    this.pattern.setSpec({
+      rows: T,
+      cols: T,
+      values: pat.data,
+      color: (v, th) => sequential(th, 0, mx)(v),
+      rowLabels: toks.map(visibleToken),
+      colLabels: toks.map(visibleToken),
+      tooltip: (q, k) => [`query ${q} (${visibleToken(toks[q] ?? "")}) → key ${k} (${visibleToken(toks[k] ?? "")})`, `weight ${fmt(at(pat, q, k))}`],
+      cellW: 22,
+      cellH: T > 64 ? Math.max(2, Math.floor(512 / T)) : 18,
+      maxWidth: 520,
+      name: `pattern L${p.layer} H${p.head}`,
+    });
+    this.detail.append(h("div", { class: "wb-subtitle", "data-testid": "wb-pattern-title" }, `Layer ${p.layer}, head ${p.head}: query (rows) × key (columns)`), this.pattern.el, h("div", { class: "wb-subtitle" }, "Head view (hover a token)"), this.headView);
+    this.buildHeadView(toks, pat);
+  }
+
+  private headTokens: HTMLElement[][] = [[], []];
+  private lines: HTMLCanvasElement | null = null;
+  private pat: NDArray | null = null;
+
+  private buildHeadView(toks: string[], pat: NDArray): void {
+    clear(this.headView);
+    this.pat = pat;
+    const T = pat.shape[0];
+    const rowH = 16;
+    const left = h("div", { class: "wb-hv-col" });
+    const right = h("div", { class: "wb-hv-col" });
+    this.headTokens = [[], []];
+    for (let i = 0; i < T; i++) {
+      const a = h("div", { class: "wb-hv-tok", "data-testid": "wb-token", "data-pos": i, "data-side": "query" }, visibleToken(toks[i] ?? ""));
+      const b = h("div", { class: "wb-hv-tok", "data-pos": i, "data-side": "key" }, visibleToken(toks[i] ?? ""));
+      a.style.height = b.style.height = `${rowH}px`;
+      a.addEventListener("mouseenter", () => this.highlight(i));
+      left.append(a);
+      right.append(b);
+      this.headTokens[0].push(a);
+      this.headTokens[1].push(b);
+    }
+    left.addEventListener("mouseleave", () => this.highlight(null));
+    this.lines = h("canvas", { class: "wb-hv-lines" });
+    this.lines.width = 140;
+    this.lines.height = T * rowH;
+    this.lines.style.height = `${T * rowH}px`;
+    this.headView.append(left, this.lines, right);
+    this.drawLines();
+  }
+
+  /** Highlight a query row in the pattern and its lines in the head view. */
+  highlight(row: number | null): void {
+    if (this.focusRow === row) return;
+    const prev = this.focusRow;
+    this.focusRow = row;
+    if (prev !== null) this.headTokens[0][prev]?.classList.remove("wb-hl");
+    if (row !== null) this.headTokens[0][row]?.classList.add("wb-hl");
+    const T = this.pat?.shape[0] ?? 0;
+    this.pattern.shade = row === null ? null : { r0: row, r1: row, c0: 0, c1: T - 1 };
+    this.pattern.draw();
+    this.pattern.canvas.setAttribute("data-highlight", row === null ? "" : String(row));
+    this.drawLines();
+  }
+
+  private drawLines(): void {
+    const c = this.lines;
+    const pat = this.pat;
+    if (!c || !pat) return;
+    const ctx = c.getContext("2d");
+    if (!ctx) return;
+    const T = pat.shape[0];
+    const rowH = 16;
+    const theme = readTheme(this.el.isConnected ? this.el : document.body);
+    ctx.clearRect(0, 0, c.width, c.height);
+    const color = theme.dark ? [120, 180, 255] : [20, 70, 160];
+    const rows = this.focusRow === null ? Array.from({ length: T }, (_, i) => i) : [this.focusRow];
+    for (const q of rows) {
+      for (let k = 0; k <= q && k < T; k++) {
+        const w = pat.data[q * T + k];
+        if (w < (this.focusRow === null ? 0.05 : 0.005)) continue;
+        ctx.strokeStyle = `rgba(${color.join(",")},${Math.min(1, w).toFixed(3)})`;
+        ctx.lineWidth = 1 + 2 * w;
+        ctx.beginPath();
+        ctx.moveTo(0, q * rowH + rowH / 2);
+        ctx.lineTo(c.width, k * rowH + rowH / 2);
+        ctx.stroke();
+      }
+    }
+    for (let k = 0; k < T; k++) {
+      const b = this.headTokens[1][k];
+      if (!b) continue;
+      const w = this.focusRow === null ? 0 : pat.data[this.focusRow * T + k];
+      b.style.background = w > 0.005 ? `rgba(${color.join(",")},${Math.min(0.8, w).toFixed(3)})` : "";
+    }
+    void css;
+  }
+}

@@ -1,0 +1,221 @@
+// LensView: layers x tokens heatmap of the logit lens.
+import { at, finiteRange, maybeUnpack, type NDArray } from "./arrays";
+import { sequential } from "./colors";
+import { lineChart } from "./chart";
+import { button, clear, debounce, fmt, h, select } from "./dom";
+import { Heatmap } from "./heatmap";
+import type { AnyModel } from "./model";
+import { tokenStrip, visibleToken } from "./tokens";
+import { View } from "./view";
+
+export interface LensData {
+  tokens: string[];
+  topIds: NDArray;
+  topProbs: NDArray;
+  entropy: NDArray | null;
+  kl: NDArray | null;
+  idText: Record<string, string>;
+  pinned: Record<string, { prob: NDArray | null; rank: NDArray | null }>;
+  L: number;
+  T: number;
+  k: number;
+}
+
+export function decodeLens(raw: any): LensData | null {
+  if (!raw || !raw.top_ids) return null;
+  const topIds = maybeUnpack(raw.top_ids)!;
+  const topProbs = maybeUnpack(raw.top_probs)!;
+  const [L, T, k] = topIds.shape;
+  const pinned: LensData["pinned"] = {};
+  for (const [tok, v] of Object.entries((raw.pinned ?? {}) as Record<string, any>)) pinned[tok] = { prob: maybeUnpack(v.prob), rank: maybeUnpack(v.rank) };
+  return { tokens: raw.tokens ?? [], topIds, topProbs, entropy: maybeUnpack(raw.entropy), kl: maybeUnpack(raw.kl), idText: raw.id_text ?? {}, pinned, L, T, k };
+}
+
+export function tokText(d: LensData, id: number): string {
+  return d.idText[String(id)] ?? `#${id}`;
+}
+
+export function top1Label(d: LensData) {
+  return (r: number, c: number) => visibleToken(tokText(d, at(d.topIds, r, c, 0)));
+}
+
+export function lensTooltip(d: LensData, rowName = "layer") {
+  return (r: number, c: number): string[] => {
+    const lines = [`${rowName} ${r}, position ${c} (${visibleToken(d.tokens[c] ?? "")})`];
+    for (let j = 0; j < d.k; j++) lines.push(`${j + 1}. ${visibleToken(tokText(d, at(d.topIds, r, c, j)))}  ${fmt(at(d.topProbs, r, c, j))}`);
+    if (d.entropy) lines.push(`entropy ${fmt(at(d.entropy, r, c))}`);
+    return lines;
+  };
+}
+
+/** Values [L*T] shown as colour for a mode. */
+export function modeValues(d: LensData, mode: string, focus: string): { values: Float32Array; lo: number; hi: number; reverse: boolean } {
+  const n = d.L * d.T;
+  const out = new Float32Array(n);
+  if (mode === "entropy" && d.entropy) {
+    out.set(d.entropy.data);
+  } else if (mode === "kl" && d.kl) {
+    out.set(d.kl.data);
+  } else if (mode === "rank" && d.pinned[focus]?.rank) {
+    const rk = d.pinned[focus].rank!.data;
+    for (let i = 0; i < n; i++) out[i] = -Math.log10(1 + rk[i]);
+    return { values: out, lo: -5, hi: 0, reverse: false };
+  } else if (mode === "pinned" && d.pinned[focus]?.prob) {
+    out.set(d.pinned[focus].prob!.data);
+    return { values: out, lo: 0, hi: 1, reverse: false };
+  } else {
+    for (let i = 0; i < n; i++) out[i] = d.topProbs.data[i * d.k];
+    return { values: out, lo: 0, hi: 1, reverse: false };
+  }
+  const [lo, hi] = finiteRange(out);
+  return { values: out, lo, hi, reverse: false };
+}
+
+export class LensView extends View {
+  heatmap: Heatmap;
+  private data: LensData | null = null;
+  private promptInput: HTMLTextAreaElement;
+  private controls: HTMLElement;
+  private strip: HTMLElement;
+  private chartBox: HTMLElement;
+  private pins: HTMLElement;
+  private pinInput: HTMLInputElement;
+
+  constructor(model: AnyModel, el: HTMLElement) {
+    super(model, el, "Logit lens");
+    this.promptInput = h("textarea", { class: "wb-prompt", "data-testid": "wb-prompt", rows: 2, spellcheck: "false" });
+    this.promptInput.value = String(model.get("prompt") ?? "");
+    this.promptInput.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.shiftKey) {
+        e.preventDefault();
+        this.setTrait("prompt", this.promptInput.value);
+      }
+    });
+    const run = button("Run", () => this.setTrait("prompt", this.promptInput.value), { "data-testid": "wb-run" });
+    this.pinInput = h("input", { class: "wb-input", "data-testid": "wb-pin-input", placeholder: "token to pin, e.g. ␣Paris" });
+    this.pinInput.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") this.pin(this.pinInput.value);
+    });
+    this.pins = h("span", { class: "wb-pins" });
+    this.controls = h("div", { class: "wb-controls" });
+    this.strip = h("div");
+    this.chartBox = h("div");
+    this.heatmap = new Heatmap({ rows: 0, cols: 0, values: new Float32Array(0), color: () => [0, 0, 0], name: "lens" });
+    this.heatmap.canvas.setAttribute("data-role", "lens");
+    this.heatmap.applyOnClick = false;
+    const sendSel = debounce((r: number, c: number) => this.setTrait("selected", [r, c]), 120);
+    this.heatmap.onSelect = (r, c) => {
+      sendSel(r, c);
+      this.renderChart();
+      this.renderStrip();
+    };
+    this.heatmap.onApply = (r, c) => this.pin(tokText(this.data!, at(this.data!.topIds, r, c, 0)));
+    const sendHover = debounce((cell: [number, number] | null) => this.setTrait("hover", cell ?? []), 150);
+    this.heatmap.onHover = sendHover;
+    this.body.append(
+      h("div", { class: "wb-row" }, this.promptInput, run),
+      this.controls,
+      h("div", { class: "wb-row" }, this.pinInput, button("Pin", () => this.pin(this.pinInput.value), { "data-testid": "wb-pin" }), this.pins),
+      this.strip,
+      this.heatmap.el,
+      this.chartBox,
+    );
+    for (const t of ["data", "mode", "focus"]) this.listen(`change:${t}`, () => this.render());
+    this.listen("change:prompt", () => {
+      this.promptInput.value = String(model.get("prompt") ?? "");
+    });
+    this.render();
+  }
+
+  title(): string {
+    return `Logit lens: ${String(this.model.get("prompt") ?? "")}`.slice(0, 100);
+  }
+  mainHeatmap(): Heatmap {
+    return this.heatmap;
+  }
+
+  private pin(tok: string): void {
+    const t = tok.replace(/\u2423/g, " ");
+    if (!t) return;
+    const pinned = [...((this.model.get("pinned") ?? []) as string[])];
+    if (!pinned.includes(t)) pinned.push(t);
+    this.model.set("focus", t);
+    this.setTrait("pinned", pinned);
+    this.pinInput.value = "";
+  }
+
+  private unpin(tok: string): void {
+    const pinned = ((this.model.get("pinned") ?? []) as string[]).filter((x) => x !== tok);
+    this.setTrait("pinned", pinned);
+  }
+
+  render(): void {
+    this.data = decodeLens(this.model.get("data"));
+    const mode = String(this.model.get("mode") ?? "prob");
+    const pinned = (this.model.get("pinned") ?? []) as string[];
+    const focus = String(this.model.get("focus") || pinned[0] || "");
+    clear(this.controls);
+    this.controls.append(
+      h("label", {}, "colour: "),
+      select([["prob", "top-1 probability"], ["rank", "rank of pinned token"], ["pinned", "pinned token probability"], ["entropy", "entropy"], ["kl", "KL to final"]], mode, (v) => this.setTrait("mode", v), { "data-testid": "wb-mode" }),
+    );
+    if (pinned.length) {
+      this.controls.append(
+        h("label", {}, " token: "),
+        select(pinned.map((p) => [p, visibleToken(p)] as [string, string]), focus, (v) => this.setTrait("focus", v), { "data-testid": "wb-focus" }),
+      );
+    }
+    clear(this.pins);
+    for (const p of pinned) {
+      this.pins.append(h("span", { class: "wb-chip", "data-testid": "wb-pinned" }, visibleToken(p), button("×", () => this.unpin(p), { class: "wb-chip-x", title: "unpin" })));
+    }
+    const d = this.data;
+    if (!d) {
+      this.heatmap.setSpec({ rows: 0, cols: 0, values: new Float32Array(0), color: () => [0, 0, 0] });
+      this.renderStrip();
+      clear(this.chartBox);
+      return;
+    }
+    const mv = modeValues(d, mode, focus);
+    const sel = (this.model.get("selected") ?? []) as number[];
+    if (sel.length === 2 && !this.heatmap.selected && sel[0] < d.L && sel[1] < d.T) this.heatmap.selected = [sel[0], sel[1]];
+    this.heatmap.setSpec({
+      rows: d.L,
+      cols: d.T,
+      values: mv.values,
+      color: (v, th) => sequential(th, mv.lo, mv.hi)(v),
+      cellLabel: top1Label(d),
+      rowLabels: Array.from({ length: d.L }, (_, i) => `L${i}`),
+      colLabels: d.tokens.map(visibleToken),
+      tooltip: lensTooltip(d),
+      cellW: 56,
+      cellH: d.L > 40 ? undefined : 18,
+      maxWidth: Math.max(600, (this.el.clientWidth || 900) - 80),
+      name: "logit lens",
+    });
+    this.renderStrip();
+    this.renderChart();
+  }
+
+  private renderStrip(): void {
+    clear(this.strip);
+    if (!this.data) return;
+    const col = this.heatmap.selected?.[1] ?? null;
+    this.strip.append(tokenStrip(this.data.tokens, { label: "tokens:", selected: col, onClick: (p) => this.heatmap.select(this.heatmap.selected?.[0] ?? this.data!.L - 1, p, false) }));
+  }
+
+  private renderChart(): void {
+    clear(this.chartBox);
+    const d = this.data;
+    if (!d) return;
+    const pos = this.heatmap.selected?.[1] ?? d.T - 1;
+    const series = Object.entries(d.pinned)
+      .filter(([, v]) => v.prob)
+      .map(([name, v]) => ({ name, values: Array.from({ length: d.L }, (_, l) => at(v.prob!, l, pos)) }));
+    if (!series.length) {
+      this.chartBox.append(h("div", { class: "wb-hint" }, "Pin a token (press Enter on a cell, or type one) to follow its probability through the layers."));
+      return;
+    }
+    this.chartBox.append(h("div", { class: "wb-subtitle" }, `Pinned tokens at position ${pos} (${visibleToken(d.tokens[pos] ?? "")})`), lineChart(series, "layer", "probability"));
+  }
+}

@@ -1,0 +1,234 @@
+// PatchView: clean/corrupt token strips, site picker, sweep heatmap, click/drag to patch or ablate.
+import { at, finiteRange, maybeUnpack } from "./arrays";
+import { diverging, sequential } from "./colors";
+import { button, clear, fmt, h, select } from "./dom";
+import { Heatmap, type Region } from "./heatmap";
+import { decodeLens, lensTooltip, top1Label } from "./lens";
+import type { AnyModel } from "./model";
+import { tokenStrip, visibleToken } from "./tokens";
+import { View } from "./view";
+
+export const SITES: [string, string][] = [
+  ["resid_pre", "resid_pre"],
+  ["resid_post", "resid_post"],
+  ["attn_out", "attn_out"],
+  ["mlp_out", "mlp_out"],
+  ["head", "heads"],
+];
+
+/** Causal cone of a patch in a layers x positions lens: the patched layer and later, same and later positions. */
+export function causalCone(site: string, layer: number, position: number | null, L: number, T: number): Region {
+  // resid_pre[l] feeds block l, so resid_post[l] (lens row l) is already affected; the others act inside block l too
+  const r0 = Math.max(0, Math.min(L - 1, layer));
+  const c0 = position === null || position === undefined || position < 0 ? 0 : Math.min(T - 1, position);
+  void site;
+  return { r0, c0, r1: L - 1, c1: T - 1 };
+}
+
+function inputField(label: string, value: string, testid: string, onCommit: (v: string) => void, wide = false): HTMLElement {
+  const inp = h("input", { class: "wb-input" + (wide ? " wb-wide" : ""), "data-testid": testid, spellcheck: "false" });
+  inp.value = value;
+  inp.addEventListener("change", () => onCommit(inp.value));
+  return h("label", { class: "wb-field" }, h("span", {}, label), inp);
+}
+
+export class PatchView extends View {
+  heatmap: Heatmap;
+  source: Heatmap;
+  lens: Heatmap;
+  private controls: HTMLElement;
+  private strips: HTMLElement;
+  private resultBox: HTMLElement;
+  private sourceBox: HTMLElement;
+  private caption: HTMLElement;
+
+  constructor(model: AnyModel, el: HTMLElement) {
+    super(model, el, "Activation patching");
+    this.controls = h("div", { class: "wb-controls" });
+    this.strips = h("div", { class: "wb-strips" });
+    this.caption = h("div", { class: "wb-caption", "data-testid": "wb-caption" });
+    this.resultBox = h("div", { class: "wb-result", "data-testid": "wb-result" });
+    this.heatmap = new Heatmap({ rows: 0, cols: 0, values: new Float32Array(0), color: () => [0, 0, 0] });
+    this.heatmap.canvas.setAttribute("data-role", "sweep");
+    this.heatmap.onSelect = (r, c) => this.setTrait("selected", [r, c]);
+    this.heatmap.onApply = (r, c) => this.apply(r, c, null);
+    this.heatmap.onDrop = (_src, from, to) => this.apply(to[0], to[1], from);
+    this.source = new Heatmap({ rows: 0, cols: 0, values: new Float32Array(0), color: () => [0, 0, 0] });
+    this.source.canvas.setAttribute("data-role", "clean");
+    this.source.draggable = true;
+    this.source.applyOnClick = false;
+    this.sourceBox = h("div", { class: "wb-source" });
+    this.lens = new Heatmap({ rows: 0, cols: 0, values: new Float32Array(0), color: () => [0, 0, 0] });
+    this.lens.canvas.setAttribute("data-role", "patched-lens");
+    this.lens.applyOnClick = false;
+    this.body.append(this.controls, this.strips, this.caption, h("div", { class: "wb-panes" }, h("div", { class: "wb-pane" }, this.heatmap.el, this.sourceBox), this.resultBox));
+    for (const t of ["clean", "corrupt", "target", "foil", "site", "mode", "method", "tokens_clean", "tokens_corrupt"]) this.listen(`change:${t}`, () => this.renderAll());
+    this.listen("change:sweep", () => this.renderHeatmap());
+    this.listen("change:result", () => this.renderResult());
+    this.renderAll();
+  }
+
+  title(): string {
+    const mode = String(this.model.get("mode"));
+    return `${mode === "ablate" ? "Ablation" : "Patching"} effect, site ${String(this.model.get("site"))}`;
+  }
+  mainHeatmap(): Heatmap {
+    return this.heatmap;
+  }
+
+  private isHead(): boolean {
+    return String(this.model.get("site")) === "head";
+  }
+
+  private apply(r: number, c: number, from: [number, number] | null): void {
+    const mode = String(this.model.get("mode") ?? "patch");
+    const payload: Record<string, unknown> = { layer: r, position: this.isHead() ? null : c, head: this.isHead() ? c : null, cell: [r, c] };
+    if (from) {
+      payload.source_layer = from[0];
+      payload.source_position = from[1];
+    }
+    this.heatmap.mark = from ? null : null;
+    this.send(mode === "ablate" ? "ablate" : "patch", payload);
+  }
+
+  private renderAll(): void {
+    const m = this.model;
+    const mode = String(m.get("mode") ?? "patch");
+    clear(this.controls);
+    this.controls.append(
+      h(
+        "div",
+        { class: "wb-row" },
+        inputField("clean", String(m.get("clean") ?? ""), "wb-clean", (v) => this.setTrait("clean", v), true),
+        inputField(mode === "ablate" ? "reference" : "corrupt", String(m.get("corrupt") ?? ""), "wb-corrupt", (v) => this.setTrait("corrupt", v), true),
+      ),
+      h(
+        "div",
+        { class: "wb-row" },
+        inputField("target", String(m.get("target") ?? ""), "wb-target", (v) => this.setTrait("target", v)),
+        inputField("foil", String(m.get("foil") ?? ""), "wb-foil", (v) => this.setTrait("foil", v)),
+        h("label", { class: "wb-field" }, h("span", {}, "mode"), select([["patch", "patch"], ["ablate", "ablate"]], mode, (v) => this.setTrait("mode", v), { "data-testid": "wb-mode" })),
+        h("label", { class: "wb-field" }, h("span", {}, "site"), select(SITES, String(m.get("site") ?? "resid_pre"), (v) => this.setTrait("site", v), { "data-testid": "wb-site" })),
+        mode === "ablate"
+          ? h("label", { class: "wb-field" }, h("span", {}, "method"), select([["zero", "zero"], ["mean", "mean"], ["resample", "resample"]], String(m.get("method") ?? "zero"), (v) => this.setTrait("method", v), { "data-testid": "wb-method" }))
+          : null,
+        button("Sweep", () => this.send("sweep", {}), { "data-testid": "wb-sweep", class: "wb-btn wb-primary", title: "Patch every cell and fill the heatmap" }),
+      ),
+    );
+    clear(this.strips);
+    const tc = (m.get("tokens_clean") ?? []) as string[];
+    const tk = (m.get("tokens_corrupt") ?? []) as string[];
+    this.strips.append(tokenStrip(tc, { label: "clean:", testid: "wb-tokens-clean" }));
+    if (mode !== "ablate") this.strips.append(tokenStrip(tk, { label: "corrupt:", testid: "wb-tokens-corrupt" }));
+    this.renderHeatmap();
+    this.renderResult();
+  }
+
+  private grid(): { rows: number; cols: number; colLabels: string[] } {
+    const L = Number(this.model.get("n_layers") ?? 0);
+    if (this.isHead()) {
+      const H = Number(this.model.get("n_heads") ?? 0);
+      return { rows: L, cols: H, colLabels: Array.from({ length: H }, (_, i) => `H${i}`) };
+    }
+    const mode = String(this.model.get("mode"));
+    const toks = (this.model.get(mode === "ablate" ? "tokens_clean" : "tokens_corrupt") ?? []) as string[];
+    return { rows: L, cols: toks.length, colLabels: toks.map(visibleToken) };
+  }
+
+  private renderHeatmap(): void {
+    const g = this.grid();
+    const sw = this.model.get("sweep") as any;
+    let values: Float32Array = new Float32Array(g.rows * g.cols).fill(NaN);
+    let absMax = 1;
+    let caption = "Click a cell to patch it (or press Sweep to fill the map). Arrow keys move, Enter applies.";
+    const mode = String(this.model.get("mode"));
+    if (mode === "ablate") caption = "Click a cell to ablate it (or press Sweep). Arrow keys move, Enter applies.";
+    if (sw && sw.values && sw.site === this.model.get("site") && sw.mode === mode) {
+      const arr = maybeUnpack(sw.normalized) ?? maybeUnpack(sw.values);
+      if (arr && arr.shape[0] === g.rows && arr.shape[1] === g.cols) {
+        values = Float32Array.from(arr.data);
+        const [lo, hi] = finiteRange(values);
+        absMax = Math.max(Math.abs(lo), Math.abs(hi)) || 1;
+        caption = `${sw.normalized ? "normalised effect (1 = clean, 0 = corrupt)" : "metric"}; clean ${fmt(sw.clean)}, corrupt ${fmt(sw.corrupt)}. Click a cell to apply that patch.`;
+      }
+    }
+    this.caption.textContent = caption;
+    this.heatmap.setSpec({
+      rows: g.rows,
+      cols: g.cols,
+      values,
+      color: (v, th) => diverging(th, absMax)(v),
+      rowLabels: Array.from({ length: g.rows }, (_, i) => `L${i}`),
+      colLabels: g.colLabels,
+      tooltip: (r, c) => [`layer ${r}, ${this.isHead() ? "head" : "position"} ${c}${this.isHead() ? "" : ` (${g.colLabels[c] ?? ""})`}`, Number.isFinite(values[r * g.cols + c]) ? `effect ${fmt(values[r * g.cols + c])}` : "click to run"],
+      cellW: 34,
+      cellH: 16,
+      maxWidth: 760,
+      name: "patching effect",
+    });
+    // the clean run's cells, draggable onto the corrupt run's map (patch across positions or layers)
+    clear(this.sourceBox);
+    const tc = (this.model.get("tokens_clean") ?? []) as string[];
+    if (mode !== "ablate" && !this.isHead() && tc.length) {
+      this.source.setSpec({
+        rows: g.rows,
+        cols: tc.length,
+        values: new Float32Array(g.rows * tc.length).fill(0.25),
+        color: (v, th) => sequential(th, 0, 1)(v),
+        rowLabels: Array.from({ length: g.rows }, (_, i) => `L${i}`),
+        colLabels: tc.map(visibleToken),
+        tooltip: (r, c) => [`clean run: layer ${r}, position ${c} (${visibleToken(tc[c] ?? "")})`, "drag onto a cell of the map above"],
+        cellW: 34,
+        cellH: 8,
+        maxWidth: 760,
+        name: "clean run (drag source)",
+      });
+      this.sourceBox.append(h("div", { class: "wb-subtitle" }, "Clean run — drag a cell onto the map above to patch between positions or layers"), this.source.el);
+    }
+  }
+
+  private renderResult(): void {
+    clear(this.resultBox);
+    const res = this.model.get("result") as any;
+    if (!res || res.value === undefined) {
+      this.resultBox.append(h("div", { class: "wb-hint" }, "No intervention yet."));
+      this.lens.shade = null;
+      return;
+    }
+    const probs = maybeUnpack(res.top_probs);
+    const toks = (res.top_tokens ?? []) as string[];
+    const pred = h("div", { class: "wb-prediction", "data-testid": "wb-prediction", "data-top": toks[0] ?? "" });
+    pred.append(h("b", {}, "prediction: "));
+    toks.forEach((t, i) => pred.append(h("span", { class: "wb-pred-tok", "data-testid": "wb-pred-token" }, visibleToken(t)), h("span", { class: "wb-pred-p" }, probs ? ` ${fmt(probs.data[i], 3)}  ` : "  ")));
+    this.resultBox.append(
+      h("div", { class: "wb-subtitle", "data-testid": "wb-result-label" }, String(res.label ?? "")),
+      pred,
+      h("div", { class: "wb-metric", "data-testid": "wb-metric", "data-value": String(res.value) }, `metric ${fmt(res.value)} (clean ${fmt(res.clean)}, corrupt/unablated ${fmt(res.corrupt)})`),
+    );
+    const d = decodeLens(res.lens);
+    if (d) {
+      const vals = new Float32Array(d.L * d.T);
+      for (let i = 0; i < vals.length; i++) vals[i] = d.topProbs.data[i * d.k];
+      const pos = res.position === null || res.position === undefined ? null : Number(res.position);
+      this.lens.shade = causalCone(String(res.site), Number(res.layer), pos, d.L, d.T);
+      this.lens.setSpec({
+        rows: d.L,
+        cols: d.T,
+        values: vals,
+        color: (v, th) => sequential(th, 0, 1)(v),
+        cellLabel: top1Label(d),
+        rowLabels: Array.from({ length: d.L }, (_, i) => `L${i}`),
+        colLabels: d.tokens.map(visibleToken),
+        tooltip: lensTooltip(d),
+        cellW: 46,
+        cellH: d.L > 24 ? 12 : 16,
+        maxWidth: 620,
+        name: "logit lens of the patched run",
+      });
+      this.resultBox.append(h("div", { class: "wb-subtitle" }, "Logit lens of the patched run (shaded: causal cone of the patch)"), this.lens.el);
+    }
+    const cell = res.cell as number[] | undefined;
+    if (cell && cell.length === 2 && !res.source_layer && res.source_layer !== 0) this.heatmap.setSelected([cell[0], cell[1]]);
+    void at;
+  }
+}

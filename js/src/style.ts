@@ -1,0 +1,74 @@
+// Styles: JupyterLab theme variables with fallbacks (light and dark). Injected once per document.
+export const CSS = `
+.wb-root{--wb-fg:var(--jp-ui-font-color1,#222);--wb-bg:var(--jp-layout-color0,#fff);--wb-bg2:var(--jp-layout-color1,#f6f6f6);--wb-border:var(--jp-border-color1,#ccc);--wb-accent:var(--jp-brand-color1,#1976d2);--wb-err:var(--jp-error-color1,#d32f2f);
+ color:var(--wb-fg);background:var(--wb-bg);font-family:var(--jp-ui-font-family,system-ui,sans-serif);font-size:var(--jp-ui-font-size1,13px);padding:6px;border:1px solid var(--wb-border);border-radius:4px;max-width:100%;overflow:auto;position:relative}
+.wb-header{display:flex;align-items:center;gap:8px;flex-wrap:wrap;margin-bottom:6px}
+.wb-title{font-weight:600}
+.wb-status{padding:1px 6px;border-radius:8px;background:var(--wb-bg2);border:1px solid var(--wb-border);font-size:12px}
+.wb-status[data-state=running]{border-color:var(--wb-accent)}
+.wb-status[data-state=error]{border-color:var(--wb-err);color:var(--wb-err)}
+.wb-progress{width:140px}
+.wb-exports{margin-left:auto;display:flex;gap:4px}
+.wb-btn{font:inherit;color:var(--wb-fg);background:var(--wb-bg2);border:1px solid var(--wb-border);border-radius:3px;padding:2px 8px;cursor:pointer}
+.wb-btn:hover:not(:disabled){border-color:var(--wb-accent)}
+.wb-btn:disabled{opacity:.5;cursor:default}
+.wb-primary{background:var(--wb-accent);color:var(--jp-ui-inverse-font-color1,#fff);border-color:var(--wb-accent)}
+.wb-select,.wb-input,.wb-prompt{font:inherit;color:var(--wb-fg);background:var(--wb-bg);border:1px solid var(--wb-border);border-radius:3px;padding:2px 4px}
+.wb-prompt{flex:1;min-width:300px;font-family:var(--jp-code-font-family,monospace)}
+.wb-wide{min-width:320px}
+.wb-row,.wb-controls{display:flex;gap:8px;align-items:center;flex-wrap:wrap;margin:4px 0}
+.wb-field{display:inline-flex;gap:4px;align-items:center}
+.wb-field>span{opacity:.8}
+.wb-error{color:var(--wb-err);border:1px solid var(--wb-err);border-radius:3px;padding:4px 6px;margin:4px 0;white-space:pre-wrap}
+.wb-strip{display:flex;flex-wrap:wrap;gap:2px;margin:3px 0;align-items:center}
+.wb-strip-label{opacity:.75;margin-right:4px;min-width:58px}
+.wb-token{font-family:var(--jp-code-font-family,monospace);white-space:pre;border:1px solid var(--wb-border);border-radius:3px;padding:0 3px;background:var(--wb-bg2);cursor:default}
+.wb-token.wb-selected{border-color:var(--wb-accent);box-shadow:0 0 0 1px var(--wb-accent)}
+.wb-heatmap{position:relative;display:inline-block;max-width:100%;overflow:auto}
+.wb-hm-grid{display:grid;grid-template-columns:auto auto;align-items:end}
+.wb-collabels{display:flex;align-items:flex-end;max-height:64px;overflow:hidden}
+.wb-collabel{writing-mode:vertical-rl;transform:rotate(180deg);font-family:var(--jp-code-font-family,monospace);font-size:10px;white-space:pre;overflow:hidden;max-height:64px;text-align:left;line-height:1}
+.wb-rowlabels{display:flex;flex-direction:column;font-size:10px;text-align:right;padding-right:4px;opacity:.8;align-self:start;overflow:hidden}
+.wb-rowlabel{white-space:pre;overflow:hidden}
+.wb-hm-cell{line-height:0;align-self:start}
+.wb-canvas{display:block;cursor:pointer;outline:none}
+.wb-canvas:focus-visible{outline:2px solid var(--wb-accent);outline-offset:1px}
+.wb-tip{position:absolute;z-index:10;pointer-events:none;background:var(--wb-bg);color:var(--wb-fg);border:1px solid var(--wb-border);border-radius:3px;padding:4px 6px;font-family:var(--jp-code-font-family,monospace);font-size:11px;white-space:pre;box-shadow:0 2px 6px rgba(0,0,0,.25)}
+.wb-ghost{position:fixed;z-index:1000;pointer-events:none;background:var(--jp-layout-color0,#fff);color:var(--jp-ui-font-color1,#222);border:1px dashed var(--jp-brand-color1,#1976d2);padding:2px 6px;font-size:11px}
+.wb-panes{display:flex;gap:16px;flex-wrap:wrap;align-items:flex-start}
+.wb-pane{min-width:0}
+.wb-result{min-width:280px}
+.wb-subtitle{font-weight:600;margin:6px 0 3px}
+.wb-caption,.wb-hint{opacity:.8;margin:4px 0}
+.wb-prediction{font-family:var(--jp-code-font-family,monospace);margin:3px 0}
+.wb-pred-tok{border:1px solid var(--wb-border);border-radius:3px;padding:0 3px;white-space:pre}
+.wb-pred-p{opacity:.8;white-space:pre}
+.wb-code{font-family:var(--jp-code-font-family,monospace);font-size:11px;background:var(--wb-bg2);border:1px solid var(--wb-border);padding:6px;max-height:300px;overflow:auto;white-space:pre}
+.wb-history-list{margin:2px 0;padding-left:22px;font-size:12px}
+.wb-history-list li>span{margin-left:6px}
+.wb-h-top{font-family:var(--jp-code-font-family,monospace);white-space:pre;opacity:.85}
+.wb-compare{border-collapse:collapse;font-size:12px}
+.wb-compare td,.wb-compare th{border:1px solid var(--wb-border);padding:1px 6px;white-space:pre}
+.wb-chip{display:inline-flex;align-items:center;gap:2px;border:1px solid var(--wb-border);border-radius:10px;padding:0 2px 0 6px;font-family:var(--jp-code-font-family,monospace);white-space:pre}
+.wb-chip-x{border:none;background:none;padding:0 4px}
+.wb-chart svg{overflow:visible}
+.wb-chart line{stroke:var(--wb-fg);stroke-width:1;opacity:.6}
+.wb-chart text{fill:var(--wb-fg);font-size:10px}
+.wb-legend{display:flex;gap:10px;flex-wrap:wrap;font-family:var(--jp-code-font-family,monospace);font-size:11px}
+.wb-legend-item{display:inline-flex;align-items:center;gap:4px;white-space:pre}
+.wb-swatch{display:inline-block;width:12px;height:3px}
+.wb-headview{display:flex;align-items:flex-start;max-height:520px;overflow:auto;border:1px solid var(--wb-border);padding:4px}
+.wb-hv-col{display:flex;flex-direction:column;font-family:var(--jp-code-font-family,monospace);font-size:11px}
+.wb-hv-tok{white-space:pre;line-height:16px;padding:0 4px;cursor:default}
+.wb-hv-tok.wb-hl{background:var(--wb-accent);color:var(--jp-ui-inverse-font-color1,#fff)}
+.wb-hv-lines{width:140px}
+.wb-tabs{display:flex;gap:2px;border-bottom:1px solid var(--wb-border);margin-bottom:4px}
+`;
+
+export function injectStyles(doc: Document = document): void {
+  if (doc.getElementById("wb-styles")) return;
+  const style = doc.createElement("style");
+  style.id = "wb-styles";
+  style.textContent = CSS;
+  doc.head.append(style);
+}

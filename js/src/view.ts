@@ -1,0 +1,184 @@
+// Shared chrome of every view: status, progress + cancel, error box, exports, run history.
+import { button, clear, fmt, h } from "./dom";
+import { copyText, dataURLBytes, download, svgText } from "./export";
+import type { Heatmap } from "./heatmap";
+import type { AnyModel, Handler } from "./model";
+import { visibleToken } from "./tokens";
+
+let counter = 0;
+export function requestId(): string {
+  counter += 1;
+  return `r${Date.now().toString(36)}-${counter}`;
+}
+
+export interface HistoryEntry {
+  id: string;
+  label: string;
+  value?: number | null;
+  clean?: number | null;
+  corrupt?: number | null;
+  top?: [string, number][];
+  code?: string;
+}
+
+export abstract class View {
+  readonly model: AnyModel;
+  readonly el: HTMLElement;
+  readonly root: HTMLElement;
+  readonly body: HTMLElement;
+  protected status: HTMLElement;
+  protected errorBox: HTMLElement;
+  protected progress: HTMLProgressElement;
+  protected cancelBtn: HTMLButtonElement;
+  protected historyBox: HTMLElement;
+  protected codeBox: HTMLElement;
+  private listeners: [string, Handler][] = [];
+  private compare = new Set<string>();
+  readonly standalone: boolean;
+
+  constructor(model: AnyModel, el: HTMLElement, title: string) {
+    this.model = model;
+    this.el = el;
+    this.standalone = Boolean(model.get("_standalone"));
+    this.status = h("span", { class: "wb-status", "data-testid": "wb-status", role: "status" }, "idle");
+    this.progress = h("progress", { class: "wb-progress", "data-testid": "wb-progress", max: 1, value: 0, hidden: true });
+    this.cancelBtn = button("Cancel", () => this.send("cancel", {}), { "data-testid": "wb-cancel", disabled: true });
+    this.errorBox = h("div", { class: "wb-error", "data-testid": "wb-error", role: "alert", hidden: true });
+    this.historyBox = h("div", { class: "wb-history", "data-testid": "wb-history" });
+    this.codeBox = h("pre", { class: "wb-code", "data-testid": "wb-code", hidden: true });
+    const exports = h(
+      "span",
+      { class: "wb-exports" },
+      button("PNG", () => this.savePNG(), { "data-testid": "wb-export-png", title: "Download the current view as PNG" }),
+      button("SVG", () => this.saveSVG(), { "data-testid": "wb-export-svg", title: "Download the current view as SVG" }),
+      button("HTML", () => this.send("export_html", {}), { "data-testid": "wb-export-html", title: "Download a standalone HTML page (no kernel needed)", disabled: this.standalone }),
+      button("Code", () => this.showCode(), { "data-testid": "wb-copy-code", title: "Show and copy the nnsight code of the current intervention" }),
+    );
+    const header = h("div", { class: "wb-header" }, h("span", { class: "wb-title" }, title), this.status, this.progress, this.cancelBtn, exports);
+    this.body = h("div", { class: "wb-body" });
+    this.root = h("div", { class: "wb-root", "data-testid": "wb-view" }, header, this.errorBox, this.body, this.codeBox, this.historyBox);
+    el.append(this.root);
+    this.listen("change:status", () => this.renderStatus());
+    this.listen("change:progress", () => this.renderStatus());
+    this.listen("change:progress_text", () => this.renderStatus());
+    this.listen("change:error", () => this.renderStatus());
+    this.listen("change:history", () => this.renderHistory());
+    this.listen("change:code", () => {
+      if (!this.codeBox.hidden) this.codeBox.textContent = String(this.model.get("code") ?? "");
+    });
+    this.listen("msg:custom", (content: any, buffers: DataView[]) => this.onMessage(content, buffers ?? []));
+    this.renderStatus();
+    this.renderHistory();
+  }
+
+  listen(event: string, cb: Handler): void {
+    this.model.on(event, cb);
+    this.listeners.push([event, cb]);
+  }
+
+  destroy(): void {
+    for (const [e, cb] of this.listeners) this.model.off(e, cb);
+    this.listeners = [];
+  }
+
+  send(kind: string, payload: Record<string, unknown>): string {
+    const id = requestId();
+    if (this.standalone) {
+      this.status.textContent = "no kernel (static export)";
+      return id;
+    }
+    this.model.send({ kind, id, ...payload });
+    return id;
+  }
+
+  /** Set a trait from the view and sync it. */
+  setTrait(name: string, value: unknown): void {
+    this.model.set(name, value);
+    this.model.save_changes();
+  }
+
+  renderStatus(): void {
+    const st = String(this.model.get("status") ?? "idle");
+    const p = Number(this.model.get("progress") ?? 0);
+    const txt = String(this.model.get("progress_text") ?? "");
+    this.status.textContent = st === "running" && txt ? `running: ${txt}` : st;
+    this.status.setAttribute("data-state", st);
+    this.progress.hidden = st !== "running";
+    this.progress.value = Number.isFinite(p) ? p : 0;
+    this.cancelBtn.disabled = st !== "running";
+    const err = String(this.model.get("error") ?? "");
+    this.errorBox.hidden = !err;
+    this.errorBox.textContent = err;
+  }
+
+  private renderHistory(): void {
+    const hist = (this.model.get("history") ?? []) as HistoryEntry[];
+    clear(this.historyBox);
+    if (!hist.length) return;
+    const list = h("ol", { class: "wb-history-list" });
+    for (const e of hist) {
+      const cb = h("input", { type: "checkbox", "data-testid": "wb-history-check", "data-id": e.id });
+      cb.checked = this.compare.has(e.id);
+      cb.addEventListener("change", () => {
+        if (cb.checked) this.compare.add(e.id);
+        else this.compare.delete(e.id);
+        this.renderHistory();
+      });
+      const top = (e.top ?? []).slice(0, 3).map(([t, p]) => `${visibleToken(t)} ${fmt(p, 2)}`).join("  ");
+      list.append(h("li", { "data-testid": "wb-history-entry" }, cb, h("span", { class: "wb-h-label" }, e.label), h("span", { class: "wb-h-val" }, e.value == null ? "" : `= ${fmt(e.value)}`), h("span", { class: "wb-h-top" }, top)));
+    }
+    this.historyBox.append(h("div", { class: "wb-subtitle" }, `Run history (${hist.length}) — tick runs to compare`), list);
+    const chosen = hist.filter((e) => this.compare.has(e.id));
+    if (chosen.length >= 2) {
+      const table = h("table", { class: "wb-compare", "data-testid": "wb-compare" });
+      table.append(h("tr", {}, h("th", {}, "run"), h("th", {}, "metric"), h("th", {}, "Δ vs first"), h("th", {}, "prediction")));
+      const base = chosen[0].value ?? 0;
+      for (const e of chosen) {
+        const v = e.value ?? NaN;
+        table.append(h("tr", {}, h("td", {}, e.label), h("td", {}, fmt(v)), h("td", {}, fmt(v - base)), h("td", {}, (e.top ?? []).slice(0, 3).map(([t, p]) => `${visibleToken(t)} ${fmt(p, 2)}`).join("  "))));
+      }
+      this.historyBox.append(table);
+    }
+  }
+
+  private showCode(): void {
+    const code = String(this.model.get("code") ?? "");
+    this.codeBox.textContent = code || "# run an intervention first";
+    this.codeBox.hidden = !this.codeBox.hidden;
+    if (code) void copyText(code);
+  }
+
+  /** The heatmap that PNG/SVG export show. */
+  abstract mainHeatmap(): Heatmap | null;
+  abstract title(): string;
+
+  pngURL(): string {
+    return this.mainHeatmap()?.toPNG(this.title()) ?? "";
+  }
+  svgString(): string {
+    const hm = this.mainHeatmap();
+    return hm ? svgText(hm.toSVG(this.title())) : "";
+  }
+  savePNG(): void {
+    const url = this.pngURL();
+    if (url) download("workbench.png", url);
+  }
+  saveSVG(): void {
+    const svg = this.svgString();
+    if (svg) download("workbench.svg", new Blob([svg], { type: "image/svg+xml" }));
+  }
+
+  protected onMessage(content: any, buffers: DataView[]): void {
+    if (!content || typeof content !== "object") return;
+    if (content.kind === "export") {
+      // The kernel asked for an image of the current view (view.save_png / save_svg).
+      let bytes: Uint8Array = new Uint8Array(0);
+      if (content.format === "png") bytes = dataURLBytes(this.pngURL());
+      else if (content.format === "svg") bytes = new TextEncoder().encode(this.svgString());
+      this.model.send({ kind: "export_result", id: content.id, format: content.format }, undefined, [bytes]);
+    } else if (content.kind === "html" && buffers.length) {
+      const b = buffers[0];
+      download("workbench.html", new Blob([new Uint8Array(b.buffer as ArrayBuffer, b.byteOffset, b.byteLength)], { type: "text/html" }));
+    }
+  }
+}

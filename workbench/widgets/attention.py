@@ -1,0 +1,91 @@
+"""AttentionView: a layers x heads grid of pattern thumbnails; a click opens one head's full pattern."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import traitlets
+
+from .base import WorkbenchWidget, _ops, pack
+
+THUMB = 16
+
+
+def thumbnails(patterns: np.ndarray, size: int = THUMB) -> np.ndarray:
+    """Max-pool [L, H, T, T] patterns to [L, H, S, S] (S = min(T, size)) for the grid; display only."""
+    T = patterns.shape[-1]
+    S = min(T, size)
+    starts = (np.arange(S) * T) // S
+    pooled = np.maximum.reduceat(patterns, starts, axis=2)
+    pooled = np.maximum.reduceat(pooled, starts, axis=3)
+    return pooled.astype(np.float32)
+
+
+class AttentionView(WorkbenchWidget):
+    """`AttentionView(model, prompt)`: click a head thumbnail to see its query x key pattern and head view."""
+
+    _view_kind = traitlets.Unicode("attention").tag(sync=True)
+    prompt = traitlets.Unicode("").tag(sync=True)
+    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    n_layers = traitlets.Int(0).tag(sync=True)
+    n_heads = traitlets.Int(0).tag(sync=True)
+    thumbs = traitlets.Dict().tag(sync=True)
+    pattern = traitlets.Dict().tag(sync=True)
+
+    def __init__(self, model: Any, prompt: str, **kwargs: Any):
+        super().__init__(
+            model, prompt=prompt, n_layers=int(model.n_layers), n_heads=int(model.n_heads), **kwargs
+        )
+        self._patterns: np.ndarray | None = None
+        self._handlers["head"] = self._on_head
+        self.observe(lambda _c: self.recompute(), names=["prompt"])
+        self.recompute(wait=True)
+
+    def recompute(self, wait: bool = False) -> None:
+        prompt = self.prompt
+
+        def run(progress, cancel):
+            return _ops().attention(self.model, prompt, progress=progress, cancel=cancel)
+
+        def done(attn):
+            self.last_result = attn
+            self._patterns = np.asarray(attn.patterns, dtype=np.float32)
+            with self.hold_trait_notifications():
+                self.tokens = list(attn.tokens)
+                self.thumbs = pack(thumbnails(self._patterns))
+                self.pattern = {}
+            self.code = attn.to_code()
+            if len(self.selected) == 2:
+                self._send_head(*self.selected)
+
+        self.submit("attention", "", run, done, slot="attention", wait=wait)
+
+    def _send_head(self, layer: int, head: int) -> None:
+        assert self._patterns is not None
+        self.pattern = {
+            "layer": int(layer),
+            "head": int(head),
+            "tokens": list(self.tokens),
+            "data": pack(self._patterns[layer, head]),
+        }
+
+    def _on_head(self, content: dict, _buffers: list) -> None:
+        layer, head = int(content["layer"]), int(content["head"])
+        if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
+            from ..errors import SiteError
+
+            raise SiteError(
+                f"No head L{layer} H{head}: layers 0..{self.n_layers - 1}, heads 0..{self.n_heads - 1}."
+            )
+        self.selected = [layer, head]
+        if self._patterns is not None:
+            self._send_head(layer, head)
+            self.status = "done"
+        else:
+            self.recompute()
+
+    def open_head(self, layer: int, head: int) -> AttentionView:
+        """Open one head's full pattern, as a click on its thumbnail does."""
+        self.request("head", layer=layer, head=head)
+        return self

@@ -1,0 +1,453 @@
+"""Widget plumbing: binary packing, request ids, one worker per model, status/progress/cancel/error.
+
+No science here: a widget turns a click into one `workbench.ops` call, runs it on the model's worker
+thread (holding `model.lock`), and sends the result back as float32/int32 buffers.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import itertools
+import json
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import numpy as np
+import traitlets
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+BUNDLE = STATIC / "widget.js"
+HISTORY_MAX = 50
+
+
+def _ops():
+    from .. import ops
+
+    return ops
+
+
+# --------------------------------------------------------------------------- binary packing
+
+
+def pack(array: Any) -> dict[str, Any]:
+    """A numpy array as {shape, dtype, data}: float -> float32, integer -> int32, C order, raw bytes."""
+    a = np.asarray(array)
+    if a.dtype.kind in "iub":
+        a = a.astype(np.int32, copy=False)
+        dtype = "int32"
+    elif a.dtype.kind == "f":
+        a = a.astype(np.float32, copy=False)
+        dtype = "float32"
+    else:
+        raise TypeError(f"cannot send an array of dtype {a.dtype} to the browser (float or int only)")
+    a = np.ascontiguousarray(a)
+    return {"shape": [int(s) for s in a.shape], "dtype": dtype, "data": a.tobytes()}
+
+
+def unpack(packed: dict[str, Any]) -> np.ndarray:
+    """Inverse of `pack` (accepts bytes, memoryview or bytearray data)."""
+    dtype = {"float32": np.float32, "int32": np.int32}[packed["dtype"]]
+    return np.frombuffer(bytes(packed["data"]), dtype=dtype).reshape(packed["shape"])
+
+
+def finite(x: Any) -> float | None:
+    """A float that JSON can carry (NaN/inf -> None)."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+def id_text(top_ids: np.ndarray, top_tokens: Any) -> dict[str, str]:
+    """{token id: text} for the ids that occur in a top-k array (not the whole vocabulary)."""
+    flat_ids = np.asarray(top_ids).ravel()
+    if flat_ids.size == 0:
+        return {}
+    flat_tokens = list(_flatten(top_tokens))
+    uniq, first = np.unique(flat_ids, return_index=True)
+    return {str(int(i)): str(flat_tokens[j]) for i, j in zip(uniq, first, strict=True)}
+
+
+def _flatten(x: Any):
+    if isinstance(x, (list, tuple)):
+        for y in x:
+            yield from _flatten(y)
+    else:
+        yield x
+
+
+def pack_lens(lens: Any, pinned: list[str] | None = None) -> dict[str, Any]:
+    """A LensResult as the `data` trait of a lens: top-k only, never the full vocabulary."""
+    out: dict[str, Any] = {
+        "tokens": list(lens.tokens),
+        "top_ids": pack(lens.top_ids),
+        "top_probs": pack(lens.top_probs),
+        "entropy": pack(lens.entropy),
+        "kl": pack(lens.kl),
+        "id_text": id_text(lens.top_ids, lens.top_tokens),
+        "pinned": {},
+    }
+    for tok in pinned or []:
+        out["pinned"][tok] = {"prob": pack(lens.prob(tok)), "rank": pack(lens.rank(tok))}
+    return out
+
+
+# --------------------------------------------------------------------------- one worker per model
+
+
+class Job:
+    def __init__(
+        self, owner: WorkbenchWidget, kind: str, request_id: str, fn: Callable, done: Callable, slot: str
+    ):
+        self.owner = owner
+        self.kind = kind
+        self.request_id = request_id
+        self.fn = fn
+        self.done = done
+        self.slot = slot
+        self.cancel = threading.Event()
+
+
+class Runner:
+    """Runs one computation at a time for one model, on one daemon thread.
+
+    A new job for the same (widget, slot) replaces a job of that slot that has not started yet (a second click
+    while one runs is queued, and a third replaces the second); jobs are never interleaved.
+    """
+
+    def __init__(self, model: Any):
+        self.model = model
+        self._cv = threading.Condition()
+        self._pending: list[Job] = []
+        self.current: Job | None = None
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Job) -> None:
+        with self._cv:
+            for old in [j for j in self._pending if j.owner is job.owner and j.slot == job.slot]:
+                self._pending.remove(old)
+                old.owner._superseded(old)
+            self._pending.append(job)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="workbench-runner", daemon=True)
+                self._thread.start()
+            self._cv.notify_all()
+
+    def cancel(self, owner: WorkbenchWidget) -> bool:
+        """Cancel the owner's running job and drop its pending ones."""
+        hit = False
+        with self._cv:
+            for j in [j for j in self._pending if j.owner is owner]:
+                self._pending.remove(j)
+                hit = True
+            if self.current is not None and self.current.owner is owner:
+                self.current.cancel.set()
+                hit = True
+        return hit
+
+    def idle(self) -> bool:
+        with self._cv:
+            return self.current is None and not self._pending
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.idle():
+                return True
+            time.sleep(0.01)
+        return False
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending:
+                    self._cv.wait()
+                job = self._pending.pop(0)
+                self.current = job
+            try:
+                job.owner._execute(job)
+            finally:
+                with self._cv:
+                    self.current = None
+
+
+def runner_for(model: Any) -> Runner:
+    r = getattr(model, "_wb_runner", None)
+    if r is None:
+        r = Runner(model)
+        with contextlib.suppress(AttributeError):
+            model._wb_runner = r
+    return r
+
+
+_ids = itertools.count(1)
+
+
+def _request_id() -> str:
+    return f"py{next(_ids)}"
+
+
+def readable(exc: BaseException) -> str:
+    """The message a person reads in the widget."""
+    from ..errors import WorkbenchError
+
+    if isinstance(exc, WorkbenchError):
+        return f"{type(exc).__name__}: {exc}"
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+# --------------------------------------------------------------------------- the widget base
+
+
+class WorkbenchWidget(anywidget.AnyWidget):
+    """Shared traits and messaging of the Workbench views."""
+
+    _esm = (
+        BUNDLE
+        if BUNDLE.exists()
+        else "export default { render({ el }) { el.textContent = 'Workbench: the JS bundle is missing; run make install (npm run build in js/).'; } }"
+    )
+    _view_kind = traitlets.Unicode("").tag(sync=True)
+    _standalone = traitlets.Bool(False).tag(sync=True)
+    status = traitlets.Unicode("idle").tag(sync=True)
+    error = traitlets.Unicode("").tag(sync=True)
+    progress = traitlets.Float(0.0).tag(sync=True)
+    progress_text = traitlets.Unicode("").tag(sync=True)
+    history = traitlets.List().tag(sync=True)
+    code = traitlets.Unicode("").tag(sync=True)
+    selected = traitlets.List().tag(sync=True, echo_update=False)
+
+    def __init__(self, model: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.model = model
+        self.last_result: Any = None
+        self.last_error: BaseException | None = None
+        self._exports: dict[str, Path] = {}
+        self._handlers: dict[str, Callable[[dict, list], None]] = {
+            "cancel": lambda c, b: self.cancel(),
+            "export_html": self._on_export_html,
+            "export_result": self._on_export_result,
+        }
+        self.on_msg(self._on_msg)
+
+    # ---- messaging
+    def _on_msg(self, _widget: Any, content: Any, buffers: list) -> None:
+        if not isinstance(content, dict):
+            return
+        handler = self._handlers.get(str(content.get("kind")))
+        if handler is None:
+            self.error = f"Unknown request {content.get('kind')!r} from the view."
+            return
+        try:
+            handler(content, buffers or [])
+        except Exception as exc:  # a bad request must show in the widget, not only in the log
+            self._fail(exc, str(content.get("id", "")))
+
+    def request(self, kind: str, **payload: Any) -> None:
+        """Act as if the view sent `{kind, id, **payload}` (what a click does); for tests and scripts."""
+        self._on_msg(self, {"kind": kind, "id": _request_id(), **payload}, [])
+
+    @property
+    def runner(self) -> Runner:
+        return runner_for(self.model)
+
+    def submit(
+        self,
+        kind: str,
+        request_id: str,
+        fn: Callable,
+        done: Callable,
+        *,
+        slot: str = "click",
+        wait: bool = False,
+    ) -> None:
+        """Run `fn(progress, cancel)` (one ops call) on the model's worker, then `done(result)`."""
+        job = Job(self, kind, request_id or _request_id(), fn, done, slot)
+        if wait:
+            with self.model.lock:
+                self._execute(job)
+        else:
+            self.status = "running"
+            self.progress = 0.0
+            self.progress_text = "queued" if not self.runner.idle() else ""
+            self.runner.submit(job)
+
+    def _execute(self, job: Job) -> None:
+        last = [0.0]
+
+        def progress(fraction: float, message: str = "") -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.1 or fraction >= 1.0:
+                last[0] = now
+                self.progress = float(fraction)
+                self.progress_text = str(message)
+
+        from ..errors import CancelledError
+
+        self.status = "running"
+        self.error = ""
+        self.progress = 0.0
+        self.progress_text = job.kind
+        try:
+            with self.model.lock:
+                result = job.fn(progress, job.cancel)
+                job.done(result)
+        except CancelledError:
+            self.status = "idle"
+            self.progress = 0.0
+            self.progress_text = "cancelled"
+            self.send({"kind": "cancelled", "id": job.request_id})
+            return
+        except Exception as exc:
+            self._fail(exc, job.request_id)
+            return
+        self.status = "done"
+        self.progress = 1.0
+        self.progress_text = ""
+        self.send({"kind": "done", "id": job.request_id})
+
+    def _fail(self, exc: BaseException, request_id: str) -> None:
+        self.last_error = exc
+        self.error = readable(exc)
+        self.status = "error"
+        self.progress_text = ""
+        with contextlib.suppress(Exception):
+            self.send({"kind": "error", "id": request_id, "message": self.error})
+
+    def _superseded(self, job: Job) -> None:
+        with contextlib.suppress(Exception):
+            self.send({"kind": "superseded", "id": job.request_id})
+
+    def cancel(self) -> None:
+        """Cancel this view's running computation (and drop queued ones)."""
+        if not self.runner.cancel(self) and self.status == "running":
+            self.status = "idle"
+            self.progress_text = "cancelled"
+
+    def wait(self, timeout: float = 120.0) -> WorkbenchWidget:
+        """Block until this model's worker is idle (for scripts and tests)."""
+        self.runner.wait_idle(timeout)
+        return self
+
+    # ---- history and code
+    def _record(self, label: str, result: Any, **extra: Any) -> None:
+        top = []
+        toks = getattr(result, "top_tokens", None)
+        probs = getattr(result, "top_probs", None)
+        if toks is not None and probs is not None and np.ndim(probs) == 1:
+            top = [[str(t), finite(p)] for t, p in zip(toks, np.asarray(probs).tolist(), strict=False)]
+        code = ""
+        with contextlib.suppress(Exception):
+            code = result.to_code()
+        entry = {
+            "id": _request_id(),
+            "label": label,
+            "value": finite(result) if isinstance(result, float) else None,
+            "clean": finite(getattr(result, "clean", None)),
+            "corrupt": finite(getattr(result, "corrupt", None)),
+            "top": top,
+            "code": code,
+            **extra,
+        }
+        self.history = ([*self.history, entry])[-HISTORY_MAX:]
+        if code:
+            self.code = code
+
+    def to_code(self) -> str:
+        """Standalone nnsight code that reproduces the current intervention (or view)."""
+        if self.last_result is not None and hasattr(self.last_result, "to_code"):
+            return self.last_result.to_code()
+        return self.code
+
+    # ---- exports
+    def to_html(self, title: str = "Workbench") -> str:
+        """A standalone HTML page of the current view: opens in any browser, with no kernel."""
+        return standalone_html(self, title)
+
+    def save_html(self, path: str | Path, title: str = "Workbench") -> Path:
+        p = Path(path)
+        p.write_text(self.to_html(title), encoding="utf-8")
+        return p
+
+    def _request_export(self, fmt: str, path: str | Path) -> Path:
+        rid = _request_id()
+        self._exports[rid] = Path(path)
+        self.send({"kind": "export", "format": fmt, "id": rid})
+        return Path(path)
+
+    def save_png(self, path: str | Path) -> Path:
+        """Ask the browser for a PNG of the current view; written to `path` when it answers (after the cell)."""
+        return self._request_export("png", path)
+
+    def save_svg(self, path: str | Path) -> Path:
+        """Ask the browser for an SVG of the current view; written to `path` when it answers (after the cell)."""
+        return self._request_export("svg", path)
+
+    def _on_export_result(self, content: dict, buffers: list) -> None:
+        path = self._exports.pop(str(content.get("id")), None)
+        if path is not None and buffers:
+            path.write_bytes(bytes(buffers[0]))
+
+    def _on_export_html(self, content: dict, buffers: list) -> None:
+        html = self.to_html().encode("utf-8")
+        self.send({"kind": "html", "id": content.get("id")}, buffers=[html])
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return {"__b64__": base64.b64encode(bytes(x)).decode("ascii")}
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+def _script_json(x: Any) -> str:
+    return json.dumps(x).replace("</", "<\\/").replace("<!--", "<\\u0021--")
+
+
+_LOADER = """
+const $ = (id) => JSON.parse(document.getElementById(id).textContent);
+function revive(x) {
+  if (x && typeof x === "object") {
+    if (typeof x.__b64__ === "string") {
+      const bin = atob(x.__b64__); const u = new Uint8Array(bin.length);
+      for (let i = 0; i < bin.length; i++) u[i] = bin.charCodeAt(i);
+      return new DataView(u.buffer);
+    }
+    for (const k of Object.keys(x)) x[k] = revive(x[k]);
+  }
+  return x;
+}
+const state = revive($("wb-state"));
+state._standalone = true;
+const url = URL.createObjectURL(new Blob([$("wb-bundle")], { type: "text/javascript" }));
+const mod = await import(url);
+mod.default.render({ model: new mod.StaticModel(state), el: document.getElementById("wb-root") });
+"""
+
+
+def standalone_html(widget: WorkbenchWidget, title: str) -> str:
+    state = {k: v for k, v in widget.get_state().items() if not k.startswith("_") or k == "_view_kind"}
+    bundle = BUNDLE.read_text(encoding="utf-8") if BUNDLE.exists() else ""
+    from html import escape
+
+    return (
+        '<!doctype html>\n<html><head><meta charset="utf-8">'
+        f'<title>{escape(title)}</title></head>\n<body>\n<div id="wb-root"></div>\n'
+        f'<script id="wb-state" type="application/json">{_script_json(_jsonable(state))}</script>\n'
+        f'<script id="wb-bundle" type="application/json">{_script_json(bundle)}</script>\n'
+        f'<script type="module">{_LOADER}</script>\n</body></html>\n'
+    )
