@@ -15,6 +15,7 @@ for gpt_neox (parallel residual) and phi the attention and MLP both read the blo
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -224,6 +225,14 @@ def run_logits(hf, ids: torch.Tensor) -> torch.Tensor:
         return hf(input_ids=ids, use_cache=False).logits.float()
 
 
+def run_last_logits(hf, ids: torch.Tensor) -> torch.Tensor:
+    """Last-position logits [B, V] in float32, skipping the unembedding of other positions if HF can."""
+    with torch.no_grad():
+        if "logits_to_keep" in inspect.signature(hf.forward).parameters:
+            return hf(input_ids=ids, use_cache=False, logits_to_keep=1).logits[:, -1].float()
+        return hf(input_ids=ids, use_cache=False).logits[:, -1].float()
+
+
 def capture(hf, ids: torch.Tensor, site: str, layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
     """Activations {layer: [T, width]} of one unpatched forward (batch 1)."""
     layers = range(n_layers(hf)) if layers is None else layers
@@ -314,27 +323,54 @@ def reference_patch(
 
 
 def reference_patch_sweep(
-    hf, tok, clean: str, corrupt: str, metric, site: str = "resid_pre", by_position: bool = False
+    hf,
+    tok,
+    clean: str,
+    corrupt: str,
+    metric,
+    site: str = "resid_pre",
+    by_position: bool = False,
+    batch: bool = False,
 ) -> dict:
-    """One corrupt forward per cell. [L, T] for resid/attn/mlp; [L, H] or [L, T, H] for heads."""
+    """One corrupt forward per cell. [L, T] for resid/attn/mlp; [L, H] or [L, T, H] for heads.
+
+    batch=True runs the cells of one layer as the rows of one batched forward (same numbers up to float
+    noise; only for speed on big models).
+    """
     c_ids, x_ids = tokens(tok, clean), tokens(tok, corrupt)
     L, T, H = n_layers(hf), x_ids.shape[1], n_heads(hf)
     acts = capture(hf, c_ids, site)
     clean_m = float(metric(_final(run_logits(hf, c_ids)))[0])
     corrupt_m = float(metric(_final(run_logits(hf, x_ids)))[0])
 
+    if site != "head":
+        cells = [(p, None) for p in range(T)]
+    elif not by_position:
+        cells = [(None, h) for h in range(H)]
+    else:
+        cells = [(p, h) for p in range(T) for h in range(H)]
+
     def cell(layer, position, head):
         values = acts[layer] if position is None else acts[layer][position]
         with hooks(hf, [(site, layer, _setter(hf, site, position, head, values))]):
             return float(metric(_final(run_logits(hf, x_ids)))[0])
 
-    if site != "head":
-        values = [[cell(layer, p, None) for p in range(T)] for layer in range(L)]
-    elif not by_position:
-        values = [[cell(layer, None, h) for h in range(H)] for layer in range(L)]
-    else:
-        values = [[[cell(layer, p, h) for h in range(H)] for p in range(T)] for layer in range(L)]
-    values = torch.tensor(values, dtype=torch.float32)
+    def layer_batched(layer):
+        setters = [_setter(hf, site, p, h, acts[layer] if p is None else acts[layer][p]) for p, h in cells]
+
+        def fn(x):
+            return torch.cat([s(x[i : i + 1]) for i, s in enumerate(setters)])
+
+        with hooks(hf, [(site, layer, fn)]):
+            return metric(run_last_logits(hf, x_ids.expand(len(cells), -1))).tolist()
+
+    rows = []
+    for layer in range(L):
+        row = layer_batched(layer) if batch else [cell(layer, p, h) for p, h in cells]
+        rows.append(row)
+    values = torch.tensor(rows, dtype=torch.float32)
+    if site == "head" and by_position:
+        values = values.reshape(L, T, H)
     return {
         "values": values.numpy(),
         "clean": clean_m,

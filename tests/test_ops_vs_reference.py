@@ -99,6 +99,11 @@ def test_reference_is_self_consistent(family):
     with torch.no_grad():
         oa = hf(input_ids=ids, output_attentions=True).attentions
     assert_close(att, torch.stack([a[0] for a in oa]), 1e-6, "attention")
+    # the batched sweep (used on the embedded model for speed) equals the plain loop
+    for site, by_pos in (("resid_pre", False), ("head", True)):
+        loop = R.reference_patch_sweep(hf, tok, CLEAN, CORRUPT, m, site, by_pos)["values"]
+        batched = R.reference_patch_sweep(hf, tok, CLEAN, CORRUPT, m, site, by_pos, batch=True)["values"]
+        assert_close(batched, loop, 2e-6, f"batched {site} sweep")
     # steering with a zero vector is plain greedy generation
     assert (
         R.reference_steer(hf, tok, CLEAN, None, 1, max_new_tokens=4)["ids"]
