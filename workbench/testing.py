@@ -66,7 +66,11 @@ def _config(family: str, vocab: int) -> transformers.PretrainedConfig:
         return transformers.GemmaConfig(head_dim=8, **llama_like)
     if family == "gemma2":
         return transformers.Gemma2Config(
-            head_dim=8, final_logit_softcapping=30.0, attn_logit_softcapping=50.0, query_pre_attn_scalar=8, **llama_like
+            head_dim=8,
+            final_logit_softcapping=30.0,
+            attn_logit_softcapping=50.0,
+            query_pre_attn_scalar=8,
+            **llama_like,
         )
     if family == "phi3":
         return transformers.Phi3Config(pad_token_id=0, **llama_like)

@@ -1,0 +1,100 @@
+"""Where each decoder-only family keeps its standard sites: the only place that knows module names.
+
+To add a family, add an `Arch` entry whose `model_types` lists the `config.model_type` values it covers;
+paths are dotted attribute paths from the `*ForCausalLM` root (`layers`) or from one block (the rest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Module paths of the standard sites of one family of decoder-only models."""
+
+    name: str
+    model_types: tuple[str, ...]
+    layers: str  # the ModuleList of blocks, from the root
+    embed: str  # token embedding, from the root
+    final_norm: str  # from the root
+    unembed: str  # from the root
+    attn: str  # attention module, from a block; its output is (attn_output, attn_weights)
+    o_proj: str  # attention output projection, from a block; its input is the concatenated heads
+    attn_out: str  # module whose output is what attention adds to the stream, from a block
+    mlp_out: str  # module whose output is what the MLP adds to the stream, from a block
+
+
+_LLAMA_LIKE = dict(
+    layers="model.layers",
+    embed="model.embed_tokens",
+    final_norm="model.norm",
+    unembed="lm_head",
+    attn="self_attn",
+    o_proj="self_attn.o_proj",
+    attn_out="self_attn",
+    mlp_out="mlp",
+)
+
+ARCHITECTURES: tuple[Arch, ...] = (
+    Arch(
+        name="gpt2",
+        model_types=("gpt2",),
+        layers="transformer.h",
+        embed="transformer.wte",
+        final_norm="transformer.ln_f",
+        unembed="lm_head",
+        attn="attn",
+        o_proj="attn.c_proj",
+        attn_out="attn",
+        mlp_out="mlp",
+    ),
+    Arch(
+        name="llama",
+        model_types=("llama", "mistral", "qwen2", "qwen3", "olmo", "granite", "gemma"),
+        **_LLAMA_LIKE,
+    ),
+    Arch(
+        name="gemma2",
+        model_types=("gemma2", "gemma3_text"),
+        **{**_LLAMA_LIKE, "attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"},
+    ),
+    Arch(
+        name="gpt_neox",
+        model_types=("gpt_neox",),
+        layers="gpt_neox.layers",
+        embed="gpt_neox.embed_in",
+        final_norm="gpt_neox.final_layer_norm",
+        unembed="lm_head",
+        attn="attention",
+        o_proj="attention.dense",
+        attn_out="attention",
+        mlp_out="mlp",
+    ),
+    Arch(
+        name="phi",
+        model_types=("phi",),
+        **{**_LLAMA_LIKE, "final_norm": "model.final_layernorm", "o_proj": "self_attn.dense"},
+    ),
+    Arch(name="phi3", model_types=("phi3",), **_LLAMA_LIKE),
+)
+
+
+def families() -> list[str]:
+    """Every `config.model_type` the table covers."""
+    return sorted(t for a in ARCHITECTURES for t in a.model_types)
+
+
+def arch_for(model_type: str) -> Arch:
+    """The table entry for a `config.model_type`, or an error that says how to add one."""
+    for arch in ARCHITECTURES:
+        if model_type in arch.model_types:
+            return arch
+    raise UnsupportedModelError(
+        f"Workbench has no architecture entry for model_type {model_type!r}. Supported: "
+        f"{', '.join(families())}. To add one, append an Arch(...) to "
+        "workbench/architectures.py naming its layers, attention, MLP, output projection, final norm "
+        "and unembedding modules (print(model) shows them)."
+    )

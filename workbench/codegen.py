@@ -1,0 +1,243 @@
+"""`to_code()`: standalone nnsight code that reproduces a result. Each snippet ends by binding `result`.
+
+The generated code does not import workbench (except to rebuild the tiny test models); it names the
+model's own modules, so it teaches what the op does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .model import Model
+
+
+def _load(model: Model) -> str:
+    info = model.load_info
+    head = "import torch\nfrom nnsight import TransformersModel\n"
+    if model.source.startswith("tiny:"):
+        fam = model.source.split(":", 1)[1]
+        return head + (
+            "from workbench.testing import tiny_hf_model, tiny_tokenizer\n"
+            f"model = TransformersModel(tiny_hf_model({fam!r}), tokenizer=tiny_tokenizer())\n"
+        )
+    if "gguf" in info:
+        return head + (
+            "from pathlib import Path\n"
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"gguf = Path({info['gguf']!r})  # dequantised to float32 by transformers\n"
+            "tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)\n"
+            "hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)\n"
+            "model = TransformersModel(hf.eval(), tokenizer=tok)\n"
+        )
+    if "pretrained" in info:
+        return head + (
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"tok = AutoTokenizer.from_pretrained({info['pretrained']!r})\n"
+            f"hf = AutoModelForCausalLM.from_pretrained({info['pretrained']!r}, dtype=torch.float32)\n"
+            "model = TransformersModel(hf.eval(), tokenizer=tok)\n"
+        )
+    return (
+        head + "# model = TransformersModel(your_hf_model, tokenizer=your_tokenizer)  (a model you wrapped)\n"
+    )
+
+
+def _site_expr(model: Model, site: str, layer: int) -> str:
+    path = "model." + model.module_path(site, layer)
+    if site in ("resid_pre", "head"):
+        return f"{path}.input"
+    if site == "attn_out" and model.arch.attn_out == model.arch.attn:
+        return f"{path}.output[0]"
+    return f"{path}.output"
+
+
+def _index(site: str, position: int | None, head: int | None, row: str, d_head: int) -> str:
+    pos = ":" if position is None else str(position)
+    if site == "head":
+        return f"[{row}, {pos}, {head * d_head}:{(head + 1) * d_head}]"
+    return f"[{row}, {pos}]"
+
+
+def patch_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
+    src_layer = o["source_layer"] if o["source_layer"] is not None else o["layer"]
+    src_pos = o["source_position"] if o["source_position"] is not None else o["position"]
+    dst = _site_expr(model, o["site"], o["layer"]) + _index(
+        o["site"], o["position"], o["head"], "1", model.d_head
+    )
+    src_expr = _site_expr(model, o["site"], src_layer)
+    src = src_expr + _index(o["site"], src_pos, o["head"], "0", model.d_head)
+    body = (
+        f"clean, corrupt = {o['clean']!r}, {o['corrupt']!r}\n"
+        + metric.code(model)
+        + "ids = model.tokenizer([clean, corrupt], return_tensors='pt').input_ids  # same length\n"
+    )
+    if src_layer == o["layer"]:
+        body += (
+            "with torch.no_grad(), model.trace(ids):  # row 0 clean, row 1 corrupt\n"
+            f"    {dst} = {src}\n"
+            "    logits = model.output.logits[:, -1]\n"
+            "    values = metric(logits, logits[0]).save()\n"
+        )
+    else:
+        body += (
+            "with torch.no_grad(), model.trace(ids[:1]):\n"
+            f"    source = {src_expr}[0, {':' if src_pos is None else src_pos}].clone().save()\n"
+            + (
+                f"source = source[..., {o['head'] * model.d_head}:{(o['head'] + 1) * model.d_head}]\n"
+                if o["site"] == "head"
+                else ""
+            )
+            + "with torch.no_grad(), model.trace(ids):\n"
+            f"    {dst} = source\n"
+            "    logits = model.output.logits[:, -1]\n"
+            "    values = metric(logits, logits[0]).save()\n"
+        )
+    return _load(model) + body + "result = float(values[1])  # the corrupt run with the clean activation\n"
+
+
+def sweep_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
+    site, by_pos = o["site"], o["by_position"]
+    d = model.d_head
+    body = (
+        f"clean, corrupt = {o['clean']!r}, {o['corrupt']!r}\n"
+        + metric.code(model)
+        + "ids = model.tokenizer([clean, corrupt], return_tensors='pt').input_ids\n"
+        f"L, T, H = {model.n_layers}, ids.shape[1], {model.n_heads}\n"
+    )
+    if site != "head":
+        body += "cells = [(l, p, None) for l in range(L) for p in range(T)]\nshape = (L, T)\n"
+    elif by_pos:
+        body += (
+            "cells = [(l, p, h) for l in range(L) for p in range(T) for h in range(H)]\nshape = (L, T, H)\n"
+        )
+    else:
+        body += "cells = [(l, None, h) for l in range(L) for h in range(H)]\nshape = (L, H)\n"
+    site_tmpl = _site_expr(model, site, 0).replace("[0]", "[{l}]", 1)
+    layer_expr = site_tmpl.split("[{l}]")[0] + "[l]" + site_tmpl.split("[{l}]")[1]
+    body += (
+        "# One forward pass: row 0 clean, row 1 corrupt, row 2+i the corrupt run patched at cells[i].\n"
+        "batch = torch.cat([ids[:1], ids[1:]] + [ids[1:]] * len(cells))\n"
+        "with torch.no_grad(), model.trace(batch):\n"
+        "    for l in range(L):\n"
+        f"        x = {layer_expr}\n"
+        + (f"        x = x.view(x.shape[0], T, H, {d})\n" if site == "head" else "")
+        + "        for i, (cl, p, h) in enumerate(cells):\n"
+        "            if cl != l:\n"
+        "                continue\n"
+        "            index = (2 + i, slice(None) if p is None else p) + (() if h is None else (h,))\n"
+        "            x[index] = x[(0,) + index[1:]]\n"
+        "    logits = model.output.logits[:, -1]\n"
+        "    values = metric(logits, logits[0]).save()\n"
+        "result = values[2:].reshape(shape).numpy()  # clean = values[0], corrupt = values[1]\n"
+    )
+    return _load(model) + body
+
+
+def ablate_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
+    if o["op"] == "ablate_sweep" or o["method"] != "zero" and o["method"] != "mean" or o.get("reference"):
+        return (
+            _load(model) + f"# {o['op']} with method={o['method']!r}: reproduce it with workbench itself,\n"
+            "import workbench as wb\n"
+            f"# wb.{o['op']}(wb_model, {o['prompt']!r}, metric=..., site={o['site']!r}, method={o['method']!r}, ...)\n"
+            "result = None\n"
+        )
+    dst = _site_expr(model, o["site"], o["layer"])
+    idx = _index(o["site"], o["position"], o["head"], "0", model.d_head)
+    if o["method"] == "zero":
+        edit = f"    {dst}{idx} = 0.0\n"
+    else:
+        sl = _index(o["site"], None, o["head"], "0", model.d_head)
+        edit = f"    {dst}{idx} = {dst}{sl}.mean(dim=0)  # mean over the prompt's positions\n"
+    return (
+        _load(model)
+        + f"prompt = {o['prompt']!r}\n"
+        + metric.code(model)
+        + "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
+        "with torch.no_grad(), model.trace(ids):\n" + edit + "    logits = model.output.logits[:, -1]\n"
+        "    values = metric(logits, logits[0]).save()\n"
+        "result = float(values[0])\n"
+    )
+
+
+def lens_code(model: Model, o: dict[str, Any]) -> str:
+    norm, unembed = "model." + model.arch.final_norm, "model." + model.arch.unembed
+    cap = model.logit_softcap
+    soft = f"        logits = torch.tanh(logits / {cap}) * {cap}\n" if cap else ""
+    return (
+        _load(model) + f"prompt = {o['prompt']!r}\n"
+        "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
+        + (
+            "# (this lens ran with an intervention; the code below is the plain lens)\n"
+            if o.get("intervention")
+            else ""
+        )
+        + "top_ids, top_probs = [], []\n"
+        "with torch.no_grad(), model.trace(ids):\n"
+        f"    for layer in model.{model.arch.layers}:\n"
+        f"        logits = {unembed}({norm}(layer.output[0]))\n"
+        + soft
+        + f"        top = torch.softmax(logits, -1).topk({o['top_k']}, dim=-1)\n"
+        "        top_ids.append(top.indices)\n"
+        "        top_probs.append(top.values)\n"
+        "    top_ids, top_probs = torch.stack(top_ids).save(), torch.stack(top_probs).save()\n"
+        "result = top_ids.numpy(), top_probs.numpy()  # [layers, tokens, k]\n"
+    )
+
+
+def attention_code(model: Model, o: dict[str, Any]) -> str:
+    return (
+        _load(model)
+        + "model._model.set_attn_implementation('eager')  # eager attention returns its weights\n"
+        f"ids = model.tokenizer({o['prompt']!r}, return_tensors='pt').input_ids\n"
+        "patterns = []\n"
+        "with torch.no_grad(), model.trace(ids):\n"
+        f"    for layer in model.{model.arch.layers}:\n"
+        f"        patterns.append(layer.{model.arch.attn}.output[1][0])\n"
+        "    patterns = torch.stack(patterns).save()\n"
+        "result = patterns.numpy()  # [layers, heads, query, key]\n"
+    )
+
+
+def attribution_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
+    site = o["site"]
+    expr = _site_expr(model, site, 0).replace(f"{model.arch.layers}[0]", f"{model.arch.layers}[l]")
+    d = model.d_head
+    reduce = (
+        f"est = est.view(est.shape[0], est.shape[1], {model.n_heads}, {d}).sum(-1)"
+        + ("" if o["by_position"] else ".sum(1)")
+        if site == "head"
+        else "est = est.sum(-1)"
+    )
+    return (
+        _load(model)
+        + f"clean, corrupt = {o['clean']!r}, {o['corrupt']!r}\n"
+        + metric.code(model)
+        + "ids = model.tokenizer([clean, corrupt], return_tensors='pt').input_ids\n"
+        f"L = {model.n_layers}\n"
+        "with model.trace(ids):\n"
+        f"    acts = [{expr} for l in range(L)]\n"
+        "    logits = model.output.logits[:, -1]\n"
+        "    values = metric(logits, logits[0])\n"
+        "    base = values.detach().save()\n"
+        "    grads = [None] * L\n"
+        "    with values[1].backward():\n"
+        "        for l in reversed(range(L)):\n"
+        "            grads[l] = acts[l].grad[1]\n"
+        "    est = torch.stack([(acts[l][0] - acts[l][1]).detach() * grads[l] for l in range(L)]).save()\n"
+        + reduce
+        + "\nresult = (est + base[1]).numpy()  # estimated metric after each patch\n"
+    )
+
+
+def steer_code(model: Model, o: dict[str, Any], vec: torch.Tensor) -> str:
+    return (
+        _load(model) + f"prompt, layer, scale = {o['prompt']!r}, {o['layer']}, {o['scale']!r}\n"
+        f"vector = torch.tensor({[float(v) for v in vec.tolist()]})\n"
+        "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
+        f"with torch.no_grad(), model.generate(ids, max_new_tokens={o['max_new_tokens']}, do_sample=False) as tracer:\n"
+        f"    for _ in tracer.iter[:{o['max_new_tokens']}]:\n"
+        f"        model.{model.arch.layers}[layer].input += scale * vector\n"
+        "    out = tracer.result.save()\n"
+        "result = model.tokenizer.decode(out[0, ids.shape[1]:])\n"
+    )

@@ -1,0 +1,238 @@
+"""The live model: facts, tokenisation and the standard sites (resid_pre/post, attn_out, mlp_out, heads).
+
+Everything above this module speaks in sites and layers; only this module and `architectures.py`
+know module paths. The `site_*` helpers run *inside* an nnsight trace body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from .architectures import Arch, arch_for
+from .errors import SiteError, TokenizationError, WorkbenchError
+
+SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head")
+
+
+def _get_path(root: Any, path: str) -> Any:
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class Model:
+    """A causal LM with the facts and sites Workbench needs; wraps an nnsight `TransformersModel`."""
+
+    def __init__(
+        self,
+        hf: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        source: str,
+        nn: Any = None,
+        remote: bool = False,
+        load_info: dict[str, Any] | None = None,
+    ) -> None:
+        from nnsight import TransformersModel
+
+        self.hf = hf
+        self.tokenizer = tokenizer
+        self.source = source
+        self.remote = remote
+        self.load_info = dict(load_info or {})
+        cfg = hf.config
+        self.config = cfg
+        self.arch: Arch = arch_for(cfg.model_type)
+        if nn is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                nn = TransformersModel(hf, tokenizer=tokenizer)
+        self.nn = nn
+        self.lock = threading.RLock()
+        self.n_layers: int = int(cfg.num_hidden_layers)
+        self.n_heads: int = int(cfg.num_attention_heads)
+        self.n_kv_heads: int = int(getattr(cfg, "num_key_value_heads", None) or self.n_heads)
+        self.d_model: int = int(cfg.hidden_size)
+        self.d_head: int = int(getattr(cfg, "head_dim", None) or self.d_model // self.n_heads)
+        self.vocab_size: int = int(cfg.vocab_size)
+        self.n_ctx: int = int(
+            getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", 2048)
+        )
+        self.logit_softcap: float | None = getattr(cfg, "final_logit_softcapping", None)
+        self._set_default_attention()
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_hf(cls, hf: torch.nn.Module, tokenizer: Any, *, source: str = "custom") -> Model:
+        """Wrap an already loaded transformers causal LM and its tokenizer."""
+        return cls(hf.eval(), tokenizer, source=source)
+
+    def __repr__(self) -> str:
+        return (
+            f"<workbench.Model {self.source!r}: {self.config.model_type}, {self.n_layers} layers, "
+            f"{self.n_heads} heads ({self.n_kv_heads} kv), d_model {self.d_model}, vocab {self.vocab_size}"
+            f"{', remote' if self.remote else ''}>"
+        )
+
+    # ---------------------------------------------------------------- attention implementation
+    def _set_default_attention(self) -> None:
+        """Prefer SDPA (fast, batched); families without it stay on eager."""
+        if self.remote:
+            return
+        with contextlib.suppress(Exception):
+            self.hf.set_attn_implementation("sdpa")
+
+    @contextlib.contextmanager
+    def eager_attention(self) -> Iterator[None]:
+        """Eager attention for the duration of the block, so attention modules return their weights."""
+        before = self.hf.config._attn_implementation
+        if before == "eager" or self.remote:
+            yield
+            return
+        self.hf.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            self.hf.set_attn_implementation(before)
+
+    # ---------------------------------------------------------------- tokens
+    def to_tokens(self, text: str, *, what: str = "prompt") -> torch.Tensor:
+        """Token ids [1, T] of `text` as the model sees them (BOS included when the tokenizer adds one)."""
+        if not isinstance(text, str):
+            raise TokenizationError(f"The {what} must be a string, got {type(text).__name__}.")
+        if not text.strip():
+            raise TokenizationError(f"The {what} is empty: give it some text, e.g. 'The Eiffel Tower is in'.")
+        ids = self.tokenizer(text, return_tensors="pt").input_ids
+        if ids.shape[1] == 0:
+            raise TokenizationError(f"The {what} {text!r} tokenizes to nothing: give it some text.")
+        if ids.shape[1] > self.n_ctx:
+            raise TokenizationError(
+                f"The {what} is {ids.shape[1]} tokens long, more than this model's context of {self.n_ctx}: "
+                "shorten it."
+            )
+        return ids
+
+    def str_tokens(self, ids: torch.Tensor | list[int]) -> list[str]:
+        """Each id decoded on its own, as the tokenizer prints it (e.g. ' Paris')."""
+        flat = ids.flatten().tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return [self.tokenizer.decode([i]) for i in flat]
+
+    def to_str_tokens(self, text: str) -> list[str]:
+        """The tokens of `text` as strings, one per position the model sees."""
+        return self.str_tokens(self.to_tokens(text))
+
+    def token_id(self, token: str | int) -> int:
+        """The id of a token given as text (must be exactly one token, e.g. ' Paris') or as an id."""
+        if isinstance(token, int):
+            if not 0 <= token < self.vocab_size:
+                raise TokenizationError(
+                    f"Token id {token} is outside the vocabulary (0..{self.vocab_size - 1})."
+                )
+            return token
+        if not isinstance(token, str) or token == "":
+            raise TokenizationError(f"A metric token must be a non-empty string or an id, got {token!r}.")
+        ids = self.tokenizer(token, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            pieces = self.str_tokens(ids)
+            hint = " Most tokenizers fold the leading space into the word: try ' Paris' not 'Paris'."
+            raise TokenizationError(
+                f"{token!r} is {len(ids)} tokens {pieces}, but a metric token must be exactly one token."
+                + (hint if not token.startswith(" ") else " Pick a word that is a single token.")
+            )
+        return int(ids[0])
+
+    # ---------------------------------------------------------------- validation
+    def check_site(self, site: str) -> str:
+        if site not in SITES:
+            raise SiteError(f"Unknown site {site!r}. Sites: {', '.join(SITES)}.")
+        return site
+
+    def check_layer(self, layer: int) -> int:
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise SiteError(f"layer must be an integer 0..{self.n_layers - 1}, got {layer!r}.")
+        if not 0 <= layer < self.n_layers:
+            raise SiteError(f"layer {layer} is out of range: this model has layers 0..{self.n_layers - 1}.")
+        return layer
+
+    def check_head(self, head: int) -> int:
+        if not isinstance(head, int) or not 0 <= head < self.n_heads:
+            raise SiteError(f"head {head!r} is out of range: this model has heads 0..{self.n_heads - 1}.")
+        return head
+
+    @staticmethod
+    def check_position(position: int, n_tokens: int) -> int:
+        """A position 0..T-1 (negative counts from the right, like Python)."""
+        if not isinstance(position, int) or not -n_tokens <= position < n_tokens:
+            raise SiteError(
+                f"position {position!r} is out of range: the prompt has {n_tokens} tokens (0..{n_tokens - 1})."
+            )
+        return position % n_tokens
+
+    # ---------------------------------------------------------------- module access (envoys)
+    def layers(self) -> Any:
+        return _get_path(self.nn, self.arch.layers)
+
+    def block(self, layer: int) -> Any:
+        return self.layers()[layer]
+
+    def final_norm(self) -> Any:
+        return _get_path(self.nn, self.arch.final_norm)
+
+    def unembed(self) -> Any:
+        return _get_path(self.nn, self.arch.unembed)
+
+    def site_module(self, site: str, layer: int) -> Any:
+        """The envoy whose input (resid_pre, head) or output (the rest) is the site."""
+        block = self.block(layer)
+        return {
+            "resid_pre": block,
+            "resid_post": block,
+            "attn_out": _get_path(block, self.arch.attn_out),
+            "mlp_out": _get_path(block, self.arch.mlp_out),
+            "head": _get_path(block, self.arch.o_proj),
+        }[site]
+
+    def module_path(self, site: str, layer: int) -> str:
+        """Dotted path (for generated code) of the module that carries the site."""
+        sub = {
+            "resid_pre": "",
+            "resid_post": "",
+            "attn_out": self.arch.attn_out,
+            "mlp_out": self.arch.mlp_out,
+            "head": self.arch.o_proj,
+        }[site]
+        return f"{self.arch.layers}[{layer}]" + (f".{sub}" if sub else "")
+
+
+# -------------------------------------------------------------------- inside a trace body
+def site_value(model: Model, site: str, layer: int) -> torch.Tensor:
+    """The live activation of `site` at `layer`: [B, T, d_model], or [B, T, n_heads * d_head] for heads.
+
+    Call inside a trace, in forward order. The tensor is the one the model uses: editing it in place edits
+    the run.
+    """
+    module = model.site_module(site, layer)
+    value = module.input if site in ("resid_pre", "head") else module.output
+    if isinstance(value, tuple):
+        value = value[0]
+    return value
+
+
+def final_logits(model: Model, resid: torch.Tensor) -> torch.Tensor:
+    """Logits of residual-stream vectors through the final norm and unembedding (inside or outside a trace)."""
+    logits = model.unembed()(model.final_norm()(resid))
+    if model.logit_softcap:
+        logits = torch.tanh(logits / model.logit_softcap) * model.logit_softcap
+    return logits
+
+
+def require_local(model: Model, what: str) -> None:
+    if model.remote:
+        raise WorkbenchError(f"{what} is not available for remote models yet; run it on a local model.")

@@ -1,0 +1,173 @@
+"""The logit lens: decode every layer's residual stream through the final norm and unembedding."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .. import codegen
+from ..errors import WorkbenchError
+from ..model import Model, final_logits, site_value
+from ._engine import Cell, Progress, _apply, check_cancel
+from .patching import check_cell, pair_tokens
+from .results import LensResult
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """An edit applied during a run: patch from `source` (the clean prompt), or ablate (zero/mean/resample)."""
+
+    site: str
+    layer: int
+    position: int | None = None
+    head: int | None = None
+    kind: str = "patch"  # patch | zero | mean | resample
+    source: str | None = None  # the clean prompt (patch) or reference prompt (resample)
+
+
+def _source_and_mode(model: Model, prompt: str, iv: Intervention) -> tuple[torch.Tensor, torch.Tensor, str]:
+    if iv.kind in ("patch", "resample"):
+        if iv.source is None:
+            raise WorkbenchError(
+                f"An intervention of kind {iv.kind!r} needs source= the prompt to copy from."
+            )
+        src, ids = pair_tokens(model, iv.source, prompt)
+        return src, ids, "copy"
+    if iv.kind in ("zero", "mean"):
+        ids = model.to_tokens(prompt)
+        return ids, ids, iv.kind
+    raise WorkbenchError(f"Unknown intervention kind {iv.kind!r}: patch, zero, mean or resample.")
+
+
+def _lens_trace(
+    model: Model,
+    batch: torch.Tensor,
+    row: int,
+    top_k: int,
+    token_ids: list[int],
+    iv: tuple[Cell, str, str] | None,
+    chunk_layers: int,
+) -> dict[str, torch.Tensor]:
+    """One forward pass; every statistic is computed inside the trace so only small arrays are saved."""
+    n_layers = model.n_layers
+    saved: dict[str, torch.Tensor] = {}  # filled inside the trace (locals of the body do not escape)
+    with torch.no_grad(), model.nn.trace(batch, logits_to_keep=1):
+        resids = []
+        for layer in range(n_layers):
+            if iv is not None and iv[0].layer == layer and iv[1] != "resid_post":
+                _apply(site_value(model, iv[1], layer), model, iv[1], [(1, iv[0])], iv[2], None)
+            out = site_value(model, "resid_post", layer)
+            if iv is not None and iv[0].layer == layer and iv[1] == "resid_post":
+                _apply(out, model, "resid_post", [(1, iv[0])], iv[2], None)
+            resids.append(out[row].clone())
+        final = torch.log_softmax(final_logits(model, resids[-1]).float(), dim=-1)  # [T, V]
+        stats: dict[str, list[torch.Tensor]] = {
+            "ids": [],
+            "probs": [],
+            "entropy": [],
+            "kl": [],
+            "tp": [],
+            "rank": [],
+        }
+        tid = torch.tensor(token_ids, dtype=torch.long)
+        for start in range(0, n_layers, chunk_layers):
+            h = torch.stack(resids[start : start + chunk_layers])  # [l, T, d]
+            logits = final_logits(model, h).float()
+            logp = torch.log_softmax(logits, dim=-1)
+            top = logp.topk(top_k, dim=-1)
+            stats["ids"].append(top.indices)
+            stats["probs"].append(top.values.exp())
+            stats["entropy"].append(-(logp.exp() * logp).sum(-1))
+            stats["kl"].append((final.exp() * (final - logp)).sum(-1))
+            if token_ids:
+                chosen = logits[..., tid]  # [l, T, n]
+                stats["tp"].append(logp[..., tid])
+                stats["rank"].append((logits.unsqueeze(-2) > chosen.unsqueeze(-1)).sum(-1))
+        for k, v in stats.items():
+            if v:
+                saved[k] = torch.cat(v).save()
+    return saved
+
+
+def logit_lens(
+    model: Model,
+    prompt: str,
+    *,
+    top_k: int = 5,
+    tokens: Sequence[str | int] | None = None,
+    intervention: Intervention | None = None,
+    progress: Progress = None,
+    cancel: threading.Event | None = None,
+) -> LensResult:
+    """Top-k, entropy and KL-to-final of every layer's resid_post decoded by the final norm + unembedding.
+
+    Row l is resid_post[l]; the last row is the model's own output. `tokens` are followed through the
+    layers up front (`.prob(tok)`, `.rank(tok)`); other tokens are computed on first request.
+    """
+    if not isinstance(top_k, int) or not 1 <= top_k <= 100:
+        raise WorkbenchError(f"top_k must be an integer 1..100, got {top_k!r}.")
+    check_cancel(cancel)
+    ivs = None
+    if intervention is not None:
+        src, ids, mode = _source_and_mode(model, prompt, intervention)
+        cell = check_cell(
+            model,
+            intervention.site,
+            intervention.layer,
+            intervention.position,
+            intervention.head,
+            ids.shape[1],
+        )
+        batch, row, ivs = torch.cat([src, ids]), 1, (cell, intervention.site, mode)
+    else:
+        ids = model.to_tokens(prompt)
+        batch, row = ids, 0
+    token_ids = [model.token_id(t) for t in (tokens or [])]
+    chunk = max(1, min(model.n_layers, int(2e8 // max(1, ids.shape[1] * model.vocab_size * 4))))
+
+    def compute(tids: list[int]) -> dict[str, torch.Tensor]:
+        with model.lock:
+            return _lens_trace(model, batch, row, top_k, tids, ivs, chunk)
+
+    saved = compute(token_ids)
+    if progress is not None:
+        progress(1.0, "lens done")
+
+    def token_stats(
+        res: dict[str, torch.Tensor], tids: list[int]
+    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        return {
+            t: (res["tp"][..., i].exp().float().numpy(), res["rank"][..., i].to(torch.int32).numpy())
+            for i, t in enumerate(tids)
+        }
+
+    def more(tids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        return token_stats(compute(tids), tids)
+
+    top_ids = saved["ids"].to(torch.int32).numpy()
+    vocab = model.str_tokens(np.unique(top_ids).tolist())
+    lookup = dict(zip(np.unique(top_ids).tolist(), vocab, strict=True))
+    options = dict(
+        op="logit_lens",
+        prompt=prompt,
+        top_k=top_k,
+        tokens=list(tokens or []),
+        intervention=intervention.__dict__ if intervention else None,
+    )
+    return LensResult(
+        tokens=model.str_tokens(ids),
+        top_ids=top_ids,
+        top_probs=saved["probs"].float().numpy(),
+        top_tokens=[[[lookup[i] for i in cell] for cell in layer] for layer in top_ids.tolist()],
+        entropy=saved["entropy"].float().numpy(),
+        kl=saved["kl"].float().numpy(),
+        options=options,
+        _token_stats=token_stats(saved, token_ids) if token_ids else {},
+        _more=more,
+        _token_id=model.token_id,
+        _code=lambda: codegen.lens_code(model, options),
+    )

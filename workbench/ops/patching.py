@@ -1,0 +1,195 @@
+"""Activation patching: put the clean run's activation into the corrupt run and read the metric."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import codegen
+from ..errors import TokenizationError, WorkbenchError
+from ..model import Model
+from ._engine import Cell, Progress, collect, run_batch
+from .metrics import Metric, as_metric
+from .results import SweepResult, Value
+
+MetricLike = Metric | Callable[[torch.Tensor], Any]
+
+
+def pair_tokens(model: Model, clean: str, corrupt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of a clean/corrupt pair, which must have the same length (positions line up)."""
+    c = model.to_tokens(clean, what="clean prompt")
+    k = model.to_tokens(corrupt, what="corrupt prompt")
+    if c.shape[1] != k.shape[1]:
+        raise TokenizationError(
+            f"The clean and corrupt prompts must have the same number of tokens so positions line up, but "
+            f"clean has {c.shape[1]}: {model.str_tokens(c)} and corrupt has {k.shape[1]}: {model.str_tokens(k)}. "
+            "Reword one of them (e.g. pick a name or word that is the same number of tokens)."
+        )
+    return c, k
+
+
+def check_cell(
+    model: Model, site: str, layer: int, position: int | None, head: int | None, n_tokens: int
+) -> Cell:
+    model.check_site(site)
+    model.check_layer(layer)
+    if position is not None:
+        position = model.check_position(position, n_tokens)
+    if head is not None:
+        if site != "head":
+            raise WorkbenchError(f"head={head} only makes sense with site='head' (got site={site!r}).")
+        model.check_head(head)
+    elif site == "head":
+        raise WorkbenchError("site='head' needs head=<index>; for all heads at once use site='attn_out'.")
+    return Cell(layer, position, head)
+
+
+def sweep_cells(
+    model: Model, site: str, n_tokens: int, by_position: bool
+) -> tuple[list[Cell], tuple[int, ...]]:
+    """Every cell of a sweep, in row-major order of the result grid, and the grid's shape."""
+    model.check_site(site)
+    layers, heads, positions = range(model.n_layers), range(model.n_heads), range(n_tokens)
+    if site != "head":
+        return [Cell(lyr, p) for lyr in layers for p in positions], (model.n_layers, n_tokens)
+    if by_position:
+        cells = [Cell(lyr, p, h) for lyr in layers for p in positions for h in heads]
+        return cells, (model.n_layers, n_tokens, model.n_heads)
+    return [Cell(lyr, None, h) for lyr in layers for h in heads], (model.n_layers, model.n_heads)
+
+
+def sweep_axes(site: str, by_position: bool) -> tuple[str, ...]:
+    if site != "head":
+        return ("layer", "position")
+    return ("layer", "position", "head") if by_position else ("layer", "head")
+
+
+def prediction(model: Model, top_ids: torch.Tensor | None, top_probs: torch.Tensor | None) -> dict[str, Any]:
+    if top_ids is None or top_probs is None:
+        return {"top_ids": np.zeros(0, np.int32), "top_probs": np.zeros(0, np.float32), "top_tokens": []}
+    ids = top_ids.to(torch.int32).numpy()
+    return {
+        "top_ids": ids,
+        "top_probs": top_probs.float().numpy(),
+        "top_tokens": model.str_tokens(ids.tolist()),
+    }
+
+
+def patch(
+    model: Model,
+    clean: str,
+    corrupt: str,
+    *,
+    metric: MetricLike,
+    site: str = "resid_pre",
+    layer: int,
+    position: int | None = None,
+    head: int | None = None,
+    source_layer: int | None = None,
+    source_position: int | None = None,
+    top_k: int = 5,
+    progress: Progress = None,
+    cancel: threading.Event | None = None,
+) -> Value:
+    """Metric of the corrupt run with the clean activation at (site, layer, position, head).
+
+    `source_layer` / `source_position` take the clean activation from another layer or position of the
+    same site (a drag from one cell to another); by default the source is the patched cell itself.
+    """
+    m = as_metric(metric)
+    c, k = pair_tokens(model, clean, corrupt)
+    cell = check_cell(model, site, layer, position, head, k.shape[1])
+    bound = m.bind(model)
+    options = dict(
+        op="patch",
+        clean=clean,
+        corrupt=corrupt,
+        metric=m.name,
+        site=site,
+        layer=layer,
+        position=cell.position,
+        head=head,
+        source_layer=source_layer,
+        source_position=source_position,
+    )
+    with model.lock:
+        moved = (source_layer is not None and source_layer != layer) or (
+            source_position is not None and cell.position is not None and source_position != cell.position
+        )
+        if moved:
+            if cell.position is None and source_position is not None:
+                raise WorkbenchError(
+                    "source_position needs position= too (a drag moves one position to another)."
+                )
+            src_layer = model.check_layer(source_layer if source_layer is not None else layer)
+            src_pos = (
+                model.check_position(source_position, c.shape[1]) if source_position is not None else None
+            )
+            act = collect(model, c, site, [src_layer])[src_layer][0]
+            if site == "head":
+                act = act.view(act.shape[0], model.n_heads, model.d_head)[:, head]
+            value = act[src_pos] if src_pos is not None else act
+            out = run_batch(
+                model,
+                c,
+                k,
+                site,
+                [cell],
+                bound,
+                mode="value",
+                values=[value],
+                top_k=top_k,
+                progress=progress,
+                cancel=cancel,
+            )
+        else:
+            out = run_batch(model, c, k, site, [cell], bound, top_k=top_k, progress=progress, cancel=cancel)
+    pred = prediction(
+        model,
+        out.top_ids[0] if out.top_ids is not None else None,
+        out.top_probs[0] if out.top_probs is not None else None,
+    )
+    return Value(
+        float(out.values[0]),
+        clean=out.source,
+        corrupt=out.base,
+        options=options,
+        _code=lambda: codegen.patch_code(model, m, options),
+        **pred,
+    )
+
+
+def patch_sweep(
+    model: Model,
+    clean: str,
+    corrupt: str,
+    *,
+    metric: MetricLike,
+    site: str = "resid_pre",
+    by_position: bool = False,
+    progress: Progress = None,
+    cancel: threading.Event | None = None,
+) -> SweepResult:
+    """Patch every (layer, position) — or (layer, head), or (layer, position, head) — in batched forwards."""
+    m = as_metric(metric)
+    c, k = pair_tokens(model, clean, corrupt)
+    cells, shape = sweep_cells(model, site, k.shape[1], by_position)
+    bound = m.bind(model)
+    with model.lock:
+        out = run_batch(model, c, k, site, cells, bound, progress=progress, cancel=cancel)
+    options = dict(
+        op="patch_sweep", clean=clean, corrupt=corrupt, metric=m.name, site=site, by_position=by_position
+    )
+    return SweepResult(
+        values=out.values.float().numpy().reshape(shape),
+        clean=out.source,
+        corrupt=out.base,
+        axes=sweep_axes(site, by_position),
+        tokens=model.str_tokens(k),
+        options=options,
+        _code=lambda: codegen.sweep_code(model, m, options),
+    )
