@@ -1,0 +1,179 @@
+"""The engine against the independent reference on the real embedded model (SmolLM2-135M-Instruct),
+plus known behaviour of that model on the Eiffel Tower / Colosseum pair.
+
+One model load for the whole session; sweeps are computed once per module. Kept well under 3 minutes
+on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import workbench as wb
+from tests import reference as R
+from tests.conftest import ATOL, assert_close, assert_same_topk
+
+pytestmark = pytest.mark.embedded
+
+CLEAN = "The Eiffel Tower is located in the city of"
+CORRUPT = "The Colosseum is located in the city of"
+TARGET, FOIL = " Paris", " Rome"
+SUBJECT = (1, 2, 3)  # " E", "iffel", " Tower"
+LAST = 9
+
+
+@pytest.fixture(scope="session")
+def model():
+    return wb.load()
+
+
+@pytest.fixture(scope="module")
+def ref_metric(model):
+    return R.logit_diff(model.tokenizer, TARGET, FOIL)
+
+
+@pytest.fixture(scope="module")
+def resid_sweep(model):
+    return wb.patch_sweep(model, CLEAN, CORRUPT, metric=wb.logit_diff(TARGET, FOIL), site="resid_pre")
+
+
+@pytest.fixture(scope="module")
+def ref_resid_sweep(model, ref_metric):
+    return R.reference_patch_sweep(
+        model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric, "resid_pre", batch=True
+    )
+
+
+def test_model_facts_and_tokens(model):
+    cfg = model.hf.config
+    assert (model.n_layers, model.n_heads, model.d_model) == (30, 9, 576)
+    assert cfg.model_type == "llama" and cfg.num_key_value_heads == 3
+    assert model.d_head == R.d_head(model.hf) == 64
+    for prompt in (CLEAN, CORRUPT):
+        assert torch.equal(model.to_tokens(prompt), R.tokens(model.tokenizer, prompt))
+        assert model.to_tokens(prompt).shape == (1, 10)
+    assert [model.to_str_tokens(CLEAN)[p] for p in SUBJECT] == [" E", "iffel", " Tower"]
+
+
+def test_top1_is_paris(model):
+    logits = R.run_logits(model.hf, R.tokens(model.tokenizer, CLEAN))[0, -1]
+    assert model.tokenizer.decode([int(logits.argmax())]) == TARGET
+    lens = wb.logit_lens(model, CLEAN, top_k=5)
+    assert lens.top_tokens[-1][-1][0] == TARGET
+
+
+def test_logit_lens_vs_reference(model):
+    tok = model.tokenizer
+    ref = R.reference_logit_lens(model.hf, tok, CLEAN, top_k=5)
+    lens = wb.logit_lens(model, CLEAN, top_k=5)
+    assert lens.top_ids.shape == (30, 10, 5)
+    assert_same_topk(lens.top_ids, lens.top_probs, ref["top_ids"], ref["top_probs"], what="lens")
+    assert_close(lens.entropy, ref["entropy"], what="lens entropy")
+    assert_close(lens.kl, ref["kl"], what="lens kl")
+    tid = R.single_token(tok, TARGET)
+    assert_close(lens.prob(TARGET), R.lens_prob(ref, tid), what="lens prob(' Paris')")
+    rank, ref_rank = np.asarray(lens.rank(TARGET)), R.lens_rank(ref, tid)
+    # float32 ties can reorder tokens of equal probability; at real probabilities the ranks agree exactly
+    solid = R.lens_prob(ref, tid) > 1e-4
+    assert np.array_equal(rank[solid], ref_rank[solid]), (rank, ref_rank)
+    # last row = the model's own next-token distribution
+    own = torch.softmax(R.run_logits(model.hf, model.to_tokens(CLEAN))[0], -1)
+    assert_close(lens.prob(TARGET)[-1], own[:, tid], what="last lens row vs model")
+    assert_close(
+        lens.top_probs[-1], torch.sort(own, -1, descending=True).values[:, :5], what="last row top-k"
+    )
+    assert rank[-1, LAST] == 0
+
+
+def test_resid_pre_sweep_vs_reference(resid_sweep, ref_resid_sweep):
+    assert resid_sweep.values.shape == (30, 10)
+    assert abs(resid_sweep.clean - ref_resid_sweep["clean"]) <= ATOL
+    assert abs(resid_sweep.corrupt - ref_resid_sweep["corrupt"]) <= ATOL
+    assert_close(resid_sweep.values, ref_resid_sweep["values"], what="embedded resid_pre sweep")
+
+
+def test_resid_pre_sweep_tells_the_causal_tracing_story(resid_sweep):
+    """Meng et al.'s picture: the answer is restored from the subject tokens in early and middle layers,
+    and from the last token in late layers.
+
+    Measured (normalised effect): the subject's max over " E"/"iffel"/" Tower" is 0.69-0.90 in layers
+    0-23 and <= 0.03 from layer 24 on; the last token is <= 0.07 up to layer 21 and 0.82-0.91 from 24.
+    """
+    clean, corrupt = resid_sweep.clean, resid_sweep.corrupt
+    assert clean > 2 and corrupt < -2, (clean, corrupt)  # Paris vs Rome flips between the prompts
+    n = np.asarray(resid_sweep.normalized)
+    subject = n[:, list(SUBJECT)].max(1)
+    last = n[:, LAST]
+    early, middle, late = range(0, 8), range(8, 20), range(25, 30)
+    for layers, name in ((early, "early"), (middle, "middle")):
+        assert subject[list(layers)].min() > 0.5, f"{name} layers: subject effect {subject[list(layers)]}"
+        assert last[list(layers)].max() < 0.25, f"{name} layers: last-token effect {last[list(layers)]}"
+    assert last[list(late)].min() > 0.6, f"late layers: last-token effect {last[list(late)]}"
+    assert subject[list(late)].max() < 0.2, f"late layers: subject effect {subject[list(late)]}"
+    # the first token ("The") is the same in both prompts: patching it changes nothing
+    assert np.abs(n[:, 0]).max() < 1e-3
+
+
+def test_head_sweep_vs_reference(model, ref_metric):
+    sweep = wb.patch_sweep(model, CLEAN, CORRUPT, metric=wb.logit_diff(TARGET, FOIL), site="head")
+    ref = R.reference_patch_sweep(model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric, "head", batch=True)
+    assert sweep.values.shape == (30, 9)
+    assert_close(sweep.values, ref["values"], what="embedded head sweep")
+
+
+def test_attention_vs_reference(model):
+    ref = R.reference_attention(model.hf, model.tokenizer, CLEAN)
+    attn = wb.attention(model, CLEAN)
+    assert attn.patterns.shape == (30, 9, 10, 10)
+    assert_close(attn.patterns, ref, what="embedded attention")
+    # grouped-query attention: query heads 3k..3k+2 share key/value head k, but their patterns differ
+    assert not np.allclose(attn.patterns[:, 0], attn.patterns[:, 1])
+
+
+def test_attribution_vs_reference(model, ref_metric, resid_sweep):
+    ref = R.reference_attribution_patch(model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric, "resid_pre")
+    approx = wb.attribution_patch(model, CLEAN, CORRUPT, metric=wb.logit_diff(TARGET, FOIL), site="resid_pre")
+    assert_close(approx.values, ref.numpy(), 1e-3, "embedded attribution resid_pre")
+    # first-order estimate of (patched - corrupt): it should point the same way as the exact sweep's top cell
+    exact = resid_sweep.values - resid_sweep.corrupt
+    i = np.unravel_index(np.abs(exact).argmax(), exact.shape)
+    assert np.sign(approx.values[i]) == np.sign(exact[i])
+
+
+@pytest.mark.parametrize(
+    "method,site,layer,position,head",
+    [
+        ("zero", "mlp_out", 3, None, None),
+        ("mean", "attn_out", 5, LAST, None),
+        ("resample", "head", 20, None, 4),
+    ],
+)
+def test_ablation_vs_reference(model, ref_metric, method, site, layer, position, head):
+    reference = CORRUPT if method == "resample" else None
+    ref = R.reference_ablate(
+        model.hf,
+        model.tokenizer,
+        CLEAN,
+        ref_metric,
+        site,
+        layer,
+        position=position,
+        head=head,
+        method=method,
+        reference=reference,
+    )
+    v = wb.ablate(
+        model,
+        CLEAN,
+        metric=wb.logit_diff(TARGET, FOIL),
+        site=site,
+        layer=layer,
+        position=position,
+        head=head,
+        method=method,
+        reference=reference,
+    )
+    assert_close(float(v), ref["value"], what=f"embedded ablate {method} {site}")
+    assert_close(v.clean, ref["clean"], what="embedded ablate clean")
