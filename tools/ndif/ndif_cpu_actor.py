@@ -18,12 +18,10 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from typing import Dict
 
 import ray
-from nnsight.modeling.huggingface import HuggingFaceModel
-
 from ndif.services.ray.deployments.modeling.base import BaseModelDeployment
+from nnsight.modeling.huggingface import HuggingFaceModel
 
 logger = logging.getLogger("ndif.modeling")
 
@@ -48,7 +46,7 @@ class CPUModelDeployment(BaseModelDeployment):
         await self.cancel("preempted")
         self.cached = True
 
-    def from_cache(self, gpu_mem_bytes_by_id: Dict[int, int]) -> None:
+    def from_cache(self, gpu_mem_bytes_by_id: dict[int, int]) -> None:
         self.gpu_mem_bytes_by_id = gpu_mem_bytes_by_id
         self.cached = False
 

@@ -30,6 +30,7 @@ Commands (see tests/ndif/README.md):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -118,10 +119,8 @@ def kill_pids(pids: list[int], what: str, grace: float = 5.0) -> None:
         return
     log(f"stopping {what}: SIGTERM {pids}")
     for p in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.time() + grace
     while time.time() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.2)
@@ -129,10 +128,8 @@ def kill_pids(pids: list[int], what: str, grace: float = 5.0) -> None:
     if left:
         log(f"stopping {what}: SIGKILL {left}")
         for p in left:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         deadline = time.time() + 5
         while time.time() < deadline and any(_alive(p) for p in left):
             time.sleep(0.1)
@@ -236,19 +233,29 @@ class Stack:
 
     # -- helpers
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        logf = open(self.run_dir / f"{name}.log", "ab")
-        p = subprocess.Popen(
-            argv, env=env, cwd=self.run_dir, stdout=logf, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        logf.close()
+        with open(self.run_dir / f"{name}.log", "ab") as logf:
+            p = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=self.run_dir,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.procs[name] = p.pid
         self._write_state()
         return p
 
     def _write_state(self) -> None:
-        state = {"procs": self.procs, "url": self.url, "model_dir": str(self.model_dir),
-                 "run_dir": str(self.run_dir), "ray_tmp": str(self.ray_tmp), "owner": os.getpid()}
+        state = {
+            "procs": self.procs,
+            "url": self.url,
+            "model_dir": str(self.model_dir),
+            "run_dir": str(self.run_dir),
+            "ray_tmp": str(self.ray_tmp),
+            "owner": os.getpid(),
+        }
         (self.run_dir / "state.json").write_text(json.dumps(state, indent=1))
 
     def _wait(self, what: str, ok, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -259,8 +266,9 @@ class Stack:
                 log(f"{what} ready in {self.timings[what]} s")
                 return
             if proc is not None and proc.poll() is not None:
-                raise StackError(f"{what} exited with {proc.returncode}; see {self.run_dir}/{what}.log\n"
-                                 + self.tail(what))
+                raise StackError(
+                    f"{what} exited with {proc.returncode}; see {self.run_dir}/{what}.log\n" + self.tail(what)
+                )
             time.sleep(0.5)
         raise StackError(f"{what} not ready after {timeout} s; see {self.run_dir}\n" + self.tail(what))
 
@@ -283,8 +291,10 @@ class Stack:
     # -- start
     def start(self, deploy_timeout: float = 300) -> Stack:
         if not only_loopback():
-            raise StackError("refusing to start: not inside a network namespace with only `lo` "
-                             f"(interfaces: {socket.if_nameindex()}); use tools/ndif/stack.py")
+            raise StackError(
+                "refusing to start: not inside a network namespace with only `lo` "
+                f"(interfaces: {socket.if_nameindex()}); use tools/ndif/stack.py"
+            )
         for exe in ("python", "ray", "gunicorn", "moto_server"):
             if not (VENV / "bin" / exe).exists():
                 raise StackError(f"{VENV}/bin/{exe} missing: run tools/ndif/setup_env.sh")
@@ -300,29 +310,72 @@ class Stack:
         env = self.env()
         py = str(VENV / "bin" / "python")
         try:
-            p = self._spawn("redis", ["redis-server", "--bind", HOST, "--port", str(PORTS["redis"]),
-                                      "--save", "", "--appendonly", "no", "--dir", str(self.run_dir)], env)
+            p = self._spawn(
+                "redis",
+                [
+                    "redis-server",
+                    "--bind",
+                    HOST,
+                    "--port",
+                    str(PORTS["redis"]),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.run_dir),
+                ],
+                env,
+            )
             self._wait("redis", lambda: _port_open(PORTS["redis"]), 30, p)
-            p = self._spawn("s3", [str(VENV / "bin" / "moto_server"), "-H", HOST, "-p", str(PORTS["s3"])], env)
+            p = self._spawn(
+                "s3", [str(VENV / "bin" / "moto_server"), "-H", HOST, "-p", str(PORTS["s3"])], env
+            )
             self._wait("s3", lambda: _port_open(PORTS["s3"]), 60, p)
             ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
             resources = {"head": 10, "cuda_memory_bytes": 8_000_000_000, "cpu_memory_bytes": ram}
-            self._run_to_end("ray", [
-                str(VENV / "bin" / "ray"), "start", "--head",
-                f"--node-ip-address={HOST}", f"--port={PORTS['ray_gcs']}",
-                f"--ray-client-server-port={PORTS['ray_client']}",
-                f"--dashboard-host={HOST}", f"--dashboard-port={PORTS['dashboard']}",
-                "--num-cpus=2", "--num-gpus=1", f"--resources={json.dumps(resources)}",
-                "--object-store-memory=200000000", f"--temp-dir={self.ray_tmp}",
-                "--disable-usage-stats",
-            ], env, timeout=180)
+            self._run_to_end(
+                "ray",
+                [
+                    str(VENV / "bin" / "ray"),
+                    "start",
+                    "--head",
+                    f"--node-ip-address={HOST}",
+                    f"--port={PORTS['ray_gcs']}",
+                    f"--ray-client-server-port={PORTS['ray_client']}",
+                    f"--dashboard-host={HOST}",
+                    f"--dashboard-port={PORTS['dashboard']}",
+                    "--num-cpus=2",
+                    "--num-gpus=1",
+                    f"--resources={json.dumps(resources)}",
+                    "--object-store-memory=200000000",
+                    f"--temp-dir={self.ray_tmp}",
+                    "--disable-usage-stats",
+                ],
+                env,
+                timeout=180,
+            )
             self.timings["ray"] = round(time.time() - t0, 1)
             log(f"ray head up at +{self.timings['ray']} s")
             cenv = dict(env, RAY_ADDRESS=f"{HOST}:{PORTS['ray_gcs']}")
-            self._run_to_end("controller", [py, "-m", "ndif.services.ray.deployments.controller.controller"],
-                             cenv, timeout=180)
-            p = self._spawn("api", [str(VENV / "bin" / "gunicorn"), "-c", "python:ndif.services.api.gunicorn_conf",
-                                    "-b", f"{HOST}:{PORTS['api']}", "ndif.services.api.app:app"], env)
+            self._run_to_end(
+                "controller",
+                [py, "-m", "ndif.services.ray.deployments.controller.controller"],
+                cenv,
+                timeout=180,
+            )
+            p = self._spawn(
+                "api",
+                [
+                    str(VENV / "bin" / "gunicorn"),
+                    "-c",
+                    "python:ndif.services.api.gunicorn_conf",
+                    "-b",
+                    f"{HOST}:{PORTS['api']}",
+                    "ndif.services.api.app:app",
+                ],
+                env,
+            )
             self._wait("api", lambda: _http_get("/connected")[0] == 200, 180, p)
             self._wait("model", self.model_running, deploy_timeout, p)
         except BaseException:
@@ -418,10 +471,24 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.cmd == "pytest":
         ns = f"wbndif-{os.getpid()}"
-        env = dict(os.environ, WORKBENCH_NDIF="1", WORKBENCH_NDIF_NETNS=ns, HF_HUB_OFFLINE="1",
-                   TRANSFORMERS_OFFLINE="1")
-        cmd = [str(PROJECT_PY), "-m", "pytest", str(REPO / "tests" / "ndif"), "-m", "ndif",
-               "-p", "no:cacheprovider", *args]
+        env = dict(
+            os.environ,
+            WORKBENCH_NDIF="1",
+            WORKBENCH_NDIF_NETNS=ns,
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+        )
+        cmd = [
+            str(PROJECT_PY),
+            "-m",
+            "pytest",
+            str(REPO / "tests" / "ndif"),
+            "-m",
+            "ndif",
+            "-p",
+            "no:cacheprovider",
+            *args,
+        ]
         return _guarded(ns, lambda: _reexec_in(ns, cmd, env))
     if a.cmd == "run":
         ns = f"wbndif-{os.getpid()}"
