@@ -108,13 +108,19 @@ def _load_pretrained(source: str, dtype: torch.dtype) -> tuple[torch.nn.Module, 
     """A hub repo id or a local model folder, through transformers' normal download and cache."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    folder = Path(source)
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise ModelLoadError(
+            f"{source} is a folder but not a model: it has no config.json. A model folder needs config.json, "
+            "the weights (*.safetensors or *.bin) and the tokenizer files, as save_pretrained writes them."
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tok = AutoTokenizer.from_pretrained(source)
             hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    except OSError as exc:
-        if Path(source).exists():
+    except (OSError, ValueError) as exc:
+        if folder.exists():
             raise ModelLoadError(
                 f"{source} is a folder but not a loadable model ({exc}). It needs config.json, the weights "
                 "(*.safetensors or *.bin) and the tokenizer files, as save_pretrained writes them."
