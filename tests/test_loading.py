@@ -84,14 +84,13 @@ def test_hub_id_loads_from_the_local_hub_cache_offline(tmp_path: Path) -> None:
     (repo / "refs" / "main").write_text(commit)
     expected = _logits(hf, tok)[0, -1].tolist()
     proc = _run(
-        """
+        f"""
         import json, torch, workbench as wb
         m = wb.load("tiny-org/tiny-llama")
         with torch.no_grad():
-            out = m.hf(m.to_tokens("%s")).logits[0, -1].tolist()
-        print(json.dumps({"source": m.source, "logits": out}))
-        """
-        % PROMPT,
+            out = m.hf(m.to_tokens({PROMPT!r})).logits[0, -1].tolist()
+        print(json.dumps({{"source": m.source, "logits": out}}))
+        """,
         {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
