@@ -10,7 +10,7 @@ STAMP := $(VENV)/.workbench-installed
 PORT ?= 8888
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint js js-test browser-deps bench install clean
+.PHONY: demo test lint js js-test browser-deps bench install clean ndif-test
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -49,3 +49,9 @@ bench: install
 
 clean:
 	rm -rf $(VENV) js/node_modules workbench/static
+
+# The NDIF tier: a real local NDIF server (PyPI ndif 0.1.2) in a network namespace; see tests/ndif/README.md.
+NDIF_PYTEST_ARGS ?= -q
+ndif-test: $(STAMP)
+	PROJECT_PY=$(PY) tools/ndif/setup_env.sh
+	WORKBENCH_PROJECT_PY=$(PY) $(PY) tools/ndif/stack.py pytest $(NDIF_PYTEST_ARGS)

@@ -158,3 +158,41 @@ def test_generate(model):
         ref = tracer.result.save()
     assert torch.equal(torch.as_tensor(ids), torch.as_tensor(ref))
     assert model.tokenizer.decode(ids[0, -3:]).startswith(" Paris")
+
+
+LIBRARY_OPS = """
+def last(x):
+    return x[:, -1]
+
+
+def top_token(model, prompt, **kw):
+    with model.trace(prompt, **kw):
+        top = last(model.lm_head.output).argmax(-1).save()
+    return top
+"""
+
+
+def test_trace_in_library_module_needs_register(model, tmp_path):
+    """A trace living in a library function (the engine's pattern) whose module the
+    server does not have: nnsight pickles its functions by reference, so the server
+    fails to import it until the module is registered for pickling by value."""
+    import importlib.util
+    import sys
+
+    import nnsight
+    from nnsight.intervention.backends.remote import RemoteError
+
+    name = f"wb_fake_ops_{id(tmp_path)}"
+    path = tmp_path / f"{name}.py"
+    path.write_text(LIBRARY_OPS)
+    spec = importlib.util.spec_from_file_location(name, path)
+    ops = importlib.util.module_from_spec(spec)
+    sys.modules[name] = ops  # importable here, like an installed package; not on the server
+    spec.loader.exec_module(ops)
+
+    with pytest.raises(RemoteError, match="ModuleNotFoundError"):
+        ops.top_token(model, PROMPT, remote=True)
+    nnsight.register(ops)  # ship the module's source with each request
+    top = ops.top_token(model, PROMPT, remote=True)
+    assert model.tokenizer.decode(top[0]) == " Paris"
+    assert torch.equal(top, ops.top_token(model, PROMPT))

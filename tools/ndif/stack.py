@@ -48,7 +48,7 @@ REPO = HERE.parents[1]
 VENV = Path(os.environ.get("WORKBENCH_NDIF_VENV", REPO / ".ndif-venv"))
 STATE_ROOT = Path(os.environ.get("WORKBENCH_NDIF_HOME", REPO / ".ndif"))
 DEFAULT_MODEL = STATE_ROOT / "models" / "SmolLM2-135M-Instruct"
-PROJECT_PY = REPO / ".venv" / "bin" / "python"
+PROJECT_PY = Path(os.environ.get("WORKBENCH_PROJECT_PY", REPO / ".venv" / "bin" / "python"))
 
 HOST = "127.0.0.1"
 PORTS = {"redis": 6379, "s3": 9000, "ray_gcs": 6385, "ray_client": 10001, "dashboard": 8265, "api": 8001}
@@ -396,10 +396,13 @@ class Stack:
             return {}
 
     def model_running(self) -> bool:
-        """True once the pinned model's replica reports RUNNING in /status."""
-        text = json.dumps(self.status())
-        key = str(self.model_dir)
-        return key in text and "RUNNING" in text
+        """True once a replica of the pinned model reports RUNNING in /status."""
+        key = model_key(self.model_dir)
+        deployments = self.status().get("deployments", {})
+        return any(
+            isinstance(d, dict) and d.get("model_key") == key and d.get("application_state") == "RUNNING"
+            for d in deployments.values()
+        )
 
     # -- stop
     def stop(self) -> None:
@@ -465,9 +468,19 @@ def main(argv: list[str] | None = None) -> int:
     si = sub.add_parser("_inside", help=argparse.SUPPRESS)
     si.add_argument("mode")
     si.add_argument("args", nargs=argparse.REMAINDER)
-    a = ap.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("pytest", "run", "_inside"):  # pass everything after verb (and mode) through
+        n = 2 if argv[0] == "_inside" else 1
+        a = ap.parse_args(argv[:n])
+        a.args = argv[n:]
+    else:
+        a = ap.parse_args(argv)
+    if a.cmd != "_inside" and os.geteuid() != 0:
+        ap.error("network namespaces need root (ip netns add)")
     me = [sys.executable, str(Path(__file__).resolve())]
-    args = [x for x in getattr(a, "args", []) if x != "--"] if hasattr(a, "args") else []
+    args = list(getattr(a, "args", None) or [])
+    if args[:1] == ["--"]:
+        args = args[1:]
 
     if a.cmd == "pytest":
         ns = f"wbndif-{os.getpid()}"
