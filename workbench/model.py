@@ -56,6 +56,7 @@ class Model:
                 nn = TransformersModel(hf, tokenizer=tokenizer)
         self.nn = nn
         self.lock = threading.RLock()
+        self._trace_options: dict[str, Any] = {}
         self.n_layers: int = int(cfg.num_hidden_layers)
         self.n_heads: int = int(cfg.num_attention_heads)
         self.n_kv_heads: int = int(getattr(cfg, "num_key_value_heads", None) or self.n_heads)
@@ -210,27 +211,25 @@ class Model:
         }[site]
         return f"{self.arch.layers}[{layer}]" + (f".{sub}" if sub else "")
 
+    # -------------------------------------------------------------------- what trace bodies receive
+    def site_ref(self, site: str, layer: int) -> tuple[Any, bool]:
+        """(envoy, use_input) for `site` at `layer`: trace bodies read it with `_kernels.read(*ref)`."""
+        return self.site_module(site, layer), site in ("resid_pre", "head")
 
-# -------------------------------------------------------------------- inside a trace body
-def site_value(model: Model, site: str, layer: int) -> torch.Tensor:
-    """The live activation of `site` at `layer`: [B, T, d_model], or [B, T, n_heads * d_head] for heads.
+    def attn_envoy(self, layer: int) -> Any:
+        """The attention module of block `layer`; with eager attention its output[1] is the pattern."""
+        return _get_path(self.block(layer), self.arch.attn)
 
-    Call inside a trace, in forward order. The tensor is the one the model uses: editing it in place edits
-    the run.
-    """
-    module = model.site_module(site, layer)
-    value = module.input if site in ("resid_pre", "head") else module.output
-    if isinstance(value, tuple):
-        value = value[0]
-    return value
+    def decoder(self) -> tuple[Any, Any, float | None]:
+        """(final norm envoy, unembedding envoy, soft cap) for `_kernels.decode`."""
+        return self.final_norm(), self.unembed(), self.logit_softcap
 
+    def trace_options(self) -> dict[str, Any]:
+        """Keyword arguments every `self.nn.trace(...)` gets (the NDIF backend for remote models)."""
+        return dict(self._trace_options)
 
-def final_logits(model: Model, resid: torch.Tensor) -> torch.Tensor:
-    """Logits of residual-stream vectors through the final norm and unembedding (inside or outside a trace)."""
-    logits = model.unembed()(model.final_norm()(resid))
-    if model.logit_softcap:
-        logits = torch.tanh(logits / model.logit_softcap) * model.logit_softcap
-    return logits
+    def head_dims(self, site: str) -> tuple[int, int] | None:
+        return (self.n_heads, self.d_head) if site == "head" else None
 
 
 def require_local(model: Model, what: str) -> None:

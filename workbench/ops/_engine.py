@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import CancelledError, WorkbenchError
-from ..model import Model, site_value
+from ..errors import CancelledError
+from ..model import Model
+from ._kernels import copy_positions, edit, heads_view, read
 from .metrics import BoundMetric
 
 Progress = Callable[[float, str], None] | None
@@ -67,67 +68,24 @@ def rows_per_chunk(model: Model, n_tokens: int, limit: int = 256) -> int:
     return max(1, min(limit, budget // per_row))
 
 
-def _group_by_layer(cells: Sequence[Cell], first_row: int) -> dict[int, list[tuple[int, Cell]]]:
-    groups: dict[int, list[tuple[int, Cell]]] = defaultdict(list)
+def _plan(cells: Sequence[Cell], first_row: int) -> dict[int, list[tuple[int, int | None, int | None]]]:
+    """Cells grouped by layer, as plain (row, position, head) tuples for the trace body."""
+    groups: dict[int, list[tuple[int, int | None, int | None]]] = defaultdict(list)
     for i, cell in enumerate(cells):
-        groups[cell.layer].append((first_row + i, cell))
+        groups[cell.layer].append((first_row + i, cell.position, cell.head))
     return groups
 
 
-def _apply(
-    x: torch.Tensor,
-    model: Model,
-    site: str,
-    group: list[tuple[int, Cell]],
-    mode: str,
-    values: dict[int, torch.Tensor] | None,
-) -> None:
-    """Edit `x` (the live site activation [B, T, D]) in place for the rows in `group`."""
-    b, t = x.shape[0], x.shape[1]
-    if site == "head":
-        x = x.view(b, t, model.n_heads, model.d_head)
-    for row, cell in group:
-        index: tuple = (row,)
-        src_index: tuple = (0,)
-        if cell.position is not None:
-            index += (cell.position,)
-            src_index += (cell.position,)
-        elif cell.head is not None:
-            index += (slice(None),)
-            src_index += (slice(None),)
-        if cell.head is not None:
-            index += (cell.head,)
-            src_index += (cell.head,)
-        if mode == "copy":
-            x[index] = x[src_index]
-        elif mode == "zero":
-            x[index] = 0.0
-        elif mode == "mean":  # mean over the base row's positions
-            mean = x[1].mean(dim=0)
-            x[index] = mean[cell.head] if cell.head is not None else mean
-        elif mode == "value":
-            assert values is not None
-            x[index] = values[row].to(x.dtype)
-        else:
-            raise WorkbenchError(f"unknown intervention mode {mode!r}")
-
-
-def _apply_vectorised(x: torch.Tensor, model: Model, site: str, group: list[tuple[int, Cell]]) -> bool:
-    """Fast path for the common sweep case: copy mode, every cell of the group has a position."""
-    if not group or any(c.position is None for _, c in group):
-        return False
-    b, t = x.shape[0], x.shape[1]
-    rows = torch.tensor([r for r, _ in group])
-    pos = torch.tensor([c.position for _, c in group])
-    if site == "head":
-        if any(c.head is None for _, c in group):
-            return False
-        heads = torch.tensor([c.head for _, c in group])
-        x4 = x.view(b, t, model.n_heads, model.d_head)
-        x4[rows, pos, heads] = x4[0, pos, heads]
-    else:
-        x[rows, pos] = x[0, pos]
-    return True
+def _vectorised(
+    group: list[tuple[int, int | None, int | None]], site: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+    """Index tensors for `_kernels.copy_positions` when every cell has a position (and a head for heads)."""
+    if any(pos is None for _, pos, _ in group) or (site == "head" and any(h is None for _, _, h in group)):
+        return None
+    rows = torch.tensor([r for r, _, _ in group])
+    pos = torch.tensor([p for _, p, _ in group])
+    heads = torch.tensor([h for _, _, h in group]) if site == "head" else None
+    return rows, pos, heads
 
 
 def run_batch(
@@ -146,6 +104,12 @@ def run_batch(
     chunk: int | None = None,
 ) -> BatchOutput:
     """Metric of every intervention in `cells` (chunked; each chunk is one forward pass)."""
+    from ._fast_sweep import run as fast_run  # exact, computes only what a patch changes; None if n/a
+
+    fast = fast_run(model, source_ids, base_ids, site, cells, metric, mode=mode, values=values, top_k=top_k,
+                    progress=progress, cancel=cancel, chunk=chunk)  # fmt: skip
+    if fast is not None:
+        return fast
     n_tokens = base_ids.shape[1]
     size = chunk or rows_per_chunk(model, n_tokens)
     outs, tops, probs = [], [], []
@@ -189,29 +153,37 @@ def _trace_chunk(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One forward pass over [source, base, *cells]; returns the metric per row (and top-k if asked)."""
     batch = torch.cat([source_ids, base_ids] + [base_ids] * len(cells), dim=0)
-    groups = _group_by_layer(cells, first_row=2)
-    last_layer = max(groups) if groups else -1
-    top_i = top_p = None
-    with torch.no_grad(), model.nn.trace(batch, logits_to_keep=1):
-        for layer in range(last_layer + 1):
-            if layer in groups:
-                x = site_value(model, site, layer)
-                if mode != "copy" or not _apply_vectorised(x, model, site, groups[layer]):
-                    _apply(x, model, site, groups[layer], mode, values)
-        logits = model.nn.output.logits[:, -1].float()
-        result = metric(logits, logits[0]).save()
+    plan = _plan(cells, first_row=2)
+    layers = sorted(plan)
+    refs = {layer: model.site_ref(site, layer) for layer in layers}
+    fast = {layer: _vectorised(plan[layer], site) if mode == "copy" else None for layer in layers}
+    dims = model.head_dims(site)
+    nn = model.nn
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad(), nn.trace(batch, logits_to_keep=1, **model.trace_options()):
+        for layer in layers:
+            x = read(*refs[layer])
+            if dims is not None:
+                x = heads_view(x, *dims)
+            if fast[layer] is not None:
+                copy_positions(x, *fast[layer])
+            else:
+                edit(x, plan[layer], mode, values)
+        logits = nn.output.logits[:, -1].float()
+        out["metric"] = metric(logits, logits[0]).save()
         if top_k:
-            probs = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
-            top_i = probs.indices.save()
-            top_p = probs.values.save()
-    return result, top_i, top_p
+            top = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
+            out["ids"] = top.indices.save()
+            out["probs"] = top.values.save()
+    return out["metric"], out.get("ids"), out.get("probs")
 
 
 def collect(model: Model, ids: torch.Tensor, site: str, layers: Sequence[int]) -> dict[int, torch.Tensor]:
     """The activation of `site` at each of `layers` for a [B, T] batch: {layer: [B, T, D]}."""
     wanted = sorted(set(layers))
-    saved: dict[int, torch.Tensor] = {}
-    with torch.no_grad(), model.nn.trace(ids, logits_to_keep=1):
-        for layer in wanted:
-            saved[layer] = site_value(model, site, layer).clone().save()
-    return {k: v.detach() for k, v in saved.items()}
+    refs = [model.site_ref(site, layer) for layer in wanted]
+    saved: list[torch.Tensor] = []
+    with torch.no_grad(), model.nn.trace(ids, logits_to_keep=1, **model.trace_options()):
+        for ref in refs:
+            saved.append(read(*ref).clone().save())
+    return {layer: value.detach() for layer, value in zip(wanted, saved, strict=True)}

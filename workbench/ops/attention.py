@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import codegen
-from ..model import Model, _get_path
+from ..model import Model
 from ._engine import Progress, check_cancel
 from .results import AttentionResult
 
@@ -27,12 +27,19 @@ def attention(
         sorted({model.check_layer(x) for x in layers}) if layers is not None else list(range(model.n_layers))
     )
     check_cancel(cancel)
-    with model.lock, model.eager_attention(), torch.no_grad(), model.nn.trace(ids, logits_to_keep=1):
+    envoys = [model.attn_envoy(layer) for layer in wanted]
+    out: dict[str, torch.Tensor] = {}
+    with (
+        model.lock,
+        model.eager_attention(),
+        torch.no_grad(),
+        model.nn.trace(ids, logits_to_keep=1, **model.trace_options()),
+    ):
         patterns = []
-        for layer in wanted:
-            weights = _get_path(model.block(layer), model.arch.attn).output[1]
-            patterns.append(weights[0].float())
-        stacked = torch.stack(patterns).save()
+        for envoy in envoys:
+            patterns.append(envoy.output[1][0].float())
+        out["patterns"] = torch.stack(patterns).save()
+    stacked = out["patterns"]
     if progress is not None:
         progress(1.0, "attention done")
     options = dict(op="attention", prompt=prompt, layers=list(layers) if layers is not None else None)

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import torch
 
 from .. import codegen
-from ..model import Model, site_value
+from ..model import Model
 from ._engine import Progress, check_cancel
+from ._kernels import read
 from .metrics import as_metric
 from .patching import MetricLike, pair_tokens, sweep_axes
 from .results import SweepResult
@@ -23,24 +24,24 @@ _ORDER = ("resid_pre", "head", "attn_out", "mlp_out", "resid_post")
 
 
 def _trace(model: Model, batch: torch.Tensor, sites: list[str], bound) -> tuple[dict, torch.Tensor]:
-    acts: dict[tuple[str, int], torch.Tensor] = {}
+    keys = [(site, layer) for layer in range(model.n_layers) for site in sites]
+    refs = [model.site_ref(site, layer) for site, layer in keys]
+    nn = model.nn
     products: dict[tuple[str, int], torch.Tensor] = {}  # filled inside the trace
-    with torch.enable_grad(), model.nn.trace(batch, logits_to_keep=1):
-        for layer in range(model.n_layers):
-            for site in sites:
-                acts[(site, layer)] = site_value(model, site, layer)
-        logits = model.nn.output.logits[:, -1].float()
+    out: dict[str, torch.Tensor] = {}
+    with torch.enable_grad(), nn.trace(batch, logits_to_keep=1, **model.trace_options()):
+        acts = [read(*ref) for ref in refs]
+        logits = nn.output.logits[:, -1].float()
         values = bound(logits, logits[0])
-        baselines = values.detach().save()
-        diffs = {key: (a[0] - a[1]).detach() for key, a in acts.items()}
-        grads = {}
+        out["baselines"] = values.detach().save()
+        diffs = [(a[0] - a[1]).detach() for a in acts]
+        grads = [None] * len(acts)
         with values[1].backward():
-            for layer in reversed(range(model.n_layers)):
-                for site in reversed(sites):
-                    grads[(site, layer)] = acts[(site, layer)].grad[1]
-        for key in grads:
-            products[key] = (diffs[key] * grads[key]).save()
-    return products, baselines
+            for i in reversed(range(len(acts))):
+                grads[i] = acts[i].grad[1]
+        for i, key in enumerate(keys):
+            products[key] = (diffs[i] * grads[i]).save()
+    return products, out["baselines"]
 
 
 def attribution_patch(

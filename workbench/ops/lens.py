@@ -11,8 +11,9 @@ import torch
 
 from .. import codegen
 from ..errors import WorkbenchError
-from ..model import Model, final_logits, site_value
-from ._engine import Cell, Progress, _apply, check_cancel
+from ..model import Model
+from ._engine import Cell, Progress, check_cancel
+from ._kernels import decode, edit, heads_view, read
 from .patching import check_cell, pair_tokens
 from .results import LensResult
 
@@ -54,17 +55,26 @@ def _lens_trace(
 ) -> dict[str, torch.Tensor]:
     """One forward pass; every statistic is computed inside the trace so only small arrays are saved."""
     n_layers = model.n_layers
+    posts = [model.site_ref("resid_post", layer) for layer in range(n_layers)]
+    norm, unembed, softcap = model.decoder()
+    edit_layer, edit_ref, edit_dims, edit_cells, edit_mode, edit_after = -1, None, None, [], "copy", False
+    if iv is not None:
+        cell, site, edit_mode = iv
+        edit_layer, edit_ref, edit_dims = cell.layer, model.site_ref(site, cell.layer), model.head_dims(site)
+        edit_cells, edit_after = [(1, cell.position, cell.head)], site == "resid_post"
+    tid = torch.tensor(token_ids, dtype=torch.long)
     saved: dict[str, torch.Tensor] = {}  # filled inside the trace (locals of the body do not escape)
-    with torch.no_grad(), model.nn.trace(batch, logits_to_keep=1):
+    with torch.no_grad(), model.nn.trace(batch, logits_to_keep=1, **model.trace_options()):
         resids = []
         for layer in range(n_layers):
-            if iv is not None and iv[0].layer == layer and iv[1] != "resid_post":
-                _apply(site_value(model, iv[1], layer), model, iv[1], [(1, iv[0])], iv[2], None)
-            out = site_value(model, "resid_post", layer)
-            if iv is not None and iv[0].layer == layer and iv[1] == "resid_post":
-                _apply(out, model, "resid_post", [(1, iv[0])], iv[2], None)
+            if layer == edit_layer and not edit_after:
+                x = read(*edit_ref)
+                edit(heads_view(x, *edit_dims) if edit_dims else x, edit_cells, edit_mode, None)
+            out = read(*posts[layer])
+            if layer == edit_layer and edit_after:
+                edit(out, edit_cells, edit_mode, None)
             resids.append(out[row].clone())
-        final = torch.log_softmax(final_logits(model, resids[-1]).float(), dim=-1)  # [T, V]
+        final = torch.log_softmax(decode(norm, unembed, softcap, resids[-1]).float(), dim=-1)  # [T, V]
         stats: dict[str, list[torch.Tensor]] = {
             "ids": [],
             "probs": [],
@@ -73,17 +83,16 @@ def _lens_trace(
             "tp": [],
             "rank": [],
         }
-        tid = torch.tensor(token_ids, dtype=torch.long)
         for start in range(0, n_layers, chunk_layers):
             h = torch.stack(resids[start : start + chunk_layers])  # [l, T, d]
-            logits = final_logits(model, h).float()
+            logits = decode(norm, unembed, softcap, h).float()
             logp = torch.log_softmax(logits, dim=-1)
             top = logp.topk(top_k, dim=-1)
             stats["ids"].append(top.indices)
             stats["probs"].append(top.values.exp())
             stats["entropy"].append(-(logp.exp() * logp).sum(-1))
             stats["kl"].append((final.exp() * (final - logp)).sum(-1))
-            if token_ids:
+            if len(token_ids):
                 chosen = logits[..., tid]  # [l, T, n]
                 stats["tp"].append(logp[..., tid])
                 stats["rank"].append((logits.unsqueeze(-2) > chosen.unsqueeze(-1)).sum(-1))

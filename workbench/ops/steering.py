@@ -9,8 +9,9 @@ import torch
 
 from .. import codegen
 from ..errors import WorkbenchError
-from ..model import Model, site_value
+from ..model import Model
 from ._engine import Progress, check_cancel, collect
+from ._kernels import read
 from .results import SteerResult
 
 
@@ -25,13 +26,20 @@ def steering_vector(model: Model, positive: str, negative: str, layer: int) -> t
 def _generate(
     model: Model, ids: torch.Tensor, layer: int, add: torch.Tensor | None, max_new_tokens: int
 ) -> list[int]:
-    with torch.no_grad(), model.nn.generate(ids, max_new_tokens=max_new_tokens, do_sample=False) as tracer:
+    ref = model.site_ref("resid_pre", layer)
+    out: dict[str, torch.Tensor] = {}
+    with (
+        torch.no_grad(),
+        model.nn.generate(
+            ids, max_new_tokens=max_new_tokens, do_sample=False, **model.trace_options()
+        ) as tracer,
+    ):
         if add is not None:
             for _ in tracer.iter[:max_new_tokens]:
-                h = site_value(model, "resid_pre", layer)
+                h = read(*ref)
                 h += add.to(h.dtype)
-        out = tracer.result.save()
-    return out[0, ids.shape[1] :].tolist()
+        out["ids"] = tracer.result.save()
+    return out["ids"][0, ids.shape[1] :].tolist()
 
 
 def steer(

@@ -1,0 +1,442 @@
+"""Exact patch sweeps that compute only what a patch can change (local models).
+
+A patch at (layer l, position p) leaves every layer below l and (causal attention) every position before p
+exactly as in the base (corrupt) run. So each patched run here starts at block l, from the base run's cached
+input to that block, and runs only positions p.. with the base run's keys and values for positions < p.
+Rows that start at different layers share one call per block: at block j the batch holds every row that
+started at or below j (rows join as the loop climbs). Only the last position is unembedded.
+
+Work done: sum over cells of (L - l)(T - p) token-block evaluations, which is the minimum any exact method
+needs (mlp_out and resid_post patches start one block higher, since their block's output is a sum the
+patch only adds to). The plain batched path (`_engine._trace_chunk`) does L * T for every cell.
+
+How the blocks are driven: one cheap "probe" forward of the model per start position p, with every block's
+forward replaced by a recorder, captures the keyword arguments the model passes its blocks for a run of
+positions p.. after a cache of length p (masks, rotary embeddings, position ids). The blocks are then called
+directly with those arguments, a stand-in cache that serves the base run's keys and values (expanded over
+the batch), and the batch of patched hidden states. Edits inside a block (attn_out, head) are forward
+hooks on the site's module that touch only the rows joining at that block.
+
+The base/source runs (block inputs, site activations, keys and values, final logits) are cached per
+(model, prompt pair) and invalidated when any parameter or buffer changes (tensor version counters), so a
+single click costs about one partial forward.
+
+Applies to: local models of the families in `_SAFE_TYPES` (transformers 5 decoder blocks that return the
+hidden state and take the cache as a keyword), no grad, no sliding window shorter than the prompt.
+Everything else (remote models, other families) returns None and the caller uses the general path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..model import Model, _get_path
+
+# Families whose blocks, caches and final logits were checked exact against the plain path (tests).
+_SAFE_TYPES = frozenset(
+    {"gpt2", "llama", "mistral", "qwen2", "gemma", "gemma2", "phi", "phi3", "gpt_neox"}
+)
+_SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head")
+_MODES = ("copy", "zero", "mean", "value")
+
+_state = threading.local()
+_BASELINES: weakref.WeakKeyDictionary[Model, OrderedDict] = weakref.WeakKeyDictionary()
+_MAX_BASELINES = 2  # prompt pairs kept per model
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Run the block with the fast path off (the general batched path is used), e.g. for comparisons."""
+    before = getattr(_state, "off", False)
+    _state.off = True
+    try:
+        yield
+    finally:
+        _state.off = before
+
+
+def enabled_for(model: Model, site: str, mode: str, n_tokens: int) -> bool:
+    """Whether the fast path applies (else the caller falls back to the general path)."""
+    if getattr(_state, "off", False) or os.environ.get("WORKBENCH_FAST", "1") == "0":
+        return False
+    if model.remote:
+        return False
+    if model.config.model_type not in _SAFE_TYPES or site not in _SITES or mode not in _MODES:
+        return False
+    window = getattr(model.config, "sliding_window", None)
+    return not (isinstance(window, int) and 0 < window < n_tokens)
+
+
+# ------------------------------------------------------------------------------------------- baselines
+@dataclass
+class Baseline:
+    """The source (row 0) and base (row 1) runs of one prompt pair."""
+
+    hidden: list[torch.Tensor]  # L + 1 entries [2, T, D]: input of block j; entry L is the last block's output
+    acts: dict[str, list[torch.Tensor]]  # attn_out / mlp_out / head (o_proj input): L entries [2, T, D']
+    keys: list[torch.Tensor]  # base run's keys per block [1, kv_heads, T, d_head]
+    values: list[torch.Tensor]
+    logits: torch.Tensor  # [2, V] last position, float32
+    probes: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # start position -> block kwargs
+
+
+def _version_key(model: Model) -> tuple:
+    hf = model.hf
+    return tuple((id(t), t._version) for t in (*hf.parameters(), *hf.buffers()))
+
+
+def _first(x: Any) -> torch.Tensor:
+    return x[0] if isinstance(x, tuple | list) else x
+
+
+def _modules(model: Model, layer: int) -> dict[str, torch.nn.Module]:
+    block = _get_path(model.hf, model.arch.layers)[layer]
+    return {
+        "block": block,
+        "attn_out": _get_path(block, model.arch.attn_out),
+        "mlp_out": _get_path(block, model.arch.mlp_out),
+        "head": _get_path(block, model.arch.o_proj),
+    }
+
+
+def _cache_kv(cache: Any, n_layers: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    cache = getattr(cache, "self_attention_cache", cache)
+    keys, values = [], []
+    for j in range(n_layers):
+        layer = cache.layers[j]
+        keys.append(layer.keys[1:2].detach())
+        values.append(layer.values[1:2].detach())
+    return keys, values
+
+
+def baseline(model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor) -> Baseline:
+    """The cached source/base runs of this pair (computed with one batch-2 forward on a miss)."""
+    key = (tuple(source_ids.flatten().tolist()), tuple(base_ids.flatten().tolist()))
+    per_model = _BASELINES.setdefault(model, OrderedDict())
+    version = (_version_key(model), model.hf.config._attn_implementation)
+    hit = per_model.get(key)
+    if hit is not None and hit[0] == version:
+        per_model.move_to_end(key)
+        return hit[1]
+    n_layers = model.n_layers
+    hidden: list[Any] = [None] * (n_layers + 1)
+    acts: dict[str, list[Any]] = {s: [None] * n_layers for s in ("attn_out", "mlp_out", "head")}
+    handles = []
+
+    def grab_in(j: int):
+        def hook(_mod, args, kwargs):
+            hidden[j] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+
+        return hook
+
+    def grab_out(store: list, j: int):
+        def hook(_mod, _args, out):
+            store[j] = _first(out).detach().clone()
+
+        return hook
+
+    def grab_o_in(j: int):
+        def hook(_mod, args):
+            acts["head"][j] = args[0].detach().clone()
+
+        return hook
+
+    try:
+        for j in range(n_layers):
+            mods = _modules(model, j)
+            handles.append(mods["block"].register_forward_pre_hook(grab_in(j), with_kwargs=True))
+            handles.append(mods["attn_out"].register_forward_hook(grab_out(acts["attn_out"], j)))
+            handles.append(mods["mlp_out"].register_forward_hook(grab_out(acts["mlp_out"], j)))
+            handles.append(mods["head"].register_forward_pre_hook(grab_o_in(j)))
+        handles.append(_modules(model, n_layers - 1)["block"].register_forward_hook(grab_out(hidden, n_layers)))
+        with torch.no_grad():
+            out = model.hf(torch.cat([source_ids, base_ids]), use_cache=True, logits_to_keep=1)
+    finally:
+        for h in handles:
+            h.remove()
+    keys, values = _cache_kv(out.past_key_values, n_layers)
+    base = Baseline(hidden, acts, keys, values, out.logits[:, -1].float())
+    per_model[key] = (version, base)
+    while len(per_model) > _MAX_BASELINES:
+        per_model.popitem(last=False)
+    return base
+
+
+class _Recorded(Exception):
+    pass
+
+
+def _probe(model: Model, base: Baseline, base_ids: torch.Tensor, start: int) -> list[dict[str, Any]]:
+    """The kwargs the model passes each block for positions start.. after a cache of `start` positions."""
+    if start in base.probes:
+        return base.probes[start]
+    from transformers import Cache, DynamicCache
+
+    blocks = _get_path(model.hf, model.arch.layers)
+    recorded: list[dict[str, Any]] = []
+    saved = []
+
+    def recorder(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args:
+            raise _Recorded("blocks take positional arguments beyond the hidden state")
+        recorded.append({k: v for k, v in kwargs.items() if not isinstance(v, Cache)})
+        recorded[-1]["_cache_key"] = next((k for k, v in kwargs.items() if isinstance(v, Cache)), None)
+        return hidden_states
+
+    cache = DynamicCache(config=model.config)
+    if start:
+        for j in range(model.n_layers):
+            cache.update(base.keys[j][..., :start, :], base.values[j][..., :start, :], j)
+    try:
+        for block in blocks:
+            saved.append(block.__dict__.get("forward"))
+            block.forward = recorder
+        with torch.no_grad():
+            model.hf(base_ids[:, start:], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    finally:
+        for block, fwd in zip(blocks, saved, strict=False):
+            if fwd is None:
+                block.__dict__.pop("forward", None)
+            else:
+                block.forward = fwd
+    if len(recorded) != model.n_layers:
+        raise _Recorded(f"recorded {len(recorded)} block calls for {model.n_layers} blocks")
+    for kw in recorded:
+        for v in kw.values():
+            tensors = v if isinstance(v, tuple | list) else (v,)
+            for t in tensors:
+                if isinstance(t, torch.Tensor) and t.dim() >= 3 and t.shape[0] != 1:
+                    raise _Recorded("a block argument has a batch dimension")
+    base.probes[start] = recorded
+    return recorded
+
+
+class _ReplayCache:
+    """Serves the base run's keys/values of positions < start, expanded over the batch, before new ones."""
+
+    def __init__(self, base: Baseline, start: int) -> None:
+        self.base, self.start = base, start
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *a, **kw):
+        if self.start == 0:
+            return key_states, value_states
+        n = key_states.shape[0]
+        k = self.base.keys[layer_idx][..., : self.start, :].to(key_states.dtype)
+        v = self.base.values[layer_idx][..., : self.start, :].to(value_states.dtype)
+        k = torch.cat([k.expand(n, -1, -1, -1), key_states], dim=-2)
+        v = torch.cat([v.expand(n, -1, -1, -1), value_states], dim=-2)
+        return k, v
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.start
+
+
+# ------------------------------------------------------------------------------------------- the edits
+def _entry_layer(site: str, cell: Any) -> int:
+    return cell.layer + 1 if site in ("mlp_out", "resid_post") else cell.layer
+
+
+def _site_value(
+    model: Model, base: Baseline, site: str, layer: int, cell: Any, mode: str, value: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(new value, base value) of the cell's slot: [T or 1, D or d_head]."""
+    if site in ("resid_pre", "resid_post"):
+        act = base.hidden[layer + (site == "resid_post")]
+    else:
+        act = base.acts[site][layer]
+    if site == "head":
+        act = act.view(2, act.shape[1], model.n_heads, model.d_head)[:, :, cell.head]
+    pos = slice(None) if cell.position is None else slice(cell.position, cell.position + 1)
+    old = act[1, pos]
+    if mode == "copy":
+        new = act[0, pos]
+    elif mode == "zero":
+        new = torch.zeros_like(old)
+    elif mode == "mean":
+        new = act[1].mean(dim=0, keepdim=True).expand_as(old)
+    else:
+        assert value is not None
+        new = value.to(old.dtype).reshape(-1, old.shape[-1]).expand_as(old)
+    return new, old
+
+
+@dataclass
+class _Row:
+    out: int  # index in the result
+    cell: Any
+    entry: int  # the block the row joins at (L: after the last block)
+    new: torch.Tensor  # value put in the slot [P, D'] (P = 1, or T - start for all positions)
+    old: torch.Tensor
+
+
+def _join(model: Model, base: Baseline, site: str, rows: list[_Row], entry: int, start: int) -> torch.Tensor:
+    """Hidden states [n, T - start, D] of rows joining at block `entry` (input edits applied)."""
+    x = base.hidden[entry][1:2, start:].expand(len(rows), -1, -1).clone()
+    if site in ("resid_pre", "resid_post"):
+        for i, r in enumerate(rows):
+            if r.cell.position is None:
+                x[i] = r.new
+            else:
+                x[i, 0] = r.new[0]
+    elif site == "mlp_out":
+        for i, r in enumerate(rows):
+            if r.cell.position is None:
+                x[i] += r.new - r.old
+            else:
+                x[i, 0] += r.new[0] - r.old[0]
+    return x
+
+
+def _hook_edit(model: Model, site: str, rows: list[_Row], first: int):
+    """An edit of the rows first.. of a site module's output (attn_out) or input (head) at this block."""
+
+    def edit(x: torch.Tensor) -> None:
+        if site == "head":
+            x = x.view(x.shape[0], x.shape[1], model.n_heads, model.d_head)
+        for i, r in enumerate(rows):
+            if site == "head":
+                slot = x[first + i, :, r.cell.head] if r.cell.position is None else x[first + i, 0, r.cell.head]
+            else:
+                slot = x[first + i] if r.cell.position is None else x[first + i, 0]
+            slot.copy_(r.new if r.cell.position is None else r.new[0])
+
+    if site == "head":
+        return "pre", lambda _mod, args: edit(args[0])
+    return "post", lambda _mod, _args, out: edit(_first(out))
+
+
+# ------------------------------------------------------------------------------------------- the sweep
+def _final_logits(model: Model, h: torch.Tensor) -> torch.Tensor:
+    norm = _get_path(model.hf, model.arch.final_norm)
+    head = _get_path(model.hf, model.arch.unembed)
+    logits = head(norm(h))
+    if model.logit_softcap:
+        logits = torch.tanh(logits / model.logit_softcap) * model.logit_softcap
+    return logits.float()
+
+
+def _run_group(
+    model: Model, base: Baseline, base_ids: torch.Tensor, site: str, rows: list[_Row], start: int
+) -> torch.Tensor:
+    """Last-position logits [n, V] of rows that all start at position `start` (rows sorted by entry)."""
+    n_layers = model.n_layers
+    kwargs = _probe(model, base, base_ids, start)
+    cache = _ReplayCache(base, start)
+    blocks = _get_path(model.hf, model.arch.layers)
+    h: torch.Tensor | None = None
+    i = 0
+    for j in range(rows[0].entry, n_layers):
+        joining = []
+        while i < len(rows) and rows[i].entry == j:
+            joining.append(rows[i])
+            i += 1
+        first = 0 if h is None else h.shape[0]
+        if joining:
+            x = _join(model, base, site, joining, j, start)
+            h = x if h is None else torch.cat([h, x])
+        assert h is not None
+        kw = dict(kwargs[j])
+        cache_key = kw.pop("_cache_key")
+        if cache_key is not None:
+            kw[cache_key] = cache
+        handle = None
+        if joining and site in ("attn_out", "head"):
+            kind, fn = _hook_edit(model, site, joining, first)
+            mod = _modules(model, j)[site]
+            handle = mod.register_forward_pre_hook(fn) if kind == "pre" else mod.register_forward_hook(fn)
+        try:
+            h = _first(blocks[j](h, **kw))
+        finally:
+            if handle is not None:
+                handle.remove()
+    if i < len(rows):  # rows that join after the last block (mlp_out / resid_post of the last layer)
+        x = _join(model, base, site, rows[i:], n_layers, start)
+        h = x if h is None else torch.cat([h, x])
+    assert h is not None
+    return _final_logits(model, h[:, -1])
+
+
+def rows_budget(model: Model, n_tokens: int, limit: int = 1024) -> int:
+    """Rows one block call may carry: a quarter of free memory (or $WORKBENCH_MEMORY_BUDGET), at most `limit`."""
+    from ._engine import rows_per_chunk
+
+    return rows_per_chunk(model, n_tokens, limit=limit)
+
+
+def run(
+    model: Model,
+    source_ids: torch.Tensor,
+    base_ids: torch.Tensor,
+    site: str,
+    cells: Sequence[Any],
+    metric: Any,
+    *,
+    mode: str = "copy",
+    values: Sequence[torch.Tensor] | None = None,
+    top_k: int = 0,
+    progress: Any = None,
+    cancel: threading.Event | None = None,
+    chunk: int | None = None,
+) -> Any:
+    """The fast path of `_engine.run_batch` (same arguments, same BatchOutput); None when it does not apply."""
+    from ._engine import BatchOutput, check_cancel
+
+    n_tokens = base_ids.shape[1]
+    if not enabled_for(model, site, mode, n_tokens) or source_ids.shape != base_ids.shape:
+        return None
+    if base_ids.shape[0] != 1:
+        return None
+    try:
+        with torch.no_grad():
+            base = baseline(model, source_ids, base_ids)
+            _probe(model, base, base_ids, 0)
+    except _Recorded:
+        return None
+    n_layers = model.n_layers
+    groups: dict[int, list[_Row]] = {}
+    for idx, cell in enumerate(cells):
+        value = values[idx] if values is not None else None
+        new, old = _site_value(model, base, site, cell.layer, cell, mode, value)
+        start = 0 if cell.position is None else cell.position
+        groups.setdefault(start, []).append(_Row(idx, cell, _entry_layer(site, cell), new, old))
+    size = chunk or rows_budget(model, n_tokens)
+    metrics = torch.empty(len(cells))
+    top_i = torch.zeros(len(cells), max(top_k, 1), dtype=torch.long)
+    top_p = torch.zeros(len(cells), max(top_k, 1))
+    source_logits = base.logits[0]
+    done, n = 0, len(cells)
+    with torch.no_grad():
+        for start in sorted(groups):
+            rows = sorted(groups[start], key=lambda r: (r.entry, r.out))
+            for lo in range(0, len(rows), size):
+                check_cancel(cancel)
+                part = rows[lo : lo + size]
+                try:
+                    logits = _run_group(model, base, base_ids, site, part, start)
+                except _Recorded:
+                    return None
+                idx = torch.tensor([r.out for r in part])
+                metrics[idx] = metric(logits, source_logits).float()
+                if top_k:
+                    probs = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
+                    top_i[idx], top_p[idx] = probs.indices, probs.values
+                done += len(part)
+                if progress is not None:
+                    progress(min(1.0, done / max(n, 1)), f"{done}/{n} runs")
+        base_metrics = metric(base.logits, source_logits).float()
+    return BatchOutput(
+        values=metrics,
+        source=float(base_metrics[0]),
+        base=float(base_metrics[1]),
+        top_ids=top_i if top_k else None,
+        top_probs=top_p if top_k else None,
+    )
