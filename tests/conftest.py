@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import linecache
 import os
+import tempfile
 import warnings
 
 import numpy as np
@@ -83,8 +85,16 @@ def assert_same_topk(ids, probs, ref_ids, ref_probs, atol: float = ATOL, what: s
 def run_code(code: str) -> dict:
     """Exec generated code in a fresh namespace (as a fresh notebook cell would) and return the namespace."""
     assert isinstance(code, str) and code.strip(), "to_code() returned no code"
-    ns: dict = {"__name__": "__workbench_generated__"}
-    exec(compile(code, "<to_code>", "exec"), ns)  # noqa: S102
+    # nnsight reads a trace's `with` body back from its source, so (like IPython does for a cell) put the
+    # code somewhere linecache can find it: a real file.
+    fd, path = tempfile.mkstemp(prefix="wb_to_code_", suffix=".py")
+    with os.fdopen(fd, "w") as f:
+        f.write(code)
+    ns: dict = {"__name__": "__workbench_generated__", "__file__": path}
+    try:
+        exec(compile(code, path, "exec"), ns)  # noqa: S102
+    finally:
+        linecache.checkcache(path)
     assert "result" in ns, "generated code does not bind a variable named `result`:\n" + code
     return ns
 

@@ -37,6 +37,11 @@ def ref_metric(model):
     return R.logit_diff(model.tokenizer, TARGET, FOIL)
 
 
+def ref_corrupt(model):
+    ids = R.tokens(model.tokenizer, CORRUPT)
+    return ref_metric(model)(R.run_logits(model.hf, ids)[:, -1])[0]
+
+
 def metric():
     return wb.logit_diff(TARGET, FOIL)
 
@@ -184,7 +189,7 @@ PATCH_CELLS = [
     ("mlp_out", 2, 8, None),
     ("head", 1, 8, 1),
     ("head", 2, None, 3),
-    ("head", 0, 2, None),
+    ("head", 0, 2, 5),
 ]
 
 
@@ -212,6 +217,20 @@ def test_patch_single(family, site, layer, position, head):
     k = len(v.top_ids)
     assert_same_topk(v.top_ids, v.top_probs, ref["top_ids"][:k], ref["top_probs"][:k], what=what)
     assert list(v.top_tokens) == [model.tokenizer.decode([int(i)]) for i in v.top_ids]
+
+
+def test_patch_head_without_index():
+    """site='head' with head=None: the engine refuses and points to attn_out (same numbers as all heads)."""
+    model = tiny("llama")
+    with pytest.raises(wb.WorkbenchError) as info:
+        wb.patch(model, CLEAN, CORRUPT, metric=metric(), site="head", layer=0, position=2)
+    assert "attn_out" in str(info.value)
+    # and attn_out really is "all heads at once" (reference: patching every head slice)
+    all_heads = R.reference_patch(
+        model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric(model), "head", 0, position=2
+    )
+    v = wb.patch(model, CLEAN, CORRUPT, metric=metric(), site="attn_out", layer=0, position=2)
+    assert_close(float(v), all_heads["value"], what="attn_out vs all heads")
 
 
 DRAG_CELLS = [
@@ -361,7 +380,9 @@ def test_attribution_patch(family, site):
     model = tiny(family)
     ref = R.reference_attribution_patch(model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric(model), site)
     approx = wb.attribution_patch(model, CLEAN, CORRUPT, metric=metric(), site=site)
-    assert_close(approx.values, ref, what=f"{family} attribution {site}")
+    # the engine reports estimated metric values (corrupt + attribution), on the scale of patch_sweep
+    assert_close(approx.corrupt, float(ref_corrupt(model)), what="attribution corrupt baseline")
+    assert_close(approx.values - approx.corrupt, ref, what=f"{family} attribution {site}")
     exact = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site=site)
     assert approx.values.shape == exact.values.shape
     assert tuple(approx.axes) == tuple(exact.axes)
@@ -377,7 +398,7 @@ def test_attribution_patch_heads_by_position(family):
     ref = R.reference_attribution_patch(
         model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric(model), "head", by_position=True
     )
-    assert_close(approx.values, ref, what=f"{family} attribution head by_position")
+    assert_close(approx.values - approx.corrupt, ref, what=f"{family} attribution head by_position")
 
 
 # =============================================================================================
@@ -457,7 +478,8 @@ def test_attention(family):
     assert attn.tokens == model.to_str_tokens(CLEAN)
     assert_close(attn.patterns, ref, what=f"{family} attention")
     sub = wb.attention(model, CLEAN, layers=[2, 0])
-    assert_close(sub.patterns, ref[[2, 0]], what=f"{family} attention layers=[2, 0]")
+    assert sorted(sub.layers) == [0, 2]
+    assert_close(sub.patterns, ref[list(sub.layers)], what=f"{family} attention layers=[2, 0]")
     # the model still gives the same logits afterwards (attention implementation restored)
     lens = wb.logit_lens(model, CLEAN)
     own = torch.softmax(R.run_logits(model.hf, model.to_tokens(CLEAN))[0], -1)
@@ -518,56 +540,87 @@ def _generated(text: str, prompt: str) -> str:
 # to_code(): standalone code that reproduces the numbers
 
 
+TO_CODE_CASES = (
+    "patch_head",
+    "patch_drag",
+    "sweep_mlp_out",
+    "sweep_head_by_position",
+    "ablate_zero",
+    "ablate_mean",
+    "ablate_resample",
+    "ablate_sweep",
+    "attribution",
+    "lens",
+    "attention",
+    "steer",
+)
+
+
+@pytest.mark.parametrize("case", TO_CODE_CASES)
 @pytest.mark.parametrize("family", ("llama", "gemma2"))
-def test_to_code_reproduces(family):
+def test_to_code_reproduces(family, case):
+    """Exec the generated code in a fresh namespace; it binds `result`, with the op's numbers."""
     model = tiny(family)
-    v = wb.patch(model, CLEAN, CORRUPT, metric=metric(), site="head", layer=1, position=8, head=2)
-    assert_close(float(run_code(v.to_code())["result"]), float(v), what="patch to_code")
-
-    v = wb.patch(
-        model,
-        CLEAN,
-        CORRUPT,
-        metric=metric(),
-        site="resid_pre",
-        layer=2,
-        position=5,
-        source_layer=1,
-        source_position=3,
-    )
-    assert_close(float(run_code(v.to_code())["result"]), float(v), what="drag patch to_code")
-
-    sweep = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="mlp_out")
-    assert_close(_values(run_code(sweep.to_code())["result"]), sweep.values, what="patch_sweep to_code")
-
-    sweep = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="head", by_position=True)
-    assert_close(_values(run_code(sweep.to_code())["result"]), sweep.values, what="head sweep to_code")
-
-    for method, reference in (("zero", None), ("mean", None), ("resample", OTHER)):
-        v = wb.ablate(
-            model, CLEAN, metric=metric(), site="attn_out", layer=1, method=method, reference=reference
+    m = metric()
+    if case == "patch_head":
+        v = wb.patch(model, CLEAN, CORRUPT, metric=m, site="head", layer=1, position=8, head=2)
+        assert_close(float(run_code(v.to_code())["result"]), float(v), what=case)
+    elif case == "patch_drag":
+        v = wb.patch(
+            model,
+            CLEAN,
+            CORRUPT,
+            metric=m,
+            site="resid_pre",
+            layer=2,
+            position=5,
+            source_layer=1,
+            source_position=3,
         )
-        assert_close(float(run_code(v.to_code())["result"]), float(v), what=f"ablate {method} to_code")
-
-    approx = wb.attribution_patch(model, CLEAN, CORRUPT, metric=metric(), site="resid_pre")
-    assert_close(_values(run_code(approx.to_code())["result"]), approx.values, 1e-4, "attribution to_code")
-
-    lens = wb.logit_lens(model, CLEAN)
-    res = run_code(lens.to_code())["result"]
-    if hasattr(res, "top_probs"):
-        assert_close(res.top_probs, lens.top_probs, what="lens to_code")
-    else:  # the probabilities [L, T, V]
-        probs = np.asarray(res.detach() if isinstance(res, torch.Tensor) else res, dtype=np.float64)
-        top = np.sort(probs, -1)[..., ::-1][..., :5]
-        assert_close(top, lens.top_probs, what="lens to_code (probs)")
-
-    attn = wb.attention(model, CLEAN, layers=[1])
-    res = run_code(attn.to_code())["result"]
-    assert_close(_values(getattr(res, "patterns", res)), attn.patterns, what="attention to_code")
-
-    vec = torch.randn(model.d_model, generator=torch.Generator().manual_seed(3))
-    out = wb.steer(model, CLEAN, vector=vec, layer=1, scale=4.0, max_new_tokens=5)
-    assert _generated(str(run_code(out.to_code())["result"]), CLEAN) == _generated(out, CLEAN)
+        assert_close(float(run_code(v.to_code())["result"]), float(v), what=case)
+    elif case == "sweep_mlp_out":
+        sweep = wb.patch_sweep(model, CLEAN, CORRUPT, metric=m, site="mlp_out")
+        assert_close(_values(run_code(sweep.to_code())["result"]), sweep.values, what=case)
+    elif case == "sweep_head_by_position":
+        sweep = wb.patch_sweep(model, CLEAN, CORRUPT, metric=m, site="head", by_position=True)
+        assert_close(_values(run_code(sweep.to_code())["result"]), sweep.values, what=case)
+    elif case.startswith("ablate_") and case != "ablate_sweep":
+        method = case.split("_")[1]
+        reference = OTHER if method == "resample" else None
+        v = wb.ablate(
+            model, CLEAN, metric=m, site="attn_out", layer=1, position=8, method=method, reference=reference
+        )
+        res = run_code(v.to_code())["result"]
+        assert res is not None, f"{case}: generated code binds result = None:\n{v.to_code()}"
+        assert_close(float(res), float(v), what=case)
+    elif case == "ablate_sweep":
+        sweep = wb.ablate_sweep(model, CLEAN, metric=m, site="head", method="mean")
+        res = run_code(sweep.to_code())["result"]
+        assert res is not None, f"{case}: generated code binds result = None:\n{sweep.to_code()}"
+        assert_close(_values(res), sweep.values, what=case)
+    elif case == "attribution":
+        approx = wb.attribution_patch(model, CLEAN, CORRUPT, metric=m, site="resid_pre")
+        assert_close(_values(run_code(approx.to_code())["result"]), approx.values, what=case)
+    elif case == "lens":
+        lens = wb.logit_lens(model, CLEAN)
+        res = run_code(lens.to_code())["result"]
+        if hasattr(res, "top_probs"):
+            assert_close(res.top_probs, lens.top_probs, what=case)
+        elif isinstance(res, tuple) and len(res) == 2:  # (top_ids, top_probs)
+            assert_close(_values(res[1]), lens.top_probs, what=case + " top_probs")
+            assert np.array_equal(_values(res[0]), lens.top_ids), f"{case}: top_ids differ"
+        else:  # probabilities [L, T, V]
+            probs = np.asarray(res.detach() if isinstance(res, torch.Tensor) else res, dtype=np.float64)
+            top = np.sort(probs, -1)[..., ::-1][..., :5]
+            assert_close(top, lens.top_probs, what=case)
+    elif case == "attention":
+        attn = wb.attention(model, CLEAN, layers=[1])
+        res = run_code(attn.to_code())["result"]
+        assert_close(_values(getattr(res, "patterns", res)), attn.patterns, what=case)
+    elif case == "steer":
+        vec = torch.randn(model.d_model, generator=torch.Generator().manual_seed(3))
+        out = wb.steer(model, CLEAN, vector=vec, layer=1, scale=4.0, max_new_tokens=5)
+        assert _generated(str(run_code(out.to_code())["result"]), CLEAN) == _generated(out, CLEAN)
 
 
 def _values(res) -> np.ndarray:
