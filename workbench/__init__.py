@@ -32,11 +32,16 @@ from .ops import (
     steer,
     steering_vector,
 )
+from .widgets import AttentionView, LensView, PatchView, Workbench  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SITES",
+    "AttentionView",
+    "LensView",
+    "PatchView",
+    "Workbench",
     "AttentionResult",
     "CancelledError",
     "Intervention",
