@@ -50,6 +50,15 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
 
+_TIMINGS: dict = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _TIMINGS:
+        parts = ", ".join(f"{k} {v} s" for k, v in _TIMINGS.items())
+        terminalreporter.write_line(f"NDIF stack start: {parts}")
+
+
 @dataclass
 class NdifServer:
     url: str  # e.g. "http://127.0.0.1:8001"; pass as remote=url or set nnsight.CONFIG.API.HOST
@@ -79,6 +88,7 @@ def ndif_server():
     stack = stack_mod.Stack(model_dir)
     try:
         stack.start()  # raises StackError (with log tails) if anything fails to come up
+        _TIMINGS.update(stack.timings)
         yield NdifServer(stack.url, stack.model_dir, stack.timings)
     finally:
         stack.stop()

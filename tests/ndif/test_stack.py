@@ -196,3 +196,18 @@ def test_trace_in_library_module_needs_register(model, tmp_path):
     top = ops.top_token(model, PROMPT, remote=True)
     assert model.tokenizer.decode(top[0]) == " Paris"
     assert torch.equal(top, ops.top_token(model, PROMPT))
+
+
+def test_remote_only_model_never_loads_weights(ndif_server, local_clean):
+    """What `remote=True` loading wants: a meta model (config + tokenizer only) runs
+    remote traces without ever loading weights on the client."""
+    from nnsight.modeling.transformers import TransformersModel
+    from transformers import AutoTokenizer
+
+    path = str(ndif_server.model_dir)
+    meta = TransformersModel(path, task="text-generation", tokenizer=AutoTokenizer.from_pretrained(path))
+    assert not meta.dispatched
+    with meta.trace(PROMPT, remote=True):
+        logits = meta.lm_head.output.save()
+    assert not meta.dispatched
+    assert _maxdiff(logits, local_clean[0]) <= TOL

@@ -14,6 +14,15 @@ PROJECT_PY=${PROJECT_PY:-$REPO/.venv/bin/python}
 STAMP=$VENV/.workbench-ndif-installed
 HERE=tools/ndif
 t0=$(date +%s)
+# pip on these machines warns once per package about a configured local index; keep logs readable
+quiet_pip() {
+  local rc=0 log
+  log=$(mktemp)
+  "$@" 2>"$log" || rc=$?
+  grep -v "is ignored: it is neither a file nor a directory" "$log" >&2 || true
+  rm -f "$log"
+  return $rc
+}
 
 # 1. system packages (root; apt-get update only when something is missing)
 need=()
@@ -35,9 +44,9 @@ else
   [[ -x $VENV/bin/python ]] || "$PY" -m venv "$VENV"
   export PIP_DISABLE_PIP_VERSION_CHECK=1
   # CPU torch first (tools/install_torch.py: local +cpu wheel or the CPU index, never CUDA)
-  "$VENV/bin/python" tools/install_torch.py
-  "$VENV/bin/pip" install -q -r "$HERE/requirements-server.txt" -c "$HERE/constraints-server.txt"
-  "$VENV/bin/pip" install -q --no-deps --ignore-requires-python ndif==0.1.2
+  quiet_pip "$VENV/bin/python" tools/install_torch.py
+  quiet_pip "$VENV/bin/pip" install -q -r "$HERE/requirements-server.txt" -c "$HERE/constraints-server.txt"
+  quiet_pip "$VENV/bin/pip" install -q --no-deps --ignore-requires-python ndif==0.1.2
   "$VENV/bin/python" -c "import ndif, nnsight, ray, moto, gunicorn, redis, transformers; \
 import ndif.services.api.app" >/dev/null
   echo "$want" >"$STAMP"

@@ -305,6 +305,7 @@ class Stack:
         for name, port in PORTS.items():
             if _port_open(port):
                 raise StackError(f"port {port} ({name}) already in use in this namespace")
+        self._prune_old_runs()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         env = self.env()
@@ -385,6 +386,18 @@ class Stack:
         self.timings["total"] = round(time.time() - t0, 1)
         log(f"stack ready at {self.url} in {self.timings['total']} s (logs: {self.run_dir})")
         return self
+
+    def _prune_old_runs(self, keep: int = 5) -> None:
+        """Keep the logs of the last few stacks only."""
+        runs = sorted(self.run_dir.parent.glob("stack-*"), key=lambda p: p.stat().st_mtime)
+        for old in runs[:-keep]:
+            state = old / "state.json"
+            try:
+                if state.exists() and json.loads(state.read_text()).get("procs"):
+                    continue  # possibly still running (e.g. `stack.py up`)
+            except ValueError:
+                pass
+            shutil.rmtree(old, ignore_errors=True)
 
     def status(self) -> dict:
         code, body = _http_get("/status", timeout=30)
