@@ -112,8 +112,16 @@ def in_netns(netns_inode: int) -> list[int]:
     return out
 
 
+def _reap(pids: list[int]) -> None:
+    """Collect exit statuses of our own children (no zombies left behind; init may not reap)."""
+    for p in pids:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(p, os.WNOHANG)
+
+
 def kill_pids(pids: list[int], what: str, grace: float = 5.0) -> None:
     """SIGTERM the given pids, wait up to `grace` s, SIGKILL what is left."""
+    _reap(pids)
     pids = [p for p in pids if _alive(p)]
     if not pids:
         return
@@ -133,6 +141,7 @@ def kill_pids(pids: list[int], what: str, grace: float = 5.0) -> None:
         deadline = time.time() + 5
         while time.time() < deadline and any(_alive(p) for p in left):
             time.sleep(0.1)
+    _reap(pids)
 
 
 # ----------------------------------------------------------------------------- namespace
