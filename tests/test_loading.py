@@ -134,8 +134,12 @@ def test_unsupported_family_lists_families_and_how_to_add_one() -> None:
     assert "'opt'" in msg and "llama" in msg and "gpt2" in msg and "workbench/architectures.py" in msg
 
 
-def test_remote_without_server_support_is_a_clear_error() -> None:
-    with pytest.raises(wb.ModelLoadError, match="remote"):
+def test_remote_without_an_api_key_says_how_to_set_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nnsight
+
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", None)
+    with pytest.raises(wb.ModelLoadError, match="NDIF_API_KEY"):
         wb.load("some/model", remote=True)
 
 

@@ -1,14 +1,99 @@
-"""Remote models on NDIF (`wb.load(repo_id, remote=True)`)."""
+"""Remote models on NDIF: `wb.load(repo_id, remote=True)` builds the model with no local weights.
+
+Every op then runs its trace with `remote=True`: the trace body (envoys, tensors, and the pure functions
+of `ops/_kernels.py`, shipped by value) executes on the NDIF server next to the weights, and only what the
+body saves comes back. The server host and API key come from nnsight's own configuration
+(`nnsight.CONFIG.API.HOST` / `APIKEY`, or the `NDIF_API_KEY` environment variable); Workbench never
+stores or prints the key.
+"""
 
 from __future__ import annotations
 
-from .errors import ModelLoadError
+import os
+import warnings
+from pathlib import Path
+
+from .errors import ModelLoadError, WorkbenchError
 from .model import Model
 
 
+def _register_kernels() -> None:
+    """Ship the trace-body kernels by value: the NDIF server does not have workbench installed."""
+    import cloudpickle
+
+    from .ops import _kernels, metrics
+
+    for module in (_kernels, metrics):
+        cloudpickle.register_pickle_by_value(module)
+
+
+def configure(host: str | None = None, api_key: str | None = None) -> None:
+    """Point nnsight at an NDIF server (`host` like "https://api.ndif.us") and/or set the API key."""
+    import nnsight
+
+    if host is not None:
+        nnsight.CONFIG.API.HOST = host
+    if api_key is not None:
+        nnsight.CONFIG.API.APIKEY = api_key
+
+
+def _api_key() -> str | None:
+    import nnsight
+
+    key = getattr(nnsight.CONFIG.API, "APIKEY", None) or os.environ.get("NDIF_API_KEY")
+    if key and not getattr(nnsight.CONFIG.API, "APIKEY", None):
+        nnsight.CONFIG.API.APIKEY = key
+    return key
+
+
+def redact(text: str) -> str:
+    """`text` with the configured API key (if any) replaced, for error messages and logs."""
+    key = _api_key()
+    return text.replace(key, "<api key>") if key else text
+
+
 def load_remote(repo_id: str) -> Model:
-    """Not wired yet: remote execution is tracked as its own issue; say so plainly instead of failing oddly."""
-    raise ModelLoadError(
-        f"remote=True is not available in this version of Workbench (asked for {repo_id!r}); "
-        "load the model locally (wb.load(...)) for now."
-    )
+    """A Model whose traces run on NDIF; only the config and tokenizer are fetched locally."""
+    import nnsight.modeling.huggingface as nnhf
+    from nnsight import TransformersModel
+    from transformers import AutoTokenizer
+
+    if _api_key() is None:
+        raise ModelLoadError(
+            "remote=True needs an NDIF API key: set the NDIF_API_KEY environment variable or run "
+            "nnsight's login (nnsight.CONFIG.set_default_api_key(...)). Never write the key into a notebook."
+        )
+    if Path(repo_id).exists():  # a local folder served by a local NDIF: no hub look-up for the model key
+        nnhf._ID_CACHE.setdefault(repo_id, repo_id)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tok = AutoTokenizer.from_pretrained(repo_id)
+            nn = TransformersModel(repo_id, tokenizer=tok)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"Could not prepare remote model {repo_id!r}: its config and tokenizer must be reachable from here "
+            f"(hub or local cache). Details: {redact(str(exc))}"
+        ) from exc
+    _register_kernels()
+    hf = nn._module
+    model = Model(hf, tok, source=repo_id, nn=nn, remote=True, load_info={"remote": repo_id})
+    model._trace_options = {"remote": True}
+    return model
+
+
+def explain(exc: BaseException) -> WorkbenchError:
+    """A readable error for a failed remote request (the key is never included)."""
+    text = redact(f"{type(exc).__name__}: {exc}")
+    lower = text.lower()
+    if "connect" in lower or "connection" in lower or "unreachable" in lower:
+        hint = "The NDIF server could not be reached: check nnsight.CONFIG.API.HOST and your network."
+    elif "api key" in lower or "apikey" in lower or "401" in lower or "403" in lower or "unauthor" in lower:
+        hint = "The NDIF server rejected the API key: check NDIF_API_KEY / nnsight's saved key."
+    elif "version" in lower:
+        hint = (
+            "The NDIF server does not accept this nnsight version: upgrade nnsight to the server's version."
+        )
+    else:
+        hint = "The remote trace failed on the server."
+    return WorkbenchError(f"{hint} ({text})")

@@ -71,3 +71,16 @@ def decode(norm: Any, unembed: Any, softcap: float | None, resid: torch.Tensor) 
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return logits
+
+
+def eager_pattern(inputs: tuple[tuple, dict], eager_fn: Any) -> torch.Tensor:
+    """Attention probabilities from the inputs of a module's attention function, whatever implementation
+    the model runs (SDPA gives no weights): recompute them with the family's own eager function."""
+    args, kwargs = inputs
+    module, query, key, value, mask = args[:5]
+    if mask is None:  # SDPA's causal fast path passes no mask
+        t_q, t_k = query.shape[-2], key.shape[-2]
+        mask = torch.full((t_q, t_k), float("-inf"), dtype=query.dtype).triu(t_k - t_q + 1)[None, None]
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("is_causal",)}
+    _, weights = eager_fn(module, query, key, value, mask, **kwargs)
+    return weights

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Sequence
 
 import torch
 
 from .. import codegen
-from ..model import Model
+from ..model import Model, require_local
 from ._engine import Progress, check_cancel
+from ._kernels import eager_pattern
 from .results import AttentionResult
 
 
@@ -21,24 +23,30 @@ def attention(
     progress: Progress = None,
     cancel: threading.Event | None = None,
 ) -> AttentionResult:
-    """Attention patterns of `prompt` (eager attention; grouped-query heads expanded to query heads)."""
+    """Attention patterns of `prompt` [L, H, T, T] (grouped-query heads expanded to query heads)."""
     ids = model.to_tokens(prompt)
     wanted = (
         sorted({model.check_layer(x) for x in layers}) if layers is not None else list(range(model.n_layers))
     )
     check_cancel(cancel)
     envoys = [model.attn_envoy(layer) for layer in wanted]
+    eager_fn = getattr(sys.modules[type(envoys[0]._module).__module__], "eager_attention_forward", None)
     out: dict[str, torch.Tensor] = {}
-    with (
-        model.lock,
-        model.eager_attention(),
-        torch.no_grad(),
-        model.nn.trace(ids, logits_to_keep=1, **model.trace_options()),
-    ):
-        patterns = []
-        for envoy in envoys:
-            patterns.append(envoy.output[1][0].float())
-        out["patterns"] = torch.stack(patterns).save()
+    if eager_fn is not None:
+        # Recompute the probabilities from the attention function's own inputs with the family's eager code:
+        # exact whatever implementation runs (SDPA returns no weights), and it works on NDIF too.
+        with model.lock, torch.no_grad(), model.nn.trace(ids, logits_to_keep=1, **model.trace_options()):
+            patterns = []
+            for envoy in envoys:
+                patterns.append(eager_pattern(envoy.source.attention_interface_1.inputs, eager_fn)[0].float())
+            out["patterns"] = torch.stack(patterns).save()
+    else:
+        require_local(model, f"Attention patterns of model_type {model.config.model_type!r}")
+        with model.lock, model.eager_attention(), torch.no_grad(), model.nn.trace(ids, logits_to_keep=1):
+            patterns = []
+            for envoy in envoys:
+                patterns.append(envoy.output[1][0].float())
+            out["patterns"] = torch.stack(patterns).save()
     stacked = out["patterns"]
     if progress is not None:
         progress(1.0, "attention done")
