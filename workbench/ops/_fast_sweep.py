@@ -42,9 +42,7 @@ import torch
 from ..model import Model, _get_path
 
 # Families whose blocks, caches and final logits were checked exact against the plain path (tests).
-_SAFE_TYPES = frozenset(
-    {"gpt2", "llama", "mistral", "qwen2", "gemma", "gemma2", "phi", "phi3", "gpt_neox"}
-)
+_SAFE_TYPES = frozenset({"gpt2", "llama", "mistral", "qwen2", "gemma", "gemma2", "phi", "phi3", "gpt_neox"})
 _SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head")
 _MODES = ("copy", "zero", "mean", "value")
 
@@ -81,12 +79,14 @@ def enabled_for(model: Model, site: str, mode: str, n_tokens: int) -> bool:
 class Baseline:
     """The source (row 0) and base (row 1) runs of one prompt pair."""
 
-    hidden: list[torch.Tensor]  # L + 1 entries [2, T, D]: input of block j; entry L is the last block's output
+    hidden: list[
+        torch.Tensor
+    ]  # L + 1 entries [2, T, D]: input of block j; entry L is the last block's output
     acts: dict[str, list[torch.Tensor]]  # attn_out / mlp_out / head (o_proj input): L entries [2, T, D']
     keys: list[torch.Tensor]  # base run's keys per block [1, kv_heads, T, d_head]
     values: list[torch.Tensor]
     logits: torch.Tensor  # [2, V] last position, float32
-    probes: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # start position -> block kwargs
+    probes: dict[int, list[tuple[tuple, dict[str, Any]]]] = field(default_factory=dict)  # start -> block args
 
 
 def _version_key(model: Model) -> tuple:
@@ -157,7 +157,9 @@ def baseline(model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor) -> 
             handles.append(mods["attn_out"].register_forward_hook(grab_out(acts["attn_out"], j)))
             handles.append(mods["mlp_out"].register_forward_hook(grab_out(acts["mlp_out"], j)))
             handles.append(mods["head"].register_forward_pre_hook(grab_o_in(j)))
-        handles.append(_modules(model, n_layers - 1)["block"].register_forward_hook(grab_out(hidden, n_layers)))
+        handles.append(
+            _modules(model, n_layers - 1)["block"].register_forward_hook(grab_out(hidden, n_layers))
+        )
         with torch.no_grad():
             out = model.hf(torch.cat([source_ids, base_ids]), use_cache=True, logits_to_keep=1)
     finally:
@@ -172,24 +174,26 @@ def baseline(model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor) -> 
 
 
 class _Recorded(Exception):
-    pass
+    """The probe found block arguments the replay cannot reproduce: use the general path."""
 
 
-def _probe(model: Model, base: Baseline, base_ids: torch.Tensor, start: int) -> list[dict[str, Any]]:
-    """The kwargs the model passes each block for positions start.. after a cache of `start` positions."""
+_CACHE = object()  # stands for the model's cache object in recorded block arguments
+
+
+def _probe(model: Model, base: Baseline, base_ids: torch.Tensor, start: int) -> list[tuple[tuple, dict]]:
+    """The arguments the model passes each block for positions start.. after a cache of `start` positions."""
     if start in base.probes:
         return base.probes[start]
     from transformers import Cache, DynamicCache
 
     blocks = _get_path(model.hf, model.arch.layers)
-    recorded: list[dict[str, Any]] = []
+    recorded: list[tuple[tuple, dict[str, Any]]] = []
     saved = []
 
     def recorder(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if args:
-            raise _Recorded("blocks take positional arguments beyond the hidden state")
-        recorded.append({k: v for k, v in kwargs.items() if not isinstance(v, Cache)})
-        recorded[-1]["_cache_key"] = next((k for k, v in kwargs.items() if isinstance(v, Cache)), None)
+        args = tuple(_CACHE if isinstance(v, Cache) else v for v in args)
+        kwargs = {k: _CACHE if isinstance(v, Cache) else v for k, v in kwargs.items()}
+        recorded.append((args, kwargs))
         return hidden_states
 
     cache = DynamicCache(config=model.config)
@@ -210,8 +214,8 @@ def _probe(model: Model, base: Baseline, base_ids: torch.Tensor, start: int) -> 
                 block.forward = fwd
     if len(recorded) != model.n_layers:
         raise _Recorded(f"recorded {len(recorded)} block calls for {model.n_layers} blocks")
-    for kw in recorded:
-        for v in kw.values():
+    for args, kw in recorded:
+        for v in (*args, *kw.values()):
             tensors = v if isinstance(v, tuple | list) else (v,)
             for t in tensors:
                 if isinstance(t, torch.Tensor) and t.dim() >= 3 and t.shape[0] != 1:
@@ -304,7 +308,9 @@ def _hook_edit(model: Model, site: str, rows: list[_Row], first: int):
             x = x.view(x.shape[0], x.shape[1], model.n_heads, model.d_head)
         for i, r in enumerate(rows):
             if site == "head":
-                slot = x[first + i, :, r.cell.head] if r.cell.position is None else x[first + i, 0, r.cell.head]
+                slot = (
+                    x[first + i, :, r.cell.head] if r.cell.position is None else x[first + i, 0, r.cell.head]
+                )
             else:
                 slot = x[first + i] if r.cell.position is None else x[first + i, 0]
             slot.copy_(r.new if r.cell.position is None else r.new[0])
@@ -344,17 +350,15 @@ def _run_group(
             x = _join(model, base, site, joining, j, start)
             h = x if h is None else torch.cat([h, x])
         assert h is not None
-        kw = dict(kwargs[j])
-        cache_key = kw.pop("_cache_key")
-        if cache_key is not None:
-            kw[cache_key] = cache
+        args = tuple(cache if v is _CACHE else v for v in kwargs[j][0])
+        kw = {k: cache if v is _CACHE else v for k, v in kwargs[j][1].items()}
         handle = None
         if joining and site in ("attn_out", "head"):
             kind, fn = _hook_edit(model, site, joining, first)
             mod = _modules(model, j)[site]
             handle = mod.register_forward_pre_hook(fn) if kind == "pre" else mod.register_forward_hook(fn)
         try:
-            h = _first(blocks[j](h, **kw))
+            h = _first(blocks[j](h, *args, **kw))
         finally:
             if handle is not None:
                 handle.remove()
@@ -401,7 +405,6 @@ def run(
             _probe(model, base, base_ids, 0)
     except _Recorded:
         return None
-    n_layers = model.n_layers
     groups: dict[int, list[_Row]] = {}
     for idx, cell in enumerate(cells):
         value = values[idx] if values is not None else None
@@ -440,3 +443,81 @@ def run(
         top_ids=top_i if top_k else None,
         top_probs=top_p if top_k else None,
     )
+
+
+# ------------------------------------------------------------------------------------------- attribution
+def attribution(
+    model: Model, clean_ids: torch.Tensor, corrupt_ids: torch.Tensor, sites: Sequence[str], metric: Any
+) -> tuple[dict[tuple[str, int], torch.Tensor], torch.Tensor] | None:
+    """(clean - corrupt) * d metric / d act for every (site, layer), and the [clean, corrupt] metrics.
+
+    Same numbers as the traced version (`attribution._trace`) with less work: the clean run has no graph,
+    the parameters are frozen during the corrupt run (no weight gradients), and one `autograd.grad` call
+    reads every site's gradient. None when the fast path does not apply (the caller traces instead).
+    """
+    if getattr(_state, "off", False) or os.environ.get("WORKBENCH_FAST", "1") == "0" or model.remote:
+        return None
+    if model.config.model_type not in _SAFE_TYPES or any(s not in _SITES for s in sites):
+        return None
+    hf = model.hf
+    n_layers = model.n_layers
+
+    def run(ids: torch.Tensor, grad: bool) -> tuple[dict[tuple[str, int], torch.Tensor], torch.Tensor]:
+        acts: dict[tuple[str, int], torch.Tensor] = {}
+        handles = []
+
+        def pre(key):
+            def hook(_mod, args, kwargs):
+                acts[key] = args[0] if args else kwargs["hidden_states"]
+
+            return hook
+
+        def post(key):
+            def hook(_mod, _args, out):
+                acts[key] = _first(out)
+
+            return hook
+
+        try:
+            for j in range(n_layers):
+                mods = _modules(model, j)
+                for s in sites:
+                    if s == "resid_pre":
+                        handles.append(mods["block"].register_forward_pre_hook(pre((s, j)), with_kwargs=True))
+                    elif s == "head":
+                        handles.append(mods["head"].register_forward_pre_hook(pre((s, j)), with_kwargs=True))
+                    elif s == "resid_post":
+                        handles.append(mods["block"].register_forward_hook(post((s, j))))
+                    else:
+                        handles.append(mods[s].register_forward_hook(post((s, j))))
+            if grad:
+                embed = hf.get_input_embeddings()
+                handles.append(embed.register_forward_hook(lambda _m, _a, out: out.requires_grad_(True)))
+            with torch.set_grad_enabled(grad):
+                logits = hf(ids, logits_to_keep=1).logits[:, -1].float()
+        finally:
+            for h in handles:
+                h.remove()
+        return acts, logits
+
+    params = [p for p in hf.parameters() if p.requires_grad]
+    try:
+        with torch.no_grad():
+            clean_acts, clean_logits = run(clean_ids, grad=False)
+        for p in params:
+            p.requires_grad_(False)
+        corrupt_acts, corrupt_logits = run(corrupt_ids, grad=True)
+        logits = torch.cat([clean_logits, corrupt_logits.detach()])
+        value = metric(corrupt_logits, clean_logits[0])[0]
+        keys = list(corrupt_acts)
+        grads = torch.autograd.grad(value, [corrupt_acts[k] for k in keys], allow_unused=True)
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+    products = {}
+    for key, g in zip(keys, grads, strict=True):
+        diff = (clean_acts[key][0] - corrupt_acts[key][0]).detach()
+        products[key] = diff * (g[0] if g is not None else torch.zeros_like(diff))
+    with torch.no_grad():
+        baselines = metric(logits, clean_logits[0]).float()
+    return products, baselines

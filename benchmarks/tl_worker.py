@@ -1,0 +1,231 @@
+"""TransformerLens side of the benchmark: runs in its own venv (.bench-venv), driven over stdin/stdout.
+
+One JSON request per line in, one JSON answer per line out. Timing happens here, inside this process, so
+the runner's own work never counts against TransformerLens. Requests:
+  {"cmd": "setup", "folder": ..., "threads": 1}
+  {"cmd": "op", "op": ..., "clean": [ids], "corrupt": [ids], "target": id, "foil": id, "cells": [[...]]|null}
+Answers: {"ok": true, "time": s, "peak": bytes, "values": [...]} or {"ok": false, "error": "..."}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+MODEL = None
+
+
+def rss_reset() -> int:
+    """Reset the peak-RSS mark (Linux) and return the current RSS in bytes."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+    return _status("VmRSS")
+
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def setup(req: dict) -> dict:
+    global MODEL
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import transformers
+    from transformer_lens.model_bridge import TransformerBridge
+
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(int(req.get("threads", 1)))
+    MODEL = TransformerBridge.boot_transformers(req["folder"], device="cpu", dtype=torch.float32)
+    MODEL.eval()
+    from importlib.metadata import version
+
+    return {
+        "ok": True,
+        "version": version("transformer-lens"),
+        "transformers": version("transformers"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _metric(target: int, foil: int):
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return (logits[0, -1, target] - logits[0, -1, foil]).float()
+
+    return metric
+
+
+_SWEEPS = {
+    "resid_pre": ("get_act_patch_resid_pre", ("layer", "pos")),
+    "attn_out": ("get_act_patch_attn_out", ("layer", "pos")),
+    "mlp_out": ("get_act_patch_mlp_out", ("layer", "pos")),
+    "head": ("get_act_patch_attn_head_out_all_pos", ("layer", "head")),
+    "head_by_pos": ("get_act_patch_attn_head_out_by_pos", ("layer", "pos", "head")),
+}
+
+
+def sweep(req: dict) -> list[float]:
+    """TransformerLens's own patching function (clean cache included: a sweep needs it)."""
+    import pandas as pd
+    from transformer_lens import patching
+
+    model = MODEL
+    clean = torch.tensor([req["clean"]])
+    corrupt = torch.tensor([req["corrupt"]])
+    fn_name, axes = _SWEEPS[req["op"]]
+    fn = getattr(patching, fn_name)
+    metric = _metric(req["target"], req["foil"])
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean)
+        if req.get("cells") is None:
+            out = fn(model, corrupt, clean_cache, metric)
+            return out.flatten().tolist()
+        index_df = pd.DataFrame(req["cells"], columns=list(axes))
+        out = fn(model, corrupt, clean_cache, metric, index_axis_names=None, index_df=index_df)
+        return out.flatten().tolist()
+
+
+def single(req: dict) -> list[float]:
+    """One patched forward with a hook (the clean cache is prepared outside the timed region)."""
+    return [float(req["_run"]())]
+
+
+def prepare_single(req: dict):
+    from functools import partial
+
+    from transformer_lens import utilities as utils
+
+    model = MODEL
+    clean = torch.tensor([req["clean"]])
+    corrupt = torch.tensor([req["corrupt"]])
+    layer, pos = req["cell"]
+    name = utils.get_act_name("resid_pre", layer)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(clean, names_filter=lambda n: n == name)
+    act = cache[name]
+    metric = _metric(req["target"], req["foil"])
+
+    def hook(x, hook, pos):
+        x[:, pos] = act[:, pos]
+        return x
+
+    def run():
+        with torch.no_grad():
+            logits = model.run_with_hooks(corrupt, fwd_hooks=[(name, partial(hook, pos=pos))])
+        return metric(logits)
+
+    return run
+
+
+def attribution(req: dict) -> list[float]:
+    """The standard TransformerLens recipe: forward+backward hooks on the corrupt run, clean cache."""
+    from functools import partial
+
+    model = MODEL
+    clean = torch.tensor([req["clean"]])
+    corrupt = torch.tensor([req["corrupt"]])
+    metric = _metric(req["target"], req["foil"])
+    names = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+
+    L = model.cfg.n_layers
+    wanted = [f"blocks.{layer}.{short}" for short in names for layer in range(L)]
+
+    acts: dict = {}
+    grads: dict = {}
+    model.reset_hooks()
+
+    def fwd(x, hook, key):
+        acts[key] = x.detach()
+
+    def bwd(x, hook, key):
+        grads[key] = x.detach()
+
+    for name in wanted:  # hook.name is the canonical name; key by the name asked for
+        model.add_hook(name, partial(fwd, key=name), "fwd")
+        model.add_hook(name, partial(bwd, key=name), "bwd")
+    try:
+        value = metric(model(corrupt))
+        value.backward()
+    finally:
+        model.reset_hooks()
+        model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean, names_filter=wanted)
+    out = []
+    for short in names:  # [3, L, T] in the runner's order
+        for layer in range(L):
+            name = f"blocks.{layer}.{short}"
+            out.append(((clean_cache[name] - acts[name]) * grads[name]).sum(-1)[0])
+    return torch.stack(out).flatten().tolist()
+
+
+def lens(req: dict) -> list[float]:
+    """Logit lens of every layer's resid_post, top-5, entropy and KL to the final distribution."""
+    model = MODEL
+    ids = torch.tensor([req["corrupt"]])
+    with torch.no_grad():
+        _, cache = model.run_with_cache(ids, names_filter=lambda n: n.endswith("hook_resid_post"))
+        resid = torch.stack([cache[f"blocks.{i}.hook_resid_post"][0] for i in range(model.cfg.n_layers)])
+        logits = model.unembed(model.ln_final(resid)).float()  # [L, T, V]
+        logp = torch.log_softmax(logits, dim=-1)
+        top = logp.topk(5, dim=-1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        final = logp[-1]
+        kl = (final.exp() * (final - logp)).sum(-1)
+    del entropy, kl
+    return top.values.exp().flatten().tolist()
+
+
+OPS = {"sweep": sweep, "attribution": attribution, "lens": lens}
+
+
+def main() -> None:
+    out = sys.stdout
+    sys.stdout = sys.stderr  # library prints (tqdm, warnings) must not corrupt the protocol
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        try:
+            if req["cmd"] == "setup":
+                ans = setup(req)
+            elif req["cmd"] == "quit":
+                break
+            else:
+                kind = req["kind"]
+                if kind == "single":
+                    req["_run"] = prepare_single(req)
+                    req["_run"]()  # warm, as a click after the first is
+                    fn = single
+                else:
+                    fn = OPS[kind]
+                base = rss_reset()
+                t0 = time.perf_counter()
+                values = fn(req)
+                dt = time.perf_counter() - t0
+                peak = max(0, _status("VmHWM") - base)
+                ans = {"ok": True, "time": dt, "peak": peak, "values": values}
+        except Exception as exc:  # reported to the runner, which prints it in the table
+            ans = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}
+        out.write(json.dumps(ans) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()
