@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml tools/install_torch.py | $(PY)
 install: $(STAMP) js
 
 js:
-	@if [ -f js/package.json ]; then cd js && npm ci --no-audit --no-fund --loglevel=error && npm run build; fi
+	@if [ -f js/package.json ]; then cd js && { npm ci --no-audit --no-fund --loglevel=error 2>/dev/null || npm install --no-audit --no-fund --loglevel=error; } && npm run build; fi
 
 js-test:
 	@if [ -f js/package.json ]; then cd js && npx tsc --noEmit && npm test --silent; fi
