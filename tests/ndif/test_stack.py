@@ -211,3 +211,16 @@ def test_remote_only_model_never_loads_weights(ndif_server, local_clean):
         logits = meta.lm_head.output.save()
     assert not meta.dispatched
     assert _maxdiff(logits, local_clean[0]) <= TOL
+
+
+def test_large_result_goes_through_object_store(model):
+    """A blocking result over Redis's pubsub cap (8 MiB soft limit here) is uploaded to
+    the S3 store (moto) and downloaded by the client: ~13 MB of logits."""
+    prompt = " ".join(["The Eiffel Tower is located in the city of Paris."] * 6)
+    n = len(model.tokenizer(prompt)["input_ids"])
+    assert n * model.config.vocab_size * 4 > 10 * 2**20
+    with model.trace(prompt, remote=True):
+        remote = model.lm_head.output.save()
+    with model.trace(prompt):
+        local = model.lm_head.output.save()
+    assert _maxdiff(remote, local) <= TOL
