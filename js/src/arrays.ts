@@ -23,6 +23,7 @@ function bytesOf(data: unknown): Uint8Array {
 /** Decode a packed array. Copies only when the view is not 4-byte aligned. */
 export function unpack(p: Packed): NDArray {
   if (!p || !Array.isArray(p.shape)) throw new TypeError("not a packed array: missing shape");
+  if (p.dtype !== "float32" && p.dtype !== "int32") throw new TypeError(`unsupported dtype ${String(p.dtype)}`);
   const bytes = bytesOf(p.data);
   const n = p.shape.reduce((a, b) => a * b, 1);
   if (bytes.byteLength !== n * 4) {

@@ -13,7 +13,7 @@ export function lineChart(series: Series[], xTitle: string, yTitle: string, widt
   const wrap = h("div", { class: "wb-chart", "data-testid": "wb-linechart" });
   const svg = s("svg", { width, height, viewBox: `0 0 ${width} ${height}`, role: "img" }) as SVGSVGElement;
   const padL = 36;
-  const padB = 22;
+  const padB = 34;
   const padT = 8;
   const padR = 8;
   const W = width - padL - padR;
@@ -27,7 +27,7 @@ export function lineChart(series: Series[], xTitle: string, yTitle: string, widt
   for (const v of [0, 0.5, 1]) axis.append(s("text", { x: padL - 4, y: Y(v) + 3, "text-anchor": "end" }, String(v)));
   const step = Math.max(1, Math.ceil(n / 10));
   for (let i = 0; i < n; i += step) axis.append(s("text", { x: X(i), y: padT + H + 14, "text-anchor": "middle" }, String(i)));
-  axis.append(s("text", { x: padL + W, y: padT + H + 14, "text-anchor": "end", class: "wb-axis-title" }, xTitle));
+  axis.append(s("text", { x: padL + W / 2, y: padT + H + 28, "text-anchor": "middle", class: "wb-axis-title" }, xTitle));
   axis.append(s("text", { x: padL + 4, y: padT + 10, class: "wb-axis-title" }, yTitle));
   svg.append(axis);
   series.forEach((ser, k) => {

@@ -31,6 +31,26 @@ export interface HeatmapSpec {
 }
 
 const registry = new WeakMap<Element, Heatmap>();
+const live = new Set<Heatmap>();
+let themeObserver: MutationObserver | null = null;
+
+/** Canvas colours come from the theme at draw time: redraw every live heatmap when the theme changes. */
+function watchTheme(): void {
+  if (themeObserver || typeof MutationObserver === "undefined" || !document.body) return;
+  themeObserver = new MutationObserver(() => {
+    // the new theme's CSS variables apply after its stylesheet loads: redraw now and shortly after
+    const redraw = () => {
+      for (const hm of live) {
+        if (hm.el.isConnected) hm.draw();
+        else live.delete(hm);
+      }
+    };
+    redraw();
+    setTimeout(redraw, 300);
+    setTimeout(redraw, 1200);
+  });
+  themeObserver.observe(document.body, { attributes: true, attributeFilter: ["class", "data-jp-theme-light", "data-jp-theme-name"] });
+}
 
 export class Heatmap {
   readonly el: HTMLElement;
@@ -66,6 +86,8 @@ export class Heatmap {
     const grid = h("div", { class: "wb-hm-grid" }, h("div", { class: "wb-hm-corner" }), this.colBox, this.rowBox, h("div", { class: "wb-hm-cell" }, this.canvas));
     this.el = h("div", { class: "wb-heatmap" }, grid, this.tip);
     registry.set(this.canvas, this);
+    live.add(this);
+    watchTheme();
     this.bind();
   }
 

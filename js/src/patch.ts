@@ -1,5 +1,5 @@
 // PatchView: clean/corrupt token strips, site picker, sweep heatmap, click/drag to patch or ablate.
-import { at, finiteRange, maybeUnpack } from "./arrays";
+import { finiteRange, maybeUnpack } from "./arrays";
 import { diverging, sequential } from "./colors";
 import { button, clear, fmt, h, select } from "./dom";
 import { Heatmap, type Region } from "./heatmap";
@@ -41,6 +41,7 @@ export class PatchView extends View {
   private resultBox: HTMLElement;
   private sourceBox: HTMLElement;
   private caption: HTMLElement;
+  private clickedAt: number | null = null;
 
   constructor(model: AnyModel, el: HTMLElement) {
     super(model, el, "Activation patching");
@@ -87,7 +88,7 @@ export class PatchView extends View {
       payload.source_layer = from[0];
       payload.source_position = from[1];
     }
-    this.heatmap.mark = from ? null : null;
+    this.clickedAt = performance.now();
     this.send(mode === "ablate" ? "ablate" : "patch", payload);
   }
 
@@ -147,9 +148,13 @@ export class PatchView extends View {
       const arr = maybeUnpack(sw.normalized) ?? maybeUnpack(sw.values);
       if (arr && arr.shape[0] === g.rows && arr.shape[1] === g.cols) {
         values = Float32Array.from(arr.data);
+        if (mode === "ablate" && typeof sw.clean === "number") for (let i = 0; i < values.length; i++) values[i] -= sw.clean;
         const [lo, hi] = finiteRange(values);
         absMax = Math.max(Math.abs(lo), Math.abs(hi)) || 1;
-        caption = `${sw.normalized ? "normalised effect (1 = clean, 0 = corrupt)" : "metric"}; clean ${fmt(sw.clean)}, corrupt ${fmt(sw.corrupt)}. Click a cell to apply that patch.`;
+        caption =
+          mode === "ablate"
+            ? `effect of ablation (metric − unablated ${fmt(sw.clean)}). Click a cell to apply that ablation.`
+            : `${sw.normalized ? "normalised effect (1 = clean, 0 = corrupt)" : "metric"}; clean ${fmt(sw.clean)}, corrupt ${fmt(sw.corrupt)}. Click a cell to apply that patch.`;
       }
     }
     this.caption.textContent = caption;
@@ -227,8 +232,13 @@ export class PatchView extends View {
       });
       this.resultBox.append(h("div", { class: "wb-subtitle" }, "Logit lens of the patched run (shaded: causal cone of the patch)"), this.lens.el);
     }
+    if (this.clickedAt !== null) {
+      // click -> kernel -> engine -> result trait -> redrawn; compute_ms is the engine's share
+      this.resultBox.setAttribute("data-latency-ms", (performance.now() - this.clickedAt).toFixed(1));
+      this.resultBox.setAttribute("data-compute-ms", String(res.compute_ms ?? ""));
+      this.clickedAt = null;
+    }
     const cell = res.cell as number[] | undefined;
     if (cell && cell.length === 2 && !res.source_layer && res.source_layer !== 0) this.heatmap.setSelected([cell[0], cell[1]]);
-    void at;
   }
 }

@@ -57,6 +57,7 @@ export abstract class View {
     const header = h("div", { class: "wb-header" }, h("span", { class: "wb-title" }, title), this.status, this.progress, this.cancelBtn, exports);
     this.body = h("div", { class: "wb-body" });
     this.root = h("div", { class: "wb-root", "data-testid": "wb-view" }, header, this.errorBox, this.body, this.codeBox, this.historyBox);
+    this.root.setAttribute("data-kind", String(model.get("_view_kind") ?? ""));
     el.append(this.root);
     this.listen("change:status", () => this.renderStatus());
     this.listen("change:progress", () => this.renderStatus());
@@ -101,7 +102,7 @@ export abstract class View {
     const st = String(this.model.get("status") ?? "idle");
     const p = Number(this.model.get("progress") ?? 0);
     const txt = String(this.model.get("progress_text") ?? "");
-    this.status.textContent = st === "running" && txt ? `running: ${txt}` : st;
+    this.status.textContent = st === "running" && txt ? `running: ${txt}` : st === "idle" && txt === "cancelled" ? "idle (cancelled)" : st;
     this.status.setAttribute("data-state", st);
     this.progress.hidden = st !== "running";
     this.progress.value = Number.isFinite(p) ? p : 0;
