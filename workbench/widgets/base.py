@@ -83,7 +83,9 @@ def _flatten(x: Any):
         yield x
 
 
-def pack_lens(lens: Any, pinned: list[str] | None = None) -> dict[str, Any]:
+def pack_lens(
+    lens: Any, pinned: list[str] | None = None, ids: list[int | str] | None = None
+) -> dict[str, Any]:
     """A LensResult as the `data` trait of a lens: top-k only, never the full vocabulary."""
     out: dict[str, Any] = {
         "tokens": list(lens.tokens),
@@ -94,8 +96,9 @@ def pack_lens(lens: Any, pinned: list[str] | None = None) -> dict[str, Any]:
         "id_text": id_text(lens.top_ids, lens.top_tokens),
         "pinned": {},
     }
-    for tok in pinned or []:
-        out["pinned"][tok] = {"prob": pack(lens.prob(tok)), "rank": pack(lens.rank(tok))}
+    for i, tok in enumerate(pinned or []):
+        key = ids[i] if ids is not None else tok
+        out["pinned"][tok] = {"prob": pack(lens.prob(key)), "rank": pack(lens.rank(key))}
     return out
 
 
@@ -231,6 +234,7 @@ class WorkbenchWidget(anywidget.AnyWidget):
         self.model = model
         self.last_result: Any = None
         self.last_error: BaseException | None = None
+        self.compute_ms = 0.0  # engine time of the last computation
         self._exports: dict[str, Path] = {}
         self._handlers: dict[str, Callable[[dict, list], None]] = {
             "cancel": lambda c, b: self.cancel(),
@@ -299,7 +303,9 @@ class WorkbenchWidget(anywidget.AnyWidget):
         self.progress_text = job.kind
         try:
             with self.model.lock:
+                t0 = time.perf_counter()
                 result = job.fn(progress, job.cancel)
+                self.compute_ms = (time.perf_counter() - t0) * 1000.0
                 job.done(result)
         except CancelledError:
             self.status = "idle"
@@ -441,6 +447,11 @@ mod.default.render({ model: new mod.StaticModel(state), el: document.getElementB
 
 def standalone_html(widget: WorkbenchWidget, title: str) -> str:
     state = {k: v for k, v in widget.get_state().items() if not k.startswith("_") or k == "_view_kind"}
+    return html_from_state(state, title)
+
+
+def html_from_state(state: dict[str, Any], title: str = "Workbench") -> str:
+    """A page that renders a view from its trait state with the bundled JS and no kernel."""
     bundle = BUNDLE.read_text(encoding="utf-8") if BUNDLE.exists() else ""
     from html import escape
 

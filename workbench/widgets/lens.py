@@ -51,9 +51,16 @@ class LensView(WorkbenchWidget):
             lens = _ops().logit_lens(
                 self.model, prompt, top_k=top_k, tokens=pinned or None, progress=progress, cancel=cancel
             )
+            if pinned:
+                return lens, pinned, pack_lens(lens, pinned)
             # follow the model's own prediction when nothing is pinned, so rank/pinned modes have a token
-            pins = pinned or [lens.top_tokens[-1][-1][0]]
-            return lens, pins, pack_lens(lens, pins)
+            tid, text = int(lens.top_ids[-1, -1, 0]), str(lens.top_tokens[-1][-1][0])
+            data = pack_lens(lens, [text], [tid])
+            try:
+                pins = [text] if self.model.token_id(text) == tid else []
+            except Exception:  # a byte fragment that does not re-tokenize: show it, but do not pin it by text
+                pins = []
+            return lens, pins, data
 
         def done(out):
             lens, pins, data = out
@@ -63,8 +70,8 @@ class LensView(WorkbenchWidget):
                 with self.hold_trait_notifications():
                     self.pinned = pins
                     self.data = data
-                    if self.focus not in pins:
-                        self.focus = pins[0] if pins else ""
+                    if self.focus not in data["pinned"]:
+                        self.focus = next(iter(data["pinned"]), "")
             finally:
                 self._quiet = False
             self._record(f"lens {prompt[:40]!r}", lens)

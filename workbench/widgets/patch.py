@@ -218,6 +218,7 @@ class PatchView(WorkbenchWidget):
             "top_tokens": [str(t) for t in value.top_tokens],
             "top_probs": pack(value.top_probs),
             "lens": pack_lens(lens) if lens is not None else {},
+            "compute_ms": round(self.compute_ms, 1),
         }
         self._record(label, value)
 
