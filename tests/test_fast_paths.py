@@ -1,0 +1,164 @@
+"""The fast paths (workbench/ops/_fast_sweep.py) give the numbers of the plain computations, on every family.
+
+Three-way checks: fast path vs the plain batched engine path (fast path disabled) vs the independent
+one-forward-per-cell reference (tests/reference.py). Float32, max abs diff <= 1e-4. No timing here:
+speed is measured by `make bench` (benchmarks/).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import workbench as wb
+from tests import reference as R
+from tests.conftest import ATOL, CLEAN, CORRUPT, FOIL, TARGET, assert_close, tiny
+from workbench.ops import _fast_sweep as F
+from workbench.ops._engine import Cell, run_batch
+from workbench.ops.patching import pair_tokens, sweep_cells
+from workbench.testing import FAMILIES
+
+SWEEPS = [("resid_pre", False), ("resid_post", False), ("attn_out", False), ("mlp_out", False)]
+SWEEPS += [("head", False), ("head", True)]
+
+
+def metric():
+    return wb.logit_diff(TARGET, FOIL)
+
+
+def _fast_used(model) -> bool:
+    c, k = pair_tokens(model, CLEAN, CORRUPT)
+    out = F.run(model, c, k, "resid_pre", [Cell(0, 1)], metric().bind(model))
+    return out is not None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fast_path_applies(family):
+    """Every tested family takes the fast path (so the checks below test it, not the fallback)."""
+    assert _fast_used(tiny(family))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("site,by_position", SWEEPS)
+def test_sweep_fast_vs_plain_vs_reference(family, site, by_position):
+    model = tiny(family)
+    fast = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site=site, by_position=by_position)
+    with F.disabled():
+        plain = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site=site, by_position=by_position)
+    what = f"{family} {site} by_position={by_position}"
+    assert_close(fast.values, plain.values, ATOL, what + " fast vs plain")
+    assert abs(fast.clean - plain.clean) <= ATOL and abs(fast.corrupt - plain.corrupt) <= ATOL
+    if by_position and family not in ("gpt2", "llama", "gemma2"):
+        return  # one forward per cell for L x T x H cells: the plain-path check above covers the rest
+    ref = R.reference_patch_sweep(
+        model.hf,
+        model.tokenizer,
+        CLEAN,
+        CORRUPT,
+        R.logit_diff(model.tokenizer, TARGET, FOIL),
+        site,
+        by_position,
+    )
+    assert_close(fast.values, ref["values"], ATOL, what + " fast vs reference")
+    assert abs(fast.clean - ref["clean"]) <= ATOL and abs(fast.corrupt - ref["corrupt"]) <= ATOL
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", ["copy", "zero", "mean"])
+def test_run_batch_modes_and_top_k(family, mode):
+    """Mixed cells (with and without positions, every site) in each mode, with top-k, equal the plain path."""
+    model = tiny(family)
+    c, k = pair_tokens(model, CLEAN, CORRUPT)
+    bound = metric().bind(model)
+    for site in ("resid_pre", "resid_post", "attn_out", "mlp_out", "head"):
+        head = 1 if site == "head" else None
+        last = model.n_layers - 1
+        cells = [
+            Cell(0, 0, head),
+            Cell(last, k.shape[1] - 1, head),
+            Cell(1, None, head),
+            Cell(last, None, head),
+        ]
+        cells += [Cell(1, 3, head), Cell(0, 5, head)]
+        fast = run_batch(model, c, k, site, cells, bound, mode=mode, top_k=3)
+        with F.disabled():
+            plain = run_batch(model, c, k, site, cells, bound, mode=mode, top_k=3)
+        what = f"{family} {site} {mode}"
+        assert_close(fast.values, plain.values, ATOL, what)
+        assert_close(fast.top_probs, plain.top_probs, ATOL, what + " top_probs")
+        assert abs(fast.source - plain.source) <= ATOL and abs(fast.base - plain.base) <= ATOL
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox", "gemma2", "phi"])
+def test_single_patch_and_moved_source(family):
+    """wb.patch (one cell, cached baselines) and a drag (value mode) equal the reference."""
+    model = tiny(family)
+    ref_m = R.logit_diff(model.tokenizer, TARGET, FOIL)
+    for kwargs in (
+        dict(site="resid_pre", layer=1, position=4),
+        dict(site="attn_out", layer=0, position=2),
+        dict(site="mlp_out", layer=2, position=8),
+        dict(site="head", layer=1, head=2),
+        dict(site="resid_pre", layer=2, position=6, source_layer=0, source_position=3),
+    ):
+        for _ in range(2):  # cold, then warm (cached baselines)
+            v = wb.patch(model, CLEAN, CORRUPT, metric=metric(), **kwargs)
+            ref = R.reference_patch(model.hf, model.tokenizer, CLEAN, CORRUPT, ref_m, **kwargs)
+            assert abs(float(v) - ref["value"]) <= ATOL, (family, kwargs, float(v), ref["value"])
+            assert abs(v.clean - ref["clean"]) <= ATOL and abs(v.corrupt - ref["corrupt"]) <= ATOL
+
+
+def test_baseline_cache_invalidated_by_weight_edit():
+    """An in-place weight edit (e.g. a user's ablation of a weight) invalidates the cached runs."""
+    from workbench.testing import tiny_model
+
+    model = tiny_model("llama", seed=1)
+    before = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="resid_pre")
+    with torch.no_grad():
+        model.hf.model.layers[1].mlp.down_proj.weight.mul_(0.5)
+    after = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="resid_pre")
+    with F.disabled():
+        plain = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="resid_pre")
+    assert_close(after.values, plain.values, ATOL, "after weight edit")
+    assert np.abs(after.values - before.values).max() > 1e-3
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_attribution_fast_vs_traced(family):
+    model = tiny(family)
+    sites = ["resid_pre", "attn_out", "mlp_out", "head", "resid_post"]
+    for p in model.hf.parameters():
+        p.grad = None
+    fast = wb.attribution_patch(model, CLEAN, CORRUPT, metric=metric(), site=sites, by_position=True)
+    # the parameters are trainable again afterwards, and no gradient was left on them
+    assert all(p.requires_grad for p in model.hf.parameters())
+    assert all(p.grad is None for p in model.hf.parameters())
+    with F.disabled():
+        plain = wb.attribution_patch(model, CLEAN, CORRUPT, metric=metric(), site=sites, by_position=True)
+    for s in sites:
+        assert_close(fast[s].values, plain[s].values, ATOL, f"{family} attribution {s}")
+        assert abs(fast[s].clean - plain[s].clean) <= ATOL
+
+
+def test_short_sliding_window_falls_back():
+    """A sliding window shorter than the prompt is not replayed: the general path answers."""
+    from workbench.testing import tiny_model
+
+    model = tiny_model("mistral", seed=2)
+    model.config.sliding_window = 4
+    c, k = pair_tokens(model, CLEAN, CORRUPT)
+    assert F.run(model, c, k, "resid_pre", [Cell(0, 1)], metric().bind(model)) is None
+
+
+def test_cells_share_sweep_order():
+    """The fast path returns values in the order of the cells it was given (not its internal order)."""
+    model = tiny("llama")
+    c, k = pair_tokens(model, CLEAN, CORRUPT)
+    cells, _ = sweep_cells(model, "resid_pre", k.shape[1], True)
+    shuffled = [cells[i] for i in np.random.default_rng(0).permutation(len(cells))]
+    bound = metric().bind(model)
+    a = run_batch(model, c, k, "resid_pre", shuffled, bound)
+    with F.disabled():
+        b = run_batch(model, c, k, "resid_pre", shuffled, bound)
+    assert_close(a.values, b.values, ATOL, "shuffled cells")
