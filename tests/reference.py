@@ -390,8 +390,11 @@ def ablation_values(hf, tok, prompt: str, site: str, layer: int, method: str, re
         act = capture(hf, ids, site, [layer])[layer]
         return torch.zeros_like(act)
     if method == "mean":
-        act = capture(hf, ids, site, [layer])[layer]
-        return act.mean(0)  # mean over the prompt's positions
+        if reference is None:
+            return capture(hf, ids, site, [layer])[layer].mean(0)  # mean over the prompt's positions
+        refs = [reference] if isinstance(reference, str) else list(reference)
+        # mean over every token of the reference prompts
+        return torch.cat([capture(hf, tokens(tok, r), site, [layer])[layer] for r in refs]).mean(0)
     if method == "resample":
         if reference is None:
             raise ValueError("resample needs a reference prompt")
@@ -510,6 +513,15 @@ def lens_prob(lens: dict, token_id: int):
     return lens["probs"][..., token_id].numpy().astype("float32")
 
 
+def lens_rank_bounds(lens: dict, token_id: int, tol: float = 1e-7):
+    """(lowest, highest) 0-based rank that float32 noise of size `tol` on the probabilities allows."""
+    p = lens["probs"]
+    pt = p[..., token_id : token_id + 1]
+    lo = (p > pt + tol).sum(-1)
+    hi = (p > pt - tol).sum(-1) - 1
+    return lo.numpy().astype("int32"), hi.numpy().astype("int32")
+
+
 def lens_rank(lens: dict, token_id: int):
     """0-based rank: how many vocabulary entries have a strictly higher probability."""
     p = lens["probs"]
@@ -590,6 +602,9 @@ def reference_attribution_patch(
     finally:
         h_emb.remove()
     hf.zero_grad(set_to_none=True)
+    missing = [layer for layer in range(L) if acts[layer].grad is None]
+    if missing:
+        raise RuntimeError(f"reference: no gradient reached {site} at layers {missing}")
     rows = []
     for layer in range(L):
         a = acts[layer]
