@@ -19,12 +19,12 @@ from .model import Model
 
 def _register_kernels() -> None:
     """Ship the trace-body kernels by value: the NDIF server does not have workbench installed."""
-    import cloudpickle
+    import nnsight
 
     from .ops import _kernels, metrics
 
     for module in (_kernels, metrics):
-        cloudpickle.register_pickle_by_value(module)
+        nnsight.register(module)
 
 
 def configure(host: str | None = None, api_key: str | None = None) -> None:
@@ -69,7 +69,7 @@ def load_remote(repo_id: str) -> Model:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tok = AutoTokenizer.from_pretrained(repo_id)
-            nn = TransformersModel(repo_id, tokenizer=tok)
+            nn = TransformersModel(repo_id, task="text-generation", tokenizer=tok)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"Could not prepare remote model {repo_id!r}: its config and tokenizer must be reachable from here "

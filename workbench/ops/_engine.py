@@ -111,7 +111,8 @@ def run_batch(
     if fast is not None:
         return fast
     n_tokens = base_ids.shape[1]
-    size = chunk or rows_per_chunk(model, n_tokens)
+    # Remote: the whole sweep is one request (the server has the memory); locally, chunks that fit.
+    size = chunk or (max(1, len(cells)) if model.remote else rows_per_chunk(model, n_tokens))
     outs, tops, probs = [], [], []
     source_metric = base_metric = float("nan")
     n = len(cells)
@@ -159,7 +160,8 @@ def _trace_chunk(
     fast = {layer: _vectorised(plan[layer], site) if mode == "copy" else None for layer in layers}
     dims = model.head_dims(site)
     nn = model.nn
-    out: dict[str, torch.Tensor] = {}
+    # Saved values must be bound to plain names in the body: that is what comes back (also from NDIF).
+    top_ids = top_probs = None
     with torch.no_grad(), nn.trace(batch, logits_to_keep=1, **model.trace_options()):
         for layer in layers:
             x = read(*refs[layer])
@@ -170,20 +172,21 @@ def _trace_chunk(
             else:
                 edit(x, plan[layer], mode, values)
         logits = nn.output.logits[:, -1].float()
-        out["metric"] = metric(logits, logits[0]).save()
+        metric_values = metric(logits, logits[0]).save()
         if top_k:
             top = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
-            out["ids"] = top.indices.save()
-            out["probs"] = top.values.save()
-    return out["metric"], out.get("ids"), out.get("probs")
+            top_ids = top.indices.save()
+            top_probs = top.values.save()
+    return metric_values, top_ids, top_probs
 
 
 def collect(model: Model, ids: torch.Tensor, site: str, layers: Sequence[int]) -> dict[int, torch.Tensor]:
     """The activation of `site` at each of `layers` for a [B, T] batch: {layer: [B, T, D]}."""
     wanted = sorted(set(layers))
     refs = [model.site_ref(site, layer) for layer in wanted]
-    saved: list[torch.Tensor] = []
     with torch.no_grad(), model.nn.trace(ids, logits_to_keep=1, **model.trace_options()):
+        acts = []
         for ref in refs:
-            saved.append(read(*ref).clone().save())
-    return {layer: value.detach() for layer, value in zip(wanted, saved, strict=True)}
+            acts.append(read(*ref).clone())
+        stacked = torch.stack(acts).save()  # [n_layers, B, T, D]
+    return {layer: stacked[i].detach() for i, layer in enumerate(wanted)}

@@ -31,7 +31,6 @@ def attention(
     check_cancel(cancel)
     envoys = [model.attn_envoy(layer) for layer in wanted]
     eager_fn = getattr(sys.modules[type(envoys[0]._module).__module__], "eager_attention_forward", None)
-    out: dict[str, torch.Tensor] = {}
     if eager_fn is not None:
         # Recompute the probabilities from the attention function's own inputs with the family's eager code:
         # exact whatever implementation runs (SDPA returns no weights), and it works on NDIF too.
@@ -39,15 +38,14 @@ def attention(
             patterns = []
             for envoy in envoys:
                 patterns.append(eager_pattern(envoy.source.attention_interface_1.inputs, eager_fn)[0].float())
-            out["patterns"] = torch.stack(patterns).save()
+            stacked = torch.stack(patterns).save()
     else:
         require_local(model, f"Attention patterns of model_type {model.config.model_type!r}")
         with model.lock, model.eager_attention(), torch.no_grad(), model.nn.trace(ids, logits_to_keep=1):
             patterns = []
             for envoy in envoys:
                 patterns.append(envoy.output[1][0].float())
-            out["patterns"] = torch.stack(patterns).save()
-    stacked = out["patterns"]
+            stacked = torch.stack(patterns).save()
     if progress is not None:
         progress(1.0, "attention done")
     options = dict(op="attention", prompt=prompt, layers=list(layers) if layers is not None else None)

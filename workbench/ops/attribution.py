@@ -27,22 +27,31 @@ _ORDER = ("resid_pre", "head", "attn_out", "mlp_out", "resid_post")
 def _trace(model: Model, batch: torch.Tensor, sites: list[str], bound) -> tuple[dict, torch.Tensor]:
     keys = [(site, layer) for layer in range(model.n_layers) for site in sites]
     refs = [model.site_ref(site, layer) for site, layer in keys]
+    is_head = [site == "head" for site, _ in keys]
     nn = model.nn
-    products: dict[tuple[str, int], torch.Tensor] = {}  # filled inside the trace
-    out: dict[str, torch.Tensor] = {}
+    # Saved values must be bound to plain names in the body: that is what comes back (also from NDIF).
     with torch.enable_grad(), nn.trace(batch, logits_to_keep=1, **model.trace_options()):
         acts = [read(*ref) for ref in refs]
         logits = nn.output.logits[:, -1].float()
         values = bound(logits, logits[0])
-        out["baselines"] = values.detach().save()
+        baselines = values.detach().save()
         diffs = [(a[0] - a[1]).detach() for a in acts]
         grads = [None] * len(acts)
         with values[1].backward():
             for i in reversed(range(len(acts))):
                 grads[i] = acts[i].grad[1]
-        for i, key in enumerate(keys):
-            products[key] = (diffs[i] * grads[i]).save()
-    return products, out["baselines"]
+        prods = [diffs[i] * grads[i] for i in range(len(acts))]
+        empty = torch.zeros(0)
+        resid_products = torch.stack(
+            [p for p, h in zip(prods, is_head, strict=True) if not h] or [empty]
+        ).save()
+        head_products = torch.stack([p for p, h in zip(prods, is_head, strict=True) if h] or [empty]).save()
+    products: dict[tuple[str, int], torch.Tensor] = {}
+    counts = {False: 0, True: 0}
+    for key, head in zip(keys, is_head, strict=True):
+        products[key] = (head_products if head else resid_products)[counts[head]]
+        counts[head] += 1
+    return products, baselines
 
 
 def attribution_patch(

@@ -63,7 +63,7 @@ def _lens_trace(
         edit_layer, edit_ref, edit_dims = cell.layer, model.site_ref(site, cell.layer), model.head_dims(site)
         edit_cells, edit_after = [(1, cell.position, cell.head)], site == "resid_post"
     tid = torch.tensor(token_ids, dtype=torch.long)
-    saved: dict[str, torch.Tensor] = {}  # filled inside the trace (locals of the body do not escape)
+    # Saved values must be bound to plain names in the body: that is what comes back (also from NDIF).
     with torch.no_grad(), model.nn.trace(batch, logits_to_keep=1, **model.trace_options()):
         resids = []
         for layer in range(n_layers):
@@ -75,31 +75,33 @@ def _lens_trace(
                 edit(out, edit_cells, edit_mode, None)
             resids.append(out[row].clone())
         final = torch.log_softmax(decode(norm, unembed, softcap, resids[-1]).float(), dim=-1)  # [T, V]
-        stats: dict[str, list[torch.Tensor]] = {
-            "ids": [],
-            "probs": [],
-            "entropy": [],
-            "kl": [],
-            "tp": [],
-            "rank": [],
-        }
+        ids_, probs_, ent_, kl_, tp_, rank_ = [], [], [], [], [], []
         for start in range(0, n_layers, chunk_layers):
             h = torch.stack(resids[start : start + chunk_layers])  # [l, T, d]
             logits = decode(norm, unembed, softcap, h).float()
             logp = torch.log_softmax(logits, dim=-1)
             top = logp.topk(top_k, dim=-1)
-            stats["ids"].append(top.indices)
-            stats["probs"].append(top.values.exp())
-            stats["entropy"].append(-(logp.exp() * logp).sum(-1))
-            stats["kl"].append((final.exp() * (final - logp)).sum(-1))
-            if len(token_ids):
-                chosen = logits[..., tid]  # [l, T, n]
-                stats["tp"].append(logp[..., tid])
-                stats["rank"].append((logits.unsqueeze(-2) > chosen.unsqueeze(-1)).sum(-1))
-        for k, v in stats.items():
-            if v:
-                saved[k] = torch.cat(v).save()
-    return saved
+            ids_.append(top.indices)
+            probs_.append(top.values.exp())
+            ent_.append(-(logp.exp() * logp).sum(-1))
+            kl_.append((final.exp() * (final - logp)).sum(-1))
+            chosen = logits[..., tid]  # [l, T, n] (n may be 0)
+            tp_.append(logp[..., tid])
+            rank_.append((logits.unsqueeze(-2) > chosen.unsqueeze(-1)).sum(-1))
+        top_ids = torch.cat(ids_).save()
+        top_probs = torch.cat(probs_).save()
+        entropy = torch.cat(ent_).save()
+        kl = torch.cat(kl_).save()
+        token_logp = torch.cat(tp_).save()
+        token_rank = torch.cat(rank_).save()
+    return {
+        "ids": top_ids,
+        "probs": top_probs,
+        "entropy": entropy,
+        "kl": kl,
+        "tp": token_logp,
+        "rank": token_rank,
+    }
 
 
 def logit_lens(

@@ -27,7 +27,6 @@ def _generate(
     model: Model, ids: torch.Tensor, layer: int, add: torch.Tensor | None, max_new_tokens: int
 ) -> list[int]:
     ref = model.site_ref("resid_pre", layer)
-    out: dict[str, torch.Tensor] = {}
     with (
         torch.no_grad(),
         model.nn.generate(
@@ -38,8 +37,8 @@ def _generate(
             for _ in tracer.iter[:max_new_tokens]:
                 h = read(*ref)
                 h += add.to(h.dtype)
-        out["ids"] = tracer.result.save()
-    return out["ids"][0, ids.shape[1] :].tolist()
+        generated = tracer.result.save()
+    return generated[0, ids.shape[1] :].tolist()
 
 
 def steer(

@@ -1,0 +1,125 @@
+"""Workbench ops with remote=True against a real local NDIF server: equal to the local run of the same weights.
+
+Each user action must be one request; the API key must never appear in results, code or errors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import workbench as wb
+
+pytestmark = pytest.mark.ndif
+
+CLEAN = "The Eiffel Tower is located in the city of"
+CORRUPT = "The Colosseum is located in the city of"
+KEY = "wb-test-key-0123456789abcdef"  # this local server has no auth; any value is sent
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def models(ndif_server):
+    import nnsight
+
+    nnsight.CONFIG.API.HOST = ndif_server.url
+    nnsight.CONFIG.API.APIKEY = KEY
+    nnsight.CONFIG.APP.REMOTE_LOGGING = False
+    path = str(ndif_server.model_dir)
+    remote = wb.load(path, remote=True)
+    local = wb.load(path)
+    return remote, local
+
+
+@pytest.fixture
+def requests(monkeypatch):
+    """Counts the requests sent to NDIF."""
+    from nnsight.intervention.backends.remote import RemoteBackend
+
+    sent: list[int] = []
+    real = RemoteBackend.request
+
+    def counting(self, *args, **kwargs):
+        sent.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RemoteBackend, "request", counting)
+    return sent
+
+
+def test_remote_model_has_no_local_weights(models) -> None:
+    remote, local = models
+    assert remote.remote and not local.remote
+    assert next(remote.hf.parameters()).device.type == "meta"
+    assert (remote.n_layers, remote.n_heads, remote.d_model) == (local.n_layers, local.n_heads, local.d_model)
+
+
+def test_lens_matches_local_in_one_request(models, requests) -> None:
+    remote, local = models
+    r = wb.logit_lens(remote, CLEAN, tokens=[" Paris"])
+    assert len(requests) == 1
+    lo = wb.logit_lens(local, CLEAN, tokens=[" Paris"])
+    assert np.array_equal(r.top_ids, lo.top_ids)
+    assert np.abs(r.top_probs - lo.top_probs).max() <= TOL
+    assert np.abs(r.entropy - lo.entropy).max() <= 1e-4
+    assert np.abs(r.prob(" Paris") - lo.prob(" Paris")).max() <= TOL
+    assert r.top_tokens[-1][-1][0] == " Paris"
+
+
+def test_patch_and_sweep_match_local_one_request_each(models, requests) -> None:
+    remote, local = models
+    metric = wb.logit_diff(" Paris", " Rome")
+    v = wb.patch(remote, CLEAN, CORRUPT, metric=metric, site="resid_pre", layer=4, position=2)
+    assert len(requests) == 1
+    lv = wb.patch(local, CLEAN, CORRUPT, metric=metric, site="resid_pre", layer=4, position=2)
+    assert abs(float(v) - float(lv)) <= 1e-4 and abs(v.clean - lv.clean) <= 1e-4
+    sweep = wb.patch_sweep(remote, CLEAN, CORRUPT, metric=metric, site="mlp_out")
+    assert len(requests) == 2  # the whole 30 x 10 sweep is one request
+    local_sweep = wb.patch_sweep(local, CLEAN, CORRUPT, metric=metric, site="mlp_out")
+    assert sweep.values.shape == (30, 10)
+    assert np.abs(sweep.values - local_sweep.values).max() <= 1e-4
+
+
+def test_head_sweep_attention_attribution_ablation_match_local(models) -> None:
+    remote, local = models
+    metric = wb.logit_diff(" Paris", " Rome")
+    a = wb.patch_sweep(remote, CLEAN, CORRUPT, metric=metric, site="head")
+    b = wb.patch_sweep(local, CLEAN, CORRUPT, metric=metric, site="head")
+    assert np.abs(a.values - b.values).max() <= 1e-4
+    pa = wb.attention(remote, CLEAN, layers=[0, 15, 29]).patterns
+    pb = wb.attention(local, CLEAN, layers=[0, 15, 29]).patterns
+    assert np.abs(pa - pb).max() <= TOL
+    ra = wb.attribution_patch(remote, CLEAN, CORRUPT, metric=metric, site="resid_pre").values
+    rb = wb.attribution_patch(local, CLEAN, CORRUPT, metric=metric, site="resid_pre").values
+    assert np.abs(ra - rb).max() <= 1e-4
+    for method in ("zero", "mean"):
+        x = wb.ablate(remote, CLEAN, metric=metric, site="mlp_out", layer=3, method=method)
+        y = wb.ablate(local, CLEAN, metric=metric, site="mlp_out", layer=3, method=method)
+        assert abs(float(x) - float(y)) <= 1e-4
+
+
+def test_steering_generates_the_same_tokens(models) -> None:
+    remote, local = models
+    vec = torch.randn(remote.d_model, generator=torch.Generator().manual_seed(0))
+    a = wb.steer(remote, CLEAN, vector=vec, layer=5, scale=4.0, max_new_tokens=4, baseline=False)
+    b = wb.steer(local, CLEAN, vector=vec, layer=5, scale=4.0, max_new_tokens=4, baseline=False)
+    assert a.tokens == b.tokens
+
+
+def test_key_never_in_results_or_code(models) -> None:
+    remote, _ = models
+    v = wb.patch(
+        remote, CLEAN, CORRUPT, metric=wb.logit_diff(" Paris", " Rome"), site="resid_pre", layer=1, position=2
+    )
+    assert KEY not in v.to_code() and KEY not in repr(v.options)
+
+
+def test_bad_input_fails_before_any_request_and_model_survives(models, requests) -> None:
+    remote, _ = models
+    with pytest.raises(wb.SiteError):
+        wb.patch(remote, CLEAN, CORRUPT, metric=wb.logit_diff(" Paris", " Rome"), site="resid_pre", layer=99)
+    with pytest.raises(wb.TokenizationError):
+        wb.patch_sweep(remote, CLEAN, "Short", metric=wb.logit_diff(" Paris", " Rome"))
+    assert requests == []
+    assert wb.logit_lens(remote, CLEAN).top_tokens[-1][-1][0] == " Paris"
