@@ -43,9 +43,21 @@ demo: install
 test: install browser-deps lint js-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-bench: install
-	$(PY) -m pip install -q ".[bench]"
-	$(PY) benchmarks/run.py
+# TransformerLens (the peer) lives in its own venv, with the same torch (CPU wheel, installed first so pip
+# never pulls CUDA) and the same transformers as the project venv; benchmarks/run.py drives it as a worker.
+BENCH_VENV := .bench-venv
+BENCH_ARGS ?=
+
+$(BENCH_VENV)/.installed: $(STAMP)
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python tools/install_torch.py
+	$(BENCH_VENV)/bin/python -m pip install -q "transformer-lens>=4.3,<5" gguf accelerate \
+		"transformers==$$($(PY) -c 'import transformers; print(transformers.__version__)')"
+	touch $@
+
+bench: install $(BENCH_VENV)/.installed
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) js/node_modules workbench/static
