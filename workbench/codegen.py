@@ -31,6 +31,14 @@ def _load(model: Model) -> str:
             "hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)\n"
             "model = TransformersModel(hf.eval(), tokenizer=tok)\n"
         )
+    if "remote" in info:
+        return head + (
+            "import nnsight\n"
+            "from transformers import AutoTokenizer\n"
+            "# NDIF: the key comes from nnsight's saved config or the NDIF_API_KEY environment variable.\n"
+            f"tok = AutoTokenizer.from_pretrained({info['remote']!r})\n"
+            f"model = TransformersModel({info['remote']!r}, task='text-generation', tokenizer=tok)  # no weights here\n"
+        )
     if "pretrained" in info:
         return head + (
             "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
@@ -40,6 +48,18 @@ def _load(model: Model) -> str:
         )
     return (
         head + "# model = TransformersModel(your_hf_model, tokenizer=your_tokenizer)  (a model you wrapped)\n"
+    )
+
+
+def _remote(model: Model, code: str) -> str:
+    """Generated code for a remote model runs every trace on NDIF."""
+    if not model.remote:
+        return code
+    return (
+        code.replace("model.trace(ids)", "model.trace(ids, remote=True)")
+        .replace("model.trace(ids[:1])", "model.trace(ids[:1], remote=True)")
+        .replace("model.trace(batch)", "model.trace(batch, remote=True)")
+        .replace("do_sample=False)", "do_sample=False, remote=True)")
     )
 
 
@@ -59,7 +79,7 @@ def _index(site: str, position: int | None, head: int | None, row: str, d_head: 
     return f"[{row}, {pos}]"
 
 
-def patch_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
+def _patch_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
     src_layer = o["source_layer"] if o["source_layer"] is not None else o["layer"]
     src_pos = o["source_position"] if o["source_position"] is not None else o["position"]
     dst = _site_expr(model, o["site"], o["layer"]) + _index(
@@ -96,7 +116,7 @@ def patch_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
     return _load(model) + body + "result = float(values[1])  # the corrupt run with the clean activation\n"
 
 
-def sweep_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
+def _sweep_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
     site, by_pos = o["site"], o["by_position"]
     d = model.d_head
     body = (
@@ -134,7 +154,7 @@ def sweep_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
     return _load(model) + body
 
 
-def ablate_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
+def _ablate_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
     if o["op"] == "ablate_sweep" or o["method"] != "zero" and o["method"] != "mean" or o.get("reference"):
         return (
             _load(model) + f"# {o['op']} with method={o['method']!r}: reproduce it with workbench itself,\n"
@@ -160,7 +180,7 @@ def ablate_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
     )
 
 
-def lens_code(model: Model, o: dict[str, Any]) -> str:
+def _lens_code(model: Model, o: dict[str, Any]) -> str:
     norm, unembed = "model." + model.arch.final_norm, "model." + model.arch.unembed
     cap = model.logit_softcap
     soft = f"        logits = torch.tanh(logits / {cap}) * {cap}\n" if cap else ""
@@ -185,21 +205,30 @@ def lens_code(model: Model, o: dict[str, Any]) -> str:
     )
 
 
-def attention_code(model: Model, o: dict[str, Any]) -> str:
+def _attention_code(model: Model, o: dict[str, Any]) -> str:
+    layers, attn = model.arch.layers, model.arch.attn
     return (
-        _load(model)
-        + "model._model.set_attn_implementation('eager')  # eager attention returns its weights\n"
+        _load(model) + "import sys\n"
         f"ids = model.tokenizer({o['prompt']!r}, return_tensors='pt').input_ids\n"
+        "# Recompute the probabilities from the attention function's inputs with the family's eager code\n"
+        "# (exact whatever attention implementation runs; SDPA itself returns no weights).\n"
+        f"eager = sys.modules[type(model.{layers}[0].{attn}._module).__module__].eager_attention_forward\n"
         "patterns = []\n"
         "with torch.no_grad(), model.trace(ids):\n"
-        f"    for layer in model.{model.arch.layers}:\n"
-        f"        patterns.append(layer.{model.arch.attn}.output[1][0])\n"
+        f"    for layer in model.{layers}:\n"
+        f"        args, kwargs = layer.{attn}.source.attention_interface_1.inputs\n"
+        "        module, q, k, v, mask = args[:5]\n"
+        "        if mask is None:  # SDPA's causal fast path passes no mask\n"
+        "            n = q.shape[-2]\n"
+        "            mask = torch.full((n, n), float('-inf')).triu(1)[None, None]\n"
+        "        extra = {name: val for name, val in kwargs.items() if name != 'is_causal'}\n"
+        "        patterns.append(eager(module, q, k, v, mask, **extra)[1][0])\n"
         "    patterns = torch.stack(patterns).save()\n"
         "result = patterns.numpy()  # [layers, heads, query, key]\n"
     )
 
 
-def attribution_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
+def _attribution_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
     site = o["site"]
     expr = _site_expr(model, site, 0).replace(f"{model.arch.layers}[0]", f"{model.arch.layers}[l]")
     d = model.d_head
@@ -230,7 +259,7 @@ def attribution_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
     )
 
 
-def steer_code(model: Model, o: dict[str, Any], vec: torch.Tensor) -> str:
+def _steer_code(model: Model, o: dict[str, Any], vec: torch.Tensor) -> str:
     return (
         _load(model) + f"prompt, layer, scale = {o['prompt']!r}, {o['layer']}, {o['scale']!r}\n"
         f"vector = torch.tensor({[float(v) for v in vec.tolist()]})\n"
@@ -241,3 +270,31 @@ def steer_code(model: Model, o: dict[str, Any], vec: torch.Tensor) -> str:
         "    out = tracer.result.save()\n"
         "result = model.tokenizer.decode(out[0, ids.shape[1]:])\n"
     )
+
+
+def patch_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
+    return _remote(model, _patch_code(model, metric, o))
+
+
+def sweep_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
+    return _remote(model, _sweep_code(model, metric, o))
+
+
+def ablate_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
+    return _remote(model, _ablate_code(model, metric, o))
+
+
+def lens_code(model: Model, o: dict[str, Any]) -> str:
+    return _remote(model, _lens_code(model, o))
+
+
+def attention_code(model: Model, o: dict[str, Any]) -> str:
+    return _remote(model, _attention_code(model, o))
+
+
+def attribution_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
+    return _remote(model, _attribution_code(model, metric, o))
+
+
+def steer_code(model: Model, o: dict[str, Any], vec: torch.Tensor) -> str:
+    return _remote(model, _steer_code(model, o, vec))
