@@ -79,7 +79,7 @@ export class Heatmap {
 
   constructor(spec: HeatmapSpec) {
     this.spec = spec;
-    this.canvas = h("canvas", { "data-testid": "wb-heatmap", tabindex: 0, class: "wb-canvas" });
+    this.canvas = h("canvas", { "data-testid": "wb-heatmap", tabindex: 0, class: "wb-canvas", "data-lm-suppress-shortcuts": "true" });
     this.tip = h("div", { class: "wb-tip", "data-testid": "wb-tooltip", hidden: true });
     this.rowBox = h("div", { class: "wb-rowlabels" });
     this.colBox = h("div", { class: "wb-collabels" });
@@ -316,12 +316,14 @@ export class Heatmap {
         case "ArrowRight": nc = Math.min(cols - 1, col + 1); break;
         case "Enter":
           ev.preventDefault();
+          ev.stopPropagation();
           if (this.selected) this.onApply?.(r, col);
           return;
         default:
           return;
       }
       ev.preventDefault();
+      ev.stopPropagation(); // the notebook must not also move its cell selection
       this.select(nr, nc, false);
     });
     c.addEventListener("pointerdown", (ev) => {

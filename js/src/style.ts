@@ -20,7 +20,7 @@ export const CSS = `
 .wb-field{display:inline-flex;gap:4px;align-items:center}
 .wb-field>span{opacity:.8}
 .wb-error{color:var(--wb-err);border:1px solid var(--wb-err);border-radius:3px;padding:4px 6px;margin:4px 0;white-space:pre-wrap}
-.wb-strip{display:flex;flex-wrap:wrap;gap:2px;margin:3px 0;align-items:center}
+.wb-strip{display:flex;flex-wrap:wrap;gap:2px;margin:3px 0;align-items:center;max-height:8.5em;overflow:auto}
 .wb-strip-label{opacity:.75;margin-right:4px;min-width:58px}
 .wb-token{font-family:var(--jp-code-font-family,monospace);white-space:pre;border:1px solid var(--wb-border);border-radius:3px;padding:0 3px;background:var(--wb-bg2);cursor:default}
 .wb-token.wb-selected{border-color:var(--wb-accent);box-shadow:0 0 0 1px var(--wb-accent)}

@@ -27,7 +27,7 @@ model = wb.load()
 CLEAN, CORRUPT = {CLEAN!r}, {CORRUPT!r}
 metric = wb.logit_diff(" Paris", " Rome")
 exp = {{"corrupt_top": wb.logit_lens(model, CORRUPT).top_tokens[-1][-1][0]}}
-for l, p in [{CELL}, (19, 9)]:
+for l, p in [{CELL}, ({CELL[0] - 1}, {CELL[1]})]:
     v = wb.patch(model, CLEAN, CORRUPT, metric=metric, site="resid_pre", layer=l, position=p)
     exp[f"resid_pre {{l}},{{p}}"] = {{"top": v.top_tokens[0], "value": float(v)}}
 v = wb.patch(model, CLEAN, CORRUPT, metric=metric, site="head", layer={HEAD[0]}, head={HEAD[1]})
@@ -97,8 +97,9 @@ def click_cell(hm, row: int, col: int) -> None:
     )
 
 
-def cell_center(hm, row: int, col: int) -> tuple[float, float]:
-    hm.scroll_into_view_if_needed()
+def cell_center(hm, row: int, col: int, scroll: bool = True) -> tuple[float, float]:
+    if scroll:
+        hm.scroll_into_view_if_needed()
     box = hm.bounding_box()
     rows = int(hm.get_attribute("data-rows"))
     cols = int(hm.get_attribute("data-cols"))
@@ -244,8 +245,9 @@ def test_drag_clean_cell_onto_corrupt_cell(nb):
     src = heatmap(pv, "clean")
     dst = heatmap(pv, "sweep")
     src.scroll_into_view_if_needed()
-    sx, sy = cell_center(src, 12, 3)
-    dx, dy = cell_center(dst, 12, 9)
+    dst.scroll_into_view_if_needed()
+    sx, sy = cell_center(src, 12, 3, scroll=False)
+    dx, dy = cell_center(dst, 12, 9, scroll=False)
     page.mouse.move(sx, sy)
     page.mouse.down()
     page.mouse.move((sx + dx) / 2, (sy + dy) / 2, steps=5)
