@@ -202,3 +202,24 @@ def test_echo_and_sync_tags():
     t = WorkbenchWidget.class_traits()
     assert t["selected"].metadata.get("echo_update") is False
     assert LensView.class_traits()["hover"].metadata.get("echo_update") is False
+
+
+@pytest.mark.parametrize("method", ["mean", "resample"])
+def test_ablate_methods_match_the_engine(model, method):
+    pv = PatchView(
+        model, CLEAN, CORRUPT, target=" Mary", foil=" John", mode="ablate", method=method, site="attn_out"
+    )
+    pv.click(1, 4).wait()
+    assert pv.status == "done", pv.error
+    ref = wb.ablate(
+        model,
+        CLEAN,
+        metric=wb.logit_diff(" Mary", " John"),
+        site="attn_out",
+        layer=1,
+        position=4,
+        method=method,
+        reference=CORRUPT,
+    )
+    assert pv.result["value"] == pytest.approx(float(ref), rel=1e-5, abs=1e-6)
+    assert pv.result["label"].startswith(f"{method}-ablate attn_out L1 pos 4")

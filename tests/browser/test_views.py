@@ -46,6 +46,9 @@ def cells(app: str) -> list[str]:
     ]
     if app == "lab":
         out.append(f"long = AttentionView(model, {LONG!r})\nlong")
+        out.append(
+            'from workbench.widgets import Workbench\nwbv = Workbench(model, CLEAN, CORRUPT, target=" Paris", foil=" Rome")\nwbv'
+        )
     return out
 
 
@@ -65,7 +68,7 @@ def nb(request, browser_context):
         # wait until the kernel is connected, then run everything
         page.wait_for_timeout(1500)
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-        n = len(cells(app)) - 1
+        n = len(cells(app)) - 1 + (2 if app == "lab" else 0)  # the Workbench holds three views
         page.wait_for_function(
             f"() => document.querySelectorAll('[data-testid=wb-view]').length >= {n}", timeout=240_000
         )
@@ -429,3 +432,34 @@ def test_attention_512_tokens_responsive(nb):
     )
     assert hover < 1.0
     shot(nb, av, "attention-512")
+
+
+def test_workbench_tabs_share_the_prompt(nb):
+    if nb["app"] != "lab":
+        pytest.skip("one Workbench (lab)")
+    page = nb["page"]
+    tabs = page.locator(".jupyter-widgets .lm-TabBar-tab, .jupyter-widgets .p-TabBar-tab")
+    titles = [t.strip() for t in tabs.all_text_contents()]
+    assert titles[-3:] == ["Logit lens", "Patching", "Attention"]
+    tabs.nth(tabs.count() - 2).click()
+    pv = view(page, "patch", 1)
+    pv.wait_for(state="visible")
+    click_cell(heatmap(pv, "sweep"), *CELL)
+    pv.locator("[data-testid=wb-result-label]").filter(has_text=f"L{CELL[0]} pos {CELL[1]}").wait_for(
+        timeout=60_000
+    )
+    wait_status(pv, "done")
+    assert (
+        pv.locator("[data-testid=wb-prediction]").get_attribute("data-top")
+        == expected(nb)[f"resid_pre {CELL[0]},{CELL[1]}"]["top"]
+    )
+    shot(nb, pv, "workbench-patch-tab")
+    # editing the lens prompt recomputes the other tabs
+    tabs.nth(tabs.count() - 3).click()
+    lv = view(page, "lens", 2)
+    lv.locator("[data-testid=wb-prompt]").fill("The Colosseum is located in the city of")
+    lv.locator("[data-testid=wb-prompt]").press("Enter")
+    tabs.nth(tabs.count() - 1).click()
+    av = view(page, "attention", 2)
+    av.locator("[data-testid=wb-token]", has_text="osse").first.wait_for(timeout=60_000)
+    shot(nb, av, "workbench-attention-tab")
