@@ -183,6 +183,9 @@ class Model:
     def block(self, layer: int) -> Any:
         return self.layers()[layer]
 
+    def embed(self) -> Any:
+        return _get_path(self.nn, self.arch.embed)
+
     def final_norm(self) -> Any:
         return _get_path(self.nn, self.arch.final_norm)
 

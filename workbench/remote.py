@@ -9,11 +9,15 @@ stores or prints the key.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from .errors import ModelLoadError, WorkbenchError
+from .errors import CancelledError, ModelLoadError, WorkbenchError
 from .model import Model
 
 
@@ -97,3 +101,52 @@ def explain(exc: BaseException) -> WorkbenchError:
     else:
         hint = "The remote trace failed on the server."
     return WorkbenchError(f"{hint} ({text})")
+
+
+_local = threading.local()
+_patched = False
+
+
+def _install_status_hook() -> None:
+    """Route nnsight's per-update status handling through the current op's progress/cancel (thread-local)."""
+    global _patched
+    if _patched:
+        return
+    from nnsight.intervention.backends.remote import RemoteBackend
+
+    original = RemoteBackend.note
+
+    def note(self: Any, response: Any) -> bool:
+        hooks = getattr(_local, "hooks", None)
+        if hooks is not None:
+            progress, cancel = hooks
+            status = getattr(getattr(response, "status", None), "name", str(getattr(response, "status", "")))
+            text = str(getattr(response, "description", "") or "").strip()
+            if progress is not None:
+                progress(float("nan"), f"remote {status.lower()}" + (f": {redact(text)}" if text else ""))
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("Cancelled: the remote request was abandoned; nothing changed here.")
+        return original(self, response)
+
+    RemoteBackend.note = note
+    _patched = True
+
+
+@contextlib.contextmanager
+def job_status(model: Model, progress: Callable[[float, str], None] | None, cancel: Any) -> Iterator[None]:
+    """For remote models: report NDIF job status (queued, running, ...) to `progress`, honour `cancel`,
+    and turn transport/server failures into a readable WorkbenchError without the API key."""
+    if not model.remote:
+        yield
+        return
+    _install_status_hook()
+    previous = getattr(_local, "hooks", None)
+    _local.hooks = (progress, cancel)
+    try:
+        yield
+    except WorkbenchError:
+        raise
+    except Exception as exc:
+        raise explain(exc) from None
+    finally:
+        _local.hooks = previous

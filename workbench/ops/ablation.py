@@ -11,6 +11,7 @@ import torch
 from .. import codegen
 from ..errors import WorkbenchError
 from ..model import Model
+from ..remote import job_status
 from ._engine import BatchOutput, Cell, Progress, check_cancel, collect, run_batch
 from .metrics import as_metric
 from .patching import MetricLike, check_cell, pair_tokens, prediction, sweep_axes, sweep_cells
@@ -123,7 +124,7 @@ def ablate(
     ids = model.to_tokens(prompt)
     cell = check_cell(model, site, layer, position, head, ids.shape[1])
     bound = m.bind(model)
-    with model.lock:
+    with model.lock, job_status(model, progress, cancel):
         out = _run(model, ids, prompt, site, [cell], bound, method, reference, top_k, progress, cancel)
     options = dict(
         op="ablate",
@@ -172,7 +173,7 @@ def ablate_sweep(
     ids = model.to_tokens(prompt)
     cells, shape = sweep_cells(model, site, ids.shape[1], by_position)
     bound = m.bind(model)
-    with model.lock:
+    with model.lock, job_status(model, progress, cancel):
         out = _run(model, ids, prompt, site, cells, bound, method, reference, 0, progress, cancel)
     options = dict(
         op="ablate_sweep",

@@ -10,6 +10,7 @@ import torch
 
 from .. import codegen
 from ..model import Model, require_local
+from ..remote import job_status
 from ._engine import Progress, check_cancel
 from ._kernels import eager_pattern
 from .results import AttentionResult
@@ -34,7 +35,12 @@ def attention(
     if eager_fn is not None:
         # Recompute the probabilities from the attention function's own inputs with the family's eager code:
         # exact whatever implementation runs (SDPA returns no weights), and it works on NDIF too.
-        with model.lock, torch.no_grad(), model.nn.trace(ids, logits_to_keep=1, **model.trace_options()):
+        with (
+            model.lock,
+            job_status(model, progress, cancel),
+            torch.no_grad(),
+            model.nn.trace(ids, logits_to_keep=1, **model.trace_options()),
+        ):
             patterns = []
             for envoy in envoys:
                 patterns.append(eager_pattern(envoy.source.attention_interface_1.inputs, eager_fn)[0].float())

@@ -13,6 +13,7 @@ import torch
 
 from .. import codegen
 from ..model import Model
+from ..remote import job_status
 from . import _fast_sweep
 from ._engine import Progress, check_cancel
 from ._kernels import read
@@ -29,8 +30,12 @@ def _trace(model: Model, batch: torch.Tensor, sites: list[str], bound) -> tuple[
     refs = [model.site_ref(site, layer) for site, layer in keys]
     is_head = [site == "head" for site, _ in keys]
     nn = model.nn
+    embed = model.embed()
     # Saved values must be bound to plain names in the body: that is what comes back (also from NDIF).
     with torch.enable_grad(), nn.trace(batch, logits_to_keep=1, **model.trace_options()):
+        embedded = embed.output
+        if not embedded.requires_grad:  # frozen weights (as on NDIF): start the graph at the embeddings
+            embedded.requires_grad_(True)
         acts = [read(*ref) for ref in refs]
         logits = nn.output.logits[:, -1].float()
         values = bound(logits, logits[0])
@@ -74,7 +79,7 @@ def attribution_patch(
     ordered = [s for s in _ORDER if s in sites]
     bound = m.bind(model)
     check_cancel(cancel)
-    with model.lock:
+    with model.lock, job_status(model, progress, cancel):
         fast = _fast_sweep.attribution(model, c, k, ordered, bound)  # local models: no graph for clean
         products, baselines = fast if fast is not None else _trace(model, torch.cat([c, k]), ordered, bound)
     if progress is not None:

@@ -12,6 +12,7 @@ import torch
 from .. import codegen
 from ..errors import WorkbenchError
 from ..model import Model
+from ..remote import job_status
 from ._engine import Cell, Progress, check_cancel
 from ._kernels import decode, edit, heads_view, read
 from .patching import check_cell, pair_tokens
@@ -141,7 +142,7 @@ def logit_lens(
     chunk = max(1, min(model.n_layers, int(2e8 // max(1, ids.shape[1] * model.vocab_size * 4))))
 
     def compute(tids: list[int]) -> dict[str, torch.Tensor]:
-        with model.lock:
+        with model.lock, job_status(model, progress, cancel):
             return _lens_trace(model, batch, row, top_k, tids, ivs, chunk)
 
     saved = compute(token_ids)

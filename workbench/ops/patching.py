@@ -12,6 +12,7 @@ import torch
 from .. import codegen
 from ..errors import TokenizationError, WorkbenchError
 from ..model import Model
+from ..remote import job_status
 from ._engine import Cell, Progress, collect, run_batch
 from .metrics import Metric, as_metric
 from .results import SweepResult, Value
@@ -116,7 +117,7 @@ def patch(
         source_layer=source_layer,
         source_position=source_position,
     )
-    with model.lock:
+    with model.lock, job_status(model, progress, cancel):
         moved = (source_layer is not None and source_layer != layer) or (
             source_position is not None and cell.position is not None and source_position != cell.position
         )
@@ -179,7 +180,7 @@ def patch_sweep(
     c, k = pair_tokens(model, clean, corrupt)
     cells, shape = sweep_cells(model, site, k.shape[1], by_position)
     bound = m.bind(model)
-    with model.lock:
+    with model.lock, job_status(model, progress, cancel):
         out = run_batch(model, c, k, site, cells, bound, progress=progress, cancel=cancel)
     options = dict(
         op="patch_sweep", clean=clean, corrupt=corrupt, metric=m.name, site=site, by_position=by_position

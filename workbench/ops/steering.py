@@ -10,6 +10,7 @@ import torch
 from .. import codegen
 from ..errors import WorkbenchError
 from ..model import Model
+from ..remote import job_status
 from ._engine import Progress, check_cancel, collect
 from ._kernels import read
 from .results import SteerResult
@@ -63,7 +64,7 @@ def steer(
         raise WorkbenchError(f"max_new_tokens must be an integer 1..1024, got {max_new_tokens!r}.")
     ids = model.to_tokens(prompt)
     check_cancel(cancel)
-    with model.lock:
+    with model.lock, job_status(model, progress, cancel):
         if isinstance(vector, tuple):
             if len(vector) != 2 or not all(isinstance(v, str) for v in vector):
                 raise WorkbenchError(
