@@ -122,6 +122,15 @@ def test_baseline_cache_invalidated_by_weight_edit():
         plain = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="resid_pre")
     assert_close(after.values, plain.values, ATOL, "after weight edit")
     assert np.abs(after.values - before.values).max() > 1e-3
+    # a module hook added by the user (e.g. a steering hook) also invalidates them, and is honoured
+    handle = model.hf.model.layers[0].register_forward_hook(lambda _m, _a, out: out * 1.5)
+    try:
+        hooked = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="attn_out")
+        with F.disabled():
+            plain = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="attn_out")
+    finally:
+        handle.remove()
+    assert_close(hooked.values, plain.values, ATOL, "with a user hook")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -90,8 +90,13 @@ class Baseline:
 
 
 def _version_key(model: Model) -> tuple:
+    """Changes when any parameter or buffer is edited or replaced, or a module hook is added or removed."""
     hf = model.hf
-    return tuple((id(t), t._version) for t in (*hf.parameters(), *hf.buffers()))
+    tensors = tuple((id(t), t._version) for t in (*hf.parameters(), *hf.buffers()))
+    hooks = tuple(
+        id(h) for m in hf.modules() for d in (m._forward_hooks, m._forward_pre_hooks) for h in d.values()
+    )
+    return tensors, hooks
 
 
 def _first(x: Any) -> torch.Tensor:
