@@ -48,7 +48,7 @@ export function sequential(theme: Theme, lo: number, hi: number): (v: number) =>
   const top = theme.dark ? BLUE_D : BLUE;
   const span = hi - lo || 1;
   return (v) => {
-    if (!Number.isFinite(v)) return theme.border;
+    if (!Number.isFinite(v)) return mix(theme.bg, theme.border, 0.6);
     const t = Math.min(1, Math.max(0, (v - lo) / span));
     return mix(theme.bg, top, Math.sqrt(t) * 0.95);
   };
@@ -60,7 +60,7 @@ export function diverging(theme: Theme, absMax: number): (v: number) => RGB {
   const neg = theme.dark ? BLUE_D : BLUE;
   const m = absMax || 1;
   return (v) => {
-    if (!Number.isFinite(v)) return theme.border;
+    if (!Number.isFinite(v)) return mix(theme.bg, theme.border, 0.6);
     const t = Math.min(1, Math.abs(v) / m);
     return mix(theme.bg, v >= 0 ? pos : neg, t * 0.95);
   };

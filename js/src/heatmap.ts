@@ -274,10 +274,13 @@ export class Heatmap {
     clear(this.tip);
     for (const line of lines) this.tip.append(h("div", {}, line));
     this.tip.hidden = false;
+    // live in the view's root (position: relative) so the heatmap's own scroll box does not clip it
+    const host = (this.el.closest(".wb-root") as HTMLElement | null) ?? this.el;
+    if (this.tip.parentElement !== host) host.append(this.tip);
     if (ev) {
-      const box = this.el.getBoundingClientRect();
-      this.tip.style.left = `${ev.clientX - box.left + 14}px`;
-      this.tip.style.top = `${ev.clientY - box.top + 14}px`;
+      const box = host.getBoundingClientRect();
+      this.tip.style.left = `${ev.clientX - box.left + host.scrollLeft + 14}px`;
+      this.tip.style.top = `${ev.clientY - box.top + host.scrollTop + 14}px`;
     }
   }
 
