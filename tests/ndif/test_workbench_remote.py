@@ -123,3 +123,47 @@ def test_bad_input_fails_before_any_request_and_model_survives(models, requests)
         wb.patch_sweep(remote, CLEAN, "Short", metric=wb.logit_diff(" Paris", " Rome"))
     assert requests == []
     assert wb.logit_lens(remote, CLEAN).top_tokens[-1][-1][0] == " Paris"
+
+
+def test_progress_reports_remote_status_and_cancel_abandons_the_job(models) -> None:
+    import threading
+
+    remote, _ = models
+    seen: list[str] = []
+    lens = wb.logit_lens(remote, CLEAN, progress=lambda f, msg: seen.append(msg))
+    assert lens.top_tokens[-1][-1][0] == " Paris"
+    assert any(m.startswith("remote ") for m in seen), seen
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(wb.CancelledError):
+        wb.patch_sweep(
+            remote, CLEAN, CORRUPT, metric=wb.logit_diff(" Paris", " Rome"), site="mlp_out", cancel=cancel
+        )
+    assert wb.logit_lens(remote, CLEAN).top_tokens[-1][-1][0] == " Paris"  # still usable
+
+
+def test_exception_inside_the_remote_trace_is_a_readable_error(models) -> None:
+    remote, _ = models
+
+    def broken(logits):
+        return logits[:, 0] / "not a number"
+
+    with pytest.raises(wb.WorkbenchError) as err:
+        wb.patch(remote, CLEAN, CORRUPT, metric=broken, site="resid_pre", layer=1, position=2)
+    assert "remote trace failed on the server" in str(err.value)
+    assert KEY not in str(err.value)
+    assert wb.logit_lens(remote, CLEAN).top_tokens[-1][-1][0] == " Paris"
+
+
+def test_unreachable_server_is_a_readable_error(models, ndif_server) -> None:
+    import nnsight
+
+    remote, _ = models
+    nnsight.CONFIG.API.HOST = "http://127.0.0.1:9"  # nothing listens there
+    try:
+        with pytest.raises(wb.WorkbenchError) as err:
+            wb.logit_lens(remote, CLEAN)
+        assert "could not be reached" in str(err.value) and KEY not in str(err.value)
+    finally:
+        nnsight.CONFIG.API.HOST = ndif_server.url
+    assert wb.logit_lens(remote, CLEAN).top_tokens[-1][-1][0] == " Paris"
