@@ -123,7 +123,7 @@ def _install_status_hook() -> None:
             status = getattr(getattr(response, "status", None), "name", str(getattr(response, "status", "")))
             text = str(getattr(response, "description", "") or "").strip()
             if progress is not None:
-                progress(float("nan"), f"remote {status.lower()}" + (f": {redact(text)}" if text else ""))
+                progress(0.0, f"remote {status.lower()}" + (f": {redact(text)}" if text else ""))
             if cancel is not None and cancel.is_set():
                 raise CancelledError("Cancelled: the remote request was abandoned; nothing changed here.")
         return original(self, response)
