@@ -131,7 +131,11 @@ def test_cancel_during_sweep(model):
                 raise wb.CancelledError("cancelled")
             time.sleep(0.01)
 
-    pv.submit("sweep", "s1", slow, lambda r: None, slot="sweep")
+    def nan_first(progress, cancel):
+        progress(float("nan"), "remote status")
+        return slow(progress, cancel)
+
+    pv.submit("sweep", "s1", nan_first, lambda r: None, slot="sweep")
     time.sleep(0.1)
     pv.cancel()
     pv.wait()

@@ -290,9 +290,11 @@ class WorkbenchWidget(anywidget.AnyWidget):
 
         def progress(fraction: float, message: str = "") -> None:
             now = time.monotonic()
-            if now - last[0] >= 0.1 or fraction >= 1.0:
+            f = finite(fraction)
+            f = 0.0 if f is None else min(1.0, max(0.0, f))  # NaN would break the JSON sync
+            if now - last[0] >= 0.1 or f >= 1.0:
                 last[0] = now
-                self.progress = float(fraction)
+                self.progress = f
                 self.progress_text = str(message)
 
         from ..errors import CancelledError
