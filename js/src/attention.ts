@@ -79,6 +79,7 @@ export class AttentionView extends View {
     this.listen("change:prompt", () => {
       this.promptInput.value = String(model.get("prompt") ?? "");
     });
+    this.followSelection(this.grid);
     this.renderGrid();
     this.renderDetail();
   }

@@ -124,6 +124,7 @@ export class LensView extends View {
     this.listen("change:prompt", () => {
       this.promptInput.value = String(model.get("prompt") ?? "");
     });
+    this.followSelection(this.heatmap);
     this.render();
   }
 

@@ -66,6 +66,7 @@ export class PatchView extends View {
     for (const t of ["clean", "corrupt", "target", "foil", "site", "mode", "method", "tokens_clean", "tokens_corrupt"]) this.listen(`change:${t}`, () => this.renderAll());
     this.listen("change:sweep", () => this.renderHeatmap());
     this.listen("change:result", () => this.renderResult());
+    this.followSelection(this.heatmap);
     this.renderAll();
   }
 

@@ -149,6 +149,15 @@ export abstract class View {
     if (code) void copyText(code);
   }
 
+  /** Follow a selection set from the kernel (e.g. shared between the Workbench's views). */
+  protected followSelection(hm: Heatmap): void {
+    this.listen("change:selected", () => {
+      const s = (this.model.get("selected") ?? []) as number[];
+      if (s.length !== 2 || (hm.selected && hm.selected[0] === s[0] && hm.selected[1] === s[1])) return;
+      if (s[0] < hm.spec.rows && s[1] < hm.spec.cols) hm.setSelected([s[0], s[1]]);
+    });
+  }
+
   /** The heatmap that PNG/SVG export show. */
   abstract mainHeatmap(): Heatmap | null;
   abstract title(): string;

@@ -108,3 +108,11 @@ describe("AttentionView", () => {
     expect(el.querySelector("[data-role=pattern]")!.getAttribute("data-highlight")).toBe("1");
   });
 });
+
+describe("shared selection", () => {
+  it("a selection set by the kernel moves the heatmap's selection", () => {
+    const { el, model } = mount({ _view_kind: "lens", prompt: "p", data: lensData(3, 4, 2), pinned: [], mode: "prob" });
+    model.set("selected", [2, 3]);
+    expect(el.querySelector("[data-role=lens]")!.getAttribute("data-selected")).toBe("2,3");
+  });
+});
