@@ -137,11 +137,7 @@ def ablate(
         method=method,
         reference=reference,
     )
-    pred = prediction(
-        model,
-        out.top_ids[0] if out.top_ids is not None else None,
-        out.top_probs[0] if out.top_probs is not None else None,
-    )
+    pred = prediction(model, out)
     return Value(
         float(out.values[0]),
         clean=out.base,

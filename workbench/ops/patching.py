@@ -13,7 +13,7 @@ from .. import codegen
 from ..errors import TokenizationError, WorkbenchError
 from ..model import Model
 from ..remote import job_status
-from ._engine import Cell, Progress, collect, run_batch
+from ._engine import BatchOutput, Cell, Progress, collect, run_batch
 from .metrics import Metric, as_metric
 from .results import SweepResult, Value
 
@@ -69,13 +69,14 @@ def sweep_axes(site: str, by_position: bool) -> tuple[str, ...]:
     return ("layer", "position", "head") if by_position else ("layer", "head")
 
 
-def prediction(model: Model, top_ids: torch.Tensor | None, top_probs: torch.Tensor | None) -> dict[str, Any]:
-    if top_ids is None or top_probs is None:
+def prediction(model: Model, out: BatchOutput) -> dict[str, Any]:
+    """The first intervened run's next-token top-k (ids, probabilities, token strings)."""
+    if out.top_ids is None or out.top_probs is None:
         return {"top_ids": np.zeros(0, np.int32), "top_probs": np.zeros(0, np.float32), "top_tokens": []}
-    ids = top_ids.to(torch.int32).numpy()
+    ids = out.top_ids[0].to(torch.int32).numpy()
     return {
         "top_ids": ids,
-        "top_probs": top_probs.float().numpy(),
+        "top_probs": out.top_probs[0].float().numpy(),
         "top_tokens": model.str_tokens(ids.tolist()),
     }
 
@@ -149,11 +150,7 @@ def patch(
             )
         else:
             out = run_batch(model, c, k, site, [cell], bound, top_k=top_k, progress=progress, cancel=cancel)
-    pred = prediction(
-        model,
-        out.top_ids[0] if out.top_ids is not None else None,
-        out.top_probs[0] if out.top_probs is not None else None,
-    )
+    pred = prediction(model, out)
     return Value(
         float(out.values[0]),
         clean=out.source,
