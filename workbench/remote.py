@@ -90,14 +90,18 @@ def explain(exc: BaseException) -> WorkbenchError:
     """A readable error for a failed remote request (the key is never included)."""
     text = redact(f"{type(exc).__name__}: {exc}")
     lower = text.lower()
-    if "connect" in lower or "connection" in lower or "unreachable" in lower:
+    if "payload could not be read" in lower or "modulenotfounderror" in lower:
+        hint = (
+            "The NDIF server could not rebuild the request: something the trace uses comes from a module the "
+            "server does not have. Define custom metrics in the notebook (or as a lambda), or ship their module "
+            "with nnsight.register(module)."
+        )
+    elif "connect" in lower or "unreachable" in lower or "refused" in lower:
         hint = "The NDIF server could not be reached: check nnsight.CONFIG.API.HOST and your network."
     elif "api key" in lower or "apikey" in lower or "401" in lower or "403" in lower or "unauthor" in lower:
         hint = "The NDIF server rejected the API key: check NDIF_API_KEY / nnsight's saved key."
-    elif "version" in lower:
-        hint = (
-            "The NDIF server does not accept this nnsight version: upgrade nnsight to the server's version."
-        )
+    elif "nnsight version" in lower or "incompatible" in lower or "upgrade" in lower:
+        hint = "The NDIF server does not accept this nnsight version: install the nnsight version the server runs."
     else:
         hint = "The remote trace failed on the server."
     return WorkbenchError(f"{hint} ({text})")
