@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-
 # Prompts for the tiny models (tiny tokenizer: no BOS). CLEAN and CORRUPT are both 9 tokens;
 # CORRUPT_SHORT ("The Colosseum is ...") is 8 tokens there, which the engine must refuse to pair.
 CLEAN = "The Eiffel Tower is located in the city of"

@@ -137,7 +137,11 @@ def test_attribution_vs_reference(model, ref_metric, resid_sweep):
     approx = wb.attribution_patch(model, CLEAN, CORRUPT, metric=wb.logit_diff(TARGET, FOIL), site="resid_pre")
     # engine values are estimated metrics: corrupt + (clean - corrupt) . grad
     assert abs(approx.corrupt - resid_sweep.corrupt) <= ATOL
-    assert_close(approx.values - approx.corrupt, ref.numpy(), 1e-3, "embedded attribution resid_pre")
+    assert_close(approx.values - approx.corrupt, ref.numpy(), what="embedded attribution resid_pre")
+    heads = wb.attribution_patch(model, CLEAN, CORRUPT, metric=wb.logit_diff(TARGET, FOIL), site="head")
+    ref_heads = R.reference_attribution_patch(model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric, "head")
+    assert heads.values.shape == (30, 9)
+    assert_close(heads.values - heads.corrupt, ref_heads.numpy(), what="embedded attribution heads")
     # first-order estimate of (patched - corrupt): it should point the same way as the exact sweep's top cell
     exact = resid_sweep.values - resid_sweep.corrupt
     i = np.unravel_index(np.abs(exact).argmax(), exact.shape)
