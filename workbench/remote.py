@@ -22,13 +22,14 @@ from .model import Model
 
 
 def _register_kernels() -> None:
-    """Ship the trace-body kernels by value: the NDIF server does not have workbench installed."""
+    """Ship workbench code by value: the NDIF server does not have workbench installed.
+
+    Only what a trace body references travels (the kernels, metric closures and the error classes they
+    raise), never the model.
+    """
     import nnsight
 
-    from .ops import _kernels, metrics
-
-    for module in (_kernels, metrics):
-        nnsight.register(module)
+    nnsight.register("workbench")
 
 
 def configure(host: str | None = None, api_key: str | None = None) -> None:

@@ -179,3 +179,31 @@ def test_unreachable_server_is_a_readable_error(models, ndif_server) -> None:
     finally:
         nnsight.CONFIG.API.HOST = ndif_server.url
     assert wb.logit_lens(remote, CLEAN).top_tokens[-1][-1][0] == " Paris"
+
+
+def test_patch_view_on_a_remote_model_shows_status_results_and_errors(models, ndif_server) -> None:
+    import json
+
+    import nnsight
+
+    from workbench.widgets import unpack
+
+    remote, local = models
+    texts: list[str] = []
+    view = wb.PatchView(remote, CLEAN, CORRUPT, target=" Paris", foil=" Rome")
+    view.observe(lambda change: texts.append(change["new"]), names="progress_text")
+    view.site = "mlp_out"
+    view.run_sweep().wait()
+    assert view.status == "done" and view.error == ""
+    expected = wb.patch_sweep(local, CLEAN, CORRUPT, metric=wb.logit_diff(" Paris", " Rome"), site="mlp_out")
+    assert np.abs(unpack(view.sweep["values"]) - expected.values).max() <= 1e-4
+    assert any(t.startswith("remote ") for t in texts), texts
+    assert KEY not in json.dumps(view.get_state(), default=str)
+    nnsight.CONFIG.API.HOST = "http://127.0.0.1:9"
+    try:
+        view.click(3, 2).wait()
+        assert view.status == "error" and "could not be reached" in view.error and KEY not in view.error
+    finally:
+        nnsight.CONFIG.API.HOST = ndif_server.url
+    view.click(3, 2).wait()
+    assert view.status == "done" and view.error == ""
