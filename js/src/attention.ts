@@ -100,17 +100,28 @@ export class AttentionView extends View {
     const th = maybeUnpack(this.model.get("thumbs"));
     const L = Number(this.model.get("n_layers") ?? 0);
     const H = Number(this.model.get("n_heads") ?? 0);
-    const theme = readTheme(this.el.isConnected ? this.el : document.body);
-    this.thumbs = th ? thumbnailImage(th, theme.dark ? [120, 180, 255] : [20, 70, 160], theme.bg) : null;
-    const img = this.thumbs;
+    let key = "";
+    const image = (): HTMLCanvasElement | null => {
+      // rebuilt when the theme changes, so the thumbnails follow light/dark
+      const theme = readTheme(this.el.isConnected ? this.el : document.body);
+      const k = theme.bg.join(",");
+      if (th && (k !== key || !this.thumbs)) {
+        this.thumbs = thumbnailImage(th, theme.dark ? [120, 180, 255] : [20, 70, 160], theme.bg);
+        key = k;
+      }
+      return th ? this.thumbs : null;
+    };
+    this.thumbs = null;
     this.grid.setSpec({
       rows: L,
       cols: H,
       values: new Float32Array(L * H),
       color: (_v, t) => t.bg,
-      overlay: img
+      overlay: th
         ? (ctx, _W, _H, cw, ch) => {
-            const S = th!.shape[2];
+            const img = image();
+            if (!img) return;
+            const S = th.shape[2];
             ctx.imageSmoothingEnabled = false;
             for (let l = 0; l < L; l++) for (let hd = 0; hd < H; hd++) ctx.drawImage(img, hd * S, l * S, S, S, hd * cw + 2, l * ch + 2, cw - 4, ch - 4);
           }
@@ -151,6 +162,7 @@ export class AttentionView extends View {
       cellW: 22,
       cellH: T > 64 ? Math.max(2, Math.floor(512 / T)) : 18,
       maxWidth: 520,
+      overlay: () => this.drawLines(), // head-view lines follow the theme with the pattern
       name: `pattern L${p.layer} H${p.head}`,
     });
     this.detail.append(h("div", { class: "wb-subtitle", "data-testid": "wb-pattern-title" }, `Layer ${p.layer}, head ${p.head}: query (rows) × key (columns)`), this.pattern.el, h("div", { class: "wb-subtitle" }, "Head view (hover a token)"), this.headView);
@@ -197,9 +209,8 @@ export class AttentionView extends View {
     if (row !== null) this.headTokens[0][row]?.classList.add("wb-hl");
     const T = this.pat?.shape[0] ?? 0;
     this.pattern.shade = row === null ? null : { r0: row, r1: row, c0: 0, c1: T - 1 };
-    this.pattern.draw();
+    this.pattern.draw(); // its overlay redraws the head-view lines
     this.pattern.canvas.setAttribute("data-highlight", row === null ? "" : String(row));
-    this.drawLines();
   }
 
   private drawLines(): void {
