@@ -1,7 +1,7 @@
 // PatchView: clean/corrupt token strips, site picker, sweep heatmap, click/drag to patch or ablate.
 import { finiteRange, maybeUnpack } from "./arrays";
 import { diverging, sequential } from "./colors";
-import { button, clear, fmt, h, select } from "./dom";
+import { button, clear, debounce, fmt, h, select } from "./dom";
 import { Heatmap, type Region } from "./heatmap";
 import { decodeLens, lensTooltip, top1Label } from "./lens";
 import type { AnyModel } from "./model";
@@ -51,7 +51,8 @@ export class PatchView extends View {
     this.resultBox = h("div", { class: "wb-result", "data-testid": "wb-result" });
     this.heatmap = new Heatmap({ rows: 0, cols: 0, values: new Float32Array(0), color: () => [0, 0, 0] });
     this.heatmap.canvas.setAttribute("data-role", "sweep");
-    this.heatmap.onSelect = (r, c) => this.setTrait("selected", [r, c]);
+    const sendSel = debounce((r: number, c: number) => this.setTrait("selected", [r, c]), 120);
+    this.heatmap.onSelect = sendSel;
     this.heatmap.onApply = (r, c) => this.apply(r, c, null);
     this.heatmap.onDrop = (_src, from, to) => this.apply(to[0], to[1], from);
     this.source = new Heatmap({ rows: 0, cols: 0, values: new Float32Array(0), color: () => [0, 0, 0] });
