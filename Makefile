@@ -10,7 +10,7 @@ STAMP := $(VENV)/.workbench-installed
 PORT ?= 8888
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint js js-test browser-deps bench install clean ndif-test
+.PHONY: demo test lint js js-test browser-deps bench bench-remote install clean ndif-test
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -67,3 +67,8 @@ NDIF_PYTEST_ARGS ?= -q
 ndif-test: $(STAMP)
 	PROJECT_PY=$(PY) tools/ndif/setup_env.sh
 	WORKBENCH_PROJECT_PY=$(PY) $(PY) tools/ndif/stack.py pytest $(NDIF_PYTEST_ARGS)
+
+# The remote column of the benchmarks: Workbench ops on the local NDIF stack vs locally (benchmarks/results_remote.md).
+bench-remote: $(STAMP)
+	PROJECT_PY=$(PY) tools/ndif/setup_env.sh
+	WORKBENCH_PROJECT_PY=$(PY) $(PY) tools/ndif/stack.py run -- $(PY) benchmarks/remote.py

@@ -89,8 +89,10 @@ def load_remote(repo_id: str) -> Model:
 
 def explain(exc: BaseException) -> WorkbenchError:
     """A readable error for a failed remote request (the key is never included)."""
-    text = redact(f"{type(exc).__name__}: {exc}")
-    lower = text.lower()
+    raw = f"{type(exc).__name__}: {exc}"
+    text = redact(raw)  # what the user sees; the classification reads the raw text
+    key = _api_key()
+    lower = (raw.replace(key, "") if key else raw).lower()
     if "payload could not be read" in lower or "modulenotfounderror" in lower:
         hint = (
             "The NDIF server could not rebuild the request: something the trace uses comes from a module the "

@@ -156,17 +156,6 @@ def test_exception_inside_the_remote_trace_is_a_readable_error(models) -> None:
     assert wb.logit_lens(remote, CLEAN).top_tokens[-1][-1][0] == " Paris"
 
 
-def test_metric_from_a_module_the_server_lacks_names_the_fix(models) -> None:
-    remote, _ = models
-    with pytest.raises(wb.WorkbenchError) as err:
-        wb.patch(remote, CLEAN, CORRUPT, metric=_module_metric, site="resid_pre", layer=1, position=2)
-    assert "nnsight.register(module)" in str(err.value)
-
-
-def _module_metric(logits):
-    return logits[:, 0]
-
-
 def test_unreachable_server_is_a_readable_error(models, ndif_server) -> None:
     import nnsight
 
