@@ -540,13 +540,14 @@ def test_steer_contrast_pair(family):
     )
     vec = getattr(out, "vector", None)
     assert vec is not None, "SteerResult should carry the vector it used"
-    candidates = {
-        how: R.steering_vector(model.hf, model.tokenizer, " Paris Paris Paris", " Rome Rome Rome", 1, how)
-        for how in ("last", "mean")
-    }
+    # contract (wb.steering_vector): resid_pre[layer] at the last token of positive minus negative
+    expected = R.steering_vector(
+        model.hf, model.tokenizer, " Paris Paris Paris", " Rome Rome Rome", 1, "last"
+    )
     vec = torch.as_tensor(np.asarray(vec), dtype=torch.float32).reshape(-1)
-    matches = [h for h, c in candidates.items() if torch.allclose(vec, c, atol=ATOL)]
-    assert matches, "steering vector is neither the last-token nor the mean difference of resid_pre"
+    assert_close(vec, expected, what="steering vector from a contrast pair")
+    direct = wb.steering_vector(model, " Paris Paris Paris", " Rome Rome Rome", 1)
+    assert_close(torch.as_tensor(np.asarray(direct)).reshape(-1), expected, what="wb.steering_vector")
     ref = R.reference_steer(model.hf, model.tokenizer, CLEAN, vec, 1, 6.0, max_new_tokens=6)
     assert _generated(out, CLEAN) == ref["text"]
 
