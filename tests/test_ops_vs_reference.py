@@ -291,6 +291,31 @@ def test_patch_other_metrics(family):
         ref = R.reference_patch_sweep(model.hf, tok, CLEAN, CORRUPT, theirs, "resid_pre")
         sweep = wb.patch_sweep(model, CLEAN, CORRUPT, metric=ours, site="resid_pre")
         assert_close(sweep.values, ref["values"], what=f"{family} sweep metric {ours!r}")
+    # KL(clean || patched) of the next-token distributions
+    clean_last = R.run_logits(model.hf, R.tokens(tok, CLEAN))[:, -1]
+
+    def kl(logits):
+        lc, lp = torch.log_softmax(clean_last, -1), torch.log_softmax(logits.float(), -1)
+        return (lc.exp() * (lc - lp)).sum(-1)
+
+    ref = R.reference_patch_sweep(model.hf, tok, CLEAN, CORRUPT, kl, "attn_out")
+    sweep = wb.patch_sweep(model, CLEAN, CORRUPT, metric=wb.kl_to_clean(), site="attn_out")
+    assert_close(sweep.values, ref["values"], what=f"{family} kl_to_clean sweep")
+    assert abs(sweep.clean) < 1e-5
+
+
+@pytest.mark.parametrize("family", ("llama", "phi"))
+def test_patch_negative_position_and_normalized(family):
+    model = tiny(family)
+    T = model.to_tokens(CORRUPT).shape[1]
+    a = wb.patch(model, CLEAN, CORRUPT, metric=metric(), site="resid_pre", layer=1, position=-1)
+    b = wb.patch(model, CLEAN, CORRUPT, metric=metric(), site="resid_pre", layer=1, position=T - 1)
+    assert_close(float(a), float(b), what="position=-1 is the last token")
+    ref = R.reference_patch(
+        model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric(model), "resid_pre", 1, T - 1
+    )
+    expected = (ref["value"] - ref["corrupt"]) / (ref["clean"] - ref["corrupt"])
+    assert_close(b.normalized, expected, norm_atol(ref["clean"], ref["corrupt"]), "Value.normalized")
 
 
 # =============================================================================================
@@ -454,6 +479,10 @@ def test_logit_lens(family):
             f"{family} lens rank({token!r}) out of the reference's range at {np.argwhere(bad)[:5].tolist()}: "
             f"{rank[bad][:5]} vs [{lo[bad][:5]}, {hi[bad][:5]}]"
         )
+    # tokens= precomputes the same statistics
+    pinned = wb.logit_lens(model, CLEAN, top_k=3, tokens=[TARGET, FOIL])
+    assert pinned.top_ids.shape == (L, T, 3)
+    assert_close(pinned.prob(FOIL), R.lens_prob(ref, R.single_token(tok, FOIL)), what="lens tokens= prob")
     # the last row is the model's own next-token distribution
     own = torch.softmax(R.run_logits(model.hf, model.to_tokens(CLEAN))[0], -1).numpy()
     top = np.sort(own, -1)[:, ::-1][:, :5]
@@ -518,7 +547,8 @@ def test_steer_vector(family):
     model = tiny(family)
     g = torch.Generator().manual_seed(1)
     vec = torch.randn(model.d_model, generator=g)
-    for layer, scale in ((1, 4.0), (0, -2.0)):
+    changed = []
+    for layer, scale in ((1, 4.0), (0, -2.0), (2, 10.0)):
         ref = R.reference_steer(model.hf, model.tokenizer, CLEAN, vec, layer, scale, max_new_tokens=6)
         base = R.reference_steer(model.hf, model.tokenizer, CLEAN, None, layer, max_new_tokens=6)
         out = wb.steer(model, CLEAN, vector=vec, layer=layer, scale=scale, max_new_tokens=6)
@@ -529,6 +559,8 @@ def test_steer_vector(family):
         assert _generated(out.baseline, CLEAN) == base["text"], (
             f"{family} baseline: {out.baseline!r} vs {base}"
         )
+        changed.append(ref["ids"] != base["ids"])
+    assert any(changed), f"{family}: the test vectors never changed the generation, so prove nothing"
 
 
 @pytest.mark.parametrize("family", ("llama", "gpt2"))
