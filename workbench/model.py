@@ -192,26 +192,25 @@ class Model:
     def unembed(self) -> Any:
         return _get_path(self.nn, self.arch.unembed)
 
+    def _site_subpath(self, site: str) -> str:
+        """Path, from a block, of the module that carries `site` ("" = the block itself)."""
+        arch = self.arch
+        return {
+            "resid_pre": "",
+            "resid_post": "",
+            "attn_out": arch.attn_out,
+            "mlp_out": arch.mlp_out,
+            "head": arch.o_proj,
+        }[site]
+
     def site_module(self, site: str, layer: int) -> Any:
         """The envoy whose input (resid_pre, head) or output (the rest) is the site."""
-        block = self.block(layer)
-        return {
-            "resid_pre": block,
-            "resid_post": block,
-            "attn_out": _get_path(block, self.arch.attn_out),
-            "mlp_out": _get_path(block, self.arch.mlp_out),
-            "head": _get_path(block, self.arch.o_proj),
-        }[site]
+        sub = self._site_subpath(site)
+        return _get_path(self.block(layer), sub) if sub else self.block(layer)
 
     def module_path(self, site: str, layer: int) -> str:
         """Dotted path (for generated code) of the module that carries the site."""
-        sub = {
-            "resid_pre": "",
-            "resid_post": "",
-            "attn_out": self.arch.attn_out,
-            "mlp_out": self.arch.mlp_out,
-            "head": self.arch.o_proj,
-        }[site]
+        sub = self._site_subpath(site)
         return f"{self.arch.layers}[{layer}]" + (f".{sub}" if sub else "")
 
     # -------------------------------------------------------------------- what trace bodies receive
