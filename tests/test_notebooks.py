@@ -1,8 +1,14 @@
 """Execute the teaching notebooks top to bottom (nbclient, a kernel on this interpreter) and fail on any error.
 
 Each notebook checks its own claims about the embedded model with assert cells, so executing it is the test.
-07_remote runs only when an NDIF API key is configured (env NDIF_API_KEY or nnsight's saved config).
-Wall times are printed (run pytest with -s to see them, or read the junit/terminal summary).
+07_remote runs only when an NDIF API key is configured (env NDIF_API_KEY or nnsight's saved config). Against
+the local NDIF stack (tests/ndif/README.md), as root:
+
+    .venv/bin/python tools/ndif/stack.py run bash -c 'NDIF_API_KEY=local NDIF_HOST="$WORKBENCH_NDIF_URL" \
+        WORKBENCH_REMOTE_MODEL="$WORKBENCH_NDIF_MODEL" HF_HUB_OFFLINE=1 \
+        .venv/bin/python -m pytest -q -s tests/test_notebooks.py -k remote'
+
+Wall times are printed (run pytest with -s to see them).
 """
 
 from __future__ import annotations
