@@ -183,3 +183,14 @@ def test_ablation_vs_reference(model, ref_metric, method, site, layer, position,
     )
     assert_close(float(v), ref["value"], what=f"embedded ablate {method} {site}")
     assert_close(v.clean, ref["clean"], what="embedded ablate clean")
+
+
+def test_to_code_runs_standalone(model):
+    """The generated code of a patch loads the default model by itself and reproduces the number."""
+    from tests.conftest import run_code
+
+    v = wb.patch(
+        model, CLEAN, CORRUPT, metric=wb.logit_diff(TARGET, FOIL), site="resid_pre", layer=3, position=2
+    )
+    ns = run_code(v.to_code())
+    assert_close(float(ns["result"]), float(v), what="embedded patch to_code")

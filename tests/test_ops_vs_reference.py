@@ -513,6 +513,50 @@ def test_logit_lens_with_intervention(family):
     assert_close(lens.kl, ref["kl"], what="lens+zero kl")
 
 
+@pytest.mark.parametrize("family", ("llama", "gpt_neox"))
+def test_logit_lens_with_ablation_interventions(family):
+    model = tiny(family)
+    hf, tok = model.hf, model.tokenizer
+    cases = [
+        (wb.Intervention("head", 1, position=8, head=2, kind="mean"), CLEAN, "head", 1, "mean", 8, 2, None),
+        (
+            wb.Intervention("attn_out", 0, kind="resample", source=OTHER),
+            CLEAN,
+            "attn_out",
+            0,
+            "resample",
+            None,
+            None,
+            OTHER,
+        ),
+        (wb.Intervention("head", 2, head=0, kind="zero"), CLEAN, "head", 2, "zero", None, 0, None),
+    ]
+    for iv, prompt, site, layer, method, pos, head, reference in cases:
+        values = R.ablation_values(hf, tok, prompt, site, layer, method, reference)
+        ref = R.reference_logit_lens(
+            hf, tok, prompt, intervention_hooks=[(site, layer, R._setter(hf, site, pos, head, values))]
+        )
+        lens = wb.logit_lens(model, prompt, intervention=iv)
+        what = f"{family} lens + {iv}"
+        assert_same_topk(lens.top_ids, lens.top_probs, ref["top_ids"], ref["top_probs"], what=what)
+        assert_close(lens.kl, ref["kl"], what=what + " kl")
+
+
+def test_intervention_drag_fields():
+    """Contract: wb.Intervention(..., source_layer=None, source_position=None) (a drag inside the lens)."""
+    model = tiny("llama")
+    hf, tok = model.hf, model.tokenizer
+    iv = wb.Intervention(
+        "resid_pre", 2, position=5, kind="patch", source=CLEAN, source_layer=1, source_position=3
+    )
+    src = R.capture(hf, R.tokens(tok, CLEAN), "resid_pre", [1])[1][3]
+    ref = R.reference_logit_lens(
+        hf, tok, CORRUPT, intervention_hooks=[("resid_pre", 2, R._setter(hf, "resid_pre", 5, None, src))]
+    )
+    lens = wb.logit_lens(model, CORRUPT, intervention=iv)
+    assert_same_topk(lens.top_ids, lens.top_probs, ref["top_ids"], ref["top_probs"], what="lens + drag")
+
+
 # =============================================================================================
 # Attention
 
