@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,10 @@ def main() -> int:
         f"--ServerApp.root_dir={root}",
         f"--LabApp.default_url=/lab/tree/{NOTEBOOK}",
     ]
+    if (
+        hasattr(os, "geteuid") and os.geteuid() == 0
+    ):  # containers and CI run as root; Jupyter refuses otherwise
+        cmd.append("--allow-root")
     return subprocess.call(cmd, cwd=root)
 
 
