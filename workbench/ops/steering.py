@@ -24,22 +24,48 @@ def steering_vector(model: Model, positive: str, negative: str, layer: int) -> t
     return (pos[0, -1] - neg[0, -1]).float()
 
 
+def _eos_ids(model: Model) -> set[int]:
+    eos = getattr(getattr(model.hf, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = model.tokenizer.eos_token_id
+    return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+
 def _generate(
     model: Model, ids: torch.Tensor, layer: int, add: torch.Tensor | None, max_new_tokens: int
 ) -> list[int]:
+    """Greedy continuation (ids of the new tokens, ending with EOS if the model stopped early).
+
+    nnsight runs no code after a step loop that generation leaves early, so generation is held to exactly
+    `max_new_tokens` (EOS suppressed) while each step's unsuppressed greedy pick is recorded; the output is
+    cut where that pick was EOS, which is exactly where plain greedy decoding stops.
+    """
     ref = model.site_ref("resid_pre", layer)
+    nn = model.nn
     with (
         torch.no_grad(),
-        model.nn.generate(
-            ids, max_new_tokens=max_new_tokens, do_sample=False, **model.trace_options()
+        nn.generate(
+            ids,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=max_new_tokens,
+            do_sample=False,
+            **model.trace_options(),
         ) as tracer,
     ):
-        if add is not None:
-            for _ in tracer.iter[:max_new_tokens]:
+        picks = []
+        for _ in tracer.iter[:max_new_tokens]:
+            if add is not None:
                 h = read(*ref)
                 h += add.to(h.dtype)
+            picks.append(nn.output.logits[0, -1].argmax())
+        greedy = torch.stack(picks).save()
         generated = tracer.result.save()
-    return generated[0, ids.shape[1] :].tolist()
+    tokens = generated[0, ids.shape[1] :].tolist()
+    eos = _eos_ids(model)
+    for i, pick in enumerate(greedy.tolist()):
+        if pick in eos:
+            return tokens[:i] + [pick]
+    return tokens
 
 
 def steer(
@@ -87,7 +113,10 @@ def steer(
     options = dict(
         op="steer", prompt=prompt, layer=layer, scale=scale, max_new_tokens=max_new_tokens, pair=pair
     )
-    decode = model.tokenizer.decode
+
+    def decode(tokens: list[int]) -> str:
+        return model.tokenizer.decode(tokens, skip_special_tokens=True)
+
     return SteerResult(
         decode(steered),
         baseline=decode(base) if baseline else "",
