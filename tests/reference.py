@@ -331,6 +331,7 @@ def reference_patch_sweep(
     site: str = "resid_pre",
     by_position: bool = False,
     batch: bool = False,
+    layers: Sequence[int] | None = None,
 ) -> dict:
     """One corrupt forward per cell. [L, T] for resid/attn/mlp; [L, H] or [L, T, H] for heads.
 
@@ -339,7 +340,7 @@ def reference_patch_sweep(
     """
     c_ids, x_ids = tokens(tok, clean), tokens(tok, corrupt)
     L, T, H = n_layers(hf), x_ids.shape[1], n_heads(hf)
-    acts = capture(hf, c_ids, site)
+    acts = capture(hf, c_ids, site, layers)
     clean_m = float(metric(_final(run_logits(hf, c_ids)))[0])
     corrupt_m = float(metric(_final(run_logits(hf, x_ids)))[0])
 
@@ -364,13 +365,14 @@ def reference_patch_sweep(
         with hooks(hf, [(site, layer, fn)]):
             return metric(run_last_logits(hf, x_ids.expand(len(cells), -1))).tolist()
 
+    layers = list(range(L)) if layers is None else list(layers)  # a subset: rows in this order
     rows = []
-    for layer in range(L):
+    for layer in layers:
         row = layer_batched(layer) if batch else [cell(layer, p, h) for p, h in cells]
         rows.append(row)
     values = torch.tensor(rows, dtype=torch.float32)
     if site == "head" and by_position:
-        values = values.reshape(L, T, H)
+        values = values.reshape(len(layers), T, H)
     return {
         "values": values.numpy(),
         "clean": clean_m,

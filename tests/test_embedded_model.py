@@ -118,9 +118,13 @@ def test_resid_pre_sweep_tells_the_causal_tracing_story(resid_sweep):
 
 def test_head_sweep_vs_reference(model, ref_metric):
     sweep = wb.patch_sweep(model, CLEAN, CORRUPT, metric=wb.logit_diff(TARGET, FOIL), site="head")
-    ref = R.reference_patch_sweep(model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric, "head", batch=True)
     assert sweep.values.shape == (30, 9)
-    assert_close(sweep.values, ref["values"], what="embedded head sweep")
+    # the reference recomputes every third layer and the last (all 9 heads each), to keep CI fast
+    layers = [*range(0, 30, 3), 29]
+    ref = R.reference_patch_sweep(
+        model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric, "head", batch=True, layers=layers
+    )
+    assert_close(sweep.values[layers], ref["values"], what="embedded head sweep")
 
 
 def test_attention_vs_reference(model):

@@ -109,6 +109,10 @@ def test_reference_is_self_consistent(family):
         loop = R.reference_patch_sweep(hf, tok, CLEAN, CORRUPT, m, site, by_pos)["values"]
         batched = R.reference_patch_sweep(hf, tok, CLEAN, CORRUPT, m, site, by_pos, batch=True)["values"]
         assert_close(batched, loop, 2e-6, f"batched {site} sweep")
+        sub = R.reference_patch_sweep(hf, tok, CLEAN, CORRUPT, m, site, by_pos, batch=True, layers=[2, 0])[
+            "values"
+        ]
+        assert_close(sub, loop[[2, 0]], 2e-6, f"layer subset {site} sweep")
     # steering with a zero vector is plain greedy generation
     assert (
         R.reference_steer(hf, tok, CLEAN, None, 1, max_new_tokens=4)["ids"]
