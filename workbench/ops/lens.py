@@ -13,7 +13,7 @@ from .. import codegen
 from ..errors import WorkbenchError
 from ..model import Model
 from ..remote import job_status
-from ._engine import Cell, Progress, check_cancel
+from ._engine import Cell, Progress, check_cancel, collect
 from ._kernels import decode, edit, heads_view, read
 from .patching import check_cell, pair_tokens
 from .results import LensResult
@@ -29,6 +29,8 @@ class Intervention:
     head: int | None = None
     kind: str = "patch"  # patch | zero | mean | resample
     source: str | None = None  # the clean prompt (patch) or reference prompt (resample)
+    source_layer: int | None = None  # patch from another layer / position of the source run (a drag)
+    source_position: int | None = None
 
 
 def _source_and_mode(model: Model, prompt: str, iv: Intervention) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -45,13 +47,28 @@ def _source_and_mode(model: Model, prompt: str, iv: Intervention) -> tuple[torch
     raise WorkbenchError(f"Unknown intervention kind {iv.kind!r}: patch, zero, mean or resample.")
 
 
+def _moved_source(model: Model, iv: Intervention, src: torch.Tensor, cell: Cell) -> torch.Tensor | None:
+    """The source activation when it comes from another layer or position than the patched cell, else None."""
+    layer = iv.source_layer if iv.source_layer is not None else cell.layer
+    position = iv.source_position if iv.source_position is not None else cell.position
+    if layer == cell.layer and position == cell.position:
+        return None
+    if position is not None and cell.position is None:
+        raise WorkbenchError("source_position needs position= too (a drag moves one position to another).")
+    model.check_layer(layer)
+    act = collect(model, src, iv.site, [layer])[layer][0]
+    if iv.site == "head":
+        act = act.view(act.shape[0], model.n_heads, model.d_head)[:, iv.head]
+    return act[model.check_position(position, src.shape[1])] if position is not None else act
+
+
 def _lens_trace(
     model: Model,
     batch: torch.Tensor,
     row: int,
     top_k: int,
     token_ids: list[int],
-    iv: tuple[Cell, str, str] | None,
+    iv: tuple[Cell, str, str, torch.Tensor | None] | None,
     chunk_layers: int,
 ) -> dict[str, torch.Tensor]:
     """One forward pass; every statistic is computed inside the trace so only small arrays are saved."""
@@ -59,8 +76,10 @@ def _lens_trace(
     posts = [model.site_ref("resid_post", layer) for layer in range(n_layers)]
     norm, unembed, softcap = model.decoder()
     edit_layer, edit_ref, edit_dims, edit_cells, edit_mode, edit_after = -1, None, None, [], "copy", False
+    edit_values = None
     if iv is not None:
-        cell, site, edit_mode = iv
+        cell, site, edit_mode, value = iv
+        edit_values = {1: value} if value is not None else None
         edit_layer, edit_ref, edit_dims = cell.layer, model.site_ref(site, cell.layer), model.head_dims(site)
         edit_cells, edit_after = [(1, cell.position, cell.head)], site == "resid_post"
     tid = torch.tensor(token_ids, dtype=torch.long)
@@ -70,10 +89,10 @@ def _lens_trace(
         for layer in range(n_layers):
             if layer == edit_layer and not edit_after:
                 x = read(*edit_ref)
-                edit(heads_view(x, *edit_dims) if edit_dims else x, edit_cells, edit_mode, None)
+                edit(heads_view(x, *edit_dims) if edit_dims else x, edit_cells, edit_mode, edit_values)
             out = read(*posts[layer])
             if layer == edit_layer and edit_after:
-                edit(out, edit_cells, edit_mode, None)
+                edit(out, edit_cells, edit_mode, edit_values)
             resids.append(out[row].clone())
         final = torch.log_softmax(decode(norm, unembed, softcap, resids[-1]).float(), dim=-1)  # [T, V]
         ids_, probs_, ent_, kl_, tp_, rank_ = [], [], [], [], [], []
@@ -134,7 +153,10 @@ def logit_lens(
             intervention.head,
             ids.shape[1],
         )
-        batch, row, ivs = torch.cat([src, ids]), 1, (cell, intervention.site, mode)
+        value = _moved_source(model, intervention, src, cell) if mode == "copy" else None
+        if value is not None:
+            mode = "value"
+        batch, row, ivs = torch.cat([src, ids]), 1, (cell, intervention.site, mode, value)
     else:
         ids = model.to_tokens(prompt)
         batch, row = ids, 0
