@@ -99,7 +99,9 @@ def main() -> int:
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
         f"Python {platform.python_version()}, torch {torch.__version__}, nnsight {nnsight.__version__}. "
         f"Server: ndif 0.1.2 on this machine (CPU model actor, float32) in a network namespace; "
-        f"model SmolLM2-135M-Instruct; {REPS} repetitions, medians. Prompts: {CLEAN!r} / {CORRUPT!r}.",
+        f"model SmolLM2-135M-Instruct; {REPS} repetitions, medians. Prompts: {CLEAN!r} / {CORRUPT!r}. "
+        f"Load average at the end: {os.getloadavg()[0]:.1f} (other work on the machine slows the local column: "
+        "torch's OpenMP threads spin when the cores are busy).",
         "",
         "| op | requests | remote (s) | local (s) | max abs diff remote vs local |",
         "|---|---:|---:|---:|---:|",
