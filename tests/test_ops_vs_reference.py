@@ -559,6 +559,14 @@ def test_intervention_drag_fields():
     )
     lens = wb.logit_lens(model, CORRUPT, intervention=iv)
     assert_same_topk(lens.top_ids, lens.top_probs, ref["top_ids"], ref["top_probs"], what="lens + drag")
+    # only the layer moves: the source position defaults to the patched position
+    iv = wb.Intervention("resid_post", 0, position=8, kind="patch", source=CLEAN, source_layer=2)
+    src = R.capture(hf, R.tokens(tok, CLEAN), "resid_post", [2])[2][8]
+    ref = R.reference_logit_lens(
+        hf, tok, CORRUPT, intervention_hooks=[("resid_post", 0, R._setter(hf, "resid_post", 8, None, src))]
+    )
+    lens = wb.logit_lens(model, CORRUPT, intervention=iv)
+    assert_same_topk(lens.top_ids, lens.top_probs, ref["top_ids"], ref["top_probs"], what="lens + layer drag")
 
 
 # =============================================================================================
