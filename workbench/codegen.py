@@ -6,6 +6,7 @@ model's own modules, so it teaches what the op does.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -52,15 +53,11 @@ def _load(model: Model) -> str:
 
 
 def _remote(model: Model, code: str) -> str:
-    """Generated code for a remote model runs every trace on NDIF."""
+    """Generated code for a remote model runs every trace and generation on NDIF."""
     if not model.remote:
         return code
-    return (
-        code.replace("model.trace(ids)", "model.trace(ids, remote=True)")
-        .replace("model.trace(ids[:1])", "model.trace(ids[:1], remote=True)")
-        .replace("model.trace(batch)", "model.trace(batch, remote=True)")
-        .replace("do_sample=False)", "do_sample=False, remote=True)")
-    )
+    code = re.sub(r"model\.trace\(([^()]*)\)", r"model.trace(\1, remote=True)", code)
+    return code.replace("do_sample=False)", "do_sample=False, remote=True)")
 
 
 def _site_expr(model: Model, site: str, layer: int) -> str:
@@ -155,28 +152,65 @@ def _sweep_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
 
 
 def _ablate_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
-    if o["op"] == "ablate_sweep" or o["method"] != "zero" and o["method"] != "mean" or o.get("reference"):
-        return (
-            _load(model) + f"# {o['op']} with method={o['method']!r}: reproduce it with workbench itself,\n"
-            "import workbench as wb\n"
-            f"# wb.{o['op']}(wb_model, {o['prompt']!r}, metric=..., site={o['site']!r}, method={o['method']!r}, ...)\n"
-            "result = None\n"
-        )
-    dst = _site_expr(model, o["site"], o["layer"])
-    idx = _index(o["site"], o["position"], o["head"], "0", model.d_head)
-    if o["method"] == "zero":
-        edit = f"    {dst}{idx} = 0.0\n"
+    site, method = o["site"], o["method"]
+    refs = o.get("reference")
+    refs = [] if refs is None else [refs] if isinstance(refs, str) else list(refs)
+    expr = _site_expr(model, site, 0).replace(f"{model.arch.layers}[0]", f"{model.arch.layers}[l]")
+    if o["op"] == "ablate":
+        cells = f"[({o['layer']}, {o['position']!r}, {o['head']!r})]"
+        finish = "result = float(values[2])  # the ablated run; values[1] is the unablated one\n"
     else:
-        sl = _index(o["site"], None, o["head"], "0", model.d_head)
-        edit = f"    {dst}{idx} = {dst}{sl}.mean(dim=0)  # mean over the prompt's positions\n"
+        if site != "head":
+            cells = "[(l, p, None) for l in range(L) for p in range(T)]"
+        elif o["by_position"]:
+            cells = "[(l, p, h) for l in range(L) for p in range(T) for h in range(H)]"
+        else:
+            cells = "[(l, None, h) for l in range(L) for h in range(H)]"
+        shape = "(L, T)" if site != "head" else "(L, T, H)" if o["by_position"] else "(L, H)"
+        finish = f"result = values[2:].reshape{shape}.numpy()  # values[1]: the unablated run\n"
+    view = f"            x = x.view(x.shape[0], T, H, {model.d_head})\n" if site == "head" else ""
     return (
         _load(model)
-        + f"prompt = {o['prompt']!r}\n"
+        + f"prompt, method = {o['prompt']!r}, {method!r}\n"
+        + f"references = {refs!r}  # mean: average over these prompts' tokens; resample: copy from each\n"
         + metric.code(model)
         + "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
-        "with torch.no_grad(), model.trace(ids):\n" + edit + "    logits = model.output.logits[:, -1]\n"
-        "    values = metric(logits, logits[0]).save()\n"
-        "result = float(values[0])\n"
+        f"L, T, H = {model.n_layers}, ids.shape[1], {model.n_heads}\n"
+        f"cells = {cells}  # (layer, position or None = all, head or None)\n"
+        "\n\n"
+        "def run(source_ids, means=None):\n"
+        "    # One forward pass: row 0 the source, row 1 the prompt as is, row 2+i ablated at cells[i].\n"
+        "    batch = torch.cat([source_ids, ids] + [ids] * len(cells))\n"
+        "    with torch.no_grad(), model.trace(batch):\n"
+        "        for l in range(L):\n"
+        f"            x = {expr}\n" + view + "            for i, (cl, p, h) in enumerate(cells):\n"
+        "                if cl != l:\n"
+        "                    continue\n"
+        "                index = (2 + i, slice(None) if p is None else p) + (() if h is None else (h,))\n"
+        "                if method == 'zero':\n"
+        "                    x[index] = 0.0\n"
+        "                elif method == 'mean':\n"
+        "                    m = x[1].mean(dim=0) if means is None else means[l].view(x.shape[2:])\n"
+        "                    x[index] = m if h is None else m[h]\n"
+        "                else:  # resample: the source run's activation at the same place\n"
+        "                    x[index] = x[(0,) + index[1:]]\n"
+        "        logits = model.output.logits[:, -1]\n"
+        "        values = metric(logits, logits[0]).save()\n"
+        "    return values\n"
+        "\n\n"
+        "if method == 'resample':\n"
+        "    runs = [run(model.tokenizer(r, return_tensors='pt').input_ids) for r in references]\n"
+        "    values = torch.stack(runs).mean(0)  # averaged over the reference prompts\n"
+        "elif method == 'mean' and references:\n"
+        "    sums, count = 0, 0\n"
+        "    for r in references:\n"
+        "        r_ids = model.tokenizer(r, return_tensors='pt').input_ids\n"
+        "        with torch.no_grad(), model.trace(r_ids):\n"
+        f"            acts = torch.stack([{expr}[0].sum(0) for l in range(L)]).save()\n"
+        "        sums, count = sums + acts, count + r_ids.shape[1]\n"
+        "    values = run(ids, means=sums / count)\n"
+        "else:\n"
+        "    values = run(ids)\n" + finish
     )
 
 
@@ -207,6 +241,8 @@ def _lens_code(model: Model, o: dict[str, Any]) -> str:
 
 def _attention_code(model: Model, o: dict[str, Any]) -> str:
     layers, attn = model.arch.layers, model.arch.attn
+    wanted = o.get("layers")
+    chosen = f"{sorted(set(wanted))!r}" if wanted is not None else f"range({model.n_layers})"
     return (
         _load(model) + "import sys\n"
         f"ids = model.tokenizer({o['prompt']!r}, return_tensors='pt').input_ids\n"
@@ -215,8 +251,8 @@ def _attention_code(model: Model, o: dict[str, Any]) -> str:
         f"eager = sys.modules[type(model.{layers}[0].{attn}._module).__module__].eager_attention_forward\n"
         "patterns = []\n"
         "with torch.no_grad(), model.trace(ids):\n"
-        f"    for layer in model.{layers}:\n"
-        f"        args, kwargs = layer.{attn}.source.attention_interface_1.inputs\n"
+        f"    for l in {chosen}:\n"
+        f"        args, kwargs = model.{layers}[l].{attn}.source.attention_interface_1.inputs\n"
         "        module, q, k, v, mask = args[:5]\n"
         "        if mask is None:  # SDPA's causal fast path passes no mask\n"
         "            n = q.shape[-2]\n"

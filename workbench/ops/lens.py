@@ -13,9 +13,9 @@ from .. import codegen
 from ..errors import WorkbenchError
 from ..model import Model
 from ..remote import job_status
-from ._engine import Cell, Progress, check_cancel, collect
+from ._engine import Cell, Progress, check_cancel
 from ._kernels import decode, edit, heads_view, read
-from .patching import check_cell, pair_tokens
+from .patching import check_cell, moved_source, pair_tokens
 from .results import LensResult
 
 
@@ -45,21 +45,6 @@ def _source_and_mode(model: Model, prompt: str, iv: Intervention) -> tuple[torch
         ids = model.to_tokens(prompt)
         return ids, ids, iv.kind
     raise WorkbenchError(f"Unknown intervention kind {iv.kind!r}: patch, zero, mean or resample.")
-
-
-def _moved_source(model: Model, iv: Intervention, src: torch.Tensor, cell: Cell) -> torch.Tensor | None:
-    """The source activation when it comes from another layer or position than the patched cell, else None."""
-    layer = iv.source_layer if iv.source_layer is not None else cell.layer
-    position = iv.source_position if iv.source_position is not None else cell.position
-    if layer == cell.layer and position == cell.position:
-        return None
-    if position is not None and cell.position is None:
-        raise WorkbenchError("source_position needs position= too (a drag moves one position to another).")
-    model.check_layer(layer)
-    act = collect(model, src, iv.site, [layer])[layer][0]
-    if iv.site == "head":
-        act = act.view(act.shape[0], model.n_heads, model.d_head)[:, iv.head]
-    return act[model.check_position(position, src.shape[1])] if position is not None else act
 
 
 def _lens_trace(
@@ -153,7 +138,13 @@ def logit_lens(
             intervention.head,
             ids.shape[1],
         )
-        value = _moved_source(model, intervention, src, cell) if mode == "copy" else None
+        value = (
+            moved_source(
+                model, intervention.site, src, cell, intervention.source_layer, intervention.source_position
+            )
+            if mode == "copy"
+            else None
+        )
         if value is not None:
             mode = "value"
         batch, row, ivs = torch.cat([src, ids]), 1, (cell, intervention.site, mode, value)

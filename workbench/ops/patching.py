@@ -81,6 +81,29 @@ def prediction(model: Model, out: BatchOutput) -> dict[str, Any]:
     }
 
 
+def moved_source(
+    model: Model,
+    site: str,
+    source_ids: torch.Tensor,
+    cell: Cell,
+    source_layer: int | None,
+    source_position: int | None,
+) -> torch.Tensor | None:
+    """The source run's activation for `cell` when it comes from another layer or position (a drag), else
+    None (the source is the patched cell itself). A missing source layer/position means the cell's own."""
+    layer = cell.layer if source_layer is None else model.check_layer(source_layer)
+    if source_position is not None and cell.position is None:
+        raise WorkbenchError("source_position needs position= too (a drag moves one position to another).")
+    n_tokens = source_ids.shape[1]
+    position = cell.position if source_position is None else model.check_position(source_position, n_tokens)
+    if layer == cell.layer and position == cell.position:
+        return None
+    act = collect(model, source_ids, site, [layer])[layer][0]
+    if site == "head":
+        act = act.view(act.shape[0], model.n_heads, model.d_head)[:, cell.head]
+    return act if position is None else act[position]
+
+
 def patch(
     model: Model,
     clean: str,
@@ -119,22 +142,8 @@ def patch(
         source_position=source_position,
     )
     with model.lock, job_status(model, progress, cancel):
-        moved = (source_layer is not None and source_layer != layer) or (
-            source_position is not None and cell.position is not None and source_position != cell.position
-        )
-        if moved:
-            if cell.position is None and source_position is not None:
-                raise WorkbenchError(
-                    "source_position needs position= too (a drag moves one position to another)."
-                )
-            src_layer = model.check_layer(source_layer if source_layer is not None else layer)
-            src_pos = (
-                model.check_position(source_position, c.shape[1]) if source_position is not None else None
-            )
-            act = collect(model, c, site, [src_layer])[src_layer][0]
-            if site == "head":
-                act = act.view(act.shape[0], model.n_heads, model.d_head)[:, head]
-            value = act[src_pos] if src_pos is not None else act
+        value = moved_source(model, site, c, cell, source_layer, source_position)
+        if value is not None:
             out = run_batch(
                 model,
                 c,
