@@ -491,6 +491,7 @@ def header(args, model, tl: TLWorker | None, load_start, load_end, started: str,
         "cached for every contender.",
         "- Peak memory = peak RSS above the RSS at the start of the op (Linux VmHWM after clear_refs).",
         "",
+        "",
     ]
     return "\n".join(lines)
 
