@@ -11,6 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+# One intra-op thread unless told otherwise: on a busy 2-core machine torch's default (one thread per
+# core) spins against the other processes and made the embedded tests ~4x slower (177 s vs 40 s).
+torch.set_num_threads(int(os.environ.get("WORKBENCH_TEST_THREADS", "1")))
+
 # Prompts for the tiny models (tiny tokenizer: no BOS). CLEAN and CORRUPT are both 9 tokens;
 # CORRUPT_SHORT ("The Colosseum is ...") is 8 tokens there, which the engine must refuse to pair.
 CLEAN = "The Eiffel Tower is located in the city of"
