@@ -91,13 +91,13 @@ def heatmap(v, role: str):
 
 
 def click_cell(hm, row: int, col: int) -> None:
+    """Click the centre of cell (row, col), as a person would: Playwright waits until the heatmap is stable
+    and checks that the point really hits it (a raw mouse click can land elsewhere while the page reflows)."""
     hm.scroll_into_view_if_needed()
     box = hm.bounding_box()
     rows = int(hm.get_attribute("data-rows"))
     cols = int(hm.get_attribute("data-cols"))
-    hm.page.mouse.click(
-        box["x"] + (col + 0.5) * box["width"] / cols, box["y"] + (row + 0.5) * box["height"] / rows
-    )
+    hm.click(position={"x": (col + 0.5) * box["width"] / cols, "y": (row + 0.5) * box["height"] / rows})
 
 
 def cell_center(hm, row: int, col: int, scroll: bool = True) -> tuple[float, float]:
@@ -420,9 +420,8 @@ def test_attention_512_tokens_responsive(nb):
     tok.scroll_into_view_if_needed()
     t1 = time.monotonic()
     tok.hover()
-    page.wait_for_function(
-        "() => document.querySelectorAll('[data-kind=attention] [data-role=pattern]')[1].getAttribute('data-highlight') === '300'"
-    )
+    pattern = av.locator("[data-role=pattern]").first.element_handle()  # this view's own pattern
+    page.wait_for_function("(el) => el.getAttribute('data-highlight') === '300'", arg=pattern)
     hover = time.monotonic() - t1
     print(
         f"\n[{nb['app']}] {n} tokens: open head {opened * 1000:.0f} ms, hover highlight {hover * 1000:.0f} ms"
