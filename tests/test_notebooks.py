@@ -40,10 +40,8 @@ THREADS = os.environ.get("WORKBENCH_NOTEBOOK_THREADS", "1")
 _times: dict[str, float] = {}
 
 
-@pytest.fixture(scope="module")
-def kernel_dir(tmp_path_factory) -> Path:
-    """A `python3` kernelspec that runs this very interpreter (the project venv), whatever else is installed."""
-    root = tmp_path_factory.mktemp("kernels")
+def make_kernel_dir(root: Path) -> Path:
+    """A `python3` kernelspec under `root` that runs this very interpreter (the project venv)."""
     spec = root / "python3"
     spec.mkdir()
     (spec / "kernel.json").write_text(
@@ -56,6 +54,12 @@ def kernel_dir(tmp_path_factory) -> Path:
         )
     )
     return root
+
+
+@pytest.fixture(scope="module")
+def kernel_dir(tmp_path_factory) -> Path:
+    """A `python3` kernelspec that runs this very interpreter (the project venv), whatever else is installed."""
+    return make_kernel_dir(tmp_path_factory.mktemp("kernels"))
 
 
 def run_notebook(name: str, kernel_dir: Path) -> float:

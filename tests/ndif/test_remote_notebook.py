@@ -4,28 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_notebooks import REMOTE, run_notebook
+from tests.test_notebooks import REMOTE, make_kernel_dir, run_notebook
 
 pytestmark = pytest.mark.ndif
 
 
 @pytest.fixture
 def kernel_dir(tmp_path):
-    import json
-    import sys
-
-    spec = tmp_path / "python3"
-    spec.mkdir()
-    (spec / "kernel.json").write_text(
-        json.dumps(
-            {
-                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                "display_name": "Python 3 (workbench tests)",
-                "language": "python",
-            }
-        )
-    )
-    return tmp_path
+    return make_kernel_dir(tmp_path)
 
 
 def test_remote_notebook_runs_against_local_ndif(ndif_server, kernel_dir, monkeypatch) -> None:
