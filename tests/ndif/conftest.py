@@ -66,6 +66,18 @@ class NdifServer:
     timings: dict
 
 
+@pytest.fixture(scope="session", autouse=True)
+def same_threads_as_the_server():
+    """Local reference runs use the server actor's thread count, so both sides sum in the same order
+    (tests/conftest.py picks one thread for the rest of the suite)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(_load_stack_module().server_threads())
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ndif_server():
     stack_mod = _load_stack_module()
