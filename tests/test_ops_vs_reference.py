@@ -442,10 +442,7 @@ def test_attribution_patch(family, site):
 @pytest.mark.parametrize("family", CORE)
 def test_attribution_patch_heads_by_position(family):
     model = tiny(family)
-    try:
-        approx = wb.attribution_patch(model, CLEAN, CORRUPT, metric=metric(), site="head", by_position=True)
-    except TypeError:
-        pytest.skip("attribution_patch has no by_position option")
+    approx = wb.attribution_patch(model, CLEAN, CORRUPT, metric=metric(), site="head", by_position=True)
     ref = R.reference_attribution_patch(
         model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric(model), "head", by_position=True
     )
