@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks import naive  # noqa: E402
+from benchmarks.memory import peak_since, rss_reset  # noqa: E402
 from benchmarks.prompts import FOIL, TARGET, pair  # noqa: E402
 
 OPS = [
@@ -55,25 +56,6 @@ OPS = [
 
 
 # ------------------------------------------------------------------------------------------- process facts
-def _status(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def rss_reset() -> int:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-    return _status("VmRSS")
-
-
-def peak_since(base: int) -> int:
-    return max(0, _status("VmHWM") - base)
 
 
 def timed(fn):

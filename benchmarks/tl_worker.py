@@ -14,31 +14,17 @@ import os
 import sys
 import time
 import traceback
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.memory import peak_since, rss_reset  # noqa: E402
+
 MODEL = None
-
-
-def rss_reset() -> int:
-    """Reset the peak-RSS mark (Linux) and return the current RSS in bytes."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-    return _status("VmRSS")
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def setup(req: dict) -> dict:
@@ -221,7 +207,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 values = fn(req)
                 dt = time.perf_counter() - t0
-                peak = max(0, _status("VmHWM") - base)
+                peak = peak_since(base)
                 ans = {
                     "ok": True,
                     "time": dt,
