@@ -1,7 +1,7 @@
 // AttentionView: layers x heads grid of thumbnails; a click opens the full pattern and a head view.
 import { at, maybeUnpack, type NDArray } from "./arrays";
 import { css, readTheme, sequential } from "./colors";
-import { button, clear, debounce, fmt, h } from "./dom";
+import { clear, debounce, fmt, h } from "./dom";
 import { Heatmap } from "./heatmap";
 import type { AnyModel } from "./model";
 import { tokenStrip, visibleToken } from "./tokens";
@@ -40,7 +40,6 @@ export function thumbnailImage(th: NDArray, fg: [number, number, number], bg: [n
 export class AttentionView extends View {
   grid: Heatmap;
   pattern: Heatmap;
-  private promptInput: HTMLTextAreaElement;
   private stripBox: HTMLElement;
   private detail: HTMLElement;
   private headView: HTMLElement;
@@ -49,14 +48,6 @@ export class AttentionView extends View {
 
   constructor(model: AnyModel, el: HTMLElement) {
     super(model, el, "Attention");
-    this.promptInput = h("textarea", { class: "wb-prompt", "data-testid": "wb-prompt", rows: 2, spellcheck: "false" });
-    this.promptInput.value = String(model.get("prompt") ?? "");
-    this.promptInput.addEventListener("keydown", (e) => {
-      if (e.key === "Enter" && !e.shiftKey) {
-        e.preventDefault();
-        this.setTrait("prompt", this.promptInput.value);
-      }
-    });
     this.stripBox = h("div");
     this.grid = new Heatmap({ rows: 0, cols: 0, values: new Float32Array(0), color: () => [0, 0, 0] });
     this.grid.canvas.setAttribute("data-role", "heads");
@@ -72,13 +63,10 @@ export class AttentionView extends View {
     this.pattern.onSelect = (r) => this.highlight(r);
     this.headView = h("div", { class: "wb-headview", "data-testid": "wb-headview" });
     this.detail = h("div", { class: "wb-attn-detail" });
-    this.body.append(h("div", { class: "wb-row" }, this.promptInput, button("Run", () => this.setTrait("prompt", this.promptInput.value), { "data-testid": "wb-run" })), this.stripBox, h("div", { class: "wb-panes" }, h("div", { class: "wb-pane" }, h("div", { class: "wb-subtitle" }, "Layers × heads (click a head)"), this.grid.el), this.detail));
+    this.body.append(this.promptRow(), this.stripBox, h("div", { class: "wb-panes" }, h("div", { class: "wb-pane" }, h("div", { class: "wb-subtitle" }, "Layers × heads (click a head)"), this.grid.el), this.detail));
     this.listen("change:thumbs", () => this.renderGrid());
     this.listen("change:tokens", () => this.renderGrid());
     this.listen("change:pattern", () => this.renderDetail());
-    this.listen("change:prompt", () => {
-      this.promptInput.value = String(model.get("prompt") ?? "");
-    });
     this.followSelection(this.grid);
     this.renderGrid();
     this.renderDetail();

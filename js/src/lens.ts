@@ -74,7 +74,6 @@ export function modeValues(d: LensData, mode: string, focus: string): { values: 
 export class LensView extends View {
   heatmap: Heatmap;
   private data: LensData | null = null;
-  private promptInput: HTMLTextAreaElement;
   private controls: HTMLElement;
   private strip: HTMLElement;
   private chartBox: HTMLElement;
@@ -83,15 +82,6 @@ export class LensView extends View {
 
   constructor(model: AnyModel, el: HTMLElement) {
     super(model, el, "Logit lens");
-    this.promptInput = h("textarea", { class: "wb-prompt", "data-testid": "wb-prompt", rows: 2, spellcheck: "false" });
-    this.promptInput.value = String(model.get("prompt") ?? "");
-    this.promptInput.addEventListener("keydown", (e) => {
-      if (e.key === "Enter" && !e.shiftKey) {
-        e.preventDefault();
-        this.setTrait("prompt", this.promptInput.value);
-      }
-    });
-    const run = button("Run", () => this.setTrait("prompt", this.promptInput.value), { "data-testid": "wb-run" });
     this.pinInput = h("input", { class: "wb-input", "data-testid": "wb-pin-input", placeholder: "token to pin, e.g. ␣Paris" });
     this.pinInput.addEventListener("keydown", (e) => {
       if (e.key === "Enter") this.pin(this.pinInput.value);
@@ -113,7 +103,7 @@ export class LensView extends View {
     const sendHover = debounce((cell: [number, number] | null) => this.setTrait("hover", cell ?? []), 150);
     this.heatmap.onHover = sendHover;
     this.body.append(
-      h("div", { class: "wb-row" }, this.promptInput, run),
+      this.promptRow(),
       this.controls,
       h("div", { class: "wb-row" }, this.pinInput, button("Pin", () => this.pin(this.pinInput.value), { "data-testid": "wb-pin" }), this.pins),
       this.strip,
@@ -121,9 +111,6 @@ export class LensView extends View {
       this.chartBox,
     );
     for (const t of ["data", "mode", "focus"]) this.listen(`change:${t}`, () => this.render());
-    this.listen("change:prompt", () => {
-      this.promptInput.value = String(model.get("prompt") ?? "");
-    });
     this.followSelection(this.heatmap);
     this.render();
   }

@@ -149,6 +149,23 @@ export abstract class View {
     if (code) void copyText(code);
   }
 
+  /** The prompt editor: a textarea bound to the `prompt` trait (Enter runs, Shift+Enter breaks the line) and Run. */
+  protected promptRow(): HTMLElement {
+    const input = h("textarea", { class: "wb-prompt", "data-testid": "wb-prompt", rows: 2, spellcheck: "false" });
+    input.value = String(this.model.get("prompt") ?? "");
+    const submit = () => this.setTrait("prompt", input.value);
+    input.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.shiftKey) {
+        e.preventDefault();
+        submit();
+      }
+    });
+    this.listen("change:prompt", () => {
+      input.value = String(this.model.get("prompt") ?? "");
+    });
+    return h("div", { class: "wb-row" }, input, button("Run", submit, { "data-testid": "wb-run" }));
+  }
+
   /** Follow a selection set from the kernel (e.g. shared between the Workbench's views). */
   protected followSelection(hm: Heatmap): void {
     this.listen("change:selected", () => {
