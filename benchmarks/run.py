@@ -146,17 +146,24 @@ class Bench:
         return statistics.median(ts)
 
     def token_block_cost(self, ids: torch.Tensor) -> float:
+        """Seconds per token-block evaluation of a batched forward of ~400 tokens: the best of the plain HF
+        forward and the same forward with Workbench's oneDNN linear layers (the fastest kernels we know)."""
+        from workbench.ops._fast_linear import onednn_linears
+
         n = max(1, 400 // ids.shape[1])
         batch = ids.expand(n, -1).contiguous()
         hf = self.model.hf
-        with torch.no_grad():
-            hf(batch, logits_to_keep=1)
-            ts = []
-            for _ in range(3):
-                t0 = time.perf_counter()
+        best = float("inf")
+        for kernels in (contextlib.nullcontext, lambda: onednn_linears(self.model)):
+            with torch.no_grad(), kernels():
                 hf(batch, logits_to_keep=1)
-                ts.append(time.perf_counter() - t0)
-        return statistics.median(ts) / (n * ids.shape[1] * self.model.n_layers)
+                ts = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    hf(batch, logits_to_keep=1)
+                    ts.append(time.perf_counter() - t0)
+            best = min(best, statistics.median(ts))
+        return best / (n * ids.shape[1] * self.model.n_layers)
 
     def run_wb(self, op, ctx):
         import workbench as wb
@@ -421,6 +428,13 @@ def table(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def packed_mb(model) -> float:
+    """Size of the oneDNN-packed copy of the model's float32 linear weights that Workbench keeps."""
+    from workbench.ops import _fast_linear as FL
+
+    return sum(m.weight.numel() * 4 for m in FL._eligible(model)) / 2**20
+
+
 def header(args, model, tl: TLWorker | None, load_start, load_end, started: str, per_T: dict) -> str:
     import nnsight
     import transformers
@@ -447,6 +461,10 @@ def header(args, model, tl: TLWorker | None, load_start, load_end, started: str,
         f"- Model: {model!r}, float32, attention {model.hf.config._attn_implementation} in Workbench "
         "(TransformerBridge forces eager). TransformerLens boots the same local folder "
         "(`TransformerBridge.boot_transformers(folder)`) and gets the same token ids.",
+        "- Workbench's local fast paths run float32 linear layers through oneDNN "
+        "(`workbench/ops/_fast_linear.py`; torch's default, MKL, is ~2.3x slower per matmul on this CPU) and "
+        f"keep a packed copy of the linear weights ({packed_mb(model):.0f} MB for this model) from the first "
+        "fast-path call on; the peak-memory column starts after it.",
         f"- Metric: logit_diff({TARGET!r}, {FOIL!r}) at the last position. Pair at T=10: "
         "'The Eiffel Tower is located in the city of' / 'The Colosseum is located in the city of'; longer T "
         "put a neutral preamble in front.",
@@ -463,7 +481,8 @@ def header(args, model, tl: TLWorker | None, load_start, load_end, started: str,
         "over repetitions): " + ", ".join(f"T={T}: {v['fwd'] * 1e3:.0f} ms" for T, v in per_T.items()) + ".",
         "- Lower bound = sum over cells of (L - l)(T - p) token-block evaluations (p = 0 for all-position "
         "cells) times the best cost of one token-block evaluation on this machine (a batched forward of "
-        "~400 tokens / (tokens x layers), median over repetitions: "
+        "~400 tokens / (tokens x layers), the faster of HF's own and HF's with oneDNN linear layers, median "
+        "over repetitions: "
         + ", ".join(f"T={T}: {v['tb'] * 1e6:.1f} µs" for T, v in per_T.items())
         + "). WB / lower bound = how far Workbench is from the fastest possible exact sweep.",
         "- Attribution: TransformerLens = the usual recipe (forward + backward hooks on the corrupt run, "

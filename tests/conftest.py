@@ -47,8 +47,8 @@ def tiny(family: str):
     return _TINY[family]
 
 
-def assert_close(actual, expected, atol: float = ATOL, what: str = "") -> None:
-    """Max abs diff <= atol, with the worst cell and its values in the failure message."""
+def assert_close(actual, expected, atol: float = ATOL, what: str = "", rtol: float = 0.0) -> None:
+    """Max abs diff <= atol (+ rtol * |expected|), with the worst cell and its values in the failure message."""
     a = np.asarray(actual, dtype=np.float64)
     e = np.asarray(expected, dtype=np.float64)
     assert a.shape == e.shape, f"{what}: shape {a.shape} != reference {e.shape}"
@@ -58,10 +58,11 @@ def assert_close(actual, expected, atol: float = ATOL, what: str = "") -> None:
         f"{what}: non-finite values differ"
     )
     diff = np.abs(np.nan_to_num(a) - np.nan_to_num(e))
-    worst = np.unravel_index(int(diff.argmax()), diff.shape)
-    assert diff.max() <= atol, (
-        f"{what}: max abs diff {diff.max():.3g} > {atol:g} at index {tuple(int(i) for i in worst)}: "
-        f"engine {a[worst]!r} vs reference {e[worst]!r}"
+    excess = diff - rtol * np.abs(np.nan_to_num(e))
+    worst = np.unravel_index(int(excess.argmax()), diff.shape)
+    assert excess.max() <= atol, (
+        f"{what}: abs diff {diff[worst]:.3g} > {atol:g} + {rtol:g} * |reference| at index "
+        f"{tuple(int(i) for i in worst)}: engine {a[worst]!r} vs reference {e[worst]!r}"
     )
 
 

@@ -7,6 +7,8 @@ on 2 CPU cores.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -64,14 +66,29 @@ def test_top1_is_paris(model):
     assert lens.top_tokens[-1][-1][0] == TARGET
 
 
-def test_logit_lens_vs_reference(model):
+@pytest.fixture(scope="module")
+def ref_lens64(model):
+    """The reference lens computed in float64 (on a float64 copy of the model): the true values."""
+    hf64 = copy.deepcopy(model.hf).double()
+    try:
+        return R.reference_logit_lens(hf64, model.tokenizer, CLEAN, top_k=5)
+    finally:
+        del hf64
+
+
+def test_logit_lens_vs_reference(model, ref_lens64):
     tok = model.tokenizer
     ref = R.reference_logit_lens(model.hf, tok, CLEAN, top_k=5)
     lens = wb.logit_lens(model, CLEAN, top_k=5)
     assert lens.top_ids.shape == (30, 10, 5)
     assert_same_topk(lens.top_ids, lens.top_probs, ref["top_ids"], ref["top_probs"], what="lens")
     assert_close(lens.entropy, ref["entropy"], what="lens entropy")
-    assert_close(lens.kl, ref["kl"], what="lens kl")
+    # KL reaches 40 nats in the early layers, where float32 itself is ~2e-6 relative off: the float32
+    # reference is 7e-5 from the float64 one there. So KL is checked against the float64 reference, with
+    # a relative allowance on top of ATOL (at KL = 40: 3e-4); small KLs still get 1e-4.
+    assert_close(lens.kl, ref_lens64["kl"], what="lens kl vs float64", rtol=5e-6)
+    assert_close(lens.entropy, ref_lens64["entropy"], what="lens entropy vs float64")
+    assert_close(lens.top_probs, ref_lens64["top_probs"], what="lens top-5 probs vs float64")
     tid = R.single_token(tok, TARGET)
     assert_close(lens.prob(TARGET), R.lens_prob(ref, tid), what="lens prob(' Paris')")
     rank, ref_rank = np.asarray(lens.rank(TARGET)), R.lens_rank(ref, tid)

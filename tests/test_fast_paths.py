@@ -13,7 +13,7 @@ import torch
 
 import workbench as wb
 from tests import reference as R
-from tests.conftest import ATOL, CLEAN, CORRUPT, FOIL, TARGET, assert_close, tiny
+from tests.conftest import ATOL, CLEAN, CORRUPT, FOIL, TARGET, assert_close, assert_same_topk, tiny
 from workbench.ops import _fast_sweep as F
 from workbench.ops._engine import Cell, run_batch
 from workbench.ops.patching import pair_tokens, sweep_cells
@@ -171,3 +171,55 @@ def test_cells_share_sweep_order():
     with F.disabled():
         b = run_batch(model, c, k, "resid_pre", shuffled, bound)
     assert_close(a.values, b.values, ATOL, "shuffled cells")
+
+
+LENS_INTERVENTIONS = [
+    None,
+    wb.Intervention("resid_pre", 1, 3, kind="patch", source=CLEAN),
+    wb.Intervention("head", 2, None, 1, kind="patch", source=CLEAN),
+    wb.Intervention("mlp_out", 0, None, kind="zero"),
+    wb.Intervention("attn_out", 1, 5, kind="mean"),
+    wb.Intervention("resid_post", 2, 4, kind="patch", source=CLEAN, source_layer=0, source_position=2),
+]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("which", range(len(LENS_INTERVENTIONS)))
+def test_lens_fast_vs_traced(family, which):
+    """The local lens (`_fast_lens`: hooks, oneDNN, fused statistics) equals the traced one remote models use."""
+    model = tiny(family)
+    iv = LENS_INTERVENTIONS[which]
+    fast = wb.logit_lens(model, CORRUPT, top_k=4, tokens=[TARGET, FOIL], intervention=iv)
+    with F.disabled():
+        traced = wb.logit_lens(model, CORRUPT, top_k=4, tokens=[TARGET, FOIL], intervention=iv)
+    what = f"{family} lens {iv}"
+    assert_same_topk(fast.top_ids, fast.top_probs, traced.top_ids, traced.top_probs, what=what)
+    assert_close(fast.entropy, traced.entropy, what=what + " entropy")
+    assert_close(fast.kl, traced.kl, what=what + " kl")
+    for token in (TARGET, FOIL, " the"):  # " the" is not pinned: computed on request, by the same path
+        assert_close(fast.prob(token), traced.prob(token), what=f"{what} prob({token!r})")
+        assert np.array_equal(np.asarray(fast.rank(token)), np.asarray(traced.rank(token))), what
+    if iv is not None:  # the intervention changed the lens (else this would test nothing)
+        plain = wb.logit_lens(model, CORRUPT, top_k=4)
+        assert np.abs(plain.top_probs - fast.top_probs).max() > 1e-4, what
+
+
+def test_lens_top_k_chunk_search_is_exact():
+    """`_top` (chunk maxima, then candidates) returns torch.topk's values and indices on hard rows:
+    several winners in one chunk, winners at chunk edges, and a row of equal values but one."""
+    from workbench.ops._fast_lens import _top
+
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(6, 64 * 12, generator=g)
+    rows[0, 5:10] = 50.0 + torch.arange(5.0)  # all five in one chunk
+    rows[1, [63, 64, 127, 128, 767]] = 40.0 + torch.arange(5.0)  # chunk edges
+    rows[2] = 0.0
+    rows[2, 300] = 1.0
+    rows[3] = -1e3 - 0.5 * torch.randperm(64 * 12, generator=g).float()  # very negative, distinct
+    for k in (1, 5, 12):
+        values, ids = _top(rows, k)
+        want = rows.topk(k, dim=-1)
+        assert torch.equal(values, want.values), k
+        exact = [0, 1, 3, 4, 5]  # row 2 ties everywhere below its max: only the values are defined
+        assert torch.equal(ids[exact], want.indices[exact]), k
+        assert torch.equal(rows.gather(1, ids), values)

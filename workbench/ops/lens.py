@@ -13,6 +13,7 @@ from .. import codegen
 from ..errors import WorkbenchError
 from ..model import Model
 from ..remote import job_status
+from . import _fast_lens
 from ._engine import Cell, Progress, check_cancel
 from ._kernels import decode, edit, heads_view, read
 from .patching import check_cell, moved_source, pair_tokens
@@ -156,6 +157,8 @@ def logit_lens(
 
     def compute(tids: list[int]) -> dict[str, torch.Tensor]:
         with model.lock, job_status(model, progress, cancel):
+            if _fast_lens.enabled(model):
+                return _fast_lens.lens(model, batch, row, top_k, tids, ivs)
             return _lens_trace(model, batch, row, top_k, tids, ivs, chunk)
 
     saved = compute(token_ids)

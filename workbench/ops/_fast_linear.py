@@ -1,0 +1,244 @@
+"""float32 linear layers through oneDNN for the local fast paths (CPU, no grad).
+
+On CPU, torch sends float32 `F.linear` to MKL's sgemm. On the reference machine (AMD EPYC, Zen 5, one
+thread) that runs at ~90 GFLOP/s, while oneDNN (also inside every x86 CPU torch build) reaches ~210 with
+its AVX-512 kernels, and ~3x at 10-row calls once the weight is packed in its layout: the same float32
+arithmetic in another summation order (differences ~1e-6 relative). `onednn_linears(model)` swaps the forward of the model's linear
+layers for oneDNN's for the duration of a block; nothing changes outside it, and a layer falls back to
+`F.linear` whenever oneDNN cannot serve the call (grad, other dtypes or devices).
+
+Used only around runs whose module calls the fast paths make themselves (never inside an nnsight trace,
+and never on remote models). `$WORKBENCH_ONEDNN=0` turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import platform
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..model import Model
+
+
+@functools.cache
+def available() -> bool:
+    """Whether this torch build runs oneDNN's float32 linear (checked once on a tiny example). x86-64 only:
+    elsewhere (Apple silicon, ARM servers) torch's own BLAS is the one tuned for the machine."""
+    if platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        x, w = torch.ones(2, 3), torch.ones(4, 3)
+        out = torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    except (RuntimeError, AttributeError):
+        return False
+    return bool(torch.equal(out, F.linear(x, w)))
+
+
+@functools.cache
+def fused_available() -> bool:
+    """Whether oneDNN's linear with a SiLU post-op and with a multiply by another tensor work here."""
+    if not available():
+        return False
+    try:
+        x, w, other = torch.randn(2, 3), torch.randn(4, 3), torch.randn(2, 4)
+        g = torch.ops.mkldnn._linear_pointwise(x, w, None, "swish", [], "")
+        h = torch.ops.mkldnn._linear_pointwise.binary(x, other, w, None, "mul")
+    except (RuntimeError, AttributeError):
+        return False
+    return bool(
+        torch.allclose(g, F.silu(F.linear(x, w)), atol=1e-5)
+        and torch.allclose(h, F.linear(x, w) * other, atol=1e-5)
+    )
+
+
+def enabled() -> bool:
+    return os.environ.get("WORKBENCH_ONEDNN", "1") != "0" and available()
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    packed: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`F.linear`, through oneDNN when it applies (float32 CPU tensors, no autograd); `packed` is `weight`
+    in oneDNN's blocked layout (`_packed`), which saves the reorder every call otherwise pays."""
+    if not _serves(x, weight):
+        return F.linear(x, weight, bias)
+    return torch.ops.mkldnn._linear_pointwise(x, weight if packed is None else packed, bias, "none", [], "")
+
+
+def _serves(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether oneDNN serves this call: float32 CPU tensors and no autograd."""
+    return (
+        enabled()
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.device.type == "cpu"
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    )
+
+
+# module -> ((data pointer, version, shape) of the weight it was packed from, the packed weight)
+_PACKED: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
+
+
+def _weight(module: torch.nn.Module) -> torch.Tensor:
+    """The weight as [out, in] (GPT-2's Conv1D stores [in, out])."""
+    return module.weight if type(module) is torch.nn.Linear else module.weight.t()
+
+
+def _packed(module: torch.nn.Module) -> torch.Tensor:
+    """The module's weight in oneDNN's layout, repacked whenever the weight is edited or replaced."""
+    weight = module.weight
+    key = (weight.data_ptr(), weight._version, tuple(weight.shape))
+    hit = _PACKED.get(module)
+    if hit is None or hit[0] != key:
+        hit = (key, torch.ops.mkldnn._reorder_linear_weight(_weight(module).detach().contiguous(), None))
+        _PACKED[module] = hit
+    return hit[1]
+
+
+def _forward_for(module: torch.nn.Module, pack: bool) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A oneDNN forward for an nn.Linear or a GPT-2 style Conv1D (weight [in, out]); None for others."""
+    if type(module) is not torch.nn.Linear and not (
+        type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+    ):
+        return None
+    if pack:
+        return lambda x: linear(x, _weight(module), module.bias, _packed(module))
+    return lambda x: linear(x, _weight(module), module.bias)
+
+
+def _same_code(a: Any, b: Any) -> bool:
+    code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
+    return (
+        code_a is not None
+        and code_b is not None
+        and code_a.co_code == code_b.co_code
+        and code_a.co_names == code_b.co_names
+    )
+
+
+def _hooked(module: torch.nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _gated_mlp_parts(module: torch.nn.Module, swappable: set[int]) -> tuple[torch.nn.Module, ...] | None:
+    """(gate, up, down) when `module` computes exactly down(silu(gate(x)) * up(x)) (Llama's MLP and its
+    copies: the same bytecode) from swappable linear layers nobody hooks; else None."""
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    if not _same_code(getattr(type(module), "forward", None), LlamaMLP.forward):
+        return None
+    parts = tuple(getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj"))
+    act = getattr(module, "act_fn", None)
+    if any(
+        p is None or id(p) not in swappable or type(p) is not torch.nn.Linear or _hooked(p) for p in parts
+    ):
+        return None
+    if type(act).__name__ not in ("SiLU", "SiLUActivation") or _hooked(act):
+        return None
+    return parts  # type: ignore[return-value]
+
+
+def _fused_mlp(
+    module: torch.nn.Module, parts: tuple[torch.nn.Module, ...], pack: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The MLP as three oneDNN calls with SiLU and the gate product fused into the matmuls (saves two
+    passes over the [tokens, d_mlp] activations: ~25% of the MLP's time on the reference machine)."""
+    gate, up, down = parts
+    lp = torch.ops.mkldnn._linear_pointwise
+
+    def weight(m: torch.nn.Module) -> torch.Tensor:
+        return _packed(m) if pack else m.weight
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not _serves(x, gate.weight):
+            return type(module).forward(module, x)
+        g = lp(x, weight(gate), gate.bias, "swish", [], "")
+        h = lp.binary(x, g, weight(up), up.bias, "mul")
+        return lp(h, weight(down), down.bias, "none", [], "")
+
+    return forward
+
+
+def _pack_budget() -> int:
+    """Bytes of packed weights worth keeping: a quarter of free memory, at most 2 GiB ($WORKBENCH_ONEDNN_PACK
+    sets it; 0 turns packing off)."""
+    from ._engine import _available_bytes
+
+    default = min(2 << 30, _available_bytes() // 4)
+    return int(os.environ.get("WORKBENCH_ONEDNN_PACK", default))
+
+
+@contextlib.contextmanager
+def onednn_linears(model: Model) -> Iterator[None]:
+    """Run the model's float32 linear layers through oneDNN inside the block (under `model.lock`). Call no
+    nnsight trace inside: the swap stands in for nnsight's idle per-module controller meanwhile.
+
+    Weights are kept packed in oneDNN's layout (a second copy, cached per module) when they fit the budget
+    of `_pack_budget`: that halves the time of small calls such as a 10-token forward."""
+    if model.remote or not enabled():
+        yield
+        return
+    with model.lock, _swapped(model):
+        yield
+
+
+def _eligible(model: Model) -> list[torch.nn.Module]:
+    modules = []
+    for module in model.hf.modules():
+        weight = getattr(module, "weight", None)
+        if (
+            not isinstance(weight, torch.Tensor)
+            or weight.dtype != torch.float32
+            or weight.device.type != "cpu"
+        ):
+            continue
+        if _forward_for(module, False) is None:
+            continue
+        # nnsight wraps every module's own forward in an instance-level controller (idle outside a
+        # trace); any other instance-level forward is somebody's edit, which must keep running.
+        if _own_forward(module):
+            modules.append(module)
+    return modules
+
+
+def _own_forward(module: torch.nn.Module) -> bool:
+    """No instance-level forward but nnsight's idle controller around the class's own."""
+    current = module.__dict__.get("forward")
+    return current is None or getattr(current, "__wrapped__", None) is type(module).forward
+
+
+@contextlib.contextmanager
+def _swapped(model: Model) -> Iterator[None]:
+    modules = _eligible(model)
+    pack = sum(m.weight.numel() * 4 for m in modules) <= _pack_budget()
+    forwards: list[tuple[torch.nn.Module, Callable]] = [(m, _forward_for(m, pack)) for m in modules]
+    hooks = torch.nn.modules.module
+    if fused_available() and not (hooks._global_forward_hooks or hooks._global_forward_pre_hooks):
+        swappable = {id(m) for m in modules}
+        for module in model.hf.modules():
+            parts = _gated_mlp_parts(module, swappable) if _own_forward(module) else None
+            if parts is not None:
+                forwards.append((module, _fused_mlp(module, parts, pack)))
+    saved: list[tuple[torch.nn.Module, object]] = []
+    try:
+        for module, forward in forwards:
+            saved.append((module, module.__dict__.get("forward")))
+            module.forward = forward
+        yield
+    finally:
+        for module, current in saved:
+            if current is None:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = current
