@@ -19,7 +19,6 @@ import os
 import platform
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,23 +38,6 @@ def available() -> bool:
     except (RuntimeError, AttributeError):
         return False
     return bool(torch.equal(out, F.linear(x, w)))
-
-
-@functools.cache
-def fused_available() -> bool:
-    """Whether oneDNN's linear with a SiLU post-op and with a multiply by another tensor work here."""
-    if not available():
-        return False
-    try:
-        x, w, other = torch.randn(2, 3), torch.randn(4, 3), torch.randn(2, 4)
-        g = torch.ops.mkldnn._linear_pointwise(x, w, None, "swish", [], "")
-        h = torch.ops.mkldnn._linear_pointwise.binary(x, other, w, None, "mul")
-    except (RuntimeError, AttributeError):
-        return False
-    return bool(
-        torch.allclose(g, F.silu(F.linear(x, w)), atol=1e-5)
-        and torch.allclose(h, F.linear(x, w) * other, atol=1e-5)
-    )
 
 
 def enabled() -> bool:
@@ -117,59 +99,6 @@ def _forward_for(module: torch.nn.Module, pack: bool) -> Callable[[torch.Tensor]
     return lambda x: linear(x, _weight(module), module.bias)
 
 
-def _same_code(a: Any, b: Any) -> bool:
-    code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
-    return (
-        code_a is not None
-        and code_b is not None
-        and code_a.co_code == code_b.co_code
-        and code_a.co_names == code_b.co_names
-    )
-
-
-def _hooked(module: torch.nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks)
-
-
-def _gated_mlp_parts(module: torch.nn.Module, swappable: set[int]) -> tuple[torch.nn.Module, ...] | None:
-    """(gate, up, down) when `module` computes exactly down(silu(gate(x)) * up(x)) (Llama's MLP and its
-    copies: the same bytecode) from swappable linear layers nobody hooks; else None."""
-    from transformers.models.llama.modeling_llama import LlamaMLP
-
-    if not _same_code(getattr(type(module), "forward", None), LlamaMLP.forward):
-        return None
-    parts = tuple(getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj"))
-    act = getattr(module, "act_fn", None)
-    if any(
-        p is None or id(p) not in swappable or type(p) is not torch.nn.Linear or _hooked(p) for p in parts
-    ):
-        return None
-    if type(act).__name__ not in ("SiLU", "SiLUActivation") or _hooked(act):
-        return None
-    return parts  # type: ignore[return-value]
-
-
-def _fused_mlp(
-    module: torch.nn.Module, parts: tuple[torch.nn.Module, ...], pack: bool
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The MLP as three oneDNN calls with SiLU and the gate product fused into the matmuls (saves two
-    passes over the [tokens, d_mlp] activations: ~25% of the MLP's time on the reference machine)."""
-    gate, up, down = parts
-    lp = torch.ops.mkldnn._linear_pointwise
-
-    def weight(m: torch.nn.Module) -> torch.Tensor:
-        return _packed(m) if pack else m.weight
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        if not _serves(x, gate.weight):
-            return type(module).forward(module, x)
-        g = lp(x, weight(gate), gate.bias, "swish", [], "")
-        h = lp.binary(x, g, weight(up), up.bias, "mul")
-        return lp(h, weight(down), down.bias, "none", [], "")
-
-    return forward
-
-
 def _pack_budget() -> int:
     """Bytes of packed weights worth keeping: a quarter of free memory, at most 2 GiB ($WORKBENCH_ONEDNN_PACK
     sets it; 0 turns packing off)."""
@@ -222,14 +151,7 @@ def _own_forward(module: torch.nn.Module) -> bool:
 def _swapped(model: Model) -> Iterator[None]:
     modules = _eligible(model)
     pack = sum(m.weight.numel() * 4 for m in modules) <= _pack_budget()
-    forwards: list[tuple[torch.nn.Module, Callable]] = [(m, _forward_for(m, pack)) for m in modules]
-    hooks = torch.nn.modules.module
-    if fused_available() and not (hooks._global_forward_hooks or hooks._global_forward_pre_hooks):
-        swappable = {id(m) for m in modules}
-        for module in model.hf.modules():
-            parts = _gated_mlp_parts(module, swappable) if _own_forward(module) else None
-            if parts is not None:
-                forwards.append((module, _fused_mlp(module, parts, pack)))
+    forwards = [(m, _forward_for(m, pack)) for m in modules]
     saved: list[tuple[torch.nn.Module, object]] = []
     try:
         for module, forward in forwards:

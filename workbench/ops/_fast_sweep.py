@@ -400,6 +400,7 @@ def run(
     chunk: int | None = None,
 ) -> Any:
     """The fast path of `_engine.run_batch` (same arguments, same BatchOutput); None when it does not apply."""
+    from ._engine import BatchOutput, check_cancel
 
     n_tokens = base_ids.shape[1]
     if not enabled_for(model, site, mode, n_tokens) or source_ids.shape != base_ids.shape:
@@ -407,72 +408,50 @@ def run(
     if base_ids.shape[0] != 1:
         return None
     with onednn_linears(model):
-        return _run(
-            model, source_ids, base_ids, site, cells, metric, mode, values, top_k, progress, cancel, chunk
-        )
-
-
-def _run(
-    model: Model,
-    source_ids: torch.Tensor,
-    base_ids: torch.Tensor,
-    site: str,
-    cells: Sequence[Any],
-    metric: Any,
-    mode: str,
-    values: Sequence[torch.Tensor] | None,
-    top_k: int,
-    progress: Any,
-    cancel: threading.Event | None,
-    chunk: int | None,
-) -> Any:
-    from ._engine import BatchOutput, check_cancel
-
-    n_tokens = base_ids.shape[1]
-    try:
+        try:
+            with torch.no_grad():
+                base = baseline(model, source_ids, base_ids)
+                _probe(model, base, base_ids, 0)
+        except _Recorded:
+            return None
+        groups: dict[int, list[_Row]] = {}
+        for idx, cell in enumerate(cells):
+            value = values[idx] if values is not None else None
+            new, old = _site_value(model, base, site, cell.layer, cell, mode, value)
+            start = 0 if cell.position is None else cell.position
+            groups.setdefault(start, []).append(_Row(idx, cell, _entry_layer(site, cell), new, old))
+        size = chunk or rows_budget(model, n_tokens)
+        metrics = torch.empty(len(cells))
+        top_i = torch.zeros(len(cells), max(top_k, 1), dtype=torch.long)
+        top_p = torch.zeros(len(cells), max(top_k, 1))
+        source_logits = base.logits[0]
+        done, n = 0, len(cells)
         with torch.no_grad():
-            base = baseline(model, source_ids, base_ids)
-            _probe(model, base, base_ids, 0)
-    except _Recorded:
-        return None
-    groups: dict[int, list[_Row]] = {}
-    for idx, cell in enumerate(cells):
-        value = values[idx] if values is not None else None
-        new, old = _site_value(model, base, site, cell.layer, cell, mode, value)
-        start = 0 if cell.position is None else cell.position
-        groups.setdefault(start, []).append(_Row(idx, cell, _entry_layer(site, cell), new, old))
-    size = chunk or rows_budget(model, n_tokens)
-    metrics = torch.empty(len(cells))
-    top_i = torch.zeros(len(cells), max(top_k, 1), dtype=torch.long)
-    top_p = torch.zeros(len(cells), max(top_k, 1))
-    source_logits = base.logits[0]
-    done, n = 0, len(cells)
-    with torch.no_grad():
-        for start in sorted(groups):
-            rows = sorted(groups[start], key=lambda r: (r.entry, r.out))
-            for lo in range(0, len(rows), size):
-                check_cancel(cancel)
-                part = rows[lo : lo + size]
-                try:
-                    logits = _run_group(model, base, base_ids, site, part, start)
-                except _Recorded:
-                    return None
-                idx = torch.tensor([r.out for r in part])
-                metrics[idx] = metric(logits, source_logits).float()
-                if top_k:
-                    probs = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
-                    top_i[idx], top_p[idx] = probs.indices, probs.values
-                done += len(part)
-                if progress is not None:
-                    progress(min(1.0, done / max(n, 1)), f"{done}/{n} runs")
-        base_metrics = metric(base.logits, source_logits).float()
-    return BatchOutput(
-        values=metrics,
-        source=float(base_metrics[0]),
-        base=float(base_metrics[1]),
-        top_ids=top_i if top_k else None,
-        top_probs=top_p if top_k else None,
-    )
+            for start in sorted(groups):
+                rows = sorted(groups[start], key=lambda r: (r.entry, r.out))
+                for lo in range(0, len(rows), size):
+                    check_cancel(cancel)
+                    part = rows[lo : lo + size]
+                    try:
+                        logits = _run_group(model, base, base_ids, site, part, start)
+                    except _Recorded:
+                        return None
+                    idx = torch.tensor([r.out for r in part])
+                    metrics[idx] = metric(logits, source_logits).float()
+                    if top_k:
+                        probs = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
+                        top_i[idx], top_p[idx] = probs.indices, probs.values
+                    done += len(part)
+                    if progress is not None:
+                        progress(min(1.0, done / max(n, 1)), f"{done}/{n} runs")
+            base_metrics = metric(base.logits, source_logits).float()
+        return BatchOutput(
+            values=metrics,
+            source=float(base_metrics[0]),
+            base=float(base_metrics[1]),
+            top_ids=top_i if top_k else None,
+            top_probs=top_p if top_k else None,
+        )
 
 
 # ------------------------------------------------------------------------------------------- attribution
