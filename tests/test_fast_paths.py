@@ -223,3 +223,17 @@ def test_lens_top_k_chunk_search_is_exact():
         exact = [0, 1, 3, 4, 5]  # row 2 ties everywhere below its max: only the values are defined
         assert torch.equal(ids[exact], want.indices[exact]), k
         assert torch.equal(rows.gather(1, ids), values)
+
+
+def test_fast_paths_only_on_cpu_models():
+    """A model whose weights are elsewhere (here: the meta device) takes the traced paths."""
+    from workbench.ops import _fast_lens
+    from workbench.testing import tiny_model
+
+    model = tiny_model("llama", seed=8)
+    assert F.enabled_for(model, "resid_pre", "copy", 5) and _fast_lens.enabled(model)
+    model.hf.to("meta")
+    assert not F.enabled_for(model, "resid_pre", "copy", 5)
+    assert not _fast_lens.enabled(model)
+    c, k = torch.ones(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.long)
+    assert F.attribution(model, c, k, ["resid_pre"], metric().bind(model)) is None

@@ -25,11 +25,11 @@ _HOT = 8  # rows whose statistics are computed together: [8, V] float32 stays in
 
 def enabled(model: Model) -> bool:
     """Whether the local lens applies (else the caller traces)."""
-    from ._fast_sweep import _state
+    from ._fast_sweep import _state, on_cpu
 
     if getattr(_state, "off", False) or os.environ.get("WORKBENCH_FAST", "1") == "0":
         return False
-    return not model.remote
+    return not model.remote and on_cpu(model)
 
 
 def _first(x: Any) -> torch.Tensor:

@@ -65,11 +65,17 @@ def disabled() -> Iterator[None]:
         _state.off = before
 
 
+def on_cpu(model: Model) -> bool:
+    """Whether the local model's weights are on the CPU (the device the fast paths are written and tested
+    for; elsewhere the traced paths run)."""
+    return all(p.device.type == "cpu" for p in model.hf.parameters())
+
+
 def enabled_for(model: Model, site: str, mode: str, n_tokens: int) -> bool:
     """Whether the fast path applies (else the caller falls back to the general path)."""
     if getattr(_state, "off", False) or os.environ.get("WORKBENCH_FAST", "1") == "0":
         return False
-    if model.remote:
+    if model.remote or not on_cpu(model):
         return False
     if model.config.model_type not in _SAFE_TYPES or site not in _SITES or mode not in _MODES:
         return False
@@ -466,7 +472,7 @@ def attribution(
     """
     if getattr(_state, "off", False) or os.environ.get("WORKBENCH_FAST", "1") == "0" or model.remote:
         return None
-    if model.config.model_type not in _SAFE_TYPES or any(s not in _SITES for s in sites):
+    if not on_cpu(model) or model.config.model_type not in _SAFE_TYPES or any(s not in _SITES for s in sites):
         return None
     hf = model.hf
     n_layers = model.n_layers
