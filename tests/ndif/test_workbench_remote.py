@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import workbench as wb
+from workbench.ops._fast_sweep import disabled as fast_paths_disabled
 
 pytestmark = pytest.mark.ndif
 
@@ -59,12 +60,19 @@ def test_lens_matches_local_in_one_request(models, requests) -> None:
     remote, local = models
     r = wb.logit_lens(remote, CLEAN, tokens=[" Paris"])
     assert len(requests) == 1
-    lo = wb.logit_lens(local, CLEAN, tokens=[" Paris"])
+    # the same computation locally (the traced lens; local models default to the trace-free fast lens)
+    with fast_paths_disabled():
+        lo = wb.logit_lens(local, CLEAN, tokens=[" Paris"])
     assert np.array_equal(r.top_ids, lo.top_ids)
     assert np.abs(r.top_probs - lo.top_probs).max() <= TOL
     assert np.abs(r.entropy - lo.entropy).max() <= 1e-4
     assert np.abs(r.prob(" Paris") - lo.prob(" Paris")).max() <= TOL
     assert r.top_tokens[-1][-1][0] == " Paris"
+    # and the local default (other kernels, another summation order) within the suite's float32 ATOL
+    fast = wb.logit_lens(local, CLEAN, tokens=[" Paris"])
+    assert np.array_equal(r.top_ids, fast.top_ids)
+    assert np.abs(r.top_probs - fast.top_probs).max() <= 1e-4
+    assert np.abs(r.prob(" Paris") - fast.prob(" Paris")).max() <= 1e-4
 
 
 def test_patch_and_sweep_match_local_one_request_each(models, requests) -> None:
