@@ -3,9 +3,9 @@
 On CPU, torch sends float32 `F.linear` to MKL's sgemm. On the reference machine (AMD EPYC, Zen 5, one
 thread) that runs at ~90 GFLOP/s, while oneDNN (also inside every x86 CPU torch build) reaches ~210 with
 its AVX-512 kernels, and ~3x at 10-row calls once the weight is packed in its layout: the same float32
-arithmetic in another summation order (differences ~1e-6 relative). `onednn_linears(model)` swaps the forward of the model's linear
-layers for oneDNN's for the duration of a block; nothing changes outside it, and a layer falls back to
-`F.linear` whenever oneDNN cannot serve the call (grad, other dtypes or devices).
+arithmetic in another summation order (differences ~1e-6 relative). `onednn_linears(model)` swaps the
+forward of the model's linear layers for oneDNN's for the duration of a block; nothing changes outside it,
+and a layer falls back to `F.linear` whenever oneDNN cannot serve the call (grad, other dtypes or devices).
 
 Used only around runs whose module calls the fast paths make themselves (never inside an nnsight trace,
 and never on remote models). `$WORKBENCH_ONEDNN=0` turns it off.
