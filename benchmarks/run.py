@@ -129,6 +129,22 @@ def bound_of(model, cells, n_tokens: int) -> int:
     return sum((model.n_layers - lyr) * (n_tokens - (p or 0)) for lyr, p, _ in cells)
 
 
+def timed_attribution(model, ctx: dict, metric) -> tuple[float, int, dict]:
+    """Attribution patching of resid_pre, attn_out and mlp_out by layer x position, timed."""
+    import numpy as np
+
+    import workbench as wb
+
+    sites = ["resid_pre", "attn_out", "mlp_out"]
+    t, peak, res = timed(
+        lambda: wb.attribution_patch(
+            model, ctx["clean"], ctx["corrupt"], metric=metric, site=sites, by_position=True
+        )
+    )
+    vals = [(res[s].values - res[s].corrupt).reshape(-1) for s in sites]
+    return t, peak, {"values": np.concatenate(vals)}
+
+
 class Bench:
     def __init__(self, args, model, tl: TLWorker | None) -> None:
         self.args, self.model, self.tl = args, model, tl
@@ -190,14 +206,7 @@ class Bench:
             t, peak, out = timed(lambda: run_batch(model, ctx["c"], ctx["k"], op["site"], cells, bound))
             return t, peak, {"values": out.values.numpy(), "clean": out.source, "corrupt": out.base}
         if op["kind"] == "attribution":
-            sites = ["resid_pre", "attn_out", "mlp_out"]
-            t, peak, res = timed(
-                lambda: wb.attribution_patch(
-                    model, ctx["clean"], ctx["corrupt"], metric=metric, site=sites, by_position=True
-                )
-            )
-            vals = [(res[s].values - res[s].corrupt).reshape(-1) for s in sites]
-            return t, peak, {"values": __import__("numpy").concatenate(vals)}
+            return timed_attribution(model, ctx, metric)
         if op["kind"] == "lens":
             t, peak, res = timed(lambda: wb.logit_lens(model, ctx["corrupt"], top_k=5))
             return t, peak, {"values": res.top_probs[: model.n_layers].reshape(-1)}
@@ -226,15 +235,8 @@ class Bench:
             )
             return t, peak, {"values": vals, "setup": timing.get("setup", 0.0)}
         if op["kind"] == "attribution":
-            sites = ["resid_pre", "attn_out", "mlp_out"]
             with F.disabled():  # the plain nnsight trace (forward + backward through nnsight)
-                t, peak, res = timed(
-                    lambda: wb.attribution_patch(
-                        model, ctx["clean"], ctx["corrupt"], metric=metric, site=sites, by_position=True
-                    )
-                )
-            vals = [(res[s].values - res[s].corrupt).reshape(-1) for s in sites]
-            return t, peak, {"values": __import__("numpy").concatenate(vals)}
+                return timed_attribution(model, ctx, metric)
         if op["kind"] == "single":
             act = naive.clean_acts(model, ctx["c"], "resid_pre")[0][0]
             t, peak, v = timed(
