@@ -28,7 +28,7 @@ def test_forward_equals_plain(family, pack, monkeypatch):
     model = tiny(family)
     plain = _logits(model)
     with FL.onednn_linears(model):
-        swapped = [m for m in model.hf.modules() if FL._forward_for(m, False) and "forward" in m.__dict__]
+        swapped = [m for m in model.hf.modules() if FL._linear_type(m) and "forward" in m.__dict__]
         assert swapped and all(getattr(m.forward, "__wrapped__", None) is None for m in swapped)
         fast = _logits(model)
     assert_close(fast, plain, 1e-5, f"{family} logits, oneDNN vs F.linear")

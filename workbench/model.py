@@ -7,8 +7,11 @@ know module paths. The `site_*` helpers run *inside* an nnsight trace body.
 from __future__ import annotations
 
 import contextlib
+import functools
+import sys
 import threading
 import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,7 +58,8 @@ class Model:
                 warnings.simplefilter("ignore")
                 nn = TransformersModel(hf, tokenizer=tokenizer)
         self.nn = nn
-        self.lock = threading.RLock()
+        # one lock per torch model, shared by every workbench Model that wraps it
+        self.lock: threading.RLock = _LOCKS.get(hf) or threading.RLock()
         self._trace_options: dict[str, Any] = {}
         self.n_layers: int = int(cfg.num_hidden_layers)
         self.n_heads: int = int(cfg.num_attention_heads)
@@ -68,6 +72,8 @@ class Model:
         )
         self.logit_softcap: float | None = getattr(cfg, "final_logit_softcapping", None)
         self._set_default_attention()
+        if not remote:
+            _serialise_calls(hf, self.lock)
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -93,15 +99,19 @@ class Model:
     @contextlib.contextmanager
     def eager_attention(self) -> Iterator[None]:
         """Eager attention for the duration of the block, so attention modules return their weights."""
-        before = self.hf.config._attn_implementation
-        if before == "eager" or self.remote:
+        if self.remote:
             yield
             return
-        self.hf.set_attn_implementation("eager")
-        try:
-            yield
-        finally:
-            self.hf.set_attn_implementation(before)
+        with self.lock:
+            before = self.hf.config._attn_implementation
+            if before == "eager":
+                yield
+                return
+            self.hf.set_attn_implementation("eager")
+            try:
+                yield
+            finally:
+                self.hf.set_attn_implementation(before)
 
     # ---------------------------------------------------------------- tokens
     def to_tokens(self, text: str, *, what: str = "prompt") -> torch.Tensor:
@@ -232,6 +242,62 @@ class Model:
 
     def head_dims(self, site: str) -> tuple[int, int] | None:
         return (self.n_heads, self.d_head) if site == "head" else None
+
+
+# ------------------------------------------------------------------------ one computation at a time
+# torch module -> the lock of the workbench Model that wraps it (weak: nothing here keeps a model alive)
+_LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+
+
+def _serialise_calls(hf: torch.nn.Module, lock: threading.RLock) -> None:
+    """Whole-model calls from any thread (`model.hf(...)`, `generate`, nnsight traces) hold `lock`, the
+    lock every op holds: nnsight's interleaver and the fast paths' module swaps belong to the model, not
+    to a thread, so a user's own forward while a view computes waits for it instead of corrupting both."""
+    if hf in _LOCKS:
+        return
+    _LOCKS[hf] = lock
+    depth = threading.local()
+
+    def enter(_module: Any, _args: Any) -> None:
+        if not lock.acquire(blocking=False):
+            print(
+                "Workbench: this model is busy with a view's computation; waiting for it to finish "
+                "(view.cancel() stops it).",
+                file=sys.stderr,
+            )
+            lock.acquire()
+        depth.n = getattr(depth, "n", 0) + 1
+
+    def leave(_module: Any, _args: Any, _out: Any) -> None:
+        if getattr(depth, "n", 0):
+            depth.n -= 1
+            lock.release()
+
+    hf.register_forward_pre_hook(enter, prepend=True)
+    hf.register_forward_hook(leave, always_call=True)
+    _lock_nnsight()
+
+
+@functools.cache
+def _lock_nnsight() -> None:
+    """Make nnsight's trace execution (which fills the model's shared interleaver before the forward
+    starts) hold the lock of the workbench model it runs on; other models are untouched."""
+    from nnsight.intervention.envoy import Envoy
+    from nnsight.intervention.tracer import InterleavingTracer
+
+    def locked(fn: Any, module_of: Any) -> Any:
+        @functools.wraps(fn)
+        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            lock = _LOCKS.get(module_of(self))
+            if lock is None:
+                return fn(self, *args, **kwargs)
+            with lock:
+                return fn(self, *args, **kwargs)
+
+        return run
+
+    InterleavingTracer.execute = locked(InterleavingTracer.execute, lambda t: t.envoy.__dict__.get("_module"))
+    Envoy.interleave = locked(Envoy.interleave, lambda e: e.__dict__.get("_module"))
 
 
 def require_local(model: Model, what: str) -> None:

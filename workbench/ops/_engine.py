@@ -172,7 +172,7 @@ def _trace_chunk(
             else:
                 edit(x, plan[layer], mode, values)
         logits = nn.output.logits[:, -1].float()
-        metric_values = metric(logits, logits[0]).save()
+        metric_values = metric(logits.clone(), logits[0].clone()).save()  # the metric may edit them
         if top_k:
             top = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
             top_ids = top.indices.save()

@@ -19,6 +19,7 @@ from ..model import Model, _get_path
 from ._fast_linear import onednn_linears
 from ._fast_sweep import _first, _state, on_cpu
 from ._kernels import edit, heads_view
+from ._threads import mine
 
 # Rows unembedded per matmul, at most. 60 measured fastest on the reference machine: fewer re-read the
 # weight more often, more make a [rows, V] block that no longer stays in cache for the statistics.
@@ -53,8 +54,8 @@ def _edit_hook(
         def pre(_mod: Any, args: tuple, kwargs: dict) -> None:
             apply(args[0] if args else kwargs["hidden_states"])
 
-        return module.register_forward_pre_hook(pre, with_kwargs=True)
-    return module.register_forward_hook(lambda _mod, _args, out: apply(_first(out)))
+        return module.register_forward_pre_hook(mine(pre), with_kwargs=True)
+    return module.register_forward_hook(mine(lambda _mod, _args, out: apply(_first(out))))
 
 
 class _Stop(Exception):
@@ -82,8 +83,8 @@ def _resid_posts(
         if iv is not None:
             handles.append(_edit_hook(model, iv))  # first, so a resid_post edit is seen by the grab
         for j, block in enumerate(blocks):
-            handles.append(block.register_forward_hook(grab(j)))
-        handles.append(blocks[-1].register_forward_hook(stop))
+            handles.append(block.register_forward_hook(mine(grab(j))))
+        handles.append(blocks[-1].register_forward_hook(mine(stop)))
         model.hf(batch, logits_to_keep=1)
     except _Stop:
         pass
@@ -134,7 +135,7 @@ def lens(
     probs = torch.empty(n_tokens, n_layers, top_k)
     entropy, kl = torch.empty(n_tokens, n_layers), torch.empty(n_tokens, n_layers)
     tp, rank = torch.empty(n_tokens, n_layers, n), torch.empty(n_tokens, n_layers, n, dtype=torch.long)
-    with torch.no_grad(), onednn_linears(model):
+    with torch.no_grad(), model.lock, onednn_linears(model):
         resid = _resid_posts(model, batch, row, iv)  # [L, T, D]
         normed = _get_path(model.hf, model.arch.final_norm)(resid.transpose(0, 1))  # [T, L, D]
         n_blocks = -(-n_tokens * n_layers // _ROWS)

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from ..model import Model
+from ._model_key import ModelKey, model_key
+from ._threads import swapped_forwards
 
 
 @functools.cache
@@ -68,7 +70,7 @@ def _serves(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-# module -> ((data pointer, version, shape) of the weight it was packed from, the packed weight)
+# module -> ((content hash, data pointer, shape) of the weight it was packed from, the packed weight)
 _PACKED: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
 
 
@@ -77,10 +79,11 @@ def _weight(module: torch.nn.Module) -> torch.Tensor:
     return module.weight if type(module) is torch.nn.Linear else module.weight.t()
 
 
-def _packed(module: torch.nn.Module) -> torch.Tensor:
-    """The module's weight in oneDNN's layout, repacked whenever the weight is edited or replaced."""
+def _packed(module: torch.nn.Module, content: int) -> torch.Tensor:
+    """The module's weight in oneDNN's layout, repacked whenever the weight's content or storage changed
+    (`content` is its hash in the call's `ModelKey`: a write through `.data` changes it too)."""
     weight = module.weight
-    key = (weight.data_ptr(), weight._version, tuple(weight.shape))
+    key = (content, weight.data_ptr(), tuple(weight.shape))
     hit = _PACKED.get(module)
     if hit is None or hit[0] != key:
         hit = (key, torch.ops.mkldnn._reorder_linear_weight(_weight(module).detach().contiguous(), None))
@@ -88,14 +91,15 @@ def _packed(module: torch.nn.Module) -> torch.Tensor:
     return hit[1]
 
 
-def _forward_for(module: torch.nn.Module, pack: bool) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """A oneDNN forward for an nn.Linear or a GPT-2 style Conv1D (weight [in, out]); None for others."""
-    if type(module) is not torch.nn.Linear and not (
-        type(module).__name__ == "Conv1D" and hasattr(module, "nf")
-    ):
-        return None
-    if pack:
-        return lambda x: linear(x, _weight(module), module.bias, _packed(module))
+def _linear_type(module: torch.nn.Module) -> bool:
+    """An nn.Linear or a GPT-2 style Conv1D (weight [in, out])."""
+    return type(module) is torch.nn.Linear or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
+
+
+def _forward_for(module: torch.nn.Module, content: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A oneDNN forward for a linear module; with `content` (the weight's hash) through its packed weight."""
+    if content is not None:
+        return lambda x: linear(x, _weight(module), module.bias, _packed(module, content))
     return lambda x: linear(x, _weight(module), module.bias)
 
 
@@ -109,17 +113,25 @@ def _pack_budget() -> int:
 
 
 @contextlib.contextmanager
-def onednn_linears(model: Model) -> Iterator[None]:
-    """Run the model's float32 linear layers through oneDNN inside the block (under `model.lock`). Call no
-    nnsight trace inside: the swap stands in for nnsight's idle per-module controller meanwhile.
+def onednn_linears(model: Model, key: ModelKey | None = None) -> Iterator[None]:
+    """Run the model's float32 linear layers through oneDNN inside the block (under `model.lock`), in this
+    thread only. Call no nnsight trace inside: the swap stands in for nnsight's idle per-module controller.
 
-    Weights are kept packed in oneDNN's layout (a second copy, cached per module) when they fit the budget
-    of `_pack_budget`: that halves the time of small calls such as a 10-token forward."""
+    Weights are kept packed in oneDNN's layout (a second copy, cached per module, checked against the
+    weights' content hashes in `key`, computed here when not given) when they fit the budget of
+    `_pack_budget`: that halves the time of small calls such as a 10-token forward."""
     if model.remote or not enabled():
         yield
         return
-    with model.lock, _swapped(model):
-        yield
+    with model.lock:
+        modules = _eligible(model)
+        pack = sum(m.weight.numel() * 4 for m in modules) <= _pack_budget()
+        if pack and key is None:
+            key = model_key(model)
+        digests = key.digests if pack and key is not None else {}
+        swaps = [(m, _forward_for(m, digests.get(id(m.weight)))) for m in modules]
+        with swapped_forwards(swaps):
+            yield
 
 
 def _eligible(model: Model) -> list[torch.nn.Module]:
@@ -132,7 +144,7 @@ def _eligible(model: Model) -> list[torch.nn.Module]:
             or weight.device.type != "cpu"
         ):
             continue
-        if _forward_for(module, False) is None:
+        if not _linear_type(module):
             continue
         # nnsight wraps every module's own forward in an instance-level controller (idle outside a
         # trace); any other instance-level forward is somebody's edit, which must keep running.
@@ -145,22 +157,3 @@ def _own_forward(module: torch.nn.Module) -> bool:
     """No instance-level forward but nnsight's idle controller around the class's own."""
     current = module.__dict__.get("forward")
     return current is None or getattr(current, "__wrapped__", None) is type(module).forward
-
-
-@contextlib.contextmanager
-def _swapped(model: Model) -> Iterator[None]:
-    modules = _eligible(model)
-    pack = sum(m.weight.numel() * 4 for m in modules) <= _pack_budget()
-    forwards = [(m, _forward_for(m, pack)) for m in modules]
-    saved: list[tuple[torch.nn.Module, object]] = []
-    try:
-        for module, forward in forwards:
-            saved.append((module, module.__dict__.get("forward")))
-            module.forward = forward
-        yield
-    finally:
-        for module, current in saved:
-            if current is None:
-                module.__dict__.pop("forward", None)
-            else:
-                module.forward = current

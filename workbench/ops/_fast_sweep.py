@@ -18,8 +18,10 @@ the batch), and the batch of patched hidden states. Edits inside a block (attn_o
 hooks on the site's module that touch only the rows joining at that block.
 
 The base/source runs (block inputs, site activations, keys and values, final logits) are cached per
-(model, prompt pair) and invalidated when any parameter or buffer changes (tensor version counters), so a
-single click costs about one partial forward.
+(model, prompt pair) under a `ModelKey` (a content hash of every parameter and buffer plus the modules,
+forwards and hooks), so a single click costs about one partial forward and no edit of the model, through
+`.data` or otherwise, is missed. Everything the sweep changes on modules (forwards, hooks) acts only in the
+calling thread (`_threads`), under `model.lock`; metrics get copies of cached logits.
 
 The runs use oneDNN's float32 linear layers (`_fast_linear`, about 2x MKL's on AMD CPUs).
 
@@ -43,6 +45,8 @@ import torch
 
 from ..model import Model, _get_path
 from ._fast_linear import onednn_linears
+from ._model_key import ModelKey, model_key, structure_key
+from ._threads import mine, swapped_forwards
 
 # Families whose blocks, caches and final logits were checked exact against the plain path (tests).
 _SAFE_TYPES = frozenset({"gpt2", "llama", "mistral", "qwen2", "gemma", "gemma2", "phi", "phi3", "gpt_neox"})
@@ -98,16 +102,6 @@ class Baseline:
     probes: dict[int, list[tuple[tuple, dict[str, Any]]]] = field(default_factory=dict)  # start -> block args
 
 
-def _version_key(model: Model) -> tuple:
-    """Changes when any parameter or buffer is edited or replaced, or a module hook is added or removed."""
-    hf = model.hf
-    tensors = tuple((id(t), t._version) for t in (*hf.parameters(), *hf.buffers()))
-    hooks = tuple(
-        id(h) for m in hf.modules() for d in (m._forward_hooks, m._forward_pre_hooks) for h in d.values()
-    )
-    return tensors, hooks
-
-
 def _first(x: Any) -> torch.Tensor:
     return x[0] if isinstance(x, tuple | list) else x
 
@@ -132,11 +126,11 @@ def _cache_kv(cache: Any, n_layers: int) -> tuple[list[torch.Tensor], list[torch
     return keys, values
 
 
-def baseline(model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor) -> Baseline:
-    """The cached source/base runs of this pair (computed with one batch-2 forward on a miss)."""
+def baseline(model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor, version: ModelKey) -> Baseline:
+    """The cached source/base runs of this pair for the model as `version` describes it (computed with one
+    batch-2 forward on a miss; stored only when the model's structure did not change meanwhile)."""
     key = (tuple(source_ids.flatten().tolist()), tuple(base_ids.flatten().tolist()))
     per_model = _BASELINES.setdefault(model, OrderedDict())
-    version = (_version_key(model), model.hf.config._attn_implementation)
     hit = per_model.get(key)
     if hit is not None and hit[0] == version:
         per_model.move_to_end(key)
@@ -167,13 +161,12 @@ def baseline(model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor) -> 
     try:
         for j in range(n_layers):
             mods = _modules(model, j)
-            handles.append(mods["block"].register_forward_pre_hook(grab_in(j), with_kwargs=True))
-            handles.append(mods["attn_out"].register_forward_hook(grab_out(acts["attn_out"], j)))
-            handles.append(mods["mlp_out"].register_forward_hook(grab_out(acts["mlp_out"], j)))
-            handles.append(mods["head"].register_forward_pre_hook(grab_o_in(j)))
-        handles.append(
-            _modules(model, n_layers - 1)["block"].register_forward_hook(grab_out(hidden, n_layers))
-        )
+            handles.append(mods["block"].register_forward_pre_hook(mine(grab_in(j)), with_kwargs=True))
+            handles.append(mods["attn_out"].register_forward_hook(mine(grab_out(acts["attn_out"], j))))
+            handles.append(mods["mlp_out"].register_forward_hook(mine(grab_out(acts["mlp_out"], j))))
+            handles.append(mods["head"].register_forward_pre_hook(mine(grab_o_in(j))))
+        last = _modules(model, n_layers - 1)["block"]
+        handles.append(last.register_forward_hook(mine(grab_out(hidden, n_layers))))
         with torch.no_grad():
             out = model.hf(torch.cat([source_ids, base_ids]), use_cache=True, logits_to_keep=1)
     finally:
@@ -181,6 +174,8 @@ def baseline(model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor) -> 
             h.remove()
     keys, values = _cache_kv(out.past_key_values, n_layers)
     base = Baseline(hidden, acts, keys, values, out.logits[:, -1].float())
+    if any(h is None for h in hidden) or structure_key(model) != version.structure:
+        return base  # something else ran or changed the model meanwhile: use it once, never cache it
     per_model[key] = (version, base)
     while len(per_model) > _MAX_BASELINES:
         per_model.popitem(last=False)
@@ -202,7 +197,6 @@ def _probe(model: Model, base: Baseline, base_ids: torch.Tensor, start: int) -> 
 
     blocks = _get_path(model.hf, model.arch.layers)
     recorded: list[tuple[tuple, dict[str, Any]]] = []
-    saved = []
 
     def recorder(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         args = tuple(_CACHE if isinstance(v, Cache) else v for v in args)
@@ -214,18 +208,8 @@ def _probe(model: Model, base: Baseline, base_ids: torch.Tensor, start: int) -> 
     if start:
         for j in range(model.n_layers):
             cache.update(base.keys[j][..., :start, :], base.values[j][..., :start, :], j)
-    try:
-        for block in blocks:
-            saved.append(block.__dict__.get("forward"))
-            block.forward = recorder
-        with torch.no_grad():
-            model.hf(base_ids[:, start:], past_key_values=cache, use_cache=True, logits_to_keep=1)
-    finally:
-        for block, fwd in zip(blocks, saved, strict=False):
-            if fwd is None:
-                block.__dict__.pop("forward", None)
-            else:
-                block.forward = fwd
+    with torch.no_grad(), swapped_forwards([(block, recorder) for block in blocks]):
+        model.hf(base_ids[:, start:], past_key_values=cache, use_cache=True, logits_to_keep=1)
     if len(recorded) != model.n_layers:
         raise _Recorded(f"recorded {len(recorded)} block calls for {model.n_layers} blocks")
     for args, kw in recorded:
@@ -345,9 +329,18 @@ def _final_logits(model: Model, h: torch.Tensor) -> torch.Tensor:
 
 
 def _run_group(
-    model: Model, base: Baseline, base_ids: torch.Tensor, site: str, rows: list[_Row], start: int
+    model: Model,
+    base: Baseline,
+    base_ids: torch.Tensor,
+    site: str,
+    rows: list[_Row],
+    start: int,
+    cancel: threading.Event | None = None,
 ) -> torch.Tensor:
-    """Last-position logits [n, V] of rows that all start at position `start` (rows sorted by entry)."""
+    """Last-position logits [n, V] of rows that all start at position `start` (rows sorted by entry);
+    `cancel` is checked before every block."""
+    from ._engine import check_cancel
+
     n_layers = model.n_layers
     kwargs = _probe(model, base, base_ids, start)
     cache = _ReplayCache(base, start)
@@ -355,6 +348,7 @@ def _run_group(
     h: torch.Tensor | None = None
     i = 0
     for j in range(rows[0].entry, n_layers):
+        check_cancel(cancel)
         joining = []
         while i < len(rows) and rows[i].entry == j:
             joining.append(rows[i])
@@ -370,6 +364,7 @@ def _run_group(
         if joining and site in ("attn_out", "head"):
             kind, fn = _hook_edit(model, site, joining, first)
             mod = _modules(model, j)[site]
+            fn = mine(fn)
             handle = mod.register_forward_pre_hook(fn) if kind == "pre" else mod.register_forward_hook(fn)
         try:
             h = _first(blocks[j](h, *args, **kw))
@@ -406,58 +401,79 @@ def run(
     chunk: int | None = None,
 ) -> Any:
     """The fast path of `_engine.run_batch` (same arguments, same BatchOutput); None when it does not apply."""
-    from ._engine import BatchOutput, check_cancel
-
     n_tokens = base_ids.shape[1]
     if not enabled_for(model, site, mode, n_tokens) or source_ids.shape != base_ids.shape:
         return None
     if base_ids.shape[0] != 1:
         return None
-    with onednn_linears(model):
-        try:
-            with torch.no_grad():
-                base = baseline(model, source_ids, base_ids)
-                _probe(model, base, base_ids, 0)
-        except _Recorded:
-            return None
-        groups: dict[int, list[_Row]] = {}
-        for idx, cell in enumerate(cells):
-            value = values[idx] if values is not None else None
-            new, old = _site_value(model, base, site, cell.layer, cell, mode, value)
-            start = 0 if cell.position is None else cell.position
-            groups.setdefault(start, []).append(_Row(idx, cell, _entry_layer(site, cell), new, old))
-        size = chunk or rows_budget(model, n_tokens)
-        metrics = torch.empty(len(cells))
-        top_i = torch.zeros(len(cells), max(top_k, 1), dtype=torch.long)
-        top_p = torch.zeros(len(cells), max(top_k, 1))
-        source_logits = base.logits[0]
-        done, n = 0, len(cells)
+    with model.lock:
+        version = model_key(model)
+        with onednn_linears(model, version):
+            return _run(model, source_ids, base_ids, site, cells, metric, mode, values, top_k, progress,
+                        cancel, chunk, version)  # fmt: skip
+
+
+def _run(
+    model: Model,
+    source_ids: torch.Tensor,
+    base_ids: torch.Tensor,
+    site: str,
+    cells: Sequence[Any],
+    metric: Any,
+    mode: str,
+    values: Sequence[torch.Tensor] | None,
+    top_k: int,
+    progress: Any,
+    cancel: threading.Event | None,
+    chunk: int | None,
+    version: ModelKey,
+) -> Any:
+    """`run` for the model as `version` describes it (under the lock, linear layers swapped)."""
+    from ._engine import BatchOutput, check_cancel
+
+    try:
         with torch.no_grad():
-            for start in sorted(groups):
-                rows = sorted(groups[start], key=lambda r: (r.entry, r.out))
-                for lo in range(0, len(rows), size):
-                    check_cancel(cancel)
-                    part = rows[lo : lo + size]
-                    try:
-                        logits = _run_group(model, base, base_ids, site, part, start)
-                    except _Recorded:
-                        return None
-                    idx = torch.tensor([r.out for r in part])
-                    metrics[idx] = metric(logits, source_logits).float()
-                    if top_k:
-                        probs = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
-                        top_i[idx], top_p[idx] = probs.indices, probs.values
-                    done += len(part)
-                    if progress is not None:
-                        progress(min(1.0, done / max(n, 1)), f"{done}/{n} runs")
-            base_metrics = metric(base.logits, source_logits).float()
-        return BatchOutput(
-            values=metrics,
-            source=float(base_metrics[0]),
-            base=float(base_metrics[1]),
-            top_ids=top_i if top_k else None,
-            top_probs=top_p if top_k else None,
-        )
+            base = baseline(model, source_ids, base_ids, version)
+            _probe(model, base, base_ids, 0)
+    except _Recorded:
+        return None
+    groups: dict[int, list[_Row]] = {}
+    for idx, cell in enumerate(cells):
+        value = values[idx] if values is not None else None
+        new, old = _site_value(model, base, site, cell.layer, cell, mode, value)
+        start = 0 if cell.position is None else cell.position
+        groups.setdefault(start, []).append(_Row(idx, cell, _entry_layer(site, cell), new, old))
+    size = chunk or rows_budget(model, base_ids.shape[1])
+    metrics = torch.empty(len(cells))
+    top_i = torch.zeros(len(cells), max(top_k, 1), dtype=torch.long)
+    top_p = torch.zeros(len(cells), max(top_k, 1))
+    done, n = 0, len(cells)
+    with torch.no_grad():
+        for start in sorted(groups):
+            rows = sorted(groups[start], key=lambda r: (r.entry, r.out))
+            for lo in range(0, len(rows), size):
+                check_cancel(cancel)
+                part = rows[lo : lo + size]
+                try:
+                    logits = _run_group(model, base, base_ids, site, part, start, cancel)
+                except _Recorded:
+                    return None
+                idx = torch.tensor([r.out for r in part])
+                if top_k:  # before the metric, which may edit its logits
+                    probs = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
+                    top_i[idx], top_p[idx] = probs.indices, probs.values
+                metrics[idx] = metric(logits, base.logits[0].clone()).float()
+                done += len(part)
+                if progress is not None:
+                    progress(min(1.0, done / max(n, 1)), f"{done}/{n} runs")
+        base_metrics = metric(base.logits.clone(), base.logits[0].clone()).float()
+    return BatchOutput(
+        values=metrics,
+        source=float(base_metrics[0]),
+        base=float(base_metrics[1]),
+        top_ids=top_i if top_k else None,
+        top_probs=top_p if top_k else None,
+    )
 
 
 # ------------------------------------------------------------------------------------------- attribution
@@ -498,16 +514,22 @@ def attribution(
                 mods = _modules(model, j)
                 for s in sites:
                     if s == "resid_pre":
-                        handles.append(mods["block"].register_forward_pre_hook(pre((s, j)), with_kwargs=True))
+                        handles.append(
+                            mods["block"].register_forward_pre_hook(mine(pre((s, j))), with_kwargs=True)
+                        )
                     elif s == "head":
-                        handles.append(mods["head"].register_forward_pre_hook(pre((s, j)), with_kwargs=True))
+                        handles.append(
+                            mods["head"].register_forward_pre_hook(mine(pre((s, j))), with_kwargs=True)
+                        )
                     elif s == "resid_post":
-                        handles.append(mods["block"].register_forward_hook(post((s, j))))
+                        handles.append(mods["block"].register_forward_hook(mine(post((s, j)))))
                     else:
-                        handles.append(mods[s].register_forward_hook(post((s, j))))
+                        handles.append(mods[s].register_forward_hook(mine(post((s, j)))))
             if grad:
                 embed = hf.get_input_embeddings()
-                handles.append(embed.register_forward_hook(lambda _m, _a, out: out.requires_grad_(True)))
+                handles.append(
+                    embed.register_forward_hook(mine(lambda _m, _a, out: out.requires_grad_(True)))
+                )
             with torch.set_grad_enabled(grad):
                 logits = hf(ids, logits_to_keep=1).logits[:, -1].float()
         finally:
@@ -515,24 +537,25 @@ def attribution(
                 h.remove()
         return acts, logits
 
-    params = [p for p in hf.parameters() if p.requires_grad]
-    try:
-        with torch.no_grad(), onednn_linears(model):
-            clean_acts, clean_logits = run(clean_ids, grad=False)
-        for p in params:
-            p.requires_grad_(False)
-        corrupt_acts, corrupt_logits = run(corrupt_ids, grad=True)
-        logits = torch.cat([clean_logits, corrupt_logits.detach()])
-        value = metric(corrupt_logits, clean_logits[0])[0]
-        keys = list(corrupt_acts)
-        grads = torch.autograd.grad(value, [corrupt_acts[k] for k in keys], allow_unused=True)
-    finally:
-        for p in params:
-            p.requires_grad_(True)
+    with model.lock:
+        params = [p for p in hf.parameters() if p.requires_grad]
+        try:
+            with torch.no_grad(), onednn_linears(model):
+                clean_acts, clean_logits = run(clean_ids, grad=False)
+            for p in params:
+                p.requires_grad_(False)
+            corrupt_acts, corrupt_logits = run(corrupt_ids, grad=True)
+            logits = torch.cat([clean_logits, corrupt_logits.detach()])
+            value = metric(corrupt_logits, clean_logits[0].clone())[0]
+            keys = list(corrupt_acts)
+            grads = torch.autograd.grad(value, [corrupt_acts[k] for k in keys], allow_unused=True)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
     products = {}
     for key, g in zip(keys, grads, strict=True):
         diff = (clean_acts[key][0] - corrupt_acts[key][0]).detach()
         products[key] = diff * (g[0] if g is not None else torch.zeros_like(diff))
     with torch.no_grad():
-        baselines = metric(logits, clean_logits[0]).float()
+        baselines = metric(logits, clean_logits[0].clone()).float()
     return products, baselines

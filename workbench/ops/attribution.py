@@ -38,7 +38,7 @@ def _trace(model: Model, batch: torch.Tensor, sites: list[str], bound) -> tuple[
             embedded.requires_grad_(True)
         acts = [read(*ref) for ref in refs]
         logits = nn.output.logits[:, -1].float()
-        values = bound(logits, logits[0])
+        values = bound(logits.clone(), logits[0].clone())  # the metric may edit them
         baselines = values.detach().save()
         diffs = [(a[0] - a[1]).detach() for a in acts]
         grads = [None] * len(acts)
