@@ -437,6 +437,22 @@ def _load_gguf_cached(path: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, 
     return hf, tok, folder
 
 
+def warm_default_cache(dtype: str | torch.dtype | None = None) -> Path | None:
+    """Build the embedded model's cache entry if it is missing, without keeping a model (for `make demo`,
+    which runs this in a child process). Returns the entry's folder (None if the cache is not writable)."""
+    path, torch_dtype = default_gguf_path(), _dtype(dtype)
+    _check_gguf_header(path)
+    key = _cache_key(file_sha256(path), torch_dtype)
+    for folder in [cache_dir() / f"{path.stem}-{key}", *sorted(cache_dir().glob(f"*-{key}"))]:
+        if _entry_is_complete(folder, key):
+            with contextlib.suppress(OSError):
+                os.utime(folder / "workbench.json")  # last use, for eviction
+            return folder
+    hf, tok, folder = _load_gguf_cached(path, torch_dtype)
+    del hf, tok
+    return folder
+
+
 # --- hub ids and local folders ------------------------------------------------------------------------
 
 _REPO_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*")
