@@ -66,7 +66,7 @@ _DTYPE_HELP = "float32, float16, bfloat16 (a string such as 'bfloat16', or torch
 
 
 def _dtype(dtype: object) -> torch.dtype:
-    """The weights' dtype, checked before any work: a floating dtype torch can run, named by string or torch dtype."""
+    """The weights' dtype, checked before any work: float32/16 or bfloat16, by name or as a torch dtype."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
@@ -208,8 +208,9 @@ def file_sha256(path: Path) -> str:
     index_path = cache_dir() / _HASH_INDEX
     try:
         index = json.loads(index_path.read_text())
-        assert isinstance(index, dict)
-    except (OSError, ValueError, AssertionError):
+    except (OSError, ValueError):
+        index = {}
+    if not isinstance(index, dict):
         index = {}
     entry = index.get(sig[0])
     if isinstance(entry, dict) and entry.get("sig") == list(sig) and isinstance(entry.get("sha256"), str):
@@ -316,9 +317,8 @@ def evict(keep: int | None = None, protect: Path | None = None) -> list[Path]:
         marker = _read_marker(child)
         if marker is None or (protect is not None and child == protect):
             continue
-        if (
-            marker.get("format") != CACHE_FORMAT
-        ):  # written by an older Workbench, keyed by path: never hit again
+        fmt = marker.get("format")
+        if not isinstance(fmt, int) or fmt < CACHE_FORMAT:  # an older Workbench's entry: never hit again
             shutil.rmtree(child, ignore_errors=True)
             removed.append(child)
             continue
@@ -479,9 +479,9 @@ def _no_such_folder(source: str, path: Path) -> ModelLoadError:
             f"{source.split('/', 1)[0]!r} in {Path.cwd()} takes precedence; run from another directory)"
         )
     return ModelLoadError(
-        f"No such folder: {path.absolute()} ({parent} exists but has no {missing}){shadow}. Check the path: a model folder "
-        "is what save_pretrained writes (config.json, the weights and the tokenizer files); a GGUF file ends "
-        "in .gguf."
+        f"No such folder: {path.absolute()} ({parent} exists but has no {missing}){shadow}. Check the path: "
+        "a model folder is what save_pretrained writes (config.json, the weights and the tokenizer files); "
+        "a GGUF file ends in .gguf."
     )
 
 
