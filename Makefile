@@ -8,6 +8,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.workbench-installed
 PORT ?= 8888
+DEMO_DIR ?=
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint js js-test browser-deps bench bench-remote install clean ndif-test
@@ -37,8 +38,9 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# The demo serves a working copy of notebooks/ (workspace/, or DEMO_DIR); the tracked notebooks are never opened.
 demo: install
-	$(PY) -m workbench.demo --port $(PORT)
+	$(PY) -m workbench.demo --port $(PORT) $(if $(DEMO_DIR),--dir "$(DEMO_DIR)")
 
 test: install browser-deps lint js-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
