@@ -245,6 +245,7 @@ def test_other_threads_during_a_sweep(family):
     x = torch.randn(4, model.d_model)
     with torch.no_grad():
         want_head = head(x).clone()
+    want_vector = wb.steering_vector(model, CLEAN, CORRUPT, layer=1)
     with F.disabled():
         alone = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="head", by_position=True)
     checks: dict = {}
@@ -259,6 +260,8 @@ def test_other_threads_during_a_sweep(family):
         checks["forward"] = (fwd_thread, fwd_box, fwd_thread.is_alive())
         trace_thread, trace_box = _in_thread(lambda: _trace_logits(model, ids), 0.5)
         checks["trace"] = (trace_thread, trace_box, trace_thread.is_alive())
+        vec_thread, vec_box = _in_thread(lambda: wb.steering_vector(model, CLEAN, CORRUPT, layer=1), 0.5)
+        checks["steering_vector"] = (vec_thread, vec_box, vec_thread.is_alive())
 
     swept = wb.patch_sweep(
         model, CLEAN, CORRUPT, metric=metric(), site="head", by_position=True, progress=progress
@@ -266,12 +269,12 @@ def test_other_threads_during_a_sweep(family):
     alive, box = checks["submodule"]
     assert not alive and "error" not in box, box
     assert_close(box["value"], want_head, 1e-5, "a direct submodule call from another thread")
-    for what in ("forward", "trace"):
+    for what, want in (("forward", want_logits), ("trace", want_logits), ("steering_vector", want_vector)):
         thread, result, was_waiting = checks[what]
         assert was_waiting, f"the other thread's {what} did not wait for the running sweep"
         thread.join(60)
         assert not thread.is_alive() and "error" not in result, (what, result)
-        assert_close(result["value"], want_logits, 1e-5, f"another thread's {what}")
+        assert_close(result["value"], want, 1e-5, f"another thread's {what}")
     assert_close(swept.values, alone.values, ATOL, "the sweep that ran beside other threads")
     later = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="head", by_position=True)
     assert_close(later.values, alone.values, ATOL, "a later sweep")
