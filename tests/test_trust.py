@@ -375,3 +375,32 @@ def test_failed_baseline_leaves_no_cache_entry():
         want = _patch(model, site="resid_pre", layer=1, position=2)
     assert abs(float(got2) - float(want)) <= ATOL
     assert np.isfinite(float(got))
+
+
+def test_interrupts_leave_the_model_usable():
+    """A KeyboardInterrupt (the kernel's interrupt) inside a user's forward or inside a sweep releases the
+    model: nothing stays swapped or hooked, and another thread's op runs and is exact."""
+    from workbench.ops._model_key import structure_key
+
+    model = tiny_model("llama", seed=8)
+    with F.disabled():
+        want = _patch(model, site="resid_pre", layer=1, position=2)
+    before = structure_key(model)
+
+    def interrupt(_m, _a, _o):
+        raise KeyboardInterrupt
+
+    handle = model.hf.model.layers[0].register_forward_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        model.hf(model.to_tokens(CLEAN))
+    handle.remove()
+
+    def stop(_fraction, _message):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="head", by_position=True, progress=stop)
+    assert structure_key(model) == before, "a forward or hook was left behind"
+    op, box = _in_thread(lambda: _patch(model, site="resid_pre", layer=1, position=2), 60)
+    assert not op.is_alive(), "the model stayed locked after an interrupt"
+    assert "error" not in box and abs(float(box["value"]) - float(want)) <= ATOL

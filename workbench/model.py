@@ -252,13 +252,23 @@ _LOCKS: weakref.WeakKeyDictionary[torch.nn.Module, threading.RLock] = weakref.We
 def _serialise_calls(hf: torch.nn.Module, lock: threading.RLock) -> None:
     """Whole-model calls from any thread (`model.hf(...)`, `generate`, nnsight traces) hold `lock`, the
     lock every op holds: nnsight's interleaver and the fast paths' module swaps belong to the model, not
-    to a thread, so a user's own forward while a view computes waits for it instead of corrupting both."""
+    to a thread, so a user's own forward while a view computes waits for it instead of corrupting both.
+
+    The model's class becomes a same-named subclass whose `__call__` holds the lock in a `with` block
+    (released whatever ends the call, a KeyboardInterrupt included, which forward hooks are not)."""
     if hf in _LOCKS:
         return
     _LOCKS[hf] = lock
-    depth = threading.local()
+    hf.__class__ = _locked_class(type(hf))
+    _lock_nnsight()
 
-    def enter(_module: Any, _args: Any) -> None:
+
+@functools.cache
+def _locked_class(cls: type) -> type:
+    def __call__(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        lock = _LOCKS.get(self)
+        if lock is None:  # a copy of a wrapped model: nobody else shares it
+            return cls.__call__(self, *args, **kwargs)
         if not lock.acquire(blocking=False):
             print(
                 "Workbench: this model is busy with a view's computation; waiting for it to finish "
@@ -266,16 +276,17 @@ def _serialise_calls(hf: torch.nn.Module, lock: threading.RLock) -> None:
                 file=sys.stderr,
             )
             lock.acquire()
-        depth.n = getattr(depth, "n", 0) + 1
-
-    def leave(_module: Any, _args: Any, _out: Any) -> None:
-        if getattr(depth, "n", 0):
-            depth.n -= 1
+        try:
+            return cls.__call__(self, *args, **kwargs)
+        finally:
             lock.release()
 
-    hf.register_forward_pre_hook(enter, prepend=True)
-    hf.register_forward_hook(leave, always_call=True)
-    _lock_nnsight()
+    # Same names, so saved configs (`architectures`) and reprs are unchanged.
+    return type(
+        cls.__name__,
+        (cls,),
+        {"__call__": __call__, "__module__": cls.__module__, "__qualname__": cls.__qualname__},
+    )
 
 
 @functools.cache
