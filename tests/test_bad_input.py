@@ -528,3 +528,24 @@ def test_steer_reports_the_residual_norm(model):
     assert out.added_norm == pytest.approx(0.5 * float(vec.norm()), rel=1e-5)
     assert out.relative == pytest.approx(out.added_norm / out.resid_norm)
     assert f"{out.relative:.4g}x" in repr(out)
+
+
+@pytest.mark.parametrize("fast", ["1", "0"])
+def test_metric_checks_on_fast_and_traced_paths(model, monkeypatch, fast):
+    monkeypatch.setenv("WORKBENCH_FAST", fast)
+    t, f = model.token_id(TARGET), model.token_id(FOIL)
+    own = wb.attribution_patch(model, CLEAN, CORRUPT, metric=lambda logits: logits[:, t] - logits[:, f])
+    builtin = wb.attribution_patch(model, CLEAN, CORRUPT, metric=metric())
+    assert_close(own.values, builtin.values, what=f"custom differentiable metric, WORKBENCH_FAST={fast}")
+    raises(
+        lambda: wb.attribution_patch(model, CLEAN, CORRUPT, metric=NOT_DIFFERENTIABLE["argmax"]),
+        "differentiable",
+    )
+    for fn in (BAD_METRICS["none"], BAD_METRICS["raises"]):
+        raises(lambda fn=fn: wb.patch_sweep(model, CLEAN, CORRUPT, metric=fn, site="attn_out"), "metric")
+        raises(lambda fn=fn: wb.attribution_patch(model, CLEAN, CORRUPT, metric=fn), "metric")
+    still_works(model)
+
+
+def test_a_token_string_as_metric_names_the_fix(model):
+    raises(lambda: wb.patch_sweep(model, CLEAN, CORRUPT, metric=TARGET), "wb.prob")

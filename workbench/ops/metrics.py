@@ -205,7 +205,13 @@ def as_metric(metric: Metric | Callable[[torch.Tensor], Any] | None) -> Metric:
         return metric
     if callable(metric):
         return CustomMetric(metric)
+    if isinstance(metric, str):
+        raise WorkbenchError(
+            f"metric= takes a metric, not a token: for the probability of {metric!r} use "
+            f"metric=wb.prob({metric!r}); against a foil, wb.logit_diff({metric!r}, foil)."
+        )
+    got = "metric is required" if metric is None else f"metric= must be a metric, got {type(metric).__name__}"
     raise WorkbenchError(
-        "metric is required: wb.logit_diff(' Paris', ' Rome'), wb.prob(' Paris'), wb.logprob(tok), "
+        f"{got}: wb.logit_diff(' Paris', ' Rome'), wb.prob(' Paris'), wb.logprob(tok), "
         "or any callable(logits [B, V]) -> [B]."
     )

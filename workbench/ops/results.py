@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import WorkbenchError
+from ..validate import as_int
 
 # Results pickle: `_code` (a closure over the live model) is replaced by the code it returns, and whatever
 # needs the model (LensResult's lazy token statistics) is dropped, so `to_code()` works after unpickling.
@@ -241,7 +242,7 @@ class LensResult:
 
     def _stats(self, token: str | int) -> tuple[np.ndarray, np.ndarray]:
         if self._token_id is None:  # unpickled: no model to ask
-            tid = self._names.get(token) if isinstance(token, str) else int(token)
+            tid = self._names.get(token) if isinstance(token, str) else as_int(token, "A token id")
             if tid not in self._token_stats:
                 known = sorted(self._names, key=str) or sorted(self._token_stats)
                 raise WorkbenchError(
