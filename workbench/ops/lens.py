@@ -24,7 +24,13 @@ from .results import LensResult
 
 @dataclass(frozen=True)
 class Intervention:
-    """An edit applied during a run: patch from `source` (the clean prompt), or ablate (zero/mean/resample)."""
+    """An edit applied during a `logit_lens` run: patch from `source` (the clean prompt), or ablate.
+
+    `wb.logit_lens(model, corrupt, intervention=wb.Intervention("resid_pre", 10, position=3, source=clean))`
+    is the lens of the corrupt run with the clean activation at resid_pre[10], position 3. kind="zero" /
+    "mean" ablate (no source), kind="resample" copies from `source` (a reference prompt of the same length).
+    This describes an edit; a result such as `wb.patch(...)`'s Value is not one.
+    """
 
     site: str
     layer: int
@@ -162,8 +168,9 @@ def logit_lens(
 ) -> LensResult:
     """Top-k, entropy and KL-to-final of every layer's resid_post decoded by the final norm + unembedding.
 
-    Row l is resid_post[l]; the last row is the model's own output. `tokens` are followed through the
-    layers up front (`.prob(tok)`, `.rank(tok)`); other tokens are computed on first request.
+    Row l is resid_post[l]; the last row is the model's own output. `tokens` (a token, or a list of tokens
+    as text or ids) are followed through the layers up front (`.prob(tok)`, `.rank(tok)`); other tokens are
+    computed on first request. `intervention` (a `wb.Intervention`) edits the run that is decoded.
     """
     top_k = check_top_k(model, top_k, lo=1)
     check_cancel(cancel)
