@@ -549,3 +549,118 @@ def test_metric_checks_on_fast_and_traced_paths(model, monkeypatch, fast):
 
 def test_a_token_string_as_metric_names_the_fix(model):
     raises(lambda: wb.patch_sweep(model, CLEAN, CORRUPT, metric=TARGET), "wb.prob")
+
+
+# =============================================================================================
+# Property tests: any value is either accepted as what it means or refused with a WorkbenchError
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ANY_VALUE = st.one_of(
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=4),
+    st.none(),
+    st.lists(st.integers(-3, 3), max_size=3),
+    st.integers(-5, 40).map(np.int64),
+    st.integers(-5, 40).map(lambda i: torch.tensor(i)),
+    st.floats(-5, 5).map(np.float32),
+    st.floats(-5, 5).map(torch.tensor),
+    st.booleans().map(np.bool_),
+    st.complex_numbers(max_magnitude=3),
+)
+PROPERTY = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def _integer(value):
+    """The int a value stands for, or None when it is not an integer index."""
+    if isinstance(value, bool | np.bool_ | float | np.floating | complex | str | list):
+        return None
+    if isinstance(value, torch.Tensor):
+        return None if value.dtype.is_floating_point or value.dtype == torch.bool else int(value)
+    return int(value) if isinstance(value, int | np.integer) else None
+
+
+@PROPERTY
+@given(layer=ANY_VALUE, position=ANY_VALUE)
+def test_any_layer_and_position_is_accepted_or_a_site_error(model, layer, position):
+    n = model.to_tokens(CORRUPT).shape[1]
+    want_layer, want_pos = _integer(layer), _integer(position)
+    ok = (
+        want_layer is not None
+        and 0 <= want_layer < model.n_layers
+        and want_pos is not None
+        and -n <= want_pos < n
+    )
+    try:
+        v = wb.patch(model, CLEAN, CORRUPT, metric=metric(), layer=layer, position=position, top_k=0)
+    except wb.SiteError as err:
+        assert not ok, f"refused a valid cell ({layer!r}, {position!r}): {err}"
+        return
+    assert ok, f"accepted layer={layer!r}, position={position!r}"
+    assert v.options["layer"] == want_layer and v.options["position"] == want_pos % n
+
+
+@PROPERTY
+@given(token=ANY_VALUE)
+def test_any_token_id_is_accepted_or_a_tokenization_error(model, token):
+    want = _integer(token)
+    try:
+        tid = model.token_id(token)
+    except wb.TokenizationError:
+        assert want is None or not 0 <= want < model.vocab_size or isinstance(token, str)
+        return
+    if isinstance(token, str):
+        assert len(model.tokenizer(token, add_special_tokens=False).input_ids) == 1
+    else:
+        assert tid == want and type(tid) is int
+
+
+@PROPERTY
+@given(
+    out=st.one_of(
+        ANY_VALUE,
+        st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+        st.tuples(st.integers(1, 4), st.integers(1, 4)).map(lambda s: torch.randn(*s)),
+        st.sampled_from([torch.float16, torch.int32, torch.bool, torch.complex64]).map(
+            lambda d: torch.ones(3, dtype=d)
+        ),
+    )
+)
+def test_any_metric_return_is_used_or_a_workbench_error(model, out):
+    try:
+        sweep = wb.patch_sweep(model, CLEAN, CORRUPT, metric=lambda logits: out, site="mlp_out")
+    except wb.WorkbenchError:
+        return
+    assert sweep.values.shape == (model.n_layers, model.to_tokens(CORRUPT).shape[1])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    key=st.text(st.sampled_from("abcdefghijklmnopqrstuvwxyz0123456789-_"), min_size=16, max_size=40),
+    start=st.integers(0, 40),
+    length=st.integers(6, 40),
+    upper=st.booleans(),
+    before=st.text(st.sampled_from(" :=/?&\"'"), max_size=3),
+)
+def test_redaction_hides_any_echo_of_six_or_more_key_characters(key, start, length, upper, before):
+    import nnsight
+
+    from workbench.remote import redact
+
+    old = getattr(nnsight.CONFIG.API, "APIKEY", None)
+    nnsight.CONFIG.API.APIKEY = key
+    try:
+        piece = key[start : start + length]
+        if len(piece) < 6:
+            piece = key[:length]
+        echo = piece.upper() if upper else piece
+        text = redact(f"error{before}{echo}{before}end")
+    finally:
+        nnsight.CONFIG.API.APIKEY = old
+    low = text.lower()
+    assert not any(key[i : i + 6] in low for i in range(len(key) - 5)), (key, echo, text)
