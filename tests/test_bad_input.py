@@ -478,6 +478,17 @@ def test_reprs_are_short_and_say_what_the_result_is(model):
         results["attention"]
     ).replace(" ", "")
     assert "residual norm" in repr(results["steer"])
+    newlines = wb.SteerResult(
+        "\n\n\n",
+        baseline=" and then",
+        tokens=[5, 5, 5],
+        resid_norm=10.0,
+        added_norm=30.0,
+        relative=3.0,
+        options=dict(layer=4, scale=8.0),
+        _code=lambda: "",
+    )
+    assert "only whitespace" in repr(newlines) and "3x" in repr(newlines)
     # big results stay short: a 30-layer sweep printed whole was 5,400 characters
     big = wb.SweepResult(
         values=np.random.default_rng(0).normal(size=(30, 40)).astype(np.float32),

@@ -146,8 +146,8 @@ class SteerResult(str):
             lines.append(f"  baseline: {_short(self.baseline, 90)}")
         if not str(self).strip() and n:
             lines.append(
-                "  the steered text is only whitespace: the push is too strong to leave language; "
-                "try a smaller scale (a relative size of 0.1-0.5 is a usual start)"
+                "  the steered text is only whitespace: the push is so strong that no language is left; "
+                "try a smaller scale (a push well below 1x the residual norm)"
             )
         return "\n".join(lines)
 

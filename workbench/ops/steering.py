@@ -127,8 +127,9 @@ def steer(
     (positive, negative) prompt pair (see `steering_vector`). `scale` multiplies the vector as given. How
     strong that is depends on the residual stream's size at that layer, so the result reports it:
     `.resid_norm` is the median norm of resid_pre[layer] over the prompt's positions, `.added_norm` the
-    norm of `scale * vector` and `.relative` their ratio (shown in the repr). Around 0.1-0.5 the text
-    usually drifts towards the concept; above ~1 the vector tends to overwrite it (repetition, newlines).
+    norm of `scale * vector` and `.relative` their ratio (shown in the repr). A push well below 1x usually
+    turns the text towards the concept (0.4x in notebooks/06_steering.ipynb); near 1x and above the vector
+    tends to overwrite it (repetition, only newlines).
     The result is the generated text; `.baseline` is the unsteered continuation.
     """
     layer = model.check_layer(layer)
