@@ -384,6 +384,7 @@ def test_to_code_is_valid_python_for_numpy_typed_input(model):
     results["steer_on_result"] = wb.steer(
         model, steered, vector=vec, layer=1, scale=np.float32(0.5), max_new_tokens=2
     )
+    assert type(results["ablate_sweep"].options["by_position"]) is bool
     for name, r in results.items():
         code = r.to_code()
         compile(code, f"<{name}>", "exec")

@@ -12,6 +12,7 @@ from .. import codegen
 from ..errors import WorkbenchError
 from ..model import Model
 from ..remote import job_status
+from ..validate import as_bool
 from ._engine import BatchOutput, Cell, Progress, check_cancel, collect, run_batch
 from .metrics import as_metric
 from .patching import MetricLike, check_cell, check_top_k, pair_tokens, prediction, sweep_axes, sweep_cells
@@ -175,6 +176,7 @@ def ablate_sweep(
     """
     m = as_metric(metric)
     ids = model.to_tokens(prompt)
+    by_position = as_bool(by_position, "by_position")
     cells, shape = sweep_cells(model, site, ids.shape[1], by_position)
     bound = m.bind(model)
     with model.lock, job_status(model, progress, cancel):

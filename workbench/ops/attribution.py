@@ -79,7 +79,7 @@ def attribution_patch(
     for s in sites:
         model.check_site(s)
     sites = list(dict.fromkeys(sites))  # a site listed twice is computed once
-    as_bool(by_position, "by_position")
+    by_position = as_bool(by_position, "by_position")
     ordered = [s for s in _ORDER if s in sites]
     bound = m.bind(model)
     check_cancel(cancel)

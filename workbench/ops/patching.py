@@ -200,6 +200,7 @@ def patch_sweep(
     """Patch every (layer, position) — or (layer, head), or (layer, position, head) — in batched forwards."""
     m = as_metric(metric)
     c, k = pair_tokens(model, clean, corrupt)
+    by_position = as_bool(by_position, "by_position")
     cells, shape = sweep_cells(model, site, k.shape[1], by_position)
     bound = m.bind(model)
     with model.lock, job_status(model, progress, cancel):
