@@ -3,6 +3,7 @@
 from .errors import (
     CancelledError,
     ModelLoadError,
+    RemoteError,
     SiteError,
     TokenizationError,
     UnsupportedModelError,
@@ -49,6 +50,7 @@ __all__ = [
     "Metric",
     "Model",
     "ModelLoadError",
+    "RemoteError",
     "SiteError",
     "SteerResult",
     "SweepResult",

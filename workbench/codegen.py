@@ -6,13 +6,56 @@ model's own modules, so it teaches what the op does.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .model import Model
+
+
+def plain(value: Any) -> Any:
+    """`value` with numpy/torch scalars as Python numbers and str subclasses as str, recursively."""
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value)
+    if isinstance(value, torch.Tensor | np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, dict):
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(plain(v) for v in value)
+    if isinstance(value, list | range):
+        return [plain(v) for v in value]
+    raise TypeError(f"cannot write {type(value).__name__} as a Python literal")
+
+
+def lit(value: Any) -> str:
+    """A Python literal of `value` that runs as written: `float('nan')`, never `nan` or `np.float64(...)`."""
+    value = plain(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "float('nan')"
+        if math.isinf(value):
+            return "float('inf')" if value > 0 else "float('-inf')"
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(lit(v) for v in value) + "]"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(lit(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{lit(k)}: {lit(v)}" for k, v in value.items()) + "}"
+    return repr(value)
 
 
 def _load(model: Model) -> str:
@@ -35,7 +78,7 @@ def _load(model: Model) -> str:
                 f"gguf = Path(next(iter(package.submodule_search_locations))) / {DEFAULT_GGUF!r}\n"
             )
         else:
-            where = f"gguf = Path({info['gguf']!r})\n"
+            where = f"gguf = Path({lit(str(info['gguf']))})\n"
         return head + (
             "from pathlib import Path\n"
             "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
@@ -98,7 +141,7 @@ def _patch_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
     src_expr = _site_expr(model, o["site"], src_layer)
     src = src_expr + _index(o["site"], src_pos, o["head"], "0", model.d_head)
     body = (
-        f"clean, corrupt = {o['clean']!r}, {o['corrupt']!r}\n"
+        f"clean, corrupt = {lit(o['clean'])}, {lit(o['corrupt'])}\n"
         + metric.code(model)
         + "ids = model.tokenizer([clean, corrupt], return_tensors='pt').input_ids  # same length\n"
     )
@@ -130,7 +173,7 @@ def _sweep_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
     site, by_pos = o["site"], o["by_position"]
     d = model.d_head
     body = (
-        f"clean, corrupt = {o['clean']!r}, {o['corrupt']!r}\n"
+        f"clean, corrupt = {lit(o['clean'])}, {lit(o['corrupt'])}\n"
         + metric.code(model)
         + "ids = model.tokenizer([clean, corrupt], return_tensors='pt').input_ids\n"
         f"L, T, H = {model.n_layers}, ids.shape[1], {model.n_heads}\n"
@@ -170,7 +213,7 @@ def _ablate_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
     refs = [] if refs is None else [refs] if isinstance(refs, str) else list(refs)
     expr = _site_expr(model, site, 0).replace(f"{model.arch.layers}[0]", f"{model.arch.layers}[l]")
     if o["op"] == "ablate":
-        cells = f"[({o['layer']}, {o['position']!r}, {o['head']!r})]"
+        cells = f"[({lit(o['layer'])}, {lit(o['position'])}, {lit(o['head'])})]"
         finish = "result = float(values[2])  # the ablated run; values[1] is the unablated one\n"
     else:
         if site != "head":
@@ -184,8 +227,8 @@ def _ablate_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
     view = f"            x = x.view(x.shape[0], T, H, {model.d_head})\n" if site == "head" else ""
     return (
         _load(model)
-        + f"prompt, method = {o['prompt']!r}, {method!r}\n"
-        + f"references = {refs!r}  # mean: average over these prompts' tokens; resample: copy from each\n"
+        + f"prompt, method = {lit(o['prompt'])}, {lit(method)}\n"
+        + f"references = {lit(refs)}  # mean: average over these prompts' tokens; resample: copy from each\n"
         + metric.code(model)
         + "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
         f"L, T, H = {model.n_layers}, ids.shape[1], {model.n_heads}\n"
@@ -232,7 +275,7 @@ def _lens_code(model: Model, o: dict[str, Any]) -> str:
     cap = model.logit_softcap
     soft = f"        logits = torch.tanh(logits / {cap}) * {cap}\n" if cap else ""
     return (
-        _load(model) + f"prompt = {o['prompt']!r}\n"
+        _load(model) + f"prompt = {lit(o['prompt'])}\n"
         "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
         + (
             "# (this lens ran with an intervention; the code below is the plain lens)\n"
@@ -244,7 +287,7 @@ def _lens_code(model: Model, o: dict[str, Any]) -> str:
         f"    for layer in model.{model.arch.layers}:\n"
         f"        logits = {unembed}({norm}(layer.output[0]))\n"
         + soft
-        + f"        top = torch.softmax(logits, -1).topk({o['top_k']}, dim=-1)\n"
+        + f"        top = torch.softmax(logits, -1).topk({lit(o['top_k'])}, dim=-1)\n"
         "        top_ids.append(top.indices)\n"
         "        top_probs.append(top.values)\n"
         "    top_ids, top_probs = torch.stack(top_ids).save(), torch.stack(top_probs).save()\n"
@@ -255,10 +298,10 @@ def _lens_code(model: Model, o: dict[str, Any]) -> str:
 def _attention_code(model: Model, o: dict[str, Any]) -> str:
     layers, attn = model.arch.layers, model.arch.attn
     wanted = o.get("layers")
-    chosen = f"{sorted(set(wanted))!r}" if wanted is not None else f"range({model.n_layers})"
+    chosen = lit(sorted(set(wanted))) if wanted is not None else f"range({model.n_layers})"
     return (
         _load(model) + "import sys\n"
-        f"ids = model.tokenizer({o['prompt']!r}, return_tensors='pt').input_ids\n"
+        f"ids = model.tokenizer({lit(o['prompt'])}, return_tensors='pt').input_ids\n"
         "# Recompute the probabilities from the attention function's inputs with the family's eager code\n"
         "# (exact whatever attention implementation runs; SDPA itself returns no weights).\n"
         f"eager = sys.modules[type(model.{layers}[0].{attn}._module).__module__].eager_attention_forward\n"
@@ -289,7 +332,7 @@ def _attribution_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
     )
     return (
         _load(model)
-        + f"clean, corrupt = {o['clean']!r}, {o['corrupt']!r}\n"
+        + f"clean, corrupt = {lit(o['clean'])}, {lit(o['corrupt'])}\n"
         + metric.code(model)
         + "ids = model.tokenizer([clean, corrupt], return_tensors='pt').input_ids\n"
         f"L = {model.n_layers}\n"
@@ -310,11 +353,11 @@ def _attribution_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
 
 def _steer_code(model: Model, o: dict[str, Any], vec: torch.Tensor) -> str:
     return (
-        _load(model) + f"prompt, layer, scale = {o['prompt']!r}, {o['layer']}, {o['scale']!r}\n"
-        f"vector = torch.tensor({[float(v) for v in vec.tolist()]})\n"
+        _load(model) + f"prompt, layer, scale = {lit(o['prompt'])}, {lit(o['layer'])}, {lit(o['scale'])}\n"
+        f"vector = torch.tensor({lit([float(v) for v in vec.tolist()])})\n"
         "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
-        f"with torch.no_grad(), model.generate(ids, max_new_tokens={o['max_new_tokens']}, do_sample=False) as tracer:\n"
-        f"    for _ in tracer.iter[:{o['max_new_tokens']}]:\n"
+        f"with torch.no_grad(), model.generate(ids, max_new_tokens={lit(o['max_new_tokens'])}, do_sample=False) as tracer:\n"
+        f"    for _ in tracer.iter[:{lit(o['max_new_tokens'])}]:\n"
         f"        model.{model.arch.layers}[layer].input += scale * vector\n"
         "    out = tracer.result.save()\n"
         "result = model.tokenizer.decode(out[0, ids.shape[1]:])\n"
@@ -322,28 +365,28 @@ def _steer_code(model: Model, o: dict[str, Any], vec: torch.Tensor) -> str:
 
 
 def patch_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
-    return _remote(model, _patch_code(model, metric, o))
+    return _remote(model, _patch_code(model, metric, plain(o)))
 
 
 def sweep_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
-    return _remote(model, _sweep_code(model, metric, o))
+    return _remote(model, _sweep_code(model, metric, plain(o)))
 
 
 def ablate_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
-    return _remote(model, _ablate_code(model, metric, o))
+    return _remote(model, _ablate_code(model, metric, plain(o)))
 
 
 def lens_code(model: Model, o: dict[str, Any]) -> str:
-    return _remote(model, _lens_code(model, o))
+    return _remote(model, _lens_code(model, plain(o)))
 
 
 def attention_code(model: Model, o: dict[str, Any]) -> str:
-    return _remote(model, _attention_code(model, o))
+    return _remote(model, _attention_code(model, plain(o)))
 
 
 def attribution_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
-    return _remote(model, _attribution_code(model, metric, o))
+    return _remote(model, _attribution_code(model, metric, plain(o)))
 
 
 def steer_code(model: Model, o: dict[str, Any], vec: torch.Tensor) -> str:
-    return _remote(model, _steer_code(model, o, vec))
+    return _remote(model, _steer_code(model, plain(o), vec))

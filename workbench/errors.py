@@ -25,3 +25,19 @@ class ModelLoadError(WorkbenchError):
 
 class CancelledError(WorkbenchError):
     """A long computation was cancelled by the user; nothing was changed."""
+
+
+class RemoteError(WorkbenchError):
+    """A remote (NDIF) request failed; the message says why, without the API key.
+
+    It is raised `from None`, and it reports no `__context__`: the raw transport error (which may echo the
+    key) is not chained to it.
+    """
+
+    @property  # type: ignore[override]
+    def __context__(self) -> None:
+        return None
+
+    @__context__.setter
+    def __context__(self, value: BaseException | None) -> None:
+        pass

@@ -19,6 +19,7 @@ import torch
 
 from .architectures import Arch, arch_for
 from .errors import SiteError, TokenizationError, WorkbenchError
+from .validate import as_int, check_text
 
 SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head")
 
@@ -116,8 +117,7 @@ class Model:
     # ---------------------------------------------------------------- tokens
     def to_tokens(self, text: str, *, what: str = "prompt") -> torch.Tensor:
         """Token ids [1, T] of `text` as the model sees them (BOS included when the tokenizer adds one)."""
-        if not isinstance(text, str):
-            raise TokenizationError(f"The {what} must be a string, got {type(text).__name__}.")
+        check_text(text, what)
         if not text.strip():
             raise TokenizationError(f"The {what} is empty: give it some text, e.g. 'The Eiffel Tower is in'.")
         ids = self.tokenizer(text, return_tensors="pt").input_ids
@@ -141,14 +141,21 @@ class Model:
 
     def token_id(self, token: str | int) -> int:
         """The id of a token given as text (must be exactly one token, e.g. ' Paris') or as an id."""
-        if isinstance(token, int):
+        if not isinstance(token, str):
+            token = as_int(
+                token,
+                "A token id",
+                error=TokenizationError,
+                hint=" Give a token as text (e.g. ' Paris') or as an integer id.",
+            )
             if not 0 <= token < self.vocab_size:
                 raise TokenizationError(
                     f"Token id {token} is outside the vocabulary (0..{self.vocab_size - 1})."
                 )
             return token
-        if not isinstance(token, str) or token == "":
-            raise TokenizationError(f"A metric token must be a non-empty string or an id, got {token!r}.")
+        check_text(token, "token")
+        if token == "":
+            raise TokenizationError("A token must be a non-empty string (e.g. ' Paris') or an id, got ''.")
         ids = self.tokenizer(token, add_special_tokens=False).input_ids
         if len(ids) != 1:
             pieces = self.str_tokens(ids)
@@ -161,28 +168,29 @@ class Model:
 
     # ---------------------------------------------------------------- validation
     def check_site(self, site: str) -> str:
-        if site not in SITES:
+        if not isinstance(site, str) or site not in SITES:
             raise SiteError(f"Unknown site {site!r}. Sites: {', '.join(SITES)}.")
         return site
 
-    def check_layer(self, layer: int) -> int:
-        if not isinstance(layer, int) or isinstance(layer, bool):
-            raise SiteError(f"layer must be an integer 0..{self.n_layers - 1}, got {layer!r}.")
+    def check_layer(self, layer: int, what: str = "layer") -> int:
+        layer = as_int(layer, what, error=SiteError, hint=f" This model has layers 0..{self.n_layers - 1}.")
         if not 0 <= layer < self.n_layers:
-            raise SiteError(f"layer {layer} is out of range: this model has layers 0..{self.n_layers - 1}.")
+            raise SiteError(f"{what} {layer} is out of range: this model has layers 0..{self.n_layers - 1}.")
         return layer
 
     def check_head(self, head: int) -> int:
-        if not isinstance(head, int) or not 0 <= head < self.n_heads:
+        head = as_int(head, "head", error=SiteError, hint=f" This model has heads 0..{self.n_heads - 1}.")
+        if not 0 <= head < self.n_heads:
             raise SiteError(f"head {head!r} is out of range: this model has heads 0..{self.n_heads - 1}.")
         return head
 
     @staticmethod
-    def check_position(position: int, n_tokens: int) -> int:
+    def check_position(position: int, n_tokens: int, what: str = "position") -> int:
         """A position 0..T-1 (negative counts from the right, like Python)."""
-        if not isinstance(position, int) or not -n_tokens <= position < n_tokens:
+        position = as_int(position, what, error=SiteError, hint=f" The prompt has {n_tokens} tokens.")
+        if not -n_tokens <= position < n_tokens:
             raise SiteError(
-                f"position {position!r} is out of range: the prompt has {n_tokens} tokens (0..{n_tokens - 1})."
+                f"{what} {position!r} is out of range: the prompt has {n_tokens} tokens (0..{n_tokens - 1})."
             )
         return position % n_tokens
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import CancelledError, ModelLoadError, WorkbenchError
+from .errors import CancelledError, ModelLoadError, RemoteError, WorkbenchError
 from .model import Model
 
 
@@ -51,10 +51,61 @@ def _api_key() -> str | None:
     return key
 
 
+_MIN_ECHO = 6  # a run of this many of the key's characters (any case) counts as an echo of the key
+
+
 def redact(text: str) -> str:
-    """`text` with the configured API key (if any) replaced, for error messages and logs."""
+    """`text` with the configured API key (if any) replaced, for error messages and logs.
+
+    Servers and proxies echo keys in other forms than the exact one: upper- or lower-cased, or only a prefix
+    ("key sk-abc123... rejected"). Any run of at least 6 consecutive characters of the key, in any case,
+    is replaced, so a partial or re-cased echo is hidden too.
+    """
     key = _api_key()
-    return text.replace(key, "<api key>") if key else text
+    text = str(text)
+    if not key:
+        return text
+    key_l, low = str(key).lower(), text.lower()
+    n = min(_MIN_ECHO, len(key_l))
+    pieces = {key_l[i : i + n] for i in range(len(key_l) - n + 1)}
+    hidden = [False] * len(text)
+    for i in range(len(low) - n + 1):
+        if low[i : i + n] in pieces:
+            hidden[i : i + n] = [True] * n
+    if len(low) != len(text) or not any(hidden):  # lower() changed the length (rare scripts): exact only
+        return text.replace(key, "<api key>") if len(low) != len(text) else text
+    out, i = [], 0
+    while i < len(text):
+        if hidden[i]:
+            while i < len(text) and hidden[i]:
+                i += 1
+            out.append("<api key>")
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+class _Scrubbed(Exception):
+    """Stand-in for a raw remote error once it has been explained (its text redacted, no traceback)."""
+
+
+def _scrub(exc: BaseException) -> None:
+    """Strip what could carry the key from an exception that stays referenced by the interpreter (the
+    `with` statement holds it as the error being handled while our readable error is raised)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        nxt = exc.__cause__ or exc.__context__
+        with contextlib.suppress(Exception):
+            exc.args = tuple(redact(str(a)) for a in exc.args)
+        with contextlib.suppress(Exception):
+            for name, value in list(vars(exc).items()):
+                vars(exc)[name] = redact(str(value)) if isinstance(value, str) else None
+        exc.__traceback__ = None
+        exc.__cause__ = exc.__context__ = None
+        exc.__suppress_context__ = True
+        exc = nxt
 
 
 def load_remote(repo_id: str) -> Model:
@@ -76,10 +127,12 @@ def load_remote(repo_id: str) -> Model:
             tok = AutoTokenizer.from_pretrained(repo_id)
             nn = TransformersModel(repo_id, task="text-generation", tokenizer=tok)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(
+        err = ModelLoadError(
             f"Could not prepare remote model {repo_id!r}: its config and tokenizer must be reachable from here "
             f"(hub or local cache). Details: {redact(str(exc))}"
-        ) from exc
+        )
+        _scrub(exc)
+        raise err from None
     _register_kernels()
     hf = nn._module
     model = Model(hf, tok, source=repo_id, nn=nn, remote=True, load_info={"remote": repo_id})
@@ -91,8 +144,7 @@ def explain(exc: BaseException) -> WorkbenchError:
     """A readable error for a failed remote request (the key is never included)."""
     raw = f"{type(exc).__name__}: {exc}"
     text = redact(raw)  # what the user sees; the classification reads the raw text
-    key = _api_key()
-    lower = (raw.replace(key, "") if key else raw).lower()
+    lower = text.replace("<api key>", "").lower()  # classify without the key's own characters
     if "payload could not be read" in lower or "modulenotfounderror" in lower:
         hint = (
             "The NDIF server could not rebuild the request: something the trace uses comes from a module the "
@@ -107,7 +159,7 @@ def explain(exc: BaseException) -> WorkbenchError:
         hint = "The NDIF server does not accept this nnsight version: install the nnsight version the server runs."
     else:
         hint = "The remote trace failed on the server."
-    return WorkbenchError(f"{hint} ({text})")
+    return RemoteError(f"{hint} ({text})")
 
 
 _local = threading.local()
@@ -154,6 +206,9 @@ def job_status(model: Model, progress: Callable[[float, str], None] | None, canc
     except WorkbenchError:
         raise
     except Exception as exc:
-        raise explain(exc) from None
+        err = explain(exc)
+        _scrub(exc)  # it stays reachable as the exception being handled: keep nothing of the key in it
+        del exc
+        raise err from None
     finally:
         _local.hooks = previous

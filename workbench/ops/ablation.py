@@ -12,9 +12,10 @@ from .. import codegen
 from ..errors import WorkbenchError
 from ..model import Model
 from ..remote import job_status
+from ..validate import as_bool
 from ._engine import BatchOutput, Cell, Progress, check_cancel, collect, run_batch
 from .metrics import as_metric
-from .patching import MetricLike, check_cell, pair_tokens, prediction, sweep_axes, sweep_cells
+from .patching import MetricLike, check_cell, check_top_k, pair_tokens, prediction, sweep_axes, sweep_cells
 from .results import SweepResult, Value
 
 METHODS = ("zero", "mean", "resample")
@@ -23,7 +24,14 @@ METHODS = ("zero", "mean", "resample")
 def _references(reference: str | Sequence[str] | None) -> list[str]:
     if reference is None:
         return []
-    return [reference] if isinstance(reference, str) else list(reference)
+    if isinstance(reference, str):
+        return [reference]
+    if not isinstance(reference, list | tuple) or not all(isinstance(r, str) for r in reference):
+        raise WorkbenchError(
+            f"reference= takes a prompt or a list of prompts (strings), got {type(reference).__name__}: "
+            "e.g. reference='The Colosseum is located in the city of'."
+        )
+    return list(reference)
 
 
 def _run(
@@ -123,6 +131,7 @@ def ablate(
     m = as_metric(metric)
     ids = model.to_tokens(prompt)
     cell = check_cell(model, site, layer, position, head, ids.shape[1])
+    top_k = check_top_k(model, top_k)
     bound = m.bind(model)
     with model.lock, job_status(model, progress, cancel):
         out = _run(model, ids, prompt, site, [cell], bound, method, reference, top_k, progress, cancel)
@@ -131,9 +140,9 @@ def ablate(
         prompt=prompt,
         metric=m.name,
         site=site,
-        layer=layer,
+        layer=cell.layer,
         position=cell.position,
-        head=head,
+        head=cell.head,
         method=method,
         reference=reference,
     )
@@ -167,6 +176,7 @@ def ablate_sweep(
     """
     m = as_metric(metric)
     ids = model.to_tokens(prompt)
+    by_position = as_bool(by_position, "by_position")
     cells, shape = sweep_cells(model, site, ids.shape[1], by_position)
     bound = m.bind(model)
     with model.lock, job_status(model, progress, cancel):

@@ -9,8 +9,10 @@ from collections.abc import Sequence
 import torch
 
 from .. import codegen
+from ..errors import SiteError
 from ..model import Model, require_local
 from ..remote import job_status
+from ..validate import as_list
 from ._engine import Progress, check_cancel
 from ._kernels import eager_pattern
 from .results import AttentionResult
@@ -26,9 +28,13 @@ def attention(
 ) -> AttentionResult:
     """Attention patterns of `prompt` [L, H, T, T] (grouped-query heads expanded to query heads)."""
     ids = model.to_tokens(prompt)
-    wanted = (
-        sorted({model.check_layer(x) for x in layers}) if layers is not None else list(range(model.n_layers))
-    )
+    if layers is not None:
+        if isinstance(layers, str):
+            raise SiteError(
+                f"layers= takes a list of layer numbers, got the string {layers!r}: e.g. layers=[0, 5]."
+            )
+        layers = [model.check_layer(x) for x in as_list(layers, "layers=", "layers=[0, 5] (or None for all)")]
+    wanted = sorted(set(layers)) if layers is not None else list(range(model.n_layers))
     check_cancel(cancel)
     envoys = [model.attn_envoy(layer) for layer in wanted]
     eager_fn = getattr(sys.modules[type(envoys[0]._module).__module__], "eager_attention_forward", None)
@@ -54,7 +60,7 @@ def attention(
             stacked = torch.stack(patterns).save()
     if progress is not None:
         progress(1.0, "attention done")
-    options = dict(op="attention", prompt=prompt, layers=list(layers) if layers is not None else None)
+    options = dict(op="attention", prompt=prompt, layers=layers)
     return AttentionResult(
         patterns=stacked.numpy(),
         tokens=model.str_tokens(ids),

@@ -14,6 +14,7 @@ import torch
 from .. import codegen
 from ..model import Model
 from ..remote import job_status
+from ..validate import as_bool, as_list
 from . import _fast_sweep
 from ._engine import Progress, check_cancel
 from ._kernels import read
@@ -73,9 +74,12 @@ def attribution_patch(
     """Gradient estimate of `patch_sweep` (same shapes); a list of sites gives {site: result} from one pass."""
     m = as_metric(metric)
     c, k = pair_tokens(model, clean, corrupt)
-    sites = [site] if isinstance(site, str) else list(site)
+    example = "site='resid_pre' or site=['resid_pre', 'attn_out', 'mlp_out']"
+    sites = [site] if isinstance(site, str) else as_list(site, "site=", example)
     for s in sites:
         model.check_site(s)
+    sites = list(dict.fromkeys(sites))  # a site listed twice is computed once
+    by_position = as_bool(by_position, "by_position")
     ordered = [s for s in _ORDER if s in sites]
     bound = m.bind(model)
     check_cancel(cancel)

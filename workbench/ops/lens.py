@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,19 +11,26 @@ import numpy as np
 import torch
 
 from .. import codegen
-from ..errors import WorkbenchError
+from ..errors import SiteError, TokenizationError, WorkbenchError
 from ..model import Model
 from ..remote import job_status
+from ..validate import as_int, as_list
 from . import _fast_lens
 from ._engine import Cell, Progress, check_cancel
 from ._kernels import decode, edit, heads_view, read
-from .patching import check_cell, moved_source, pair_tokens
+from .patching import check_cell, check_top_k, moved_source, pair_tokens
 from .results import LensResult
 
 
 @dataclass(frozen=True)
 class Intervention:
-    """An edit applied during a run: patch from `source` (the clean prompt), or ablate (zero/mean/resample)."""
+    """An edit applied during a `logit_lens` run: patch from `source` (the clean prompt), or ablate.
+
+    `wb.logit_lens(model, corrupt, intervention=wb.Intervention("resid_pre", 10, position=3, source=clean))`
+    is the lens of the corrupt run with the clean activation at resid_pre[10], position 3. kind="zero" /
+    "mean" ablate (no source), kind="resample" copies from `source` (a reference prompt of the same length).
+    This describes an edit; a result such as `wb.patch(...)`'s Value is not one.
+    """
 
     site: str
     layer: int
@@ -32,6 +40,44 @@ class Intervention:
     source: str | None = None  # the clean prompt (patch) or reference prompt (resample)
     source_layer: int | None = None  # patch from another layer / position of the source run (a drag)
     source_position: int | None = None
+
+
+_KINDS = ("patch", "zero", "mean", "resample")
+
+
+def _check_intervention(model: Model, iv: object) -> Intervention:
+    """`iv` must be a wb.Intervention (a description of an edit), not a result such as wb.patch's Value."""
+    if not isinstance(iv, Intervention):
+        what = type(iv).__name__
+        got = f"a {what} (the result of wb.patch / wb.ablate)" if what == "Value" else f"{what} {iv!r:.60}"
+        raise WorkbenchError(
+            f"intervention= takes a wb.Intervention, which describes the edit to make during the lens run; got "
+            f"{got}. For the lens of the corrupt run patched from the clean one: wb.logit_lens(model, corrupt, "
+            "intervention=wb.Intervention(site='resid_pre', layer=10, position=3, source=clean)); "
+            "kind='zero' / 'mean' / 'resample' ablates instead."
+        )
+    if iv.kind not in _KINDS:
+        raise WorkbenchError(f"Unknown intervention kind {iv.kind!r}: {', '.join(_KINDS)}.")
+    if iv.source is not None and not isinstance(iv.source, str):
+        raise WorkbenchError(
+            f"Intervention source= must be a prompt (a string), got {type(iv.source).__name__}."
+        )
+    fields = {}
+    if iv.source_layer is not None:
+        fields["source_layer"] = model.check_layer(iv.source_layer, "source_layer")
+    if iv.source_position is not None:  # its range is checked against the prompt later
+        fields["source_position"] = as_int(iv.source_position, "source_position", error=SiteError)
+    return dataclasses.replace(iv, **fields) if fields else iv
+
+
+def _pinned(tokens: object) -> list[str | int]:
+    """The tokens to follow: a list of texts/ids; a single text or id is one token (never its characters)."""
+    if tokens is None or (isinstance(tokens, list | tuple) and not tokens):
+        return []
+    if isinstance(tokens, str):
+        return [tokens]
+    items = as_list(tokens, "tokens=", "tokens=[' Paris', ' London']")
+    return [t if isinstance(t, str) else as_int(t, "A token id", error=TokenizationError) for t in items]
 
 
 def _source_and_mode(model: Model, prompt: str, iv: Intervention) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -122,14 +168,15 @@ def logit_lens(
 ) -> LensResult:
     """Top-k, entropy and KL-to-final of every layer's resid_post decoded by the final norm + unembedding.
 
-    Row l is resid_post[l]; the last row is the model's own output. `tokens` are followed through the
-    layers up front (`.prob(tok)`, `.rank(tok)`); other tokens are computed on first request.
+    Row l is resid_post[l]; the last row is the model's own output. `tokens` (a token, or a list of tokens
+    as text or ids) are followed through the layers up front (`.prob(tok)`, `.rank(tok)`); other tokens are
+    computed on first request. `intervention` (a `wb.Intervention`) edits the run that is decoded.
     """
-    if not isinstance(top_k, int) or not 1 <= top_k <= 100:
-        raise WorkbenchError(f"top_k must be an integer 1..100, got {top_k!r}.")
+    top_k = check_top_k(model, top_k, lo=1)
     check_cancel(cancel)
     ivs = None
     if intervention is not None:
+        intervention = _check_intervention(model, intervention)
         src, ids, mode = _source_and_mode(model, prompt, intervention)
         cell = check_cell(
             model,
@@ -149,10 +196,12 @@ def logit_lens(
         if value is not None:
             mode = "value"
         batch, row, ivs = torch.cat([src, ids]), 1, (cell, intervention.site, mode, value)
+        ivs_options = dict(vars(intervention), layer=cell.layer, position=cell.position, head=cell.head)
     else:
         ids = model.to_tokens(prompt)
-        batch, row = ids, 0
-    token_ids = [model.token_id(t) for t in (tokens or [])]
+        batch, row, ivs_options = ids, 0, None
+    tokens = _pinned(tokens)
+    token_ids = [model.token_id(t) for t in tokens]
     chunk = max(1, min(model.n_layers, int(2e8 // max(1, ids.shape[1] * model.vocab_size * 4))))
 
     def compute(tids: list[int]) -> dict[str, torch.Tensor]:
@@ -183,8 +232,8 @@ def logit_lens(
         op="logit_lens",
         prompt=prompt,
         top_k=top_k,
-        tokens=list(tokens or []),
-        intervention=intervention.__dict__ if intervention else None,
+        tokens=tokens,
+        intervention=ivs_options,
     )
     return LensResult(
         tokens=model.str_tokens(ids),
@@ -197,5 +246,6 @@ def logit_lens(
         _token_stats=token_stats(saved, token_ids) if token_ids else {},
         _more=more,
         _token_id=model.token_id,
+        _names={t: i for t, i in zip(tokens, token_ids, strict=True) if isinstance(t, str)},
         _code=lambda: codegen.lens_code(model, options),
     )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..errors import WorkbenchError
+from ..errors import TokenizationError, WorkbenchError
+from ..validate import as_int, check_text
 
 BoundMetric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -98,48 +100,99 @@ class KLToClean(Metric):
         )
 
 
+def _safe_name(fn: Any) -> str:
+    """A callable's name fit for messages and generated code: one line of identifier-ish characters."""
+    name = getattr(fn, "__name__", None)
+    if not isinstance(name, str):
+        name = type(fn).__name__
+    name = re.sub(r"[^0-9A-Za-z_<>.]+", "_", name)[:60].strip("_")
+    return name or "custom"
+
+
 class CustomMetric(Metric):
     """A user callable(logits [B, V]) -> [B] (or a scalar for B == 1)."""
 
     def __init__(self, fn: Callable[[torch.Tensor], Any]) -> None:
         self.fn = fn
-        self.name = getattr(fn, "__name__", "custom")
+        self.name = _safe_name(fn)
 
     def bind(self, model: Any) -> BoundMetric:
-        fn = self.fn
+        fn, name = self.fn, self.name
+        rule = "it must return one number per row of logits: a float tensor of shape [B] (or a scalar for B == 1)"
 
         def call(logits: torch.Tensor, clean: torch.Tensor | None = None) -> torch.Tensor:
-            out = fn(logits)
+            try:
+                out = fn(logits)
+            except WorkbenchError:
+                raise
+            except Exception as exc:
+                raise WorkbenchError(
+                    f"The metric {name} raised {type(exc).__name__}: {exc}. It is called with the last "
+                    f"position's logits, a float tensor of shape {tuple(logits.shape)} [B, vocab]."
+                ) from exc
+            if out is None or isinstance(out, str | bytes | dict | set):
+                raise WorkbenchError(f"The metric {name} returned {type(out).__name__}; {rule}.")
             if not isinstance(out, torch.Tensor):
-                out = torch.as_tensor(out, dtype=logits.dtype)
+                try:
+                    out = torch.as_tensor(out, dtype=logits.dtype)
+                except (TypeError, ValueError, RuntimeError):
+                    raise WorkbenchError(
+                        f"The metric {name} returned {type(out).__name__}; {rule}."
+                    ) from None
+            if out.dtype == torch.bool or out.is_complex():
+                raise WorkbenchError(f"The metric {name} returned a tensor of dtype {out.dtype}; {rule}.")
+            if not out.is_floating_point():
+                out = out.to(logits.dtype)
             if out.dim() == 0:
                 out = out.expand(logits.shape[0]) if logits.shape[0] == 1 else out
             if out.shape != (logits.shape[0],):
                 raise WorkbenchError(
-                    f"The metric {self.name} returned shape {tuple(out.shape)} for logits of shape "
+                    f"The metric {name} returned shape {tuple(out.shape)} for logits of shape "
                     f"{tuple(logits.shape)}; it must return one number per row, shape ({logits.shape[0]},)."
+                )
+            if logits.requires_grad and torch.is_grad_enabled() and not out.requires_grad:
+                raise WorkbenchError(
+                    f"The metric {name} is not differentiable, which attribution patching needs: its result "
+                    "has no gradient with respect to the logits. Compute it with torch operations on `logits` "
+                    "(no .item(), .tolist(), numpy, argmax or comparisons, no torch.no_grad()); or use "
+                    "wb.patch_sweep, which needs no gradient."
                 )
             return out
 
         return call
 
     def code(self, model: Any) -> str:
-        return f"metric = ...  # your own metric, {self.name}(logits [B, V]) -> [B]\n"
+        return (
+            f"def metric(logits, clean_logits=None):  # your own metric ({self.name}): logits [B, V] -> [B]\n"
+            f"    raise NotImplementedError('paste the body of your metric {self.name} here')\n"
+        )
+
+
+def _token(token: Any, what: str) -> str | int:
+    """A metric token as text (checked to be encodable) or a plain int id (numpy / 0-d tensor ids accepted)."""
+    if isinstance(token, str):
+        return check_text(token, what)
+    return as_int(
+        token,
+        f"The {what} id",
+        error=TokenizationError,
+        hint=" Give a token as text (e.g. ' Paris') or as an integer id.",
+    )
 
 
 def logit_diff(target: str | int, foil: str | int) -> Metric:
     """Logit of `target` minus logit of `foil` at the last position (each exactly one token)."""
-    return LogitDiff(target, foil)
+    return LogitDiff(_token(target, "target token"), _token(foil, "foil token"))
 
 
 def prob(token: str | int) -> Metric:
     """Probability of `token` at the last position."""
-    return Prob(token)
+    return Prob(_token(token, "metric token"))
 
 
 def logprob(token: str | int) -> Metric:
     """Log-probability of `token` at the last position."""
-    return Prob(token, log=True)
+    return Prob(_token(token, "metric token"), log=True)
 
 
 def kl_to_clean() -> Metric:
@@ -152,7 +205,13 @@ def as_metric(metric: Metric | Callable[[torch.Tensor], Any] | None) -> Metric:
         return metric
     if callable(metric):
         return CustomMetric(metric)
+    if isinstance(metric, str):
+        raise WorkbenchError(
+            f"metric= takes a metric, not a token: for the probability of {metric!r} use "
+            f"metric=wb.prob({metric!r}); against a foil, wb.logit_diff({metric!r}, foil)."
+        )
+    got = "metric is required" if metric is None else f"metric= must be a metric, got {type(metric).__name__}"
     raise WorkbenchError(
-        "metric is required: wb.logit_diff(' Paris', ' Rome'), wb.prob(' Paris'), wb.logprob(tok), "
+        f"{got}: wb.logit_diff(' Paris', ' Rome'), wb.prob(' Paris'), wb.logprob(tok), "
         "or any callable(logits [B, V]) -> [B]."
     )

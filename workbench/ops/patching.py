@@ -13,6 +13,7 @@ from .. import codegen
 from ..errors import TokenizationError, WorkbenchError
 from ..model import Model
 from ..remote import job_status
+from ..validate import as_bool, as_int
 from ._engine import BatchOutput, Cell, Progress, collect, run_batch
 from .metrics import Metric, as_metric
 from .results import SweepResult, Value
@@ -37,16 +38,21 @@ def check_cell(
     model: Model, site: str, layer: int, position: int | None, head: int | None, n_tokens: int
 ) -> Cell:
     model.check_site(site)
-    model.check_layer(layer)
+    layer = model.check_layer(layer)
     if position is not None:
         position = model.check_position(position, n_tokens)
     if head is not None:
+        head = model.check_head(head)
         if site != "head":
             raise WorkbenchError(f"head={head} only makes sense with site='head' (got site={site!r}).")
-        model.check_head(head)
     elif site == "head":
         raise WorkbenchError("site='head' needs head=<index>; for all heads at once use site='attn_out'.")
     return Cell(layer, position, head)
+
+
+def check_top_k(model: Model, top_k: int, *, lo: int = 0) -> int:
+    """How many next-token candidates to report: lo..min(100, vocab) (0 = none, for patch and ablate)."""
+    return as_int(top_k, "top_k", lo=lo, hi=min(100, model.vocab_size))
 
 
 def sweep_cells(
@@ -54,6 +60,7 @@ def sweep_cells(
 ) -> tuple[list[Cell], tuple[int, ...]]:
     """Every cell of a sweep, in row-major order of the result grid, and the grid's shape."""
     model.check_site(site)
+    as_bool(by_position, "by_position")
     layers, heads, positions = range(model.n_layers), range(model.n_heads), range(n_tokens)
     if site != "head":
         return [Cell(lyr, p) for lyr in layers for p in positions], (model.n_layers, n_tokens)
@@ -91,11 +98,15 @@ def moved_source(
 ) -> torch.Tensor | None:
     """The source run's activation for `cell` when it comes from another layer or position (a drag), else
     None (the source is the patched cell itself). A missing source layer/position means the cell's own."""
-    layer = cell.layer if source_layer is None else model.check_layer(source_layer)
+    layer = cell.layer if source_layer is None else model.check_layer(source_layer, "source_layer")
     if source_position is not None and cell.position is None:
         raise WorkbenchError("source_position needs position= too (a drag moves one position to another).")
     n_tokens = source_ids.shape[1]
-    position = cell.position if source_position is None else model.check_position(source_position, n_tokens)
+    position = (
+        cell.position
+        if source_position is None
+        else model.check_position(source_position, n_tokens, "source_position")
+    )
     if layer == cell.layer and position == cell.position:
         return None
     act = collect(model, source_ids, site, [layer])[layer][0]
@@ -128,6 +139,11 @@ def patch(
     m = as_metric(metric)
     c, k = pair_tokens(model, clean, corrupt)
     cell = check_cell(model, site, layer, position, head, k.shape[1])
+    if source_layer is not None:
+        source_layer = model.check_layer(source_layer, "source_layer")
+    if source_position is not None:
+        source_position = model.check_position(source_position, k.shape[1], "source_position")
+    top_k = check_top_k(model, top_k)
     bound = m.bind(model)
     options = dict(
         op="patch",
@@ -135,9 +151,9 @@ def patch(
         corrupt=corrupt,
         metric=m.name,
         site=site,
-        layer=layer,
+        layer=cell.layer,
         position=cell.position,
-        head=head,
+        head=cell.head,
         source_layer=source_layer,
         source_position=source_position,
     )
@@ -184,6 +200,7 @@ def patch_sweep(
     """Patch every (layer, position) — or (layer, head), or (layer, position, head) — in batched forwards."""
     m = as_metric(metric)
     c, k = pair_tokens(model, clean, corrupt)
+    by_position = as_bool(by_position, "by_position")
     cells, shape = sweep_cells(model, site, k.shape[1], by_position)
     bound = m.bind(model)
     with model.lock, job_status(model, progress, cancel):

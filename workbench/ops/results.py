@@ -8,6 +8,57 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import WorkbenchError
+from ..validate import as_int
+
+# Results pickle: `_code` (a closure over the live model) is replaced by the code it returns, and whatever
+# needs the model (LensResult's lazy token statistics) is dropped, so `to_code()` works after unpickling.
+
+
+def _code_of(obj: Any) -> str:
+    code = obj._code
+    return code if isinstance(code, str) else code()
+
+
+def _picklable(state: dict[str, Any], obj: Any) -> dict[str, Any]:
+    state = dict(state)
+    if "_code" in state:
+        state["_code"] = _code_of(obj)
+    return state
+
+
+def _short(text: Any, n: int = 60) -> str:
+    """repr of `text`, cut to about n characters (one line)."""
+    text = str(text)
+    return repr(text if len(text) <= n else text[: n - 3] + "...")
+
+
+def _num(x: Any) -> str:
+    try:
+        return f"{float(x):.4g}"
+    except (TypeError, ValueError):
+        return "?"
+
+
+def _where(options: dict[str, Any]) -> str:
+    """' resid_pre L10 pos 3' from an op's options (empty when there is nothing to say)."""
+    parts = [str(options["site"])] if options.get("site") else []
+    if options.get("layer") is not None:
+        parts.append(f"L{options['layer']}")
+    if options.get("head") is not None:
+        parts.append(f"H{options['head']}")
+    if options.get("position") is not None:
+        parts.append(f"pos {options['position']}")
+    return " ".join(parts)
+
+
+def _rebuild_value(value: float, state: dict[str, Any]) -> Value:
+    return Value(value, **state)
+
+
+def _rebuild_steer(text: str, state: dict[str, Any]) -> SteerResult:
+    return SteerResult(text, **state)
+
 
 class Value(float):
     """A metric value (a float) that also carries its baselines, the run's prediction and its code."""
@@ -37,10 +88,25 @@ class Value(float):
         return float("nan") if denom == 0 else (float(self) - self.corrupt) / denom
 
     def to_code(self) -> str:
-        return self._code()
+        return _code_of(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_value, (float(self), _picklable(self.__dict__, self))
 
     def __repr__(self) -> str:
-        return f"Value({float(self):.6g}, clean={self.clean:.6g}, corrupt={self.corrupt:.6g})"
+        clean, corrupt = getattr(self, "clean", float("nan")), getattr(self, "corrupt", float("nan"))
+        text = f"Value({float(self):.6g}, clean={clean:.6g}, corrupt={corrupt:.6g}"
+        if np.isfinite(clean) and np.isfinite(corrupt):
+            text += f", normalized={self.normalized:.3g}"
+        o = getattr(self, "options", {})
+        what = " ".join(x for x in (str(o.get("op", "")), _where(o)) if x)
+        if what or o.get("metric"):
+            text += f" | {what}" + (f", metric {o['metric']}" if o.get("metric") else "")
+        tops = list(getattr(self, "top_tokens", []))[:3]
+        if tops:
+            probs = list(getattr(self, "top_probs", []))
+            text += "; top " + ", ".join(f"{t!r} {float(p):.2f}" for t, p in zip(tops, probs, strict=False))
+        return text + ")"
 
 
 class SteerResult(str):
@@ -62,7 +128,28 @@ class SteerResult(str):
         return str(self)
 
     def to_code(self) -> str:
-        return self._code()
+        return _code_of(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_steer, (str(self), _picklable(self.__dict__, self))
+
+    def __repr__(self) -> str:
+        o = getattr(self, "options", {})
+        rel, added, resid = (getattr(self, k, float("nan")) for k in ("relative", "added_norm", "resid_norm"))
+        lines = [
+            f"SteerResult: resid_pre[{o.get('layer', '?')}] += {_num(o.get('scale'))} * vector: adds norm "
+            f"{_num(added)} = {_num(rel)}x the median residual norm there ({_num(resid)})"
+        ]
+        n = len(getattr(self, "tokens", []))
+        lines.append(f"  steered  ({n} tokens): {_short(str(self), 90)}")
+        if getattr(self, "baseline", ""):
+            lines.append(f"  baseline: {_short(self.baseline, 90)}")
+        if not str(self).strip() and n:
+            lines.append(
+                "  the steered text is only whitespace: the push is so strong that no language is left; "
+                "try a smaller scale (a push well below 1x the residual norm)"
+            )
+        return "\n".join(lines)
 
 
 @dataclass
@@ -89,7 +176,51 @@ class SweepResult:
         return tuple(self.values.shape)
 
     def to_code(self) -> str:
-        return self._code()
+        return _code_of(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return _picklable(self.__dict__, self)
+
+    def _label(self, index: tuple[int, ...]) -> str:
+        parts = []
+        for axis, i in zip(self.axes, index, strict=False):
+            if axis == "layer":
+                parts.append(f"L{i}")
+            elif axis == "head":
+                parts.append(f"H{i}")
+            else:
+                tok = self.tokens[i] if i < len(self.tokens) else ""
+                parts.append(f"pos {i} {tok!r}")
+        return " ".join(parts)
+
+    def top_cells(self, n: int = 3) -> list[tuple[tuple[int, ...], float]]:
+        """The n cells that move the metric most from the unintervened run (corrupt; clean for ablation)."""
+        base = self.corrupt if np.isfinite(self.corrupt) else self.clean
+        values = np.asarray(self.values, dtype=np.float64)
+        effect = np.nan_to_num(np.abs(values - base), nan=-1.0)
+        order = np.argsort(effect, axis=None)[::-1][:n]
+        return [
+            (tuple(int(i) for i in np.unravel_index(j, values.shape)), float(values.flat[j])) for j in order
+        ]
+
+    def __repr__(self) -> str:
+        o = self.options
+        dims = " x ".join(f"{n} {a}" for n, a in zip(self.values.shape, self.axes, strict=False))
+        head = f"SweepResult {o.get('op', '')} site={o.get('site')!r} [{dims}], metric {o.get('metric', '?')}"
+        patching = np.isfinite(self.corrupt)
+        base = (
+            f"  clean {_num(self.clean)}, corrupt {_num(self.corrupt)}; .normalized = (v - corrupt) / (clean - corrupt)"
+            if patching
+            else f"  unablated {_num(self.clean)} (.clean); no corrupt run, so read .values - .clean"
+        )
+        if self.values.size == 0:
+            return head + "\n" + base
+        norm = self.normalized if patching else None
+        cells = []
+        for index, v in self.top_cells(3):
+            extra = f" ({norm[index]:.2f})" if norm is not None and np.isfinite(norm[index]) else ""
+            cells.append(f"{self._label(index)}: {v:.4g}{extra}")
+        return head + "\n" + base + "\n  largest effects: " + "; ".join(cells)
 
 
 @dataclass
@@ -107,9 +238,22 @@ class LensResult:
     _more: Callable[[list[int]], dict[int, tuple[np.ndarray, np.ndarray]]] = field(repr=False)
     _token_id: Callable[[str | int], int] = field(repr=False)
     _code: Callable[[], str] = field(repr=False)
+    _names: dict[str, int] = field(default_factory=dict, repr=False)  # token text -> id, of computed ones
 
     def _stats(self, token: str | int) -> tuple[np.ndarray, np.ndarray]:
+        if self._token_id is None:  # unpickled: no model to ask
+            tid = self._names.get(token) if isinstance(token, str) else as_int(token, "A token id")
+            if tid not in self._token_stats:
+                known = sorted(self._names, key=str) or sorted(self._token_stats)
+                raise WorkbenchError(
+                    f"This LensResult was unpickled without its model, so it has statistics only for the tokens "
+                    f"computed before it was saved ({known}), not {token!r}. Recompute with "
+                    f"wb.logit_lens(model, prompt, tokens=[{token!r}])."
+                )
+            return self._token_stats[tid]
         tid = self._token_id(token)
+        if isinstance(token, str):
+            self._names[token] = tid
         if tid not in self._token_stats:
             self._token_stats.update(self._more([tid]))
         return self._token_stats[tid]
@@ -127,7 +271,34 @@ class LensResult:
         return [str(i) for i in range(self.top_ids.shape[0])]
 
     def to_code(self) -> str:
-        return self._code()
+        return _code_of(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = _picklable(self.__dict__, self)
+        state["_more"] = state["_token_id"] = None
+        return state
+
+    def __repr__(self) -> str:
+        o = self.options
+        n_layers, n_tokens, k = self.top_ids.shape
+        lines = [
+            f"LensResult logit_lens [{n_layers} layers x {n_tokens} tokens], top_k={k}, prompt {_short(o.get('prompt', ''))}"
+        ]
+        if n_tokens and n_layers:
+            final = self.top_tokens[-1][-1]
+            probs = self.top_probs[-1, -1]
+            last = self.tokens[-1] if self.tokens else ""
+            tops = ", ".join(f"{t!r} {float(p):.2f}" for t, p in zip(final[:3], probs[:3], strict=False))
+            top1 = self.top_ids[:, -1, 0]
+            settled = n_layers - 1
+            while settled > 0 and top1[settled - 1] == top1[-1]:
+                settled -= 1
+            lines.append(f"  last token {last!r}: output {tops}; top-1 from layer {settled} on")
+        if o.get("tokens"):
+            lines.append(f"  followed: {o['tokens']!r:.80} (.prob(tok), .rank(tok))")
+        if o.get("intervention"):
+            lines.append(f"  with intervention {_where(o['intervention'])} ({o['intervention'].get('kind')})")
+        return "\n".join(lines)
 
 
 @dataclass
@@ -141,4 +312,16 @@ class AttentionResult:
     _code: Callable[[], str] = field(repr=False)
 
     def to_code(self) -> str:
-        return self._code()
+        return _code_of(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return _picklable(self.__dict__, self)
+
+    def __repr__(self) -> str:
+        shape = " x ".join(str(n) for n in self.patterns.shape)
+        layers = self.layers
+        span = (
+            f"{layers[0]}..{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else str(layers)
+        )
+        text = f"AttentionResult patterns [{shape}] (layer, head, query, key), layers {span}"
+        return text + f"\n  prompt {_short(self.options.get('prompt', ''))}, {len(self.tokens)} tokens"

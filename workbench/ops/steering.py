@@ -8,9 +8,10 @@ import numpy as np
 import torch
 
 from .. import codegen
-from ..errors import WorkbenchError
+from ..errors import TokenizationError, WorkbenchError
 from ..model import Model
 from ..remote import job_status
+from ..validate import as_bool, as_int, as_number
 from ._engine import Progress, check_cancel, collect
 from ._kernels import read
 from .results import SteerResult
@@ -18,7 +19,7 @@ from .results import SteerResult
 
 def steering_vector(model: Model, positive: str, negative: str, layer: int) -> torch.Tensor:
     """resid_pre[layer] at the last token of `positive` minus that of `negative` (contrastive pair)."""
-    model.check_layer(layer)
+    layer = model.check_layer(layer)
     pos = collect(model, model.to_tokens(positive, what="positive prompt"), "resid_pre", [layer])[layer]
     neg = collect(model, model.to_tokens(negative, what="negative prompt"), "resid_pre", [layer])[layer]
     return (pos[0, -1] - neg[0, -1]).float()
@@ -31,9 +32,46 @@ def _eos_ids(model: Model) -> set[int]:
     return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
 
 
+def _as_vector(model: Model, vector: object) -> torch.Tensor:
+    """A float32 CPU copy of a user's steering vector ([d_model]); refuses what cannot be steered with."""
+    if isinstance(vector, torch.Tensor):
+        if vector.is_meta:
+            raise WorkbenchError(
+                "The steering vector is on the meta device: it has a shape but no values. Build it on a real "
+                "device (e.g. wb.steering_vector(model, positive, negative, layer), or torch.randn(d_model))."
+            )
+        if vector.is_complex() or vector.dtype == torch.bool:
+            raise WorkbenchError(f"The steering vector must be real numbers, got dtype {vector.dtype}.")
+        vec = vector.detach().to(device="cpu", dtype=torch.float32).clone()  # grad, bf16, GPU: converted
+    else:
+        try:
+            arr = np.asarray(vector)
+        except (TypeError, ValueError):
+            arr = np.asarray(None)
+        if arr.dtype.kind not in "iuf":
+            raise WorkbenchError(
+                f"vector= takes a [d_model] tensor or array of real numbers or a (positive, negative) pair of "
+                f"prompts, got {type(vector).__name__}."
+            )
+        vec = torch.tensor(arr, dtype=torch.float32)
+    if vec.dim() > 1 and vec.numel() == model.d_model:
+        vec = vec.flatten()  # e.g. [1, d_model]
+    if vec.shape != (model.d_model,):
+        raise WorkbenchError(
+            f"The steering vector has shape {tuple(vec.shape)}; it must be ({model.d_model},)."
+        )
+    if not torch.isfinite(vec).all():
+        bad = int((~torch.isfinite(vec)).sum())
+        raise WorkbenchError(
+            f"The steering vector has {bad} non-finite entries (NaN or inf): adding it would break every "
+            "activation after that layer. Check how it was computed (e.g. a division by a zero norm)."
+        )
+    return vec
+
+
 def _generate(
     model: Model, ids: torch.Tensor, layer: int, add: torch.Tensor | None, max_new_tokens: int
-) -> list[int]:
+) -> tuple[list[int], torch.Tensor]:
     """Greedy continuation (ids of the new tokens, ending with EOS if the model stopped early).
 
     nnsight runs no code after a step loop that generation leaves early, so generation is held to exactly
@@ -52,20 +90,23 @@ def _generate(
             **model.trace_options(),
         ) as tracer,
     ):
-        picks = []
+        picks, norms = [], []
         for _ in tracer.iter[:max_new_tokens]:
+            h = read(*ref)
+            if not norms:  # the first step sees the whole prompt: its residual norms, before steering
+                norms.append(h[0].norm(dim=-1).float())
             if add is not None:
-                h = read(*ref)
                 h += add.to(h.dtype)
             picks.append(nn.output.logits[0, -1].argmax())
         greedy = torch.stack(picks).save()
+        prompt_norms = norms[0].save()
         generated = tracer.result.save()
     tokens = generated[0, ids.shape[1] :].tolist()
     eos = _eos_ids(model)
     for i, pick in enumerate(greedy.tolist()):
         if pick in eos:
-            return tokens[:i] + [pick]
-    return tokens
+            return tokens[:i] + [pick], prompt_norms
+    return tokens, prompt_norms
 
 
 def steer(
@@ -82,13 +123,28 @@ def steer(
 ) -> SteerResult:
     """Greedy continuation of `prompt` with `scale * vector` added to resid_pre[layer] at every position.
 
-    `vector` is a [d_model] tensor or a (positive, negative) prompt pair (see `steering_vector`).
+    `vector` is a [d_model] tensor or array (any dtype or device; it is copied to float32) or a
+    (positive, negative) prompt pair (see `steering_vector`). `scale` multiplies the vector as given. How
+    strong that is depends on the residual stream's size at that layer, so the result reports it:
+    `.resid_norm` is the median norm of resid_pre[layer] over the prompt's positions, `.added_norm` the
+    norm of `scale * vector` and `.relative` their ratio (shown in the repr). A push well below 1x usually
+    turns the text towards the concept (0.4x in notebooks/06_steering.ipynb); near 1x and above the vector
+    tends to overwrite it (repetition, only newlines).
     The result is the generated text; `.baseline` is the unsteered continuation.
     """
-    model.check_layer(layer)
-    if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 1024:
-        raise WorkbenchError(f"max_new_tokens must be an integer 1..1024, got {max_new_tokens!r}.")
+    layer = model.check_layer(layer)
+    max_new_tokens = as_int(max_new_tokens, "max_new_tokens", lo=1, hi=1024)
+    scale = as_number(scale, "scale")
+    baseline = as_bool(baseline, "baseline")
     ids = model.to_tokens(prompt)
+    if ids.shape[1] + max_new_tokens > model.n_ctx:
+        raise TokenizationError(
+            f"The prompt is {ids.shape[1]} tokens and max_new_tokens={max_new_tokens}: together "
+            f"{ids.shape[1] + max_new_tokens}, more than this model's context of {model.n_ctx}. Ask for at most "
+            f"max_new_tokens={max(0, model.n_ctx - ids.shape[1])} or shorten the prompt."
+        )
+    if not isinstance(vector, tuple):
+        vec = _as_vector(model, vector)  # checked before any work, and converted once
     check_cancel(cancel)
     with model.lock, job_status(model, progress, cancel):
         if isinstance(vector, tuple):
@@ -96,23 +152,25 @@ def steer(
                 raise WorkbenchError(
                     "vector= takes a [d_model] tensor or a (positive, negative) pair of prompts."
                 )
-            vec = steering_vector(model, vector[0], vector[1], layer)
+            vec = _as_vector(model, steering_vector(model, vector[0], vector[1], layer))
             pair = vector
         else:
-            vec = torch.as_tensor(np.asarray(vector), dtype=torch.float32).flatten()
             pair = None
-        if vec.shape != (model.d_model,):
+        add = scale * vec
+        if not torch.isfinite(add).all():
             raise WorkbenchError(
-                f"The steering vector has shape {tuple(vec.shape)}; it must be ({model.d_model},)."
+                f"scale={scale!r} times the steering vector overflows float32: use a smaller scale."
             )
-        steered = _generate(model, ids, layer, scale * vec, max_new_tokens)
+        steered, norms = _generate(model, ids, layer, add, max_new_tokens)
         check_cancel(cancel)
-        base = _generate(model, ids, layer, None, max_new_tokens) if baseline else []
+        base = _generate(model, ids, layer, None, max_new_tokens)[0] if baseline else []
     if progress is not None:
         progress(1.0, "generated")
     options = dict(
         op="steer", prompt=prompt, layer=layer, scale=scale, max_new_tokens=max_new_tokens, pair=pair
     )
+    resid_norm = float(norms.float().median())
+    added_norm = float((scale * vec).norm())
 
     def decode(tokens: list[int]) -> str:
         return model.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -122,6 +180,9 @@ def steer(
         baseline=decode(base) if baseline else "",
         vector=vec.numpy(),
         tokens=steered,
+        resid_norm=resid_norm,
+        added_norm=added_norm,
+        relative=added_norm / resid_norm if resid_norm > 0 else float("inf"),
         options=options,
         _code=lambda: codegen.steer_code(model, options, vec),
     )
