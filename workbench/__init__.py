@@ -33,6 +33,7 @@ from .ops import (
     steer,
     steering_vector,
 )
+from .result_cache import ResultCache, cache
 from .widgets import AttentionView, LensView, PatchView, Workbench  # noqa: E402
 
 __version__ = "0.1.0"
@@ -51,6 +52,7 @@ __all__ = [
     "Model",
     "ModelLoadError",
     "RemoteError",
+    "ResultCache",
     "SiteError",
     "SteerResult",
     "SweepResult",
@@ -62,6 +64,7 @@ __all__ = [
     "ablate_sweep",
     "attention",
     "attribution_patch",
+    "cache",
     "kl_to_clean",
     "load",
     "logit_diff",

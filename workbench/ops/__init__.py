@@ -1,5 +1,9 @@
 """The science: pure functions (model, inputs, options) -> result. No widget imports here."""
 
+from typing import Any
+
+from ..progress import with_bar
+from ..result_cache import cached
 from .ablation import ablate, ablate_sweep
 from .attention import attention
 from .attribution import attribution_patch
@@ -8,6 +12,22 @@ from .metrics import Metric, kl_to_clean, logit_diff, logprob, prob
 from .patching import patch, patch_sweep
 from .results import AttentionResult, LensResult, SteerResult, SweepResult, Value
 from .steering import steer, steering_vector
+
+
+def _public(name: str, fn: Any) -> Any:
+    """An op as users call it: a progress bar when the caller passes no `progress=` (`progress.with_bar`),
+    and the workshop cache when one is active (`wb.cache(path)`)."""
+    return with_bar(name)(cached(name)(fn))
+
+
+patch = _public("patch", patch)
+patch_sweep = _public("patch_sweep", patch_sweep)
+ablate = _public("ablate", ablate)
+ablate_sweep = _public("ablate_sweep", ablate_sweep)
+attribution_patch = _public("attribution_patch", attribution_patch)
+logit_lens = _public("logit_lens", logit_lens)
+attention = _public("attention", attention)
+steer = _public("steer", steer)
 
 __all__ = [
     "AttentionResult",
