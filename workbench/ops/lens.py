@@ -186,13 +186,17 @@ def logit_lens(
             intervention.head,
             ids.shape[1],
         )
-        value = (
-            moved_source(
-                model, intervention.site, src, cell, intervention.source_layer, intervention.source_position
-            )
-            if mode == "copy"
-            else None
-        )
+        value = None
+        if mode == "copy":  # a drag: the source activation, read in its own (remote: redacted) request
+            with model.lock, job_status(model, progress, cancel):
+                value = moved_source(
+                    model,
+                    intervention.site,
+                    src,
+                    cell,
+                    intervention.source_layer,
+                    intervention.source_position,
+                )
         if value is not None:
             mode = "value"
         batch, row, ivs = torch.cat([src, ids]), 1, (cell, intervention.site, mode, value)

@@ -20,8 +20,14 @@ from .results import SteerResult
 def steering_vector(model: Model, positive: str, negative: str, layer: int) -> torch.Tensor:
     """resid_pre[layer] at the last token of `positive` minus that of `negative` (contrastive pair)."""
     layer = model.check_layer(layer)
-    pos = collect(model, model.to_tokens(positive, what="positive prompt"), "resid_pre", [layer])[layer]
-    neg = collect(model, model.to_tokens(negative, what="negative prompt"), "resid_pre", [layer])[layer]
+    pos_ids = model.to_tokens(positive, what="positive prompt")
+    neg_ids = model.to_tokens(negative, what="negative prompt")
+    with (
+        model.lock,
+        job_status(model, None, None),
+    ):  # both runs on the same model state; remote errors redacted
+        pos = collect(model, pos_ids, "resid_pre", [layer])[layer]
+        neg = collect(model, neg_ids, "resid_pre", [layer])[layer]
     return (pos[0, -1] - neg[0, -1]).float()
 
 
