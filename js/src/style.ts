@@ -46,6 +46,12 @@ export const CSS = `
 .wb-code{font-family:var(--jp-code-font-family,monospace);font-size:11px;background:var(--wb-bg2);border:1px solid var(--wb-border);padding:6px;max-height:300px;overflow:auto;white-space:pre}
 .wb-history-list{margin:2px 0;padding-left:22px;font-size:12px}
 .wb-history-list li>span{margin-left:6px}
+.wb-h-args{font-family:var(--jp-code-font-family,monospace);white-space:pre;color:var(--wb-accent)}
+.wb-words{display:flex;gap:12px;flex-wrap:wrap;margin:2px 0;font-size:12px}
+.wb-word{display:inline-flex;gap:4px;align-items:center}
+.wb-word-tok{font-family:var(--jp-code-font-family,monospace);white-space:pre;border:1px solid var(--wb-border);border-radius:3px;padding:0 3px;background:var(--wb-bg2)}
+.wb-word-bad{border-color:var(--wb-err);color:var(--wb-err)}
+.wb-warn{color:var(--jp-warn-color1,#b26a00);border:1px solid var(--jp-warn-color1,#b26a00);border-radius:3px;padding:2px 6px;margin:2px 0;white-space:pre-wrap;font-size:12px}
 .wb-h-top{font-family:var(--jp-code-font-family,monospace);white-space:pre;opacity:.85}
 .wb-compare{border-collapse:collapse;font-size:12px}
 .wb-compare td,.wb-compare th{border:1px solid var(--wb-border);padding:1px 6px;white-space:pre}

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { render } from "../src/index";
+import widget from "../src/index";
 import { StaticModel } from "../src/model";
 import { f32, lensData, setBox } from "./helpers";
 
@@ -7,7 +7,7 @@ function mount(state: Record<string, unknown>) {
   const model = new StaticModel({ status: "done", error: "", progress: 0, progress_text: "", history: [], code: "", selected: [], ...state });
   const el = document.createElement("div");
   document.body.append(el);
-  const cleanup = render({ model, el });
+  const cleanup = widget.render({ model, el });
   return { model, el, cleanup };
 }
 
