@@ -183,13 +183,15 @@ class PatchView(WorkbenchWidget):
         self.code = ""
         self.result = {}
 
-    def _prompts_changed(self, _change: Any) -> None:
+    def _prompts_changed(self, change: Any) -> None:
         self._sweeps.clear()
         self.sweep = {}
-        self.clean_lens = {}
+        if change["name"] == "clean":
+            self.clean_lens = {}
         self._stale()
         self._validate()
-        self._compute_clean_lens()
+        if change["name"] == "clean":
+            self._compute_clean_lens()
 
     def _setup_changed(self, change: Any) -> None:
         self._stale()
