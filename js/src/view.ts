@@ -40,6 +40,7 @@ export function differingArgs(hist: HistoryEntry[]): string[] {
   }
   return hist.map((e) =>
     differ
+      .filter((k) => e.args !== undefined && k in e.args) // an argument this run did not have is not shown as ∅
       .map((k) => {
         const vals = hist.map((x) => argText((x.args ?? {})[k] ?? ""));
         const v = argText((e.args ?? {})[k] ?? "");

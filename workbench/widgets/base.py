@@ -147,7 +147,8 @@ class Runner:
     work (the next job starts a new one). So `del model` frees the model once no view uses it.
     """
 
-    def __init__(self, model: Any = None):
+    def __init__(self, model: Any = None):  # `model` is accepted for old callers and not kept
+        del model
         self._cv = threading.Condition()
         self._pending: list[Job] = []
         self.current: Job | None = None
@@ -224,7 +225,7 @@ def _runner_loop(ref: weakref.ref) -> None:
 def runner_for(model: Any) -> Runner:
     r = getattr(model, "_wb_runner", None)
     if r is None:
-        r = Runner(model)
+        r = Runner()
         with contextlib.suppress(AttributeError):
             model._wb_runner = r
     return r
