@@ -489,3 +489,14 @@ def test_history_is_sent_one_entry_at_a_time_with_its_arguments(model):
     pv.request("attached")
     assert sent[-1]["kind"] == "history" and len(sent[-1]["entries"]) == HISTORY_MAX
     assert '"history"' in pv.to_html()  # the standalone page still shows the history
+
+
+def test_attention_failed_recompute_reverts_the_prompt(model):
+    av = AttentionView(model, CLEAN)
+    av.prompt = "  "
+    av.wait()
+    assert av.status == "error" and "back to the prompt shown" in av.error
+    assert av.prompt == CLEAN and av.tokens == model.to_str_tokens(CLEAN)
+    av.prompt = CORRUPT
+    av.wait()
+    assert av.status == "done" and av.error == "" and av.tokens == model.to_str_tokens(CORRUPT)

@@ -61,6 +61,15 @@ class LensView(WorkbenchWidget):
             try:
                 model.token_id(tok)
             except Exception as exc:  # noqa: BLE001 - the message says what is wrong with the token
+                try:
+                    pieces = model.str_tokens(model.tokenizer(tok, add_special_tokens=False).input_ids)
+                except Exception:  # noqa: BLE001
+                    pieces = []
+                if len(pieces) > 1:
+                    return (
+                        f"Cannot pin {tok!r}: it is {len(pieces)} tokens {pieces}, and a pin follows one token "
+                        f"(pin a piece, e.g. {pieces[0]!r})."
+                    )
                 return f"Cannot pin {tok!r}: {exc}"
         return ""
 
