@@ -500,3 +500,22 @@ def test_attention_failed_recompute_reverts_the_prompt(model):
     av.prompt = CORRUPT
     av.wait()
     assert av.status == "done" and av.error == "" and av.tokens == model.to_str_tokens(CORRUPT)
+
+
+def test_bad_input_while_a_job_runs_keeps_the_error_status(model):
+    pv = PatchView(model, CLEAN, CORRUPT, target=" Mary", foil=" John")
+    pv.wait()
+    gate = threading.Event()
+    started = threading.Event()
+
+    def slow(progress, cancel):
+        started.set()
+        gate.wait(10)
+
+    pv.submit("sweep", "s", slow, lambda r: None, slot="sweep")
+    started.wait(5)
+    pv.target = "Mary and John"  # checked at once, while the job runs
+    assert pv.status == "error"
+    gate.set()
+    pv.wait()
+    assert pv.status == "error" and "target" in pv.error  # not "done" over a shown error

@@ -464,7 +464,8 @@ class WorkbenchWidget(anywidget.AnyWidget):
             return
         if job.quiet:
             return
-        self.status = "done"
+        # an error shown since the job started (input checked while it ran) keeps its status
+        self.status = "error" if self.error else "done"
         self.progress = 1.0
         self.progress_text = ""
         self.send({"kind": "done", "id": job.request_id})
