@@ -519,3 +519,12 @@ def test_bad_input_while_a_job_runs_keeps_the_error_status(model):
     gate.set()
     pv.wait()
     assert pv.status == "error" and "target" in pv.error  # not "done" over a shown error
+
+
+def test_patch_view_sends_no_extra_request_for_a_remote_model(model, monkeypatch):
+    monkeypatch.setattr(model, "remote", True)
+    calls = []
+    monkeypatch.setattr(wb.ops, "logit_lens", lambda *a, **k: calls.append(a))
+    pv = PatchView(model, CLEAN, CORRUPT, target=" Mary", foil=" John")
+    pv.wait()
+    assert calls == [] and "remote" in pv.clean_lens["note"] and pv.status == "idle"

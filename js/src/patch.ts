@@ -259,8 +259,9 @@ export class PatchView extends View {
         rows: g.rows,
         cols: tc.length,
         values: vals,
-        color: (v, th) => (Number.isFinite(v) ? sequential(th, 0, 1)(v) : th.bg),
-        cellLabel: ok ? top1Label(d) : undefined,
+        color: (v, th) => sequential(th, 0, 1)(Number.isFinite(v) ? v : 0.15),
+        // with no lens yet (or none for remote models) the cells show the clean tokens themselves
+        cellLabel: ok ? top1Label(d) : (_r, c) => visibleToken(tc[c] ?? ""),
         rowLabels: Array.from({ length: g.rows }, (_, i) => `L${i}`),
         colLabels: tc.map(visibleToken),
         tooltip: (r, c) => [...(ok ? lensTooltip(d)(r, c).map((x, i) => (i === 0 ? `clean run: ${x}` : x)) : [`clean run: layer ${r}, position ${c} (${visibleToken(tc[c] ?? "")})`]), "drag onto a cell of the map above"],
@@ -271,7 +272,8 @@ export class PatchView extends View {
       });
       this.source.canvas.setAttribute("data-lens", ok ? "1" : "0");
       this.sourceBox.append(h("div", { class: "wb-subtitle" }, "Clean run (its logit lens: top-1 token per layer) — drag a cell onto the map above to patch between positions or layers"));
-      if (!ok) this.sourceBox.append(h("div", { class: "wb-hint" }, "computing the clean run's lens…"));
+      const note = (this.model.get("clean_lens") as { note?: unknown } | null)?.note;
+      if (!ok) this.sourceBox.append(h("div", { class: "wb-hint", "data-testid": "wb-clean-note" }, typeof note === "string" ? `(${note}; the cells are the clean tokens)` : "computing the clean run's lens…"));
       this.sourceBox.append(this.source.el);
     }
   }

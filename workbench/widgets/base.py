@@ -460,6 +460,8 @@ class WorkbenchWidget(anywidget.AnyWidget):
             return
         except Exception as exc:
             note = self._undo(job, exc)
+            if job.quiet and job.failed is not None:
+                return  # a background job with its own failure display leaves the view's status alone
             self._fail(exc, job.request_id, note)
             return
         if job.quiet:

@@ -7,7 +7,7 @@ from typing import Any
 
 import traitlets
 
-from .base import WorkbenchWidget, _errors, _ops, check_int, finite, message_error, pack, pack_lens
+from .base import WorkbenchWidget, _errors, _ops, check_int, finite, message_error, pack, pack_lens, readable
 
 SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head")
 MODES = ("patch", "ablate")
@@ -210,6 +210,10 @@ class PatchView(WorkbenchWidget):
         clean = self.clean
         if not self.tokens_clean:
             return
+        if getattr(self.model, "remote", False):
+            # one request per user action on NDIF: opening a view is not one, so the grid shows the tokens only
+            self.clean_lens = {"note": "the clean run's lens is not computed for remote models"}
+            return
 
         def run(progress, cancel):
             return _ops().logit_lens(self.model, clean, top_k=3, cancel=cancel)
@@ -218,7 +222,11 @@ class PatchView(WorkbenchWidget):
             if self.clean == clean:
                 self.clean_lens = pack_lens(lens)
 
-        self.submit("clean lens", "", run, done, slot="clean_lens", quiet=True)
+        def failed(exc):
+            if self.clean == clean:
+                self.clean_lens = {"note": f"the clean run's lens failed: {readable(exc)}"}
+
+        self.submit("clean lens", "", run, done, slot="clean_lens", quiet=True, failed=failed)
 
     def metric(self):
         """The metric of the current settings (the user's own `metric=` wins)."""
