@@ -26,6 +26,8 @@ export interface HeatmapSpec {
   overlay?: (ctx: CanvasRenderingContext2D, W: number, H: number, cellW: number, cellH: number) => void;
   cellW?: number;
   cellH?: number;
+  /** Never narrower than this while the canvas stays under 16000 px: the heatmap scrolls instead (cell text stays). */
+  minCellW?: number;
   maxWidth?: number;
   name?: string;
 }
@@ -103,6 +105,7 @@ export class Heatmap {
     const wantW = sp.cellW ?? 28;
     this.cellW = Math.max(2, Math.min(wantW, Math.floor(maxW / Math.max(1, sp.cols))));
     if (sp.cellW && sp.cols * sp.cellW <= maxW) this.cellW = sp.cellW;
+    if (sp.minCellW && this.cellW < sp.minCellW && sp.cols * sp.minCellW <= 16000) this.cellW = sp.minCellW;
     this.cellH = sp.cellH ?? (sp.rows > 40 ? Math.max(4, Math.floor(600 / sp.rows)) : 16);
   }
 
@@ -164,8 +167,10 @@ export class Heatmap {
     if (sp.drawCell) {
       for (let r = 0; r < rows; r++) for (let col = 0; col < cols; col++) sp.drawCell(ctx, r, col, col * cw, r * ch, cw, ch);
     }
+    this.canvas.setAttribute("data-label-px", "0");
     if (sp.cellLabel && cw >= 22 && ch >= 12) {
-      const fs = Math.min(11, ch - 3);
+      const fs = Math.min(12, ch - 4);
+      this.canvas.setAttribute("data-label-px", String(fs));
       ctx.font = `${fs}px ${theme.font}`;
       ctx.textAlign = "center";
       ctx.textBaseline = "middle";

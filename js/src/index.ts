@@ -14,7 +14,9 @@ const VIEWS: Record<string, new (m: AnyModel, el: HTMLElement) => View> = {
   attention: AttentionView,
 };
 
-export function render({ model, el }: { model: AnyModel; el: HTMLElement }): () => void {
+// Not exported by name: anywidget >= 0.9 reads `default` ({ initialize?, render }) and warns
+// ("Direct export of a 'render' will likely be deprecated") when the module exports `render` itself.
+function render({ model, el }: { model: AnyModel; el: HTMLElement }): () => void {
   injectStyles(el.ownerDocument ?? document);
   const kind = String(model.get("_view_kind") ?? "");
   const Cls = VIEWS[kind];
@@ -32,3 +34,4 @@ export function render({ model, el }: { model: AnyModel; el: HTMLElement }): () 
 }
 
 export default { render };
+

@@ -116,7 +116,10 @@ export class LensView extends View {
   }
 
   title(): string {
-    return `Logit lens: ${String(this.model.get("prompt") ?? "")}`.slice(0, 100);
+    // the prompt of the data drawn (the box may hold an edit that has not run yet)
+    const raw = this.model.get("data") as { prompt?: unknown } | null;
+    const shown = raw && typeof raw.prompt === "string" ? raw.prompt : String(this.model.get("prompt") ?? "");
+    return `Logit lens: ${shown}`.slice(0, 100);
   }
   mainHeatmap(): Heatmap {
     return this.heatmap;
@@ -177,6 +180,7 @@ export class LensView extends View {
       colLabels: d.tokens.map(visibleToken),
       tooltip: lensTooltip(d),
       cellW: 56,
+      minCellW: 44, // long prompts scroll sideways rather than lose the cell text
       cellH: d.L > 40 ? undefined : 18,
       maxWidth: Math.max(600, (this.el.clientWidth || 900) - 80),
       name: "logit lens",

@@ -25,11 +25,38 @@ export function causalCone(site: string, layer: number, position: number | null,
   return { r0, c0, r1: L - 1, c1: T - 1 };
 }
 
-function inputField(label: string, value: string, testid: string, onCommit: (v: string) => void, wide = false): HTMLElement {
+/** A text field bound to a trait: commits on Enter/blur and, debounced, while the user types (so the kernel can
+ *  check it at once). The kernel's value is shown unless the user is typing in the field. */
+interface Field {
+  label: HTMLElement;
+  caption: HTMLElement;
+  input: HTMLInputElement;
+  sync(value: string): void;
+}
+function inputField(label: string, value: string, testid: string, onCommit: (v: string) => void, wide = false): Field {
   const inp = h("input", { class: "wb-input" + (wide ? " wb-wide" : ""), "data-testid": testid, spellcheck: "false" });
   inp.value = value;
-  inp.addEventListener("change", () => onCommit(inp.value));
-  return h("label", { class: "wb-field" }, h("span", {}, label), inp);
+  // a typed ␣ (the marker the token strips show) means a space
+  const commit = () => onCommit(inp.value.replace(/\u2423/g, " "));
+  const typed = debounce(commit, 450);
+  inp.addEventListener("input", () => typed());
+  inp.addEventListener("change", commit);
+  const caption = h("span", {}, label);
+  return {
+    label: h("label", { class: "wb-field" }, caption, inp),
+    caption,
+    input: inp,
+    sync(v: string) {
+      if (document.activeElement !== inp && inp.value.replace(/\u2423/g, " ") !== v) inp.value = v;
+    },
+  };
+}
+
+interface WordInfo {
+  text?: string;
+  tokens?: string[];
+  warning?: string;
+  error?: string;
 }
 
 export class PatchView extends View {
@@ -42,6 +69,13 @@ export class PatchView extends View {
   private sourceBox: HTMLElement;
   private caption: HTMLElement;
   private clickedAt: number | null = null;
+  private fields: Record<string, Field>;
+  private words: HTMLElement;
+  private warnings: HTMLElement;
+  private modeSel: HTMLSelectElement;
+  private siteSel: HTMLSelectElement;
+  private methodSel: HTMLSelectElement;
+  private methodField: HTMLElement;
 
   constructor(model: AnyModel, el: HTMLElement) {
     super(model, el, "Activation patching");
@@ -63,9 +97,39 @@ export class PatchView extends View {
     this.lens = new Heatmap({ rows: 0, cols: 0, values: new Float32Array(0), color: () => [0, 0, 0] });
     this.lens.canvas.setAttribute("data-role", "patched-lens");
     this.lens.applyOnClick = false;
+    // the controls are built once (re-building them would steal the caret from a field being typed in)
+    const m = model;
+    this.fields = {
+      clean: inputField("clean", String(m.get("clean") ?? ""), "wb-clean", (v) => this.commit("clean", v), true),
+      corrupt: inputField("corrupt", String(m.get("corrupt") ?? ""), "wb-corrupt", (v) => this.commit("corrupt", v), true),
+      target: inputField("target", String(m.get("target") ?? ""), "wb-target", (v) => this.commit("target", v)),
+      foil: inputField("foil", String(m.get("foil") ?? ""), "wb-foil", (v) => this.commit("foil", v)),
+    };
+    this.modeSel = select([["patch", "patch"], ["ablate", "ablate"]], String(m.get("mode") ?? "patch"), (v) => this.setTrait("mode", v), { "data-testid": "wb-mode" });
+    this.siteSel = select(SITES, String(m.get("site") ?? "resid_pre"), (v) => this.setTrait("site", v), { "data-testid": "wb-site" });
+    this.methodSel = select([["zero", "zero"], ["mean", "mean"], ["resample", "resample"]], String(m.get("method") ?? "zero"), (v) => this.setTrait("method", v), { "data-testid": "wb-method" });
+    this.methodField = h("label", { class: "wb-field" }, h("span", {}, "method"), this.methodSel);
+    this.words = h("div", { class: "wb-words", "data-testid": "wb-words" });
+    this.warnings = h("div", { class: "wb-warn", "data-testid": "wb-warning", role: "status", hidden: true });
+    this.controls.append(
+      h("div", { class: "wb-row" }, this.fields.clean.label, this.fields.corrupt.label),
+      h(
+        "div",
+        { class: "wb-row" },
+        this.fields.target.label,
+        this.fields.foil.label,
+        h("label", { class: "wb-field" }, h("span", {}, "mode"), this.modeSel),
+        h("label", { class: "wb-field" }, h("span", {}, "site"), this.siteSel),
+        this.methodField,
+        button("Sweep", () => this.send("sweep", {}), { "data-testid": "wb-sweep", class: "wb-btn wb-primary", title: "Patch every cell and fill the heatmap" }),
+      ),
+      this.words,
+      this.warnings,
+    );
     this.body.append(this.controls, this.strips, this.caption, h("div", { class: "wb-panes" }, h("div", { class: "wb-pane" }, this.heatmap.el, this.sourceBox), this.resultBox));
-    for (const t of ["clean", "corrupt", "target", "foil", "site", "mode", "method", "tokens_clean", "tokens_corrupt"]) this.listen(`change:${t}`, () => this.renderAll());
+    for (const t of ["clean", "corrupt", "target", "foil", "site", "mode", "method", "tokens_clean", "tokens_corrupt", "inputs"]) this.listen(`change:${t}`, () => this.renderAll());
     this.listen("change:sweep", () => this.renderHeatmap());
+    this.listen("change:clean_lens", () => this.renderHeatmap());
     this.listen("change:result", () => this.renderResult());
     this.followSelection(this.heatmap);
     this.renderAll();
@@ -94,30 +158,20 @@ export class PatchView extends View {
     this.send(mode === "ablate" ? "ablate" : "patch", payload);
   }
 
+  private commit(name: string, value: string): void {
+    if (String(this.model.get(name) ?? "") !== value) this.setTrait(name, value);
+  }
+
   private renderAll(): void {
     const m = this.model;
     const mode = String(m.get("mode") ?? "patch");
-    clear(this.controls);
-    this.controls.append(
-      h(
-        "div",
-        { class: "wb-row" },
-        inputField("clean", String(m.get("clean") ?? ""), "wb-clean", (v) => this.setTrait("clean", v), true),
-        inputField(mode === "ablate" ? "reference" : "corrupt", String(m.get("corrupt") ?? ""), "wb-corrupt", (v) => this.setTrait("corrupt", v), true),
-      ),
-      h(
-        "div",
-        { class: "wb-row" },
-        inputField("target", String(m.get("target") ?? ""), "wb-target", (v) => this.setTrait("target", v)),
-        inputField("foil", String(m.get("foil") ?? ""), "wb-foil", (v) => this.setTrait("foil", v)),
-        h("label", { class: "wb-field" }, h("span", {}, "mode"), select([["patch", "patch"], ["ablate", "ablate"]], mode, (v) => this.setTrait("mode", v), { "data-testid": "wb-mode" })),
-        h("label", { class: "wb-field" }, h("span", {}, "site"), select(SITES, String(m.get("site") ?? "resid_pre"), (v) => this.setTrait("site", v), { "data-testid": "wb-site" })),
-        mode === "ablate"
-          ? h("label", { class: "wb-field" }, h("span", {}, "method"), select([["zero", "zero"], ["mean", "mean"], ["resample", "resample"]], String(m.get("method") ?? "zero"), (v) => this.setTrait("method", v), { "data-testid": "wb-method" }))
-          : null,
-        button("Sweep", () => this.send("sweep", {}), { "data-testid": "wb-sweep", class: "wb-btn wb-primary", title: "Patch every cell and fill the heatmap" }),
-      ),
-    );
+    for (const name of ["clean", "corrupt", "target", "foil"]) this.fields[name].sync(String(m.get(name) ?? ""));
+    this.fields.corrupt.caption.textContent = mode === "ablate" ? "reference" : "corrupt";
+    this.modeSel.value = mode;
+    this.siteSel.value = String(m.get("site") ?? "resid_pre");
+    this.methodSel.value = String(m.get("method") ?? "zero");
+    this.methodField.hidden = mode !== "ablate";
+    this.renderWords();
     clear(this.strips);
     const tc = (m.get("tokens_clean") ?? []) as string[];
     const tk = (m.get("tokens_corrupt") ?? []) as string[];
@@ -125,6 +179,25 @@ export class PatchView extends View {
     if (mode !== "ablate") this.strips.append(tokenStrip(tk, { label: "corrupt:", testid: "wb-tokens-corrupt" }));
     this.renderHeatmap();
     this.renderResult();
+  }
+
+  /** Target and foil as the model sees them (␣ = the leading space), and a warning when that may surprise. */
+  private renderWords(): void {
+    const info = (this.model.get("inputs") ?? {}) as Record<string, WordInfo>;
+    clear(this.words);
+    const warn: string[] = [];
+    for (const name of ["target", "foil"]) {
+      const w = info[name];
+      if (!w || !w.text) continue;
+      const toks = w.tokens ?? [];
+      const item = h("span", { class: "wb-word", "data-testid": `wb-${name}-tokens` }, h("span", {}, `${name} scores`));
+      for (const t of toks) item.append(h("span", { class: "wb-word-tok" + (w.error ? " wb-word-bad" : ""), "data-testid": "wb-word-token" }, visibleToken(t)));
+      if (w.error) item.append(h("span", { class: "wb-word-bad" }, `(${toks.length} tokens: must be one)`));
+      this.words.append(item);
+      if (w.warning) warn.push(`${name}: ${w.warning}`);
+    }
+    this.warnings.hidden = warn.length === 0;
+    this.warnings.textContent = warn.join("\n");
   }
 
   private grid(): { rows: number; cols: number; colLabels: string[] } {
@@ -173,24 +246,35 @@ export class PatchView extends View {
       maxWidth: 760,
       name: "patching effect",
     });
-    // the clean run's cells, draggable onto the corrupt run's map (patch across positions or layers)
+    // the clean run's cells, draggable onto the corrupt run's map (patch across positions or layers); drawn as the
+    // clean run's logit lens (top-1 token and its probability) so the user sees what they drag
     clear(this.sourceBox);
     const tc = (this.model.get("tokens_clean") ?? []) as string[];
     if (mode !== "ablate" && !this.isHead() && tc.length) {
+      const d = decodeLens(this.model.get("clean_lens"));
+      const ok = d !== null && d.T === tc.length && d.L === g.rows;
+      const vals = new Float32Array(g.rows * tc.length).fill(NaN);
+      if (ok) for (let i = 0; i < vals.length; i++) vals[i] = d.topProbs.data[i * d.k];
       this.source.setSpec({
         rows: g.rows,
         cols: tc.length,
-        values: new Float32Array(g.rows * tc.length).fill(0.25),
-        color: (v, th) => sequential(th, 0, 1)(v),
+        values: vals,
+        color: (v, th) => sequential(th, 0, 1)(Number.isFinite(v) ? v : 0.15),
+        // with no lens yet (or none for remote models) the cells show the clean tokens themselves
+        cellLabel: ok ? top1Label(d) : (_r, c) => visibleToken(tc[c] ?? ""),
         rowLabels: Array.from({ length: g.rows }, (_, i) => `L${i}`),
         colLabels: tc.map(visibleToken),
-        tooltip: (r, c) => [`clean run: layer ${r}, position ${c} (${visibleToken(tc[c] ?? "")})`, "drag onto a cell of the map above"],
+        tooltip: (r, c) => [...(ok ? lensTooltip(d)(r, c).map((x, i) => (i === 0 ? `clean run: ${x}` : x)) : [`clean run: layer ${r}, position ${c} (${visibleToken(tc[c] ?? "")})`]), "drag onto a cell of the map above"],
         cellW: 34,
-        cellH: 8,
+        cellH: 15,
         maxWidth: 760,
         name: "clean run (drag source)",
       });
-      this.sourceBox.append(h("div", { class: "wb-subtitle" }, "Clean run — drag a cell onto the map above to patch between positions or layers"), this.source.el);
+      this.source.canvas.setAttribute("data-lens", ok ? "1" : "0");
+      this.sourceBox.append(h("div", { class: "wb-subtitle" }, "Clean run (its logit lens: top-1 token per layer) — drag a cell onto the map above to patch between positions or layers"));
+      const note = (this.model.get("clean_lens") as { note?: unknown } | null)?.note;
+      if (!ok) this.sourceBox.append(h("div", { class: "wb-hint", "data-testid": "wb-clean-note" }, typeof note === "string" ? `(${note}; the cells are the clean tokens)` : "computing the clean run's lens…"));
+      this.sourceBox.append(this.source.el);
     }
   }
 
@@ -228,7 +312,7 @@ export class PatchView extends View {
         colLabels: d.tokens.map(visibleToken),
         tooltip: lensTooltip(d),
         cellW: 46,
-        cellH: d.L > 24 ? 12 : 16,
+        cellH: 16, // 12 px text (it was 9 px at 12 px rows)
         maxWidth: 620,
         name: "logit lens of the patched run",
       });

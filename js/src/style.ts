@@ -2,6 +2,7 @@
 export const CSS = `
 .wb-root{--wb-fg:var(--jp-ui-font-color1,#222);--wb-bg:var(--jp-layout-color0,#fff);--wb-bg2:var(--jp-layout-color1,#f6f6f6);--wb-border:var(--jp-border-color1,#ccc);--wb-accent:var(--jp-brand-color1,#1976d2);--wb-err:var(--jp-error-color1,#d32f2f);
  color:var(--wb-fg);background:var(--wb-bg);font-family:var(--jp-ui-font-family,system-ui,sans-serif);font-size:var(--jp-ui-font-size1,13px);padding:6px;border:1px solid var(--wb-border);border-radius:4px;max-width:100%;overflow:auto;position:relative}
+.wb-root [hidden]{display:none !important}
 .wb-header{display:flex;align-items:center;gap:8px;flex-wrap:wrap;margin-bottom:6px}
 .wb-title{font-weight:600}
 .wb-status{padding:1px 6px;border-radius:8px;background:var(--wb-bg2);border:1px solid var(--wb-border);font-size:12px}
@@ -25,7 +26,7 @@ export const CSS = `
 .wb-token{font-family:var(--jp-code-font-family,monospace);white-space:pre;border:1px solid var(--wb-border);border-radius:3px;padding:0 3px;background:var(--wb-bg2);cursor:default}
 .wb-token.wb-selected{border-color:var(--wb-accent);box-shadow:0 0 0 1px var(--wb-accent)}
 .wb-heatmap{position:relative;display:inline-block;max-width:100%;overflow:auto}
-.wb-hm-grid{display:grid;grid-template-columns:auto auto;align-items:end}
+.wb-hm-grid{display:grid;grid-template-columns:max-content max-content;align-items:end}
 .wb-collabels{display:flex;align-items:flex-end;max-height:64px;overflow:hidden}
 .wb-collabel{writing-mode:vertical-rl;transform:rotate(180deg);font-family:var(--jp-code-font-family,monospace);font-size:10px;white-space:pre;overflow:hidden;max-height:64px;text-align:left;line-height:1}
 .wb-rowlabels{display:flex;flex-direction:column;font-size:10px;text-align:right;padding-right:4px;opacity:.8;align-self:start;overflow:hidden}
@@ -46,6 +47,12 @@ export const CSS = `
 .wb-code{font-family:var(--jp-code-font-family,monospace);font-size:11px;background:var(--wb-bg2);border:1px solid var(--wb-border);padding:6px;max-height:300px;overflow:auto;white-space:pre}
 .wb-history-list{margin:2px 0;padding-left:22px;font-size:12px}
 .wb-history-list li>span{margin-left:6px}
+.wb-h-args{font-family:var(--jp-code-font-family,monospace);white-space:pre;color:var(--wb-accent)}
+.wb-words{display:flex;gap:12px;flex-wrap:wrap;margin:2px 0;font-size:12px}
+.wb-word{display:inline-flex;gap:4px;align-items:center}
+.wb-word-tok{font-family:var(--jp-code-font-family,monospace);white-space:pre;border:1px solid var(--wb-border);border-radius:3px;padding:0 3px;background:var(--wb-bg2)}
+.wb-word-bad{border-color:var(--wb-err);color:var(--wb-err)}
+.wb-warn{color:var(--jp-warn-color1,#b26a00);border:1px solid var(--jp-warn-color1,#b26a00);border-radius:3px;padding:2px 6px;margin:2px 0;white-space:pre-wrap;font-size:12px}
 .wb-h-top{font-family:var(--jp-code-font-family,monospace);white-space:pre;opacity:.85}
 .wb-compare{border-collapse:collapse;font-size:12px}
 .wb-compare td,.wb-compare th{border:1px solid var(--wb-border);padding:1px 6px;white-space:pre}

@@ -19,6 +19,40 @@ export interface HistoryEntry {
   corrupt?: number | null;
   top?: [string, number][];
   code?: string;
+  args?: Record<string, unknown>;
+}
+
+export const HISTORY_MAX = 50;
+
+function argText(v: unknown): string {
+  if (typeof v === "string") return v;
+  return JSON.stringify(v) ?? String(v);
+}
+
+/** For each entry, the arguments that differ between the entries (shortened around where they differ). */
+export function differingArgs(hist: HistoryEntry[]): string[] {
+  const keys = new Set<string>();
+  for (const e of hist) for (const k of Object.keys(e.args ?? {})) keys.add(k);
+  const differ: string[] = [];
+  for (const k of keys) {
+    const vals = hist.map((e) => argText((e.args ?? {})[k] ?? ""));
+    if (new Set(vals).size > 1) differ.push(k);
+  }
+  return hist.map((e) =>
+    differ
+      .filter((k) => e.args !== undefined && k in e.args) // an argument this run did not have is not shown as ∅
+      .map((k) => {
+        const vals = hist.map((x) => argText((x.args ?? {})[k] ?? ""));
+        const v = argText((e.args ?? {})[k] ?? "");
+        // common prefix of all values: show the part from just before where they start to differ
+        let p = 0;
+        while (vals.every((x) => x.length > p && x[p] === vals[0][p])) p++;
+        let shown = p > 12 ? "…" + v.slice(p - 8) : v;
+        if (shown.length > 36) shown = shown.slice(0, 35) + "…";
+        return `${k}=${visibleToken(shown)}`;
+      })
+      .join("  "),
+  );
 }
 
 export abstract class View {
@@ -34,6 +68,8 @@ export abstract class View {
   protected codeBox: HTMLElement;
   private listeners: [string, Handler][] = [];
   private compare = new Set<string>();
+  /** Run history: the kernel sends each new entry once ("history_add"), and the whole list once on attach. */
+  protected hist: HistoryEntry[] = [];
   readonly standalone: boolean;
 
   constructor(model: AnyModel, el: HTMLElement, title: string) {
@@ -63,13 +99,20 @@ export abstract class View {
     this.listen("change:progress", () => this.renderStatus());
     this.listen("change:progress_text", () => this.renderStatus());
     this.listen("change:error", () => this.renderStatus());
-    this.listen("change:history", () => this.renderHistory());
+    this.hist = ((model.get("history") ?? []) as HistoryEntry[]).slice(-HISTORY_MAX); // standalone export state
     this.listen("change:code", () => {
-      if (!this.codeBox.hidden) this.codeBox.textContent = String(this.model.get("code") ?? "");
+      if (!this.codeBox.hidden) this.codeBox.textContent = this.codeText();
     });
     this.listen("msg:custom", (content: any, buffers: DataView[]) => this.onMessage(content, buffers ?? []));
     this.renderStatus();
     this.renderHistory();
+    // tell the kernel a front end draws this view (save_png/save_svg need one) and get the history so far
+    if (!this.standalone) this.model.send({ kind: "attached", id: requestId() });
+  }
+
+  private codeText(): string {
+    const code = String(this.model.get("code") ?? "");
+    return code || "# no intervention for the current inputs yet: click a cell or press Sweep";
   }
 
   listen(event: string, cb: Handler): void {
@@ -78,6 +121,13 @@ export abstract class View {
   }
 
   destroy(): void {
+    if (!this.standalone) {
+      try {
+        this.model.send({ kind: "detached", id: requestId() });
+      } catch {
+        /* the comm may be gone already */
+      }
+    }
     for (const [e, cb] of this.listeners) this.model.off(e, cb);
     this.listeners = [];
   }
@@ -107,17 +157,19 @@ export abstract class View {
     this.progress.hidden = st !== "running";
     this.progress.value = Number.isFinite(p) ? p : 0;
     this.cancelBtn.disabled = st !== "running";
-    const err = String(this.model.get("error") ?? "");
+    let err = String(this.model.get("error") ?? "");
+    if (st === "error" && !err) err = "The last action failed (no message from the kernel).";
     this.errorBox.hidden = !err;
     this.errorBox.textContent = err;
   }
 
   private renderHistory(): void {
-    const hist = (this.model.get("history") ?? []) as HistoryEntry[];
+    const hist = this.hist;
     clear(this.historyBox);
     if (!hist.length) return;
     const list = h("ol", { class: "wb-history-list" });
-    for (const e of hist) {
+    const diffs = differingArgs(hist);
+    for (const [i, e] of hist.entries()) {
       const cb = h("input", { type: "checkbox", "data-testid": "wb-history-check", "data-id": e.id });
       cb.checked = this.compare.has(e.id);
       cb.addEventListener("change", () => {
@@ -126,7 +178,7 @@ export abstract class View {
         this.renderHistory();
       });
       const top = (e.top ?? []).slice(0, 3).map(([t, p]) => `${visibleToken(t)} ${fmt(p, 2)}`).join("  ");
-      list.append(h("li", { "data-testid": "wb-history-entry" }, cb, h("span", { class: "wb-h-label" }, e.label), h("span", { class: "wb-h-val" }, e.value == null ? "" : `= ${fmt(e.value)}`), h("span", { class: "wb-h-top" }, top)));
+      list.append(h("li", { "data-testid": "wb-history-entry" }, cb, h("span", { class: "wb-h-label" }, e.label), diffs[i] ? h("span", { class: "wb-h-args", "data-testid": "wb-history-args" }, diffs[i]) : null, h("span", { class: "wb-h-val" }, e.value == null ? "" : `= ${fmt(e.value)}`), h("span", { class: "wb-h-top" }, top)));
     }
     this.historyBox.append(h("div", { class: "wb-subtitle" }, `Run history (${hist.length}) — tick runs to compare`), list);
     const chosen = hist.filter((e) => this.compare.has(e.id));
@@ -134,9 +186,10 @@ export abstract class View {
       const table = h("table", { class: "wb-compare", "data-testid": "wb-compare" });
       table.append(h("tr", {}, h("th", {}, "run"), h("th", {}, "metric"), h("th", {}, "Δ vs first"), h("th", {}, "prediction")));
       const base = chosen[0].value ?? 0;
-      for (const e of chosen) {
+      const chosenDiffs = differingArgs(chosen);
+      for (const [i, e] of chosen.entries()) {
         const v = e.value ?? NaN;
-        table.append(h("tr", {}, h("td", {}, e.label), h("td", {}, fmt(v)), h("td", {}, fmt(v - base)), h("td", {}, (e.top ?? []).slice(0, 3).map(([t, p]) => `${visibleToken(t)} ${fmt(p, 2)}`).join("  "))));
+        table.append(h("tr", {}, h("td", {}, chosenDiffs[i] ? `${e.label}  ${chosenDiffs[i]}` : e.label), h("td", {}, fmt(v)), h("td", {}, fmt(v - base)), h("td", {}, (e.top ?? []).slice(0, 3).map(([t, p]) => `${visibleToken(t)} ${fmt(p, 2)}`).join("  "))));
       }
       this.historyBox.append(table);
     }
@@ -144,7 +197,7 @@ export abstract class View {
 
   private showCode(): void {
     const code = String(this.model.get("code") ?? "");
-    this.codeBox.textContent = code || "# run an intervention first";
+    this.codeBox.textContent = this.codeText();
     this.codeBox.hidden = !this.codeBox.hidden;
     if (code) void copyText(code);
   }
@@ -197,7 +250,14 @@ export abstract class View {
 
   protected onMessage(content: any, buffers: DataView[]): void {
     if (!content || typeof content !== "object") return;
-    if (content.kind === "export") {
+    if (content.kind === "history" && Array.isArray(content.entries)) {
+      this.hist = (content.entries as HistoryEntry[]).slice(-HISTORY_MAX);
+      this.renderHistory();
+    } else if (content.kind === "history_add" && content.entry && typeof content.entry === "object") {
+      const max = Number(content.max) > 0 ? Number(content.max) : HISTORY_MAX;
+      this.hist = [...this.hist, content.entry as HistoryEntry].slice(-max);
+      this.renderHistory();
+    } else if (content.kind === "export") {
       // The kernel asked for an image of the current view (view.save_png / save_svg).
       let bytes: Uint8Array = new Uint8Array(0);
       if (content.format === "png") bytes = dataURLBytes(this.pngURL());

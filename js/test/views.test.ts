@@ -1,13 +1,14 @@
 import { describe, expect, it } from "vitest";
-import { render } from "../src/index";
+import widget from "../src/index";
 import { StaticModel } from "../src/model";
+import { LensView } from "../src/lens";
 import { f32, lensData, setBox } from "./helpers";
 
 function mount(state: Record<string, unknown>) {
   const model = new StaticModel({ status: "done", error: "", progress: 0, progress_text: "", history: [], code: "", selected: [], ...state });
   const el = document.createElement("div");
   document.body.append(el);
-  const cleanup = render({ model, el });
+  const cleanup = widget.render({ model, el });
   return { model, el, cleanup };
 }
 
@@ -114,5 +115,42 @@ describe("shared selection", () => {
     const { el, model } = mount({ _view_kind: "lens", prompt: "p", data: lensData(3, 4, 2), pinned: [], mode: "prob" });
     model.set("selected", [2, 3]);
     expect(el.querySelector("[data-role=lens]")!.getAttribute("data-selected")).toBe("2,3");
+  });
+});
+
+describe("issue 10 plumbing", () => {
+  it("the bundle has no named render export (anywidget's deprecation warning) and a default { render }", async () => {
+    const mod: Record<string, unknown> = await import("../src/index");
+    expect("render" in mod).toBe(false);
+    expect(typeof (mod.default as { render?: unknown }).render).toBe("function");
+  });
+  it("history arrives one entry at a time and shows the arguments that differ", () => {
+    const { el, model } = mount({ _view_kind: "lens", prompt: "p", data: {} });
+    expect(model.sent.some((m) => (m.content as any).kind === "attached")).toBe(true);
+    const entry = (id: string, prompt: string) => ({ id, label: "lens", value: null, top: [], args: { prompt, pinned: [" Paris"] } });
+    model.emit("msg:custom", { kind: "history_add", entry: entry("a", "The Eiffel Tower is located in the city of"), max: 50 }, []);
+    model.emit("msg:custom", { kind: "history_add", entry: entry("b", "The Eiffel Tower is located in the town of"), max: 50 }, []);
+    const args = [...el.querySelectorAll("[data-testid=wb-history-args]")].map((x) => x.textContent ?? "");
+    expect(args.length).toBe(2);
+    expect(args[0]).toContain("city");
+    expect(args[1]).toContain("town");
+    expect(args[0]).not.toContain("pinned"); // the same in both: not shown
+    model.emit("msg:custom", { kind: "history", entries: [entry("c", "x")], max: 50 }, []);
+    expect(el.querySelectorAll("[data-testid=wb-history-entry]").length).toBe(1);
+  });
+  it("an error status without a message still says something", () => {
+    const { el, model } = mount({ _view_kind: "lens", prompt: "p", data: {} });
+    model.set("status", "error");
+    const err = el.querySelector("[data-testid=wb-error]") as HTMLElement;
+    expect(err.hidden).toBe(false);
+    expect(err.textContent).toContain("failed");
+  });
+  it("the lens export title is the prompt of the data shown, not of the box", () => {
+    const model = new StaticModel({ _view_kind: "lens", status: "error", error: "x", history: [], prompt: "new prompt", data: { ...lensData(2, 2, 2), prompt: "old prompt" } });
+    const el = document.createElement("div");
+    document.body.append(el);
+    const v = new LensView(model, el);
+    expect(v.title()).toBe("Logit lens: old prompt");
+    v.destroy();
   });
 });

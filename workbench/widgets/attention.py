@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import traitlets
 
-from .base import WorkbenchWidget, _ops, pack
+from .base import WorkbenchWidget, _ops, check_int, pack
 
 THUMB = 16
 
@@ -38,12 +38,25 @@ class AttentionView(WorkbenchWidget):
             model, prompt=prompt, n_layers=int(model.n_layers), n_heads=int(model.n_heads), **kwargs
         )
         self._patterns: np.ndarray | None = None
+        self._shown: str | None = None  # the prompt of the patterns on screen
+        self._quiet = False
         self._handlers["head"] = self._on_head
-        self.observe(lambda _c: self.recompute(), names=["prompt"])
+        self.observe(lambda _c: None if self._quiet else self.recompute(), names=["prompt"])
         self.recompute(wait=True)
 
     def recompute(self, wait: bool = False) -> None:
         prompt = self.prompt
+
+        def failed(exc):
+            # the prompt box must not describe other data than the grid shows
+            if self._shown is None or self.prompt == self._shown:
+                return ""
+            self._quiet = True
+            try:
+                self.prompt = self._shown
+            finally:
+                self._quiet = False
+            return f"The prompt box is back to the prompt shown: {self._shown[:80]!r}."
 
         def run(progress, cancel):
             return _ops().attention(self.model, prompt, progress=progress, cancel=cancel)
@@ -56,10 +69,17 @@ class AttentionView(WorkbenchWidget):
                 self.thumbs = pack(thumbnails(self._patterns))
                 self.pattern = {}
             self.code = attn.to_code()
-            if len(self.selected) == 2:
-                self._send_head(*self.selected)
+            self._shown = prompt
+            sel = list(self.selected)
+            if (
+                len(sel) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in sel)
+                and 0 <= sel[0] < self.n_layers
+                and 0 <= sel[1] < self.n_heads
+            ):
+                self._send_head(*sel)
 
-        self.submit("attention", "", run, done, slot="attention", wait=wait)
+        self.submit("attention", "", run, done, slot="attention", wait=wait, failed=failed)
 
     def _send_head(self, layer: int, head: int) -> None:
         assert self._patterns is not None
@@ -71,16 +91,19 @@ class AttentionView(WorkbenchWidget):
         }
 
     def _on_head(self, content: dict, _buffers: list) -> None:
-        layer, head = int(content["layer"]), int(content["head"])
-        if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
-            from ..errors import SiteError
+        from ..errors import SiteError
 
+        try:
+            layer = check_int(content, "layer", 0, self.n_layers - 1)
+            head = check_int(content, "head", 0, self.n_heads - 1)
+        except Exception as exc:
             raise SiteError(
-                f"No head L{layer} H{head}: layers 0..{self.n_layers - 1}, heads 0..{self.n_heads - 1}."
-            )
+                f"No such head: {exc} (layers 0..{self.n_layers - 1}, heads 0..{self.n_heads - 1})."
+            ) from None
         self.selected = [layer, head]
         if self._patterns is not None:
             self._send_head(layer, head)
+            self._clear_error()  # a success replaces an old error banner
             self.status = "done"
         else:
             self.recompute()

@@ -13,6 +13,7 @@ import json
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,13 @@ import traitlets
 STATIC = Path(__file__).resolve().parent.parent / "static"
 BUNDLE = STATIC / "widget.js"
 HISTORY_MAX = 50
+RUNNER_IDLE_EXIT = 2.0  # seconds a worker thread waits for work before it exits (a new job starts another)
+
+
+def _errors():
+    from .. import errors
+
+    return errors
 
 
 def _ops():
@@ -107,7 +115,15 @@ def pack_lens(
 
 class Job:
     def __init__(
-        self, owner: WorkbenchWidget, kind: str, request_id: str, fn: Callable, done: Callable, slot: str
+        self,
+        owner: WorkbenchWidget,
+        kind: str,
+        request_id: str,
+        fn: Callable,
+        done: Callable,
+        slot: str,
+        failed: Callable[[BaseException], None] | None = None,
+        quiet: bool = False,
     ):
         self.owner = owner
         self.kind = kind
@@ -115,6 +131,8 @@ class Job:
         self.fn = fn
         self.done = done
         self.slot = slot
+        self.failed = failed  # called (before the error shows) when the job fails or is cancelled
+        self.quiet = quiet  # a background job: leaves status/progress/error alone unless it fails
         self.cancel = threading.Event()
 
 
@@ -123,10 +141,14 @@ class Runner:
 
     A new job for the same (widget, slot) replaces a job of that slot that has not started yet (a second click
     while one runs is queued, and a third replaces the second); jobs are never interleaved.
+
+    The runner never holds the model: the model holds its runner (`model._wb_runner`), the worker thread holds
+    only a weak reference to the runner between jobs, and it exits after `RUNNER_IDLE_EXIT` seconds without
+    work (the next job starts a new one). So `del model` frees the model once no view uses it.
     """
 
-    def __init__(self, model: Any):
-        self.model = model
+    def __init__(self, model: Any = None):  # `model` is accepted for old callers and not kept
+        del model
         self._cv = threading.Condition()
         self._pending: list[Job] = []
         self.current: Job | None = None
@@ -139,21 +161,29 @@ class Runner:
                 old.owner._superseded(old)
             self._pending.append(job)
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="workbench-runner", daemon=True)
+                self._thread = threading.Thread(
+                    target=_runner_loop, args=(weakref.ref(self),), name="workbench-runner", daemon=True
+                )
                 self._thread.start()
             self._cv.notify_all()
 
-    def cancel(self, owner: WorkbenchWidget) -> bool:
-        """Cancel the owner's running job and drop its pending ones."""
-        hit = False
+    def cancel(self, owner: Any) -> tuple[list[Job], Job | None]:
+        """Cancel the owner's running job and drop its pending ones: (dropped pending jobs, the running job)."""
         with self._cv:
-            for j in [j for j in self._pending if j.owner is owner]:
+            dropped = [j for j in self._pending if j.owner is owner]
+            for j in dropped:
                 self._pending.remove(j)
-                hit = True
-            if self.current is not None and self.current.owner is owner:
-                self.current.cancel.set()
-                hit = True
-        return hit
+            running = self.current if self.current is not None and self.current.owner is owner else None
+            if running is not None:
+                running.cancel.set()
+        return dropped, running
+
+    def busy_for(self, owner: Any) -> bool:
+        """Whether `owner` has a job running or queued."""
+        with self._cv:
+            return (self.current is not None and self.current.owner is owner) or any(
+                j.owner is owner for j in self._pending
+            )
 
     def idle(self) -> bool:
         with self._cv:
@@ -165,26 +195,37 @@ class Runner:
             if self.idle():
                 return True
             time.sleep(0.01)
-        return False
+        return self.idle()
 
-    def _loop(self) -> None:
-        while True:
-            with self._cv:
-                while not self._pending:
-                    self._cv.wait()
-                job = self._pending.pop(0)
-                self.current = job
-            try:
-                job.owner._execute(job)
-            finally:
-                with self._cv:
-                    self.current = None
+
+def _runner_loop(ref: weakref.ref) -> None:
+    """The worker thread: holds the runner only while it looks for or runs a job, never the model."""
+    while True:
+        runner = ref()
+        if runner is None:
+            return
+        with runner._cv:
+            if not runner._pending:
+                runner._cv.wait(RUNNER_IDLE_EXIT)
+            if not runner._pending:
+                runner._thread = None  # under the lock: submit() starts a new thread after this one
+                return
+            job = runner._pending.pop(0)
+            runner.current = job
+        try:
+            job.owner._execute(job)
+        except BaseException:  # noqa: BLE001 - the loop must survive anything a job does
+            traceback.print_exc()
+        finally:
+            with runner._cv:
+                runner.current = None
+            del job, runner  # nothing of the job (its closures hold the model) outlives it here
 
 
 def runner_for(model: Any) -> Runner:
     r = getattr(model, "_wb_runner", None)
     if r is None:
-        r = Runner(model)
+        r = Runner()
         with contextlib.suppress(AttributeError):
             model._wb_runner = r
     return r
@@ -193,8 +234,67 @@ def runner_for(model: Any) -> Runner:
 _ids = itertools.count(1)
 
 
+def _no_progress(fraction: float, message: str = "") -> None:
+    pass
+
+
 def _request_id() -> str:
     return f"py{next(_ids)}"
+
+
+def _view_errors():
+    """WorkbenchError subclasses of the views (made lazily: errors.py must not import widgets)."""
+    global _VIEW_ERRORS
+    if _VIEW_ERRORS is None:
+        E = _errors().WorkbenchError
+
+        class MessageError(E):
+            """A malformed request from the view (wrong type, out of range, unknown kind)."""
+
+        class WaitTimeoutError(E, TimeoutError):
+            """`view.wait(timeout)` returned before the view's work finished."""
+
+        class ExportError(E):
+            """save_png / save_svg need a front end that draws the view."""
+
+        _VIEW_ERRORS = {
+            "MessageError": MessageError,
+            "WaitTimeoutError": WaitTimeoutError,
+            "ExportError": ExportError,
+        }
+    return _VIEW_ERRORS
+
+
+_VIEW_ERRORS: dict[str, type] | None = None
+
+
+def message_error(text: str) -> Exception:
+    return _view_errors()["MessageError"](text)
+
+
+def check_int(
+    content: dict, name: str, lo: int, hi: int, *, optional: bool = False, what: str = ""
+) -> int | None:
+    """An integer field lo..hi of a request from the view, or a MessageError naming what was wrong."""
+    v = content.get(name)
+    label = what or name
+    if v is None:
+        if optional:
+            return None
+        raise message_error(f"The view's request has no {label}: it needs an integer {lo}..{hi}.")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise message_error(
+            f"The view sent {label}={v!r} ({type(v).__name__}): it must be an integer {lo}..{hi}."
+        )
+    if isinstance(v, float):
+        if not np.isfinite(v) or v != int(v):
+            raise message_error(
+                f"The view sent {label}={v!r}: it must be a whole number {lo}..{hi}, not a fraction."
+            )
+        v = int(v)
+    if not lo <= v <= hi:
+        raise message_error(f"The view sent {label}={v}, outside {lo}..{hi}.")
+    return int(v)
 
 
 def readable(exc: BaseException) -> str:
@@ -214,8 +314,10 @@ def readable(exc: BaseException) -> str:
 class WorkbenchWidget(anywidget.AnyWidget):
     """Shared traits and messaging of the Workbench views."""
 
+    # the bundle's text, not its Path: for a Path anywidget connects every instance to a file-watch signal with a
+    # strong reference, so no view (and no model a view used) could ever be freed
     _esm = (
-        BUNDLE
+        BUNDLE.read_text(encoding="utf-8")
         if BUNDLE.exists()
         else "export default { render({ el }) { el.textContent = 'Workbench: the JS bundle is missing; run make install (npm run build in js/).'; } }"
     )
@@ -225,7 +327,8 @@ class WorkbenchWidget(anywidget.AnyWidget):
     error = traitlets.Unicode("").tag(sync=True)
     progress = traitlets.Float(0.0).tag(sync=True)
     progress_text = traitlets.Unicode("").tag(sync=True)
-    history = traitlets.List().tag(sync=True)
+    # not synced: every new run goes to the view as one "history_add" message (the list is never re-sent per click)
+    history = traitlets.List()
     code = traitlets.Unicode("").tag(sync=True)
     selected = traitlets.List().tag(sync=True, echo_update=False)
 
@@ -240,16 +343,44 @@ class WorkbenchWidget(anywidget.AnyWidget):
             "cancel": lambda c, b: self.cancel(),
             "export_html": self._on_export_html,
             "export_result": self._on_export_result,
+            "attached": self._on_attached,
+            "detached": self._on_detached,
         }
+        self._frontends = 0  # views of this widget drawn by a front end (they say so when they render)
         self.on_msg(self._on_msg)
+        self.observe(self._status_error_invariant, names=["status", "error"])
 
     # ---- messaging
+    def _status_error_invariant(self, change: Any) -> None:
+        """status "error" always carries a message, and clearing the message clears the error status."""
+        if change["name"] == "error" and not change["new"] and self.status == "error":
+            self.status = "idle"
+        elif change["name"] == "status" and change["new"] == "error" and not self.error:
+            self.error = "The last action failed without a message (see the kernel log)."
+
+    def _clear_error(self) -> None:
+        """Drop a shown error (the status follows: see _status_error_invariant)."""
+        self.error = ""
+
+    def _set_error(self, message: str) -> None:
+        self.error = message
+        self.status = "error"
+
     def _on_msg(self, _widget: Any, content: Any, buffers: list) -> None:
         if not isinstance(content, dict):
+            self._fail(
+                message_error(f"The view sent a request that is not an object: {str(content)[:80]!r}."), ""
+            )
             return
-        handler = self._handlers.get(str(content.get("kind")))
+        kind = content.get("kind")
+        handler = self._handlers.get(kind) if isinstance(kind, str) else None
         if handler is None:
-            self.error = f"Unknown request {content.get('kind')!r} from the view."
+            known = ", ".join(
+                sorted(k for k in self._handlers if k not in ("attached", "detached", "export_result"))
+            )
+            self._fail(
+                message_error(f"Unknown request {str(kind)[:40]!r} from the view (known: {known})."), ""
+            )
             return
         try:
             handler(content, buffers or [])
@@ -273,16 +404,23 @@ class WorkbenchWidget(anywidget.AnyWidget):
         *,
         slot: str = "click",
         wait: bool = False,
+        failed: Callable[[BaseException], None] | None = None,
+        quiet: bool = False,
     ) -> None:
-        """Run `fn(progress, cancel)` (one ops call) on the model's worker, then `done(result)`."""
-        job = Job(self, kind, request_id or _request_id(), fn, done, slot)
+        """Run `fn(progress, cancel)` (one ops call) on the model's worker, then `done(result)`.
+
+        `failed(exc)` runs if it raises or is cancelled (to undo what the request changed); a `quiet` job runs in
+        the background without touching status/progress unless it fails.
+        """
+        job = Job(self, kind, request_id or _request_id(), fn, done, slot, failed=failed, quiet=quiet)
         if wait:
             with self.model.lock:
                 self._execute(job)
         else:
-            self.status = "running"
-            self.progress = 0.0
-            self.progress_text = "queued" if not self.runner.idle() else ""
+            if not quiet:
+                self.status = "running"
+                self.progress = 0.0
+                self.progress_text = "queued" if not self.runner.idle() else ""
             self.runner.submit(job)
 
     def _execute(self, job: Job) -> None:
@@ -299,33 +437,60 @@ class WorkbenchWidget(anywidget.AnyWidget):
 
         from ..errors import CancelledError
 
-        self.status = "running"
-        self.error = ""
-        self.progress = 0.0
-        self.progress_text = job.kind
+        if job.quiet:
+            progress = _no_progress  # noqa: F811 - a background job does not drive the progress bar
+        else:
+            self.status = "running"
+            self.error = ""
+            self.progress = 0.0
+            self.progress_text = job.kind
         try:
             with self.model.lock:
                 t0 = time.perf_counter()
                 result = job.fn(progress, job.cancel)
-                self.compute_ms = (time.perf_counter() - t0) * 1000.0
+                if not job.quiet:
+                    self.compute_ms = (time.perf_counter() - t0) * 1000.0
                 job.done(result)
-        except CancelledError:
-            self.status = "idle"
-            self.progress = 0.0
-            self.progress_text = "cancelled"
-            self.send({"kind": "cancelled", "id": job.request_id})
+        except CancelledError as exc:
+            note = self._undo(job, exc)
+            if note:
+                self._set_error(note)
+            elif not job.quiet:
+                self._cancelled(job)
             return
         except Exception as exc:
-            self._fail(exc, job.request_id)
+            note = self._undo(job, exc)
+            if job.quiet and job.failed is not None:
+                return  # a background job with its own failure display leaves the view's status alone
+            self._fail(exc, job.request_id, note)
             return
-        self.status = "done"
+        if job.quiet:
+            return
+        # an error shown since the job started (input checked while it ran) keeps its status
+        self.status = "error" if self.error else "done"
         self.progress = 1.0
         self.progress_text = ""
         self.send({"kind": "done", "id": job.request_id})
 
-    def _fail(self, exc: BaseException, request_id: str) -> None:
+    def _undo(self, job: Job, exc: BaseException) -> str:
+        """Run the job's `failed` callback; what it returns is a note added to the error message."""
+        if job.failed is not None:
+            try:
+                return str(job.failed(exc) or "")
+            except Exception:  # noqa: BLE001 - the original error is the one to show
+                traceback.print_exc()
+        return ""
+
+    def _cancelled(self, job: Job) -> None:
+        self.status = "idle"
+        self.progress = 0.0
+        self.progress_text = "cancelled"
+        with contextlib.suppress(Exception):
+            self.send({"kind": "cancelled", "id": job.request_id})
+
+    def _fail(self, exc: BaseException, request_id: str, note: str = "") -> None:
         self.last_error = exc
-        self.error = readable(exc)
+        self.error = (readable(exc) or f"{type(exc).__name__} (no message)") + (f"\n{note}" if note else "")
         self.status = "error"
         self.progress_text = ""
         with contextlib.suppress(Exception):
@@ -336,18 +501,41 @@ class WorkbenchWidget(anywidget.AnyWidget):
             self.send({"kind": "superseded", "id": job.request_id})
 
     def cancel(self) -> None:
-        """Cancel this view's running computation (and drop queued ones)."""
-        if not self.runner.cancel(self) and self.status == "running":
+        """Cancel this view's running computation and drop its queued ones (the status says "cancelled")."""
+        from ..errors import CancelledError
+
+        dropped, running = self.runner.cancel(self)
+        notes = []
+        for job in dropped:  # never started: undo what the request changed, and tell the view
+            notes.append(self._undo(job, CancelledError("cancelled before it started")))
+            with contextlib.suppress(Exception):
+                self.send({"kind": "cancelled", "id": job.request_id})
+        # nothing left that would end the "running" state (a background job never sets it)
+        if (running is None or running.quiet) and self.status == "running":
             self.status = "idle"
+            self.progress = 0.0
             self.progress_text = "cancelled"
+        if any(notes):
+            self.error = "Cancelled. " + " ".join(n for n in notes if n)
 
     def wait(self, timeout: float = 120.0) -> WorkbenchWidget:
-        """Block until this model's worker is idle (for scripts and tests)."""
-        self.runner.wait_idle(timeout)
+        """Block until this model's worker is idle (for scripts and tests); returns the view.
+
+        Raises `WaitTimeoutError` (a WorkbenchError and a TimeoutError) if work is still running or queued after
+        `timeout` seconds; the work goes on (`view.cancel()` stops it).
+        """
+        if not self.runner.wait_idle(timeout):
+            busy = self.runner.current
+            what = f"{busy.kind!r}" if busy is not None else "queued work"
+            raise _view_errors()["WaitTimeoutError"](
+                f"{type(self).__name__}.wait({timeout:g}) timed out: {what} is still running on this model's "
+                "worker. Wait longer, or call view.cancel() to stop it."
+            )
         return self
 
     # ---- history and code
-    def _record(self, label: str, result: Any, **extra: Any) -> None:
+    def _record(self, label: str, result: Any, args: dict[str, Any] | None = None, **extra: Any) -> None:
+        """Add a run to the history (code and all, in Python) and send the view its short entry only."""
         top = []
         toks = getattr(result, "top_tokens", None)
         probs = getattr(result, "top_probs", None)
@@ -363,12 +551,26 @@ class WorkbenchWidget(anywidget.AnyWidget):
             "clean": finite(getattr(result, "clean", None)),
             "corrupt": finite(getattr(result, "corrupt", None)),
             "top": top,
+            "args": {str(k): _short_arg(v) for k, v in (args or {}).items()},
             "code": code,
             **extra,
         }
         self.history = ([*self.history, entry])[-HISTORY_MAX:]
+        with contextlib.suppress(Exception):
+            self.send({"kind": "history_add", "entry": _small_entry(entry), "max": HISTORY_MAX})
         if code:
             self.code = code
+
+    def _history_state(self) -> list[dict[str, Any]]:
+        return [_small_entry(e) for e in self.history]
+
+    def _on_attached(self, content: dict, _buffers: list) -> None:
+        """A front end drew this view: it can answer exports; send it the history so far (once)."""
+        self._frontends += 1
+        self.send({"kind": "history", "entries": self._history_state(), "max": HISTORY_MAX})
+
+    def _on_detached(self, content: dict, _buffers: list) -> None:
+        self._frontends = max(0, self._frontends - 1)
 
     def to_code(self) -> str:
         """Standalone nnsight code that reproduces the current intervention (or view)."""
@@ -387,17 +589,28 @@ class WorkbenchWidget(anywidget.AnyWidget):
         return p
 
     def _request_export(self, fmt: str, path: str | Path) -> Path:
+        if self._frontends <= 0:
+            raise _view_errors()["ExportError"](
+                f"save_{fmt} draws the view in the browser, and no front end shows this view: display it in a "
+                f"notebook (JupyterLab, Notebook 7, VS Code) and call save_{fmt} in a later cell, or use "
+                f"save_html(path), which writes a standalone page from Python. (From a script, save_html works; "
+                f"save_{fmt} cannot.)"
+            )
         rid = _request_id()
         self._exports[rid] = Path(path)
         self.send({"kind": "export", "format": fmt, "id": rid})
         return Path(path)
 
     def save_png(self, path: str | Path) -> Path:
-        """Ask the browser for a PNG of the current view; written to `path` when it answers (after the cell)."""
+        """Ask the front end that shows this view for a PNG, written to `path` when it answers.
+
+        The kernel reads the answer once the running cell has finished, so the file appears after the cell. With no
+        front end showing the view (a script, or a view not displayed yet) it raises ExportError: use save_html.
+        """
         return self._request_export("png", path)
 
     def save_svg(self, path: str | Path) -> Path:
-        """Ask the browser for an SVG of the current view; written to `path` when it answers (after the cell)."""
+        """As save_png, for an SVG of the view's main heatmap."""
         return self._request_export("svg", path)
 
     def _on_export_result(self, content: dict, buffers: list) -> None:
@@ -408,6 +621,19 @@ class WorkbenchWidget(anywidget.AnyWidget):
     def _on_export_html(self, content: dict, buffers: list) -> None:
         html = self.to_html().encode("utf-8")
         self.send({"kind": "html", "id": content.get("id")}, buffers=[html])
+
+
+def _short_arg(v: Any) -> Any:
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v if not isinstance(v, float) else finite(v)
+    if isinstance(v, (list, tuple)):
+        return [_short_arg(x) for x in list(v)[:20]]
+    return str(v)[:200]
+
+
+def _small_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A history entry as the view shows it: no code (that stays in Python; view.history has it)."""
+    return {k: v for k, v in entry.items() if k != "code"}
 
 
 def _jsonable(x: Any) -> Any:
@@ -449,6 +675,7 @@ mod.default.render({ model: new mod.StaticModel(state), el: document.getElementB
 
 def standalone_html(widget: WorkbenchWidget, title: str) -> str:
     state = {k: v for k, v in widget.get_state().items() if not k.startswith("_") or k == "_view_kind"}
+    state["history"] = widget._history_state()
     return html_from_state(state, title)
 
 

@@ -6,7 +6,9 @@ from typing import Any
 
 import traitlets
 
-from .base import WorkbenchWidget, _ops, pack_lens
+from .base import WorkbenchWidget, _errors, _ops, pack_lens
+
+MAX_PINS = 16  # each pin is one more [L, T] probability and rank map to compute and send
 
 
 class LensView(WorkbenchWidget):
@@ -14,6 +16,8 @@ class LensView(WorkbenchWidget):
 
     Colour = probability; switch to rank / probability of a pinned token, entropy or KL to the final layer.
     Hover a cell for the top-k; press Enter on a cell (or type a token) to pin it; editing the prompt recomputes.
+    A pin must be one token (at most MAX_PINS of them); a pin or prompt that fails is refused and the view keeps
+    showing the last prompt that worked (the prompt box goes back to it), with a message saying so.
     """
 
     _view_kind = traitlets.Unicode("lens").tag(sync=True)
@@ -34,14 +38,65 @@ class LensView(WorkbenchWidget):
         pinned: tuple[str, ...] | list[str] = (),
         **kwargs: Any,
     ):
-        super().__init__(model, prompt=prompt, top_k=top_k, pinned=list(pinned), **kwargs)
+        if isinstance(pinned, str):
+            pinned = [pinned]
+        pins = list(dict.fromkeys(pinned))
+        problem = self._pin_problem(model, pins)
+        if problem:
+            raise _errors().TokenizationError(problem)
+        super().__init__(model, prompt=prompt, top_k=top_k, pinned=pins, **kwargs)
         self._quiet = False
+        self._shown: tuple[str, list[str]] | None = None  # (prompt, pins) of the data on screen
         self.observe(self._changed, names=["prompt", "pinned", "top_k"])
         self.recompute(wait=True)
 
-    def _changed(self, _change: Any) -> None:
-        if not self._quiet:
-            self.recompute()
+    @staticmethod
+    def _pin_problem(model: Any, pins: list[str]) -> str:
+        """Why these pins cannot be followed ("" if they can): too many, or not exactly one token each."""
+        if len(pins) > MAX_PINS:
+            return f"At most {MAX_PINS} pinned tokens (got {len(pins)}): unpin some first."
+        for tok in pins:
+            if not isinstance(tok, str) or not tok:
+                return f"Cannot pin {tok!r}: give a token such as ' Paris'."
+            try:
+                model.token_id(tok)
+            except Exception as exc:  # noqa: BLE001 - the message says what is wrong with the token
+                try:
+                    pieces = model.str_tokens(model.tokenizer(tok, add_special_tokens=False).input_ids)
+                except Exception:  # noqa: BLE001
+                    pieces = []
+                if len(pieces) > 1:
+                    return (
+                        f"Cannot pin {tok!r}: it is {len(pieces)} tokens {pieces}, and a pin follows one token "
+                        f"(pin a piece, e.g. {pieces[0]!r})."
+                    )
+                return f"Cannot pin {tok!r}: {exc}"
+        return ""
+
+    def _set_quietly(self, **traits: Any) -> None:
+        self._quiet = True
+        try:
+            with self.hold_trait_notifications():
+                for k, v in traits.items():
+                    setattr(self, k, v)
+        finally:
+            self._quiet = False
+
+    def _changed(self, change: Any) -> None:
+        if self._quiet:
+            return
+        if change["name"] == "pinned":
+            new = list(dict.fromkeys(t for t in change["new"] if t != ""))
+            problem = self._pin_problem(self.model, new)
+            if problem:  # refuse the pin: the list goes back to the pins that work, and the message says why
+                old = list(change["old"])
+                focus = self.focus if self.focus in old else (old[0] if old else "")
+                self._set_quietly(pinned=old, focus=focus)
+                self._set_error(problem + " The pin was not added.")
+                return
+            if new != list(change["new"]):
+                self._set_quietly(pinned=new)
+        self.recompute()
 
     def recompute(self, wait: bool = False) -> None:
         """Run the logit lens for the current prompt (one ops call)."""
@@ -65,15 +120,25 @@ class LensView(WorkbenchWidget):
         def done(out):
             lens, pins, data = out
             self.last_result = lens
-            self._quiet = True
-            try:
-                with self.hold_trait_notifications():
-                    self.pinned = pins
-                    self.data = data
-                    if self.focus not in data["pinned"]:
-                        self.focus = next(iter(data["pinned"]), "")
-            finally:
-                self._quiet = False
-            self._record(f"lens {prompt[:40]!r}", lens)
+            data["prompt"] = prompt  # the view titles (and exports) what it shows, not what the box holds
+            focus = self.focus if self.focus in data["pinned"] else next(iter(data["pinned"]), "")
+            self._set_quietly(pinned=pins, data=data, focus=focus)
+            self._shown = (prompt, list(pins))
+            self._record(f"lens {prompt[:40]!r}", lens, args={"prompt": prompt, "pinned": list(pins)})
 
-        self.submit("lens", "", run, done, slot="lens", wait=wait)
+        def failed(exc):
+            # never leave the prompt box (or the pins) describing other data than the heatmap shows
+            if self._shown is None:
+                self._set_quietly(data={})
+                return "Nothing to show: fix the prompt and press Enter."
+            shown_prompt, shown_pins = self._shown
+            notes = []
+            if self.prompt != shown_prompt:
+                notes.append(f"The prompt box is back to the prompt shown: {shown_prompt[:80]!r}.")
+            if list(self.pinned) != shown_pins:
+                notes.append("The pins are back to those shown.")
+            focus = self.focus if self.focus in shown_pins else (shown_pins[0] if shown_pins else "")
+            self._set_quietly(prompt=shown_prompt, pinned=shown_pins, focus=focus)
+            return " ".join(notes)
+
+        self.submit("lens", "", run, done, slot="lens", wait=wait, failed=failed)
