@@ -2,11 +2,14 @@
 
 from .errors import (
     CancelledError,
+    ExportError,
+    MessageError,
     ModelLoadError,
     RemoteError,
     SiteError,
     TokenizationError,
     UnsupportedModelError,
+    WaitTimeoutError,
     WorkbenchError,
 )
 from .loading import load
@@ -46,6 +49,8 @@ __all__ = [
     "Workbench",
     "AttentionResult",
     "CancelledError",
+    "ExportError",
+    "MessageError",
     "Intervention",
     "LensResult",
     "Metric",
@@ -58,6 +63,7 @@ __all__ = [
     "SweepResult",
     "TokenizationError",
     "UnsupportedModelError",
+    "WaitTimeoutError",
     "Value",
     "WorkbenchError",
     "ablate",

@@ -27,6 +27,18 @@ class CancelledError(WorkbenchError):
     """A long computation was cancelled by the user; nothing was changed."""
 
 
+class MessageError(WorkbenchError):
+    """A malformed request from a view (wrong type, out of range, unknown kind)."""
+
+
+class WaitTimeoutError(WorkbenchError, TimeoutError):
+    """`view.wait(timeout)` returned before the view's work finished."""
+
+
+class ExportError(WorkbenchError):
+    """save_png / save_svg need a front end that draws the view."""
+
+
 class RemoteError(WorkbenchError):
     """A remote (NDIF) request failed; the message says why, without the API key.
 

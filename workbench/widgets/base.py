@@ -242,34 +242,8 @@ def _request_id() -> str:
     return f"py{next(_ids)}"
 
 
-def _view_errors():
-    """WorkbenchError subclasses of the views (made lazily: errors.py must not import widgets)."""
-    global _VIEW_ERRORS
-    if _VIEW_ERRORS is None:
-        E = _errors().WorkbenchError
-
-        class MessageError(E):
-            """A malformed request from the view (wrong type, out of range, unknown kind)."""
-
-        class WaitTimeoutError(E, TimeoutError):
-            """`view.wait(timeout)` returned before the view's work finished."""
-
-        class ExportError(E):
-            """save_png / save_svg need a front end that draws the view."""
-
-        _VIEW_ERRORS = {
-            "MessageError": MessageError,
-            "WaitTimeoutError": WaitTimeoutError,
-            "ExportError": ExportError,
-        }
-    return _VIEW_ERRORS
-
-
-_VIEW_ERRORS: dict[str, type] | None = None
-
-
 def message_error(text: str) -> Exception:
-    return _view_errors()["MessageError"](text)
+    return _errors().MessageError(text)
 
 
 def check_int(
@@ -527,7 +501,7 @@ class WorkbenchWidget(anywidget.AnyWidget):
         if not self.runner.wait_idle(timeout):
             busy = self.runner.current
             what = f"{busy.kind!r}" if busy is not None else "queued work"
-            raise _view_errors()["WaitTimeoutError"](
+            raise _errors().WaitTimeoutError(
                 f"{type(self).__name__}.wait({timeout:g}) timed out: {what} is still running on this model's "
                 "worker. Wait longer, or call view.cancel() to stop it."
             )
@@ -590,7 +564,7 @@ class WorkbenchWidget(anywidget.AnyWidget):
 
     def _request_export(self, fmt: str, path: str | Path) -> Path:
         if self._frontends <= 0:
-            raise _view_errors()["ExportError"](
+            raise _errors().ExportError(
                 f"save_{fmt} draws the view in the browser, and no front end shows this view: display it in a "
                 f"notebook (JupyterLab, Notebook 7, VS Code) and call save_{fmt} in a later cell, or use "
                 f"save_html(path), which writes a standalone page from Python. (From a script, save_html works; "
