@@ -385,6 +385,16 @@ def rows_budget(model: Model, n_tokens: int, limit: int = 1024) -> int:
     return rows_per_chunk(model, n_tokens, limit=limit)
 
 
+@contextlib.contextmanager
+def session(model: Model) -> Iterator[ModelKey]:
+    """One fast-path call: the model lock, the model's key (for every cache the call reads) and oneDNN
+    linear layers keyed on it."""
+    with model.lock:
+        version = model_key(model)
+        with onednn_linears(model, version):
+            yield version
+
+
 def run(
     model: Model,
     source_ids: torch.Tensor,
@@ -406,74 +416,52 @@ def run(
         return None
     if base_ids.shape[0] != 1:
         return None
-    with model.lock:
-        version = model_key(model)
-        with onednn_linears(model, version):
-            return _run(model, source_ids, base_ids, site, cells, metric, mode, values, top_k, progress,
-                        cancel, chunk, version)  # fmt: skip
-
-
-def _run(
-    model: Model,
-    source_ids: torch.Tensor,
-    base_ids: torch.Tensor,
-    site: str,
-    cells: Sequence[Any],
-    metric: Any,
-    mode: str,
-    values: Sequence[torch.Tensor] | None,
-    top_k: int,
-    progress: Any,
-    cancel: threading.Event | None,
-    chunk: int | None,
-    version: ModelKey,
-) -> Any:
-    """`run` for the model as `version` describes it (under the lock, linear layers swapped)."""
     from ._engine import BatchOutput, check_cancel
 
-    try:
+    with session(model) as version:
+        try:
+            with torch.no_grad():
+                base = baseline(model, source_ids, base_ids, version)
+                _probe(model, base, base_ids, 0)
+        except _Recorded:
+            return None
+        groups: dict[int, list[_Row]] = {}
+        for idx, cell in enumerate(cells):
+            value = values[idx] if values is not None else None
+            new, old = _site_value(model, base, site, cell.layer, cell, mode, value)
+            start = 0 if cell.position is None else cell.position
+            groups.setdefault(start, []).append(_Row(idx, cell, _entry_layer(site, cell), new, old))
+        size = chunk or rows_budget(model, base_ids.shape[1])
+        metrics = torch.empty(len(cells))
+        top_i = torch.zeros(len(cells), max(top_k, 1), dtype=torch.long)
+        top_p = torch.zeros(len(cells), max(top_k, 1))
+        done, n = 0, len(cells)
         with torch.no_grad():
-            base = baseline(model, source_ids, base_ids, version)
-            _probe(model, base, base_ids, 0)
-    except _Recorded:
-        return None
-    groups: dict[int, list[_Row]] = {}
-    for idx, cell in enumerate(cells):
-        value = values[idx] if values is not None else None
-        new, old = _site_value(model, base, site, cell.layer, cell, mode, value)
-        start = 0 if cell.position is None else cell.position
-        groups.setdefault(start, []).append(_Row(idx, cell, _entry_layer(site, cell), new, old))
-    size = chunk or rows_budget(model, base_ids.shape[1])
-    metrics = torch.empty(len(cells))
-    top_i = torch.zeros(len(cells), max(top_k, 1), dtype=torch.long)
-    top_p = torch.zeros(len(cells), max(top_k, 1))
-    done, n = 0, len(cells)
-    with torch.no_grad():
-        for start in sorted(groups):
-            rows = sorted(groups[start], key=lambda r: (r.entry, r.out))
-            for lo in range(0, len(rows), size):
-                check_cancel(cancel)
-                part = rows[lo : lo + size]
-                try:
-                    logits = _run_group(model, base, base_ids, site, part, start, cancel)
-                except _Recorded:
-                    return None
-                idx = torch.tensor([r.out for r in part])
-                if top_k:  # before the metric, which may edit its logits
-                    probs = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
-                    top_i[idx], top_p[idx] = probs.indices, probs.values
-                metrics[idx] = metric(logits, base.logits[0].clone()).float()
-                done += len(part)
-                if progress is not None:
-                    progress(min(1.0, done / max(n, 1)), f"{done}/{n} runs")
-        base_metrics = metric(base.logits.clone(), base.logits[0].clone()).float()
-    return BatchOutput(
-        values=metrics,
-        source=float(base_metrics[0]),
-        base=float(base_metrics[1]),
-        top_ids=top_i if top_k else None,
-        top_probs=top_p if top_k else None,
-    )
+            for start in sorted(groups):
+                rows = sorted(groups[start], key=lambda r: (r.entry, r.out))
+                for lo in range(0, len(rows), size):
+                    check_cancel(cancel)
+                    part = rows[lo : lo + size]
+                    try:
+                        logits = _run_group(model, base, base_ids, site, part, start, cancel)
+                    except _Recorded:
+                        return None
+                    idx = torch.tensor([r.out for r in part])
+                    if top_k:  # before the metric, which may edit its logits
+                        probs = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
+                        top_i[idx], top_p[idx] = probs.indices, probs.values
+                    metrics[idx] = metric(logits, base.logits[0].clone()).float()
+                    done += len(part)
+                    if progress is not None:
+                        progress(min(1.0, done / max(n, 1)), f"{done}/{n} runs")
+            base_metrics = metric(base.logits.clone(), base.logits[0].clone()).float()
+        return BatchOutput(
+            values=metrics,
+            source=float(base_metrics[0]),
+            base=float(base_metrics[1]),
+            top_ids=top_i if top_k else None,
+            top_probs=top_p if top_k else None,
+        )
 
 
 # ------------------------------------------------------------------------------------------- attribution
