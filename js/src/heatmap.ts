@@ -10,6 +10,17 @@ export interface Region {
   c1: number; // inclusive
 }
 
+/** The colour legend under a heatmap: the value range of its colour scale and what the values are. */
+export interface Legend {
+  lo: number;
+  hi: number;
+  /** What a value means, with its unit (e.g. "normalised effect (1 = clean, 0 = corrupt)"). */
+  label: string;
+  /** Tick texts at lo and hi when the values are transformed (e.g. a log rank). */
+  loText?: string;
+  hiText?: string;
+}
+
 export interface HeatmapSpec {
   rows: number;
   cols: number;
@@ -18,8 +29,10 @@ export interface HeatmapSpec {
   cellLabel?: (r: number, c: number) => string | null;
   rowLabels?: string[];
   colLabels?: string[];
+  /** Axis titles, drawn in the corner (rows) and above the column labels, and in exports. */
   rowTitle?: string;
   colTitle?: string;
+  legend?: Legend;
   tooltip?: (r: number, c: number) => string[];
   drawCell?: (ctx: CanvasRenderingContext2D, r: number, c: number, x: number, y: number, w: number, hgt: number) => void;
   /** Drawn over the cell colours, under labels and marks (e.g. attention thumbnails). */
@@ -30,6 +43,15 @@ export interface HeatmapSpec {
   minCellW?: number;
   maxWidth?: number;
   name?: string;
+}
+
+const LEGEND_W = 160;
+
+/** A legend tick: few digits, no float noise. */
+export function tick(v: number): string {
+  if (!Number.isFinite(v)) return "–";
+  const a = Math.abs(v);
+  return a !== 0 && (a < 1e-3 || a >= 1e4) ? v.toExponential(1) : String(Number(v.toPrecision(3)));
 }
 
 const registry = new WeakMap<Element, Heatmap>();
@@ -75,6 +97,8 @@ export class Heatmap {
   private tip: HTMLElement;
   private rowBox: HTMLElement;
   private colBox: HTMLElement;
+  private corner: HTMLElement;
+  private legendBox: HTMLElement;
   private theme: Theme | null = null;
   private dragFrom: { cell: [number, number]; x: number; y: number } | null = null;
   private ghost: HTMLElement | null = null;
@@ -85,8 +109,10 @@ export class Heatmap {
     this.tip = h("div", { class: "wb-tip", "data-testid": "wb-tooltip", hidden: true });
     this.rowBox = h("div", { class: "wb-rowlabels" });
     this.colBox = h("div", { class: "wb-collabels" });
-    const grid = h("div", { class: "wb-hm-grid" }, h("div", { class: "wb-hm-corner" }), this.colBox, this.rowBox, h("div", { class: "wb-hm-cell" }, this.canvas));
-    this.el = h("div", { class: "wb-heatmap" }, grid, this.tip);
+    this.corner = h("div", { class: "wb-hm-corner", "data-testid": "wb-axis-titles" });
+    this.legendBox = h("div", { class: "wb-scale", "data-testid": "wb-legend" });
+    const grid = h("div", { class: "wb-hm-grid" }, this.corner, this.colBox, this.rowBox, h("div", { class: "wb-hm-cell" }, this.canvas));
+    this.el = h("div", { class: "wb-heatmap" }, grid, this.legendBox, this.tip);
     registry.set(this.canvas, this);
     live.add(this);
     watchTheme();
@@ -135,6 +161,7 @@ export class Heatmap {
       this.paint(ctx, theme, W, H);
     }
     this.drawLabels();
+    this.drawLegend(theme);
     this.lastDrawMs = performance.now() - t0;
     c.setAttribute("data-draw-ms", this.lastDrawMs.toFixed(1));
   }
@@ -243,8 +270,31 @@ export class Heatmap {
         this.colBox.append(lab);
       }
     }
-    if (sp.rowTitle) this.rowBox.setAttribute("title", sp.rowTitle);
-    if (sp.colTitle) this.colBox.setAttribute("title", sp.colTitle);
+    clear(this.corner);
+    if (sp.colTitle) this.corner.append(h("div", { class: "wb-axis wb-axis-col" }, `${sp.colTitle} →`));
+    if (sp.rowTitle) this.corner.append(h("div", { class: "wb-axis wb-axis-row" }, `${sp.rowTitle} ↓`));
+  }
+
+  /** The colour bar of `spec.legend`: the scale's own colours from lo to hi, the end values and the label. */
+  private drawLegend(theme: Theme): void {
+    clear(this.legendBox);
+    const lg = this.spec.legend;
+    this.legendBox.hidden = !lg || this.spec.rows === 0;
+    if (!lg || this.spec.rows === 0) return;
+    const bar = h("canvas", { class: "wb-scale-bar", "data-testid": "wb-legend-bar", width: LEGEND_W, height: 10 });
+    const ctx = bar.getContext("2d");
+    if (ctx) {
+      for (let x = 0; x < LEGEND_W; x++) {
+        ctx.fillStyle = css(this.spec.color(lg.lo + ((lg.hi - lg.lo) * (x + 0.5)) / LEGEND_W, theme));
+        ctx.fillRect(x, 0, 1, 10);
+      }
+    }
+    this.legendBox.append(
+      h("span", { class: "wb-scale-tick" }, lg.loText ?? tick(lg.lo)),
+      bar,
+      h("span", { class: "wb-scale-tick" }, lg.hiText ?? tick(lg.hi)),
+      h("span", { class: "wb-scale-label", "data-testid": "wb-legend-label" }, lg.label),
+    );
   }
 
   cellAt(clientX: number, clientY: number): [number, number] | null {
@@ -376,31 +426,78 @@ export class Heatmap {
     if (to) target.onDrop(this, from.cell, to);
   }
 
-  /** PNG data URL of the heatmap with its row labels and a title. */
+  /** Where exports put things: title, column labels, the cells, the legend (all in CSS pixels). */
+  private exportLayout(title: string): { padL: number; padT: number; W: number; H: number; legendY: number; width: number; height: number; colLabels: boolean } {
+    const sp = this.spec;
+    const W = sp.cols * this.cellW;
+    const H = sp.rows * this.cellH;
+    const colLabels = !!sp.colLabels && this.cellW >= 12;
+    const padL = 56;
+    const padT = (title ? 22 : 6) + (sp.colTitle ? 14 : 0) + (colLabels ? 52 : 0);
+    const legendY = padT + H + 10;
+    const height = legendY + (sp.legend ? 30 : 0) + 6;
+    const width = Math.max(W + padL + 6, sp.legend ? padL + LEGEND_W + 320 : 0, title ? 7 * title.length + padL : 0);
+    return { padL, padT, W, H, legendY, width, height, colLabels };
+  }
+
+  /** PNG data URL of the heatmap as a figure: title, axis titles, row and column labels, the colour legend. */
   toPNG(title = ""): string {
     const theme = this.theme ?? readTheme(document.body);
-    const padL = 48;
-    const padT = title ? 24 : 6;
-    const W = this.spec.cols * this.cellW;
-    const H = this.spec.rows * this.cellH;
+    const sp = this.spec;
+    const L = this.exportLayout(title);
+    const scale = 2; // crisp text in papers and slides
     const out = document.createElement("canvas");
-    out.width = W + padL + 6;
-    out.height = H + padT + 6;
+    out.width = L.width * scale;
+    out.height = L.height * scale;
     const ctx = out.getContext("2d");
     if (!ctx) return "";
+    ctx.scale(scale, scale);
     ctx.fillStyle = css(theme.bg);
-    ctx.fillRect(0, 0, out.width, out.height);
-    ctx.drawImage(this.canvas, padL, padT, W, H);
+    ctx.fillRect(0, 0, L.width, L.height);
+    ctx.drawImage(this.canvas, L.padL, L.padT, L.W, L.H);
     ctx.fillStyle = css(theme.fg);
-    ctx.font = `11px ${theme.font}`;
     ctx.textBaseline = "middle";
-    ctx.textAlign = "right";
-    const step = Math.max(1, Math.ceil(12 / this.cellH));
-    for (let r = 0; r < this.spec.rows; r += step) ctx.fillText(this.spec.rowLabels?.[r] ?? String(r), padL - 4, padT + r * this.cellH + this.cellH / 2);
     if (title) {
       ctx.textAlign = "left";
       ctx.font = `bold 12px ${theme.font}`;
-      ctx.fillText(title, padL, 12);
+      ctx.fillText(title, 6, 11);
+    }
+    ctx.font = `10px ${theme.font}`;
+    if (sp.colTitle) {
+      ctx.textAlign = "left";
+      ctx.fillText(`${sp.colTitle} →`, L.padL, (title ? 22 : 6) + 6);
+    }
+    if (sp.rowTitle) {
+      ctx.textAlign = "right";
+      ctx.fillText(`${sp.rowTitle} ↓`, L.padL - 4, L.padT - 6);
+    }
+    ctx.font = `11px ${theme.font}`;
+    ctx.textAlign = "right";
+    const step = Math.max(1, Math.ceil(12 / this.cellH));
+    for (let r = 0; r < sp.rows; r += step) ctx.fillText(sp.rowLabels?.[r] ?? String(r), L.padL - 4, L.padT + r * this.cellH + this.cellH / 2);
+    if (L.colLabels) {
+      for (let c = 0; c < sp.cols; c++) {
+        ctx.save();
+        ctx.translate(L.padL + c * this.cellW + this.cellW / 2, L.padT - 4);
+        ctx.rotate(-Math.PI / 3);
+        ctx.textAlign = "left";
+        ctx.fillText(sp.colLabels![c] ?? "", 0, 0);
+        ctx.restore();
+      }
+    }
+    const lg = sp.legend;
+    if (lg) {
+      ctx.font = `10px ${theme.font}`;
+      ctx.textAlign = "right";
+      ctx.fillText(lg.loText ?? tick(lg.lo), L.padL - 4, L.legendY + 5);
+      for (let x = 0; x < LEGEND_W; x++) {
+        ctx.fillStyle = css(sp.color(lg.lo + ((lg.hi - lg.lo) * (x + 0.5)) / LEGEND_W, theme));
+        ctx.fillRect(L.padL + x, L.legendY, 1, 10);
+      }
+      ctx.fillStyle = css(theme.fg);
+      ctx.textAlign = "left";
+      ctx.fillText(lg.hiText ?? tick(lg.hi), L.padL + LEGEND_W + 4, L.legendY + 5);
+      ctx.fillText(lg.label, L.padL, L.legendY + 22);
     }
     return out.toDataURL("image/png");
   }
@@ -409,17 +506,36 @@ export class Heatmap {
   toSVG(title = ""): SVGSVGElement {
     const theme = this.theme ?? readTheme(document.body);
     const sp = this.spec;
-    const padL = 48;
-    const padT = title ? 24 : 6;
-    const W = sp.cols * this.cellW;
-    const H = sp.rows * this.cellH;
+    const L = this.exportLayout(title);
+    const { padL, padT } = L;
+    const fg = css(theme.fg);
     const svg = document.createElementNS(SVG_NS, "svg") as SVGSVGElement;
     svg.setAttribute("xmlns", SVG_NS);
-    svg.setAttribute("width", String(W + padL + 6));
-    svg.setAttribute("height", String(H + padT + 6));
+    svg.setAttribute("width", String(L.width));
+    svg.setAttribute("height", String(L.height));
     svg.setAttribute("font-family", "sans-serif");
-    svg.append(s("rect", { x: 0, y: 0, width: W + padL + 6, height: H + padT + 6, fill: css(theme.bg) }));
-    if (title) svg.append(s("text", { x: padL, y: 14, "font-size": 12, "font-weight": "bold", fill: css(theme.fg) }, title));
+    svg.append(s("rect", { x: 0, y: 0, width: L.width, height: L.height, fill: css(theme.bg) }));
+    if (title) svg.append(s("text", { x: 6, y: 15, "font-size": 12, "font-weight": "bold", fill: fg }, title));
+    if (sp.colTitle) svg.append(s("text", { x: padL, y: (title ? 22 : 6) + 10, "font-size": 10, fill: fg }, `${sp.colTitle} →`));
+    if (sp.rowTitle) svg.append(s("text", { x: padL - 4, y: padT - 4, "font-size": 10, "text-anchor": "end", fill: fg }, `${sp.rowTitle} ↓`));
+    if (L.colLabels) {
+      for (let c = 0; c < sp.cols; c++) {
+        const x = padL + c * this.cellW + this.cellW / 2;
+        svg.append(s("text", { x, y: padT - 4, "font-size": 10, fill: fg, transform: `rotate(-60 ${x} ${padT - 4})` }, sp.colLabels![c] ?? ""));
+      }
+    }
+    const lg = sp.legend;
+    if (lg) {
+      const y = L.legendY;
+      svg.append(s("text", { x: padL - 4, y: y + 9, "font-size": 10, "text-anchor": "end", fill: fg }, lg.loText ?? tick(lg.lo)));
+      const steps = 48;
+      for (let i = 0; i < steps; i++) {
+        const v = lg.lo + ((lg.hi - lg.lo) * (i + 0.5)) / steps;
+        svg.append(s("rect", { x: padL + (i * LEGEND_W) / steps, y, width: LEGEND_W / steps + 0.5, height: 10, fill: css(sp.color(v, theme)) }));
+      }
+      svg.append(s("text", { x: padL + LEGEND_W + 4, y: y + 9, "font-size": 10, fill: fg }, lg.hiText ?? tick(lg.hi)));
+      svg.append(s("text", { x: padL, y: y + 24, "font-size": 10, fill: fg, "data-testid": "wb-legend-label" }, lg.label));
+    }
     const g = s("g", { transform: `translate(${padL},${padT})` });
     const labels = sp.cellLabel && this.cellW >= 22 && this.cellH >= 12;
     for (let r = 0; r < sp.rows; r++) {

@@ -3,7 +3,7 @@ import { at, finiteRange, maybeUnpack, type NDArray } from "./arrays";
 import { sequential } from "./colors";
 import { lineChart } from "./chart";
 import { button, clear, debounce, fmt, h, select } from "./dom";
-import { Heatmap } from "./heatmap";
+import { Heatmap, type Legend } from "./heatmap";
 import type { AnyModel } from "./model";
 import { tokenStrip, visibleToken } from "./tokens";
 import { View } from "./view";
@@ -49,9 +49,10 @@ export function lensTooltip(d: LensData, rowName = "layer") {
 }
 
 /** Values [L*T] shown as colour for a mode. */
-export function modeValues(d: LensData, mode: string, focus: string): { values: Float32Array; lo: number; hi: number; reverse: boolean } {
+export function modeValues(d: LensData, mode: string, focus: string): { values: Float32Array; lo: number; hi: number; reverse: boolean; shown: string } {
   const n = d.L * d.T;
   const out = new Float32Array(n);
+  let shown = mode;
   if (mode === "entropy" && d.entropy) {
     out.set(d.entropy.data);
   } else if (mode === "kl" && d.kl) {
@@ -59,16 +60,26 @@ export function modeValues(d: LensData, mode: string, focus: string): { values: 
   } else if (mode === "rank" && d.pinned[focus]?.rank) {
     const rk = d.pinned[focus].rank!.data;
     for (let i = 0; i < n; i++) out[i] = -Math.log10(1 + rk[i]);
-    return { values: out, lo: -5, hi: 0, reverse: false };
+    return { values: out, lo: -5, hi: 0, reverse: false, shown };
   } else if (mode === "pinned" && d.pinned[focus]?.prob) {
     out.set(d.pinned[focus].prob!.data);
-    return { values: out, lo: 0, hi: 1, reverse: false };
+    return { values: out, lo: 0, hi: 1, reverse: false, shown };
   } else {
     for (let i = 0; i < n; i++) out[i] = d.topProbs.data[i * d.k];
-    return { values: out, lo: 0, hi: 1, reverse: false };
+    return { values: out, lo: 0, hi: 1, reverse: false, shown: "prob" };
   }
   const [lo, hi] = finiteRange(out);
-  return { values: out, lo, hi, reverse: false };
+  return { values: out, lo, hi, reverse: false, shown };
+}
+
+/** What the lens heatmap's colours mean in each mode (the colour legend). */
+export function modeLegend(mode: string, focus: string, lo: number, hi: number): Legend {
+  const tok = visibleToken(focus);
+  if (mode === "entropy") return { lo, hi, label: "entropy of the next-token distribution (nats)" };
+  if (mode === "kl") return { lo, hi, label: "KL to the last layer's distribution (nats)" };
+  if (mode === "rank" && focus) return { lo, hi, label: `rank of ${tok} (log scale, 1 = top)`, loText: "≥ 1e5", hiText: "1" };
+  if (mode === "pinned" && focus) return { lo, hi, label: `probability of ${tok}` };
+  return { lo, hi, label: "probability of the top-1 token" };
 }
 
 export class LensView extends View {
@@ -119,7 +130,9 @@ export class LensView extends View {
     // the prompt of the data drawn (the box may hold an edit that has not run yet)
     const raw = this.model.get("data") as { prompt?: unknown } | null;
     const shown = raw && typeof raw.prompt === "string" ? raw.prompt : String(this.model.get("prompt") ?? "");
-    return `Logit lens: ${shown}`.slice(0, 100);
+    const mode = String(this.model.get("mode") ?? "top");
+    const focus = String(this.model.get("focus") ?? "");
+    return `Logit lens · ${modeLegend(mode, focus, 0, 1).label} · prompt "${shown}"`.slice(0, 200);
   }
   mainHeatmap(): Heatmap {
     return this.heatmap;
@@ -178,6 +191,9 @@ export class LensView extends View {
       cellLabel: top1Label(d),
       rowLabels: Array.from({ length: d.L }, (_, i) => `L${i}`),
       colLabels: d.tokens.map(visibleToken),
+      rowTitle: "layer",
+      colTitle: "position",
+      legend: modeLegend(mv.shown, focus, mv.lo, mv.hi),
       tooltip: lensTooltip(d),
       cellW: 56,
       minCellW: 44, // long prompts scroll sideways rather than lose the cell text

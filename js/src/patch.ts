@@ -135,9 +135,20 @@ export class PatchView extends View {
     this.renderAll();
   }
 
+  /** The metric as the kernel scores it (target and foil shown as tokens, with their spaces). */
+  private metricName(): string {
+    return `logit_diff(${visibleToken(String(this.model.get("target") ?? ""))}, ${visibleToken(String(this.model.get("foil") ?? ""))})`;
+  }
+
   title(): string {
     const mode = String(this.model.get("mode"));
-    return `${mode === "ablate" ? "Ablation" : "Patching"} effect, site ${String(this.model.get("site"))}`;
+    const site = String(this.model.get("site"));
+    const method = mode === "ablate" ? `, ${String(this.model.get("method"))} ablation` : "";
+    const prompts =
+      mode === "ablate"
+        ? `prompt "${String(this.model.get("clean"))}"`
+        : `clean "${String(this.model.get("clean"))}" → corrupt "${String(this.model.get("corrupt"))}"`;
+    return `${mode === "ablate" ? "Ablation" : "Patching"} · site ${site}${method} · ${this.metricName()} · ${prompts}`.slice(0, 200);
   }
   mainHeatmap(): Heatmap {
     return this.heatmap;
@@ -216,6 +227,7 @@ export class PatchView extends View {
     const sw = this.model.get("sweep") as any;
     let values: Float32Array = new Float32Array(g.rows * g.cols).fill(NaN);
     let absMax = 1;
+    let unit = "patch effect: run a sweep or click a cell";
     let caption = "Click a cell to patch it (or press Sweep to fill the map). Arrow keys move, Enter applies.";
     const mode = String(this.model.get("mode"));
     if (mode === "ablate") caption = "Click a cell to ablate it (or press Sweep). Arrow keys move, Enter applies.";
@@ -226,6 +238,12 @@ export class PatchView extends View {
         if (mode === "ablate" && typeof sw.clean === "number") for (let i = 0; i < values.length; i++) values[i] -= sw.clean;
         const [lo, hi] = finiteRange(values);
         absMax = Math.max(Math.abs(lo), Math.abs(hi)) || 1;
+        unit =
+          mode === "ablate"
+            ? `ablation effect: ${this.metricName()} − unablated`
+            : sw.normalized
+              ? `normalised effect of ${this.metricName()} (1 = clean, 0 = corrupt)`
+              : this.metricName();
         caption =
           mode === "ablate"
             ? `effect of ablation (metric − unablated ${fmt(sw.clean)}). Click a cell to apply that ablation.`
@@ -240,6 +258,9 @@ export class PatchView extends View {
       color: (v, th) => diverging(th, absMax)(v),
       rowLabels: Array.from({ length: g.rows }, (_, i) => `L${i}`),
       colLabels: g.colLabels,
+      rowTitle: "layer",
+      colTitle: this.isHead() ? "head" : "position",
+      legend: { lo: -absMax, hi: absMax, label: unit },
       tooltip: (r, c) => [`layer ${r}, ${this.isHead() ? "head" : "position"} ${c}${this.isHead() ? "" : ` (${g.colLabels[c] ?? ""})`}`, Number.isFinite(values[r * g.cols + c]) ? `effect ${fmt(values[r * g.cols + c])}` : "click to run"],
       cellW: 34,
       cellH: 16,
@@ -264,6 +285,9 @@ export class PatchView extends View {
         cellLabel: ok ? top1Label(d) : (_r, c) => visibleToken(tc[c] ?? ""),
         rowLabels: Array.from({ length: g.rows }, (_, i) => `L${i}`),
         colLabels: tc.map(visibleToken),
+        rowTitle: "layer",
+        colTitle: "position",
+        legend: ok ? { lo: 0, hi: 1, label: "clean run: probability of the top-1 token (logit lens)" } : undefined,
         tooltip: (r, c) => [...(ok ? lensTooltip(d)(r, c).map((x, i) => (i === 0 ? `clean run: ${x}` : x)) : [`clean run: layer ${r}, position ${c} (${visibleToken(tc[c] ?? "")})`]), "drag onto a cell of the map above"],
         cellW: 34,
         cellH: 15,
@@ -310,6 +334,9 @@ export class PatchView extends View {
         cellLabel: top1Label(d),
         rowLabels: Array.from({ length: d.L }, (_, i) => `L${i}`),
         colLabels: d.tokens.map(visibleToken),
+        rowTitle: "layer",
+        colTitle: "position",
+        legend: { lo: 0, hi: 1, label: "patched run: probability of the top-1 token (logit lens)" },
         tooltip: lensTooltip(d),
         cellW: 46,
         cellH: 16, // 12 px text (it was 9 px at 12 px rows)

@@ -32,6 +32,11 @@ export const CSS = `
 .wb-rowlabels{display:flex;flex-direction:column;font-size:10px;text-align:right;padding-right:4px;opacity:.8;align-self:start;overflow:hidden}
 .wb-rowlabel{white-space:pre;overflow:hidden}
 .wb-hm-cell{line-height:0;align-self:start}
+.wb-hm-corner{font-size:10px;opacity:.75;padding:0 6px 2px 0;text-align:right;align-self:end;white-space:nowrap;line-height:1.3}
+.wb-scale{display:flex;align-items:center;gap:6px;font-size:10px;margin:6px 0 2px;opacity:.9}
+.wb-scale[hidden]{display:none}
+.wb-scale-bar{border:1px solid var(--wb-border);width:160px;height:10px}
+.wb-scale-label{margin-left:4px}
 .wb-canvas{display:block;cursor:pointer;outline:none}
 .wb-canvas:focus-visible{outline:2px solid var(--wb-accent);outline-offset:1px}
 .wb-tip{position:absolute;z-index:10;pointer-events:none;background:var(--wb-bg);color:var(--wb-fg);border:1px solid var(--wb-border);border-radius:3px;padding:4px 6px;font-family:var(--jp-code-font-family,monospace);font-size:11px;white-space:pre;box-shadow:0 2px 6px rgba(0,0,0,.25)}

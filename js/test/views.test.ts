@@ -150,7 +150,37 @@ describe("issue 10 plumbing", () => {
     const el = document.createElement("div");
     document.body.append(el);
     const v = new LensView(model, el);
-    expect(v.title()).toBe("Logit lens: old prompt");
+    expect(v.title()).toBe('Logit lens · probability of the top-1 token · prompt "old prompt"');
     v.destroy();
+  });
+});
+
+describe("figure parts of a heatmap", () => {
+  it("draws axis titles and a colour legend with its range and label, and exports them as SVG text", async () => {
+    const { Heatmap } = await import("../src/heatmap");
+    const hm = new Heatmap({
+      rows: 2,
+      cols: 3,
+      values: new Float32Array([-1, 0, 1, 0.5, -0.5, 0]),
+      color: () => [10, 20, 30],
+      rowLabels: ["L0", "L1"],
+      colLabels: ["␣Paris", "is", "<b>x</b>"],
+      rowTitle: "layer",
+      colTitle: "position",
+      legend: { lo: -1, hi: 1, label: "normalised effect (1 = clean, 0 = corrupt)" },
+    });
+    document.body.append(hm.el);
+    hm.draw();
+    expect(hm.el.querySelector('[data-testid="wb-axis-titles"]')!.textContent).toBe("position →layer ↓");
+    const legend = hm.el.querySelector('[data-testid="wb-legend"]') as HTMLElement;
+    expect(legend.hidden).toBe(false);
+    expect(legend.textContent).toBe("-11normalised effect (1 = clean, 0 = corrupt)");
+    const svg = hm.toSVG("Patching · site resid_pre");
+    const texts = Array.from(svg.querySelectorAll("text")).map((t) => t.textContent);
+    for (const want of ["Patching · site resid_pre", "position →", "layer ↓", "␣Paris", "<b>x</b>", "-1", "1", "normalised effect (1 = clean, 0 = corrupt)"]) expect(texts).toContain(want);
+    expect(svg.querySelector("b")).toBeNull(); // model text stays text
+    hm.setSpec({ rows: 2, cols: 3, values: new Float32Array(6), color: () => [0, 0, 0] });
+    expect(legend.hidden).toBe(true);
+    hm.el.remove();
   });
 });
