@@ -29,7 +29,7 @@ js:
 	@if [ -f js/package.json ]; then cd js && { npm ci --no-audit --no-fund --loglevel=error 2>/dev/null || npm install --no-audit --no-fund --loglevel=error; } && npm run build; fi
 
 js-test:
-	@if [ -f js/package.json ]; then cd js && npx tsc --noEmit && npm test --silent; fi
+	@if [ -f js/package.json ]; then cd js && npx tsc --noEmit && npx biome check . && npm test --silent; fi
 
 browser-deps:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }

@@ -6,14 +6,14 @@ const outdir = new URL("../workbench/static/", import.meta.url).pathname;
 mkdirSync(outdir, { recursive: true });
 await build({
   entryPoints: ["src/index.ts"],
-  outfile: outdir + "widget.js",
+  outfile: `${outdir}widget.js`,
   bundle: true,
   format: "esm",
   target: "es2020",
-  minify: process.env.WB_DEBUG ? false : true,
+  minify: !process.env.WB_DEBUG,
   sourcemap: false,
   define: { "define.amd": "false" },
   legalComments: "none",
   logLevel: "warning",
 });
-console.log("built", outdir + "widget.js");
+console.log("built", `${outdir}widget.js`);

@@ -63,7 +63,11 @@ export class AttentionView extends View {
     this.pattern.onSelect = (r) => this.highlight(r);
     this.headView = h("div", { class: "wb-headview", "data-testid": "wb-headview" });
     this.detail = h("div", { class: "wb-attn-detail" });
-    this.body.append(this.promptRow(), this.stripBox, h("div", { class: "wb-panes" }, h("div", { class: "wb-pane" }, h("div", { class: "wb-subtitle" }, "Layers × heads (click a head)"), this.grid.el), this.detail));
+    this.body.append(
+      this.promptRow(),
+      this.stripBox,
+      h("div", { class: "wb-panes" }, h("div", { class: "wb-pane" }, h("div", { class: "wb-subtitle" }, "Layers × heads (click a head)"), this.grid.el), this.detail),
+    );
     this.listen("change:thumbs", () => this.renderGrid());
     this.listen("change:tokens", () => this.renderGrid());
     this.listen("change:pattern", () => this.renderDetail());
@@ -74,11 +78,11 @@ export class AttentionView extends View {
 
   title(): string {
     const p = this.model.get("pattern") as any;
-    return p && p.data ? `Attention L${p.layer} H${p.head}` : "Attention heads";
+    return p?.data ? `Attention L${p.layer} H${p.head}` : "Attention heads";
   }
   mainHeatmap(): Heatmap {
     const p = this.model.get("pattern") as any;
-    return p && p.data ? this.pattern : this.grid;
+    return p?.data ? this.pattern : this.grid;
   }
 
   private renderGrid(): void {
@@ -156,7 +160,12 @@ export class AttentionView extends View {
       overlay: () => this.drawLines(), // head-view lines follow the theme with the pattern
       name: `pattern L${p.layer} H${p.head}`,
     });
-    this.detail.append(h("div", { class: "wb-subtitle", "data-testid": "wb-pattern-title" }, `Layer ${p.layer}, head ${p.head}: query (rows) × key (columns)`), this.pattern.el, h("div", { class: "wb-subtitle" }, "Head view (hover a token)"), this.headView);
+    this.detail.append(
+      h("div", { class: "wb-subtitle", "data-testid": "wb-pattern-title" }, `Layer ${p.layer}, head ${p.head}: query (rows) × key (columns)`),
+      this.pattern.el,
+      h("div", { class: "wb-subtitle" }, "Head view (hover a token)"),
+      this.headView,
+    );
     this.buildHeadView(toks, pat);
   }
 

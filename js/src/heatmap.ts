@@ -138,7 +138,8 @@ export class Heatmap {
   draw(): void {
     const t0 = performance.now();
     const sp = this.spec;
-    const theme = (this.theme = readTheme(this.el.isConnected ? this.el : document.body));
+    const theme = readTheme(this.el.isConnected ? this.el : document.body);
+    this.theme = theme;
     this.layout();
     const { rows, cols } = sp;
     const W = cols * this.cellW;
@@ -207,7 +208,7 @@ export class Heatmap {
           const text = sp.cellLabel(r, col);
           if (!text) continue;
           ctx.fillStyle = textOn(sp.color(sp.values[r * cols + col], theme), theme);
-          const t = text.length > maxChars ? text.slice(0, Math.max(1, maxChars - 1)) + "…" : text;
+          const t = text.length > maxChars ? `${text.slice(0, Math.max(1, maxChars - 1))}…` : text;
           ctx.fillText(t, col * cw + cw / 2, r * ch + ch / 2 + 0.5);
         }
       }
@@ -368,10 +369,18 @@ export class Heatmap {
       let nr = r;
       let nc = col;
       switch (ev.key) {
-        case "ArrowUp": nr = Math.max(0, r - 1); break;
-        case "ArrowDown": nr = Math.min(rows - 1, r + 1); break;
-        case "ArrowLeft": nc = Math.max(0, col - 1); break;
-        case "ArrowRight": nc = Math.min(cols - 1, col + 1); break;
+        case "ArrowUp":
+          nr = Math.max(0, r - 1);
+          break;
+        case "ArrowDown":
+          nr = Math.min(rows - 1, r + 1);
+          break;
+        case "ArrowLeft":
+          nc = Math.max(0, col - 1);
+          break;
+        case "ArrowRight":
+          nc = Math.min(cols - 1, col + 1);
+          break;
         case "Enter":
           ev.preventDefault();
           ev.stopPropagation();
@@ -544,7 +553,14 @@ export class Heatmap {
         g.append(s("rect", { x: c * this.cellW, y: r * this.cellH, width: this.cellW, height: this.cellH, fill: css(rgb) }));
         if (labels) {
           const t = sp.cellLabel!(r, c);
-          if (t) g.append(s("text", { x: c * this.cellW + this.cellW / 2, y: r * this.cellH + this.cellH * 0.7, "font-size": Math.min(11, this.cellH - 3), "text-anchor": "middle", fill: textOn(rgb, theme) }, t.slice(0, 8)));
+          if (t)
+            g.append(
+              s(
+                "text",
+                { x: c * this.cellW + this.cellW / 2, y: r * this.cellH + this.cellH * 0.7, "font-size": Math.min(11, this.cellH - 3), "text-anchor": "middle", fill: textOn(rgb, theme) },
+                t.slice(0, 8),
+              ),
+            );
         }
       }
       if (sp.rowLabels) svg.append(s("text", { x: padL - 4, y: padT + r * this.cellH + this.cellH * 0.7, "font-size": 10, "text-anchor": "end", fill: css(theme.fg) }, sp.rowLabels[r] ?? ""));

@@ -34,4 +34,3 @@ function render({ model, el }: { model: AnyModel; el: HTMLElement }): () => void
 }
 
 export default { render };
-

@@ -22,7 +22,7 @@ export interface LensData {
 }
 
 export function decodeLens(raw: any): LensData | null {
-  if (!raw || !raw.top_ids) return null;
+  if (!raw?.top_ids) return null;
   const topIds = maybeUnpack(raw.top_ids)!;
   const topProbs = maybeUnpack(raw.top_probs)!;
   const [L, T, k] = topIds.shape;
@@ -52,7 +52,7 @@ export function lensTooltip(d: LensData, rowName = "layer") {
 export function modeValues(d: LensData, mode: string, focus: string): { values: Float32Array; lo: number; hi: number; reverse: boolean; shown: string } {
   const n = d.L * d.T;
   const out = new Float32Array(n);
-  let shown = mode;
+  const shown = mode;
   if (mode === "entropy" && d.entropy) {
     out.set(d.entropy.data);
   } else if (mode === "kl" && d.kl) {
@@ -116,7 +116,13 @@ export class LensView extends View {
     this.body.append(
       this.promptRow(),
       this.controls,
-      h("div", { class: "wb-row" }, this.pinInput, button("Pin", () => this.pin(this.pinInput.value), { "data-testid": "wb-pin" }), this.pins),
+      h(
+        "div",
+        { class: "wb-row" },
+        this.pinInput,
+        button("Pin", () => this.pin(this.pinInput.value), { "data-testid": "wb-pin" }),
+        this.pins,
+      ),
       this.strip,
       this.heatmap.el,
       this.chartBox,
@@ -161,17 +167,40 @@ export class LensView extends View {
     clear(this.controls);
     this.controls.append(
       h("label", {}, "colour: "),
-      select([["prob", "top-1 probability"], ["rank", "rank of pinned token"], ["pinned", "pinned token probability"], ["entropy", "entropy"], ["kl", "KL to final"]], mode, (v) => this.setTrait("mode", v), { "data-testid": "wb-mode" }),
+      select(
+        [
+          ["prob", "top-1 probability"],
+          ["rank", "rank of pinned token"],
+          ["pinned", "pinned token probability"],
+          ["entropy", "entropy"],
+          ["kl", "KL to final"],
+        ],
+        mode,
+        (v) => this.setTrait("mode", v),
+        { "data-testid": "wb-mode" },
+      ),
     );
     if (pinned.length) {
       this.controls.append(
         h("label", {}, " token: "),
-        select(pinned.map((p) => [p, visibleToken(p)] as [string, string]), focus, (v) => this.setTrait("focus", v), { "data-testid": "wb-focus" }),
+        select(
+          pinned.map((p) => [p, visibleToken(p)] as [string, string]),
+          focus,
+          (v) => this.setTrait("focus", v),
+          { "data-testid": "wb-focus" },
+        ),
       );
     }
     clear(this.pins);
     for (const p of pinned) {
-      this.pins.append(h("span", { class: "wb-chip", "data-testid": "wb-pinned" }, visibleToken(p), button("×", () => this.unpin(p), { class: "wb-chip-x", title: "unpin" })));
+      this.pins.append(
+        h(
+          "span",
+          { class: "wb-chip", "data-testid": "wb-pinned" },
+          visibleToken(p),
+          button("×", () => this.unpin(p), { class: "wb-chip-x", title: "unpin" }),
+        ),
+      );
     }
     const d = this.data;
     if (!d) {

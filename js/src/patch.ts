@@ -34,7 +34,7 @@ interface Field {
   sync(value: string): void;
 }
 function inputField(label: string, value: string, testid: string, onCommit: (v: string) => void, wide = false): Field {
-  const inp = h("input", { class: "wb-input" + (wide ? " wb-wide" : ""), "data-testid": testid, spellcheck: "false" });
+  const inp = h("input", { class: `wb-input${wide ? " wb-wide" : ""}`, "data-testid": testid, spellcheck: "false" });
   inp.value = value;
   // a typed ␣ (the marker the token strips show) means a space
   const commit = () => onCommit(inp.value.replace(/\u2423/g, " "));
@@ -105,9 +105,26 @@ export class PatchView extends View {
       target: inputField("target", String(m.get("target") ?? ""), "wb-target", (v) => this.commit("target", v)),
       foil: inputField("foil", String(m.get("foil") ?? ""), "wb-foil", (v) => this.commit("foil", v)),
     };
-    this.modeSel = select([["patch", "patch"], ["ablate", "ablate"]], String(m.get("mode") ?? "patch"), (v) => this.setTrait("mode", v), { "data-testid": "wb-mode" });
+    this.modeSel = select(
+      [
+        ["patch", "patch"],
+        ["ablate", "ablate"],
+      ],
+      String(m.get("mode") ?? "patch"),
+      (v) => this.setTrait("mode", v),
+      { "data-testid": "wb-mode" },
+    );
     this.siteSel = select(SITES, String(m.get("site") ?? "resid_pre"), (v) => this.setTrait("site", v), { "data-testid": "wb-site" });
-    this.methodSel = select([["zero", "zero"], ["mean", "mean"], ["resample", "resample"]], String(m.get("method") ?? "zero"), (v) => this.setTrait("method", v), { "data-testid": "wb-method" });
+    this.methodSel = select(
+      [
+        ["zero", "zero"],
+        ["mean", "mean"],
+        ["resample", "resample"],
+      ],
+      String(m.get("method") ?? "zero"),
+      (v) => this.setTrait("method", v),
+      { "data-testid": "wb-method" },
+    );
     this.methodField = h("label", { class: "wb-field" }, h("span", {}, "method"), this.methodSel);
     this.words = h("div", { class: "wb-words", "data-testid": "wb-words" });
     this.warnings = h("div", { class: "wb-warn", "data-testid": "wb-warning", role: "status", hidden: true });
@@ -144,10 +161,7 @@ export class PatchView extends View {
     const mode = String(this.model.get("mode"));
     const site = String(this.model.get("site"));
     const method = mode === "ablate" ? `, ${String(this.model.get("method"))} ablation` : "";
-    const prompts =
-      mode === "ablate"
-        ? `prompt "${String(this.model.get("clean"))}"`
-        : `clean "${String(this.model.get("clean"))}" → corrupt "${String(this.model.get("corrupt"))}"`;
+    const prompts = mode === "ablate" ? `prompt "${String(this.model.get("clean"))}"` : `clean "${String(this.model.get("clean"))}" → corrupt "${String(this.model.get("corrupt"))}"`;
     return `${mode === "ablate" ? "Ablation" : "Patching"} · site ${site}${method} · ${this.metricName()} · ${prompts}`.slice(0, 200);
   }
   mainHeatmap(): Heatmap {
@@ -199,10 +213,10 @@ export class PatchView extends View {
     const warn: string[] = [];
     for (const name of ["target", "foil"]) {
       const w = info[name];
-      if (!w || !w.text) continue;
+      if (!w?.text) continue;
       const toks = w.tokens ?? [];
       const item = h("span", { class: "wb-word", "data-testid": `wb-${name}-tokens` }, h("span", {}, `${name} scores`));
-      for (const t of toks) item.append(h("span", { class: "wb-word-tok" + (w.error ? " wb-word-bad" : ""), "data-testid": "wb-word-token" }, visibleToken(t)));
+      for (const t of toks) item.append(h("span", { class: `wb-word-tok${w.error ? " wb-word-bad" : ""}`, "data-testid": "wb-word-token" }, visibleToken(t)));
       if (w.error) item.append(h("span", { class: "wb-word-bad" }, `(${toks.length} tokens: must be one)`));
       this.words.append(item);
       if (w.warning) warn.push(`${name}: ${w.warning}`);
@@ -231,19 +245,14 @@ export class PatchView extends View {
     let caption = "Click a cell to patch it (or press Sweep to fill the map). Arrow keys move, Enter applies.";
     const mode = String(this.model.get("mode"));
     if (mode === "ablate") caption = "Click a cell to ablate it (or press Sweep). Arrow keys move, Enter applies.";
-    if (sw && sw.values && sw.site === this.model.get("site") && sw.mode === mode) {
+    if (sw?.values && sw.site === this.model.get("site") && sw.mode === mode) {
       const arr = maybeUnpack(sw.normalized) ?? maybeUnpack(sw.values);
       if (arr && arr.shape[0] === g.rows && arr.shape[1] === g.cols) {
         values = Float32Array.from(arr.data);
         if (mode === "ablate" && typeof sw.clean === "number") for (let i = 0; i < values.length; i++) values[i] -= sw.clean;
         const [lo, hi] = finiteRange(values);
         absMax = Math.max(Math.abs(lo), Math.abs(hi)) || 1;
-        unit =
-          mode === "ablate"
-            ? `ablation effect: ${this.metricName()} − unablated`
-            : sw.normalized
-              ? `normalised effect of ${this.metricName()} (1 = clean, 0 = corrupt)`
-              : this.metricName();
+        unit = mode === "ablate" ? `ablation effect: ${this.metricName()} − unablated` : sw.normalized ? `normalised effect of ${this.metricName()} (1 = clean, 0 = corrupt)` : this.metricName();
         caption =
           mode === "ablate"
             ? `effect of ablation (metric − unablated ${fmt(sw.clean)}). Click a cell to apply that ablation.`
@@ -261,7 +270,10 @@ export class PatchView extends View {
       rowTitle: "layer",
       colTitle: this.isHead() ? "head" : "position",
       legend: { lo: -absMax, hi: absMax, label: unit },
-      tooltip: (r, c) => [`layer ${r}, ${this.isHead() ? "head" : "position"} ${c}${this.isHead() ? "" : ` (${g.colLabels[c] ?? ""})`}`, Number.isFinite(values[r * g.cols + c]) ? `effect ${fmt(values[r * g.cols + c])}` : "click to run"],
+      tooltip: (r, c) => [
+        `layer ${r}, ${this.isHead() ? "head" : "position"} ${c}${this.isHead() ? "" : ` (${g.colLabels[c] ?? ""})`}`,
+        Number.isFinite(values[r * g.cols + c]) ? `effect ${fmt(values[r * g.cols + c])}` : "click to run",
+      ],
       cellW: 34,
       cellH: 16,
       maxWidth: 760,
@@ -288,7 +300,10 @@ export class PatchView extends View {
         rowTitle: "layer",
         colTitle: "position",
         legend: ok ? { lo: 0, hi: 1, label: "clean run: probability of the top-1 token (logit lens)" } : undefined,
-        tooltip: (r, c) => [...(ok ? lensTooltip(d)(r, c).map((x, i) => (i === 0 ? `clean run: ${x}` : x)) : [`clean run: layer ${r}, position ${c} (${visibleToken(tc[c] ?? "")})`]), "drag onto a cell of the map above"],
+        tooltip: (r, c) => [
+          ...(ok ? lensTooltip(d)(r, c).map((x, i) => (i === 0 ? `clean run: ${x}` : x)) : [`clean run: layer ${r}, position ${c} (${visibleToken(tc[c] ?? "")})`]),
+          "drag onto a cell of the map above",
+        ],
         cellW: 34,
         cellH: 15,
         maxWidth: 760,
@@ -297,7 +312,10 @@ export class PatchView extends View {
       this.source.canvas.setAttribute("data-lens", ok ? "1" : "0");
       this.sourceBox.append(h("div", { class: "wb-subtitle" }, "Clean run (its logit lens: top-1 token per layer) — drag a cell onto the map above to patch between positions or layers"));
       const note = (this.model.get("clean_lens") as { note?: unknown } | null)?.note;
-      if (!ok) this.sourceBox.append(h("div", { class: "wb-hint", "data-testid": "wb-clean-note" }, typeof note === "string" ? `(${note}; the cells are the clean tokens)` : "computing the clean run's lens…"));
+      if (!ok)
+        this.sourceBox.append(
+          h("div", { class: "wb-hint", "data-testid": "wb-clean-note" }, typeof note === "string" ? `(${note}; the cells are the clean tokens)` : "computing the clean run's lens…"),
+        );
       this.sourceBox.append(this.source.el);
     }
   }
@@ -314,7 +332,9 @@ export class PatchView extends View {
     const toks = (res.top_tokens ?? []) as string[];
     const pred = h("div", { class: "wb-prediction", "data-testid": "wb-prediction", "data-top": toks[0] ?? "" });
     pred.append(h("b", {}, "prediction: "));
-    toks.forEach((t, i) => pred.append(h("span", { class: "wb-pred-tok", "data-testid": "wb-pred-token" }, visibleToken(t)), h("span", { class: "wb-pred-p" }, probs ? ` ${fmt(probs.data[i], 3)}  ` : "  ")));
+    toks.forEach((t, i) => {
+      pred.append(h("span", { class: "wb-pred-tok", "data-testid": "wb-pred-token" }, visibleToken(t)), h("span", { class: "wb-pred-p" }, probs ? ` ${fmt(probs.data[i], 3)}  ` : "  "));
+    });
     this.resultBox.append(
       h("div", { class: "wb-subtitle", "data-testid": "wb-result-label" }, String(res.label ?? "")),
       pred,

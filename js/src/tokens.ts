@@ -4,11 +4,7 @@ import { h } from "./dom";
 /** Make whitespace visible: space -> ␣ (U+2423), newline -> ↵, tab -> →, CR -> ␍. */
 export function visibleToken(tok: string): string {
   if (tok === "") return "∅";
-  return tok
-    .replace(/ /g, "\u2423")
-    .replace(/\r/g, "\u240d")
-    .replace(/\n/g, "\u21b5")
-    .replace(/\t/g, "\u2192");
+  return tok.replace(/ /g, "\u2423").replace(/\r/g, "\u240d").replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192");
 }
 
 export interface StripOptions {
@@ -28,7 +24,7 @@ export function tokenStrip(tokens: string[], opts: StripOptions = {}): HTMLEleme
     const span = h(
       "span",
       {
-        class: "wb-token" + (opts.selected === i ? " wb-selected" : ""),
+        class: `wb-token${opts.selected === i ? " wb-selected" : ""}`,
         "data-testid": "wb-token",
         "data-pos": i,
         title: `position ${i}: ${JSON.stringify(t)}`,

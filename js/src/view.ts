@@ -35,20 +35,20 @@ export function differingArgs(hist: HistoryEntry[]): string[] {
   for (const e of hist) for (const k of Object.keys(e.args ?? {})) keys.add(k);
   const differ: string[] = [];
   for (const k of keys) {
-    const vals = hist.map((e) => argText((e.args ?? {})[k] ?? ""));
+    const vals = hist.map((e) => argText(e.args?.[k] ?? ""));
     if (new Set(vals).size > 1) differ.push(k);
   }
   return hist.map((e) =>
     differ
       .filter((k) => e.args !== undefined && k in e.args) // an argument this run did not have is not shown as ∅
       .map((k) => {
-        const vals = hist.map((x) => argText((x.args ?? {})[k] ?? ""));
-        const v = argText((e.args ?? {})[k] ?? "");
+        const vals = hist.map((x) => argText(x.args?.[k] ?? ""));
+        const v = argText(e.args?.[k] ?? "");
         // common prefix of all values: show the part from just before where they start to differ
         let p = 0;
         while (vals.every((x) => x.length > p && x[p] === vals[0][p])) p++;
-        let shown = p > 12 ? "…" + v.slice(p - 8) : v;
-        if (shown.length > 36) shown = shown.slice(0, 35) + "…";
+        let shown = p > 12 ? `…${v.slice(p - 8)}` : v;
+        if (shown.length > 36) shown = `${shown.slice(0, 35)}…`;
         return `${k}=${visibleToken(shown)}`;
       })
       .join("  "),
@@ -177,8 +177,21 @@ export abstract class View {
         else this.compare.delete(e.id);
         this.renderHistory();
       });
-      const top = (e.top ?? []).slice(0, 3).map(([t, p]) => `${visibleToken(t)} ${fmt(p, 2)}`).join("  ");
-      list.append(h("li", { "data-testid": "wb-history-entry" }, cb, h("span", { class: "wb-h-label" }, e.label), diffs[i] ? h("span", { class: "wb-h-args", "data-testid": "wb-history-args" }, diffs[i]) : null, h("span", { class: "wb-h-val" }, e.value == null ? "" : `= ${fmt(e.value)}`), h("span", { class: "wb-h-top" }, top)));
+      const top = (e.top ?? [])
+        .slice(0, 3)
+        .map(([t, p]) => `${visibleToken(t)} ${fmt(p, 2)}`)
+        .join("  ");
+      list.append(
+        h(
+          "li",
+          { "data-testid": "wb-history-entry" },
+          cb,
+          h("span", { class: "wb-h-label" }, e.label),
+          diffs[i] ? h("span", { class: "wb-h-args", "data-testid": "wb-history-args" }, diffs[i]) : null,
+          h("span", { class: "wb-h-val" }, e.value == null ? "" : `= ${fmt(e.value)}`),
+          h("span", { class: "wb-h-top" }, top),
+        ),
+      );
     }
     this.historyBox.append(h("div", { class: "wb-subtitle" }, `Run history (${hist.length}) — tick runs to compare`), list);
     const chosen = hist.filter((e) => this.compare.has(e.id));
@@ -189,7 +202,23 @@ export abstract class View {
       const chosenDiffs = differingArgs(chosen);
       for (const [i, e] of chosen.entries()) {
         const v = e.value ?? NaN;
-        table.append(h("tr", {}, h("td", {}, chosenDiffs[i] ? `${e.label}  ${chosenDiffs[i]}` : e.label), h("td", {}, fmt(v)), h("td", {}, fmt(v - base)), h("td", {}, (e.top ?? []).slice(0, 3).map(([t, p]) => `${visibleToken(t)} ${fmt(p, 2)}`).join("  "))));
+        table.append(
+          h(
+            "tr",
+            {},
+            h("td", {}, chosenDiffs[i] ? `${e.label}  ${chosenDiffs[i]}` : e.label),
+            h("td", {}, fmt(v)),
+            h("td", {}, fmt(v - base)),
+            h(
+              "td",
+              {},
+              (e.top ?? [])
+                .slice(0, 3)
+                .map(([t, p]) => `${visibleToken(t)} ${fmt(p, 2)}`)
+                .join("  "),
+            ),
+          ),
+        );
       }
       this.historyBox.append(table);
     }

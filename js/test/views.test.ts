@@ -14,7 +14,7 @@ function mount(state: Record<string, unknown>) {
 
 describe("LensView", () => {
   it("draws layers x tokens with test ids and renders hostile token text as text", () => {
-    const toks = ["<img src=x onerror=alert(1)>", " <script>", "\"q\"", "\n"];
+    const toks = ["<img src=x onerror=alert(1)>", " <script>", '"q"', "\n"];
     const { el, model, cleanup } = mount({ _view_kind: "lens", prompt: "p", data: lensData(3, 4, 2, toks), pinned: [" Paris"], focus: " Paris", mode: "prob" });
     const hm = el.querySelector("[data-testid=wb-heatmap][data-role=lens]")!;
     expect(hm.getAttribute("data-rows")).toBe("3");
@@ -47,7 +47,22 @@ describe("LensView", () => {
 });
 
 describe("PatchView", () => {
-  const base = { _view_kind: "patch", clean: "a b c", corrupt: "a d c", target: " x", foil: " y", site: "resid_pre", mode: "patch", method: "zero", tokens_clean: ["a", " b", " c"], tokens_corrupt: ["a", " d", " c"], n_layers: 4, n_heads: 2, sweep: {}, result: {} };
+  const base = {
+    _view_kind: "patch",
+    clean: "a b c",
+    corrupt: "a d c",
+    target: " x",
+    foil: " y",
+    site: "resid_pre",
+    mode: "patch",
+    method: "zero",
+    tokens_clean: ["a", " b", " c"],
+    tokens_corrupt: ["a", " d", " c"],
+    n_layers: 4,
+    n_heads: 2,
+    sweep: {},
+    result: {},
+  };
   it("a click sends one patch request with a request id", () => {
     const { el, model } = mount(base);
     const hm = el.querySelector("[data-role=sweep]") as HTMLCanvasElement;
@@ -79,7 +94,19 @@ describe("PatchView", () => {
     expect((model.sent.at(-1)!.content as any).kind).toBe("cancel");
     model.set("sweep", { values: f32([4, 3], (i) => i), normalized: f32([4, 3], (i) => i / 12), clean: 1, corrupt: 0, site: "resid_pre", mode: "patch" });
     expect(el.querySelector("[data-testid=wb-caption]")!.textContent).toContain("normalised");
-    model.set("result", { label: "patch resid_pre L1 pos 2", site: "resid_pre", layer: 1, position: 2, cell: [1, 2], value: 0.5, clean: 1, corrupt: 0, top_tokens: [" x", " <b>"], top_probs: f32([2], (i) => 0.5 - i / 10), lens: lensData(4, 3, 2) });
+    model.set("result", {
+      label: "patch resid_pre L1 pos 2",
+      site: "resid_pre",
+      layer: 1,
+      position: 2,
+      cell: [1, 2],
+      value: 0.5,
+      clean: 1,
+      corrupt: 0,
+      top_tokens: [" x", " <b>"],
+      top_probs: f32([2], (i) => 0.5 - i / 10),
+      lens: lensData(4, 3, 2),
+    });
     const pred = el.querySelector("[data-testid=wb-prediction]")!;
     expect(pred.getAttribute("data-top")).toBe(" x");
     expect(pred.querySelectorAll("b").length).toBe(1); // only our own label
