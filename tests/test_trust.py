@@ -32,6 +32,7 @@ EDITS = (
     "hook",
     "swap_module",
     "buffer",
+    "setting",
 )
 BUDGET = settings(
     max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
@@ -50,6 +51,11 @@ def _blocks(model):
     from workbench.model import _get_path
 
     return _get_path(model.hf, model.arch.layers)
+
+
+def _scale_output(_module, _args, out):
+    """A user's hook that changes a block's output (as steering hooks do)."""
+    return (out[0] * 1.3, *out[1:]) if isinstance(out, tuple) else out * 1.3
 
 
 def apply_edit(model, kind: str, rng: np.random.Generator) -> str:
@@ -74,9 +80,7 @@ def apply_edit(model, kind: str, rng: np.random.Generator) -> str:
     elif kind == "hook":
         blocks = _blocks(model)
         j = int(rng.integers(len(blocks)))
-        blocks[j].register_forward_hook(
-            lambda _m, _a, out: (out[0] * 1.3, *out[1:]) if isinstance(out, tuple) else out * 1.3
-        )
+        blocks[j].register_forward_hook(_scale_output)
         name = f"hook on block {j}"
     elif kind == "swap_module":  # a new module with no parameters of its own (e.g. an activation)
         blocks = _blocks(model)
@@ -85,6 +89,14 @@ def apply_edit(model, kind: str, rng: np.random.Generator) -> str:
         act_name = next(n for n, m in mlp.named_children() if not list(m.parameters()))
         setattr(mlp, act_name, torch.nn.Tanh())
         name = f"block {j} mlp.{act_name} -> Tanh"
+    elif kind == "setting":  # a module's plain attribute, e.g. a norm's epsilon
+        norms = [
+            (n, m) for n, m in model.hf.named_modules() if hasattr(m, "variance_epsilon") or hasattr(m, "eps")
+        ]
+        name, norm = norms[int(rng.integers(len(norms)))]
+        attr = "variance_epsilon" if hasattr(norm, "variance_epsilon") else "eps"
+        setattr(norm, attr, 4.0)
+        name = f"{name}.{attr} = 4.0"
     elif kind == "buffer":
         bufs = [(n, b) for n, b in model.hf.named_buffers() if b.is_floating_point() and b.numel() > 1]
         if not bufs:  # GPT-2 has no float buffers: edit a bias through .data instead
@@ -133,6 +145,30 @@ def test_fast_paths_see_every_edit(family, kind, seed, which):
     assert_close(fast_lens.top_probs, plain_lens.top_probs, ATOL, what + " lens")
     assert_close(fast_lens.prob(TARGET), plain_lens.prob(TARGET), ATOL, what + " lens prob")
     assert_close(fast_attr.values, plain_attr.values, ATOL, what + " attribution")
+
+
+def test_user_hooks_send_every_op_to_the_traced_path():
+    """With a user's hook anywhere, the fast paths step aside (nnsight reads module outputs before their
+    hooks, and replays skip hooked calls): found by the test above (gemma2, a block hook, mlp_out)."""
+    from workbench.ops import _fast_lens
+    from workbench.ops._engine import Cell
+    from workbench.ops.patching import pair_tokens
+
+    model = tiny_model("gemma2", seed=0)
+    c, k = pair_tokens(model, CLEAN, CORRUPT)
+    assert F.run(model, c, k, "mlp_out", [Cell(1, 2)], metric().bind(model)) is not None
+    handle = _blocks(model)[1].register_forward_hook(_scale_output)
+    try:
+        assert F.run(model, c, k, "mlp_out", [Cell(1, 2)], metric().bind(model)) is None
+        assert not _fast_lens.enabled(model)
+        assert F.attribution(model, c, k, ["resid_pre"], metric().bind(model)) is None
+        got = _patch(model, site="mlp_out", layer=1, position=2)
+        with F.disabled():
+            want = _patch(model, site="mlp_out", layer=1, position=2)
+    finally:
+        handle.remove()
+    assert float(got) == float(want)
+    assert F.run(model, c, k, "mlp_out", [Cell(1, 2)], metric().bind(model)) is not None
 
 
 def test_model_key_sees_each_kind_of_edit():
@@ -325,13 +361,20 @@ def test_head_sweep_cancel_stops_within_a_block(op):
     calls = []
     blocks = _blocks(model)
 
-    def count(_m, _a, _o):
-        calls.append(1)
-        if len(calls) == 1 and cancelling:
-            cancel.set()
+    def counting(forward):
+        def run(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 1 and cancelling:
+                cancel.set()
+            return forward(*args, **kwargs)
+
+        return run
 
     cancelling = False
-    handles = [b.register_forward_hook(count) for b in blocks]
+    # counted through the blocks' forwards, not hooks: with a user's hook the fast paths step aside
+    saved = [b.__dict__.get("forward") for b in blocks]
+    for b in blocks:
+        b.forward = counting(b.forward)
     try:
         if op == "patch_sweep":
             run = lambda **kw: wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="head", **kw)  # noqa: E731
@@ -348,33 +391,40 @@ def test_head_sweep_cancel_stops_within_a_block(op):
         with F.disabled():
             want = run()
     finally:
-        for h in handles:
-            h.remove()
+        for b, forward in zip(blocks, saved, strict=True):
+            if forward is None:
+                del b.forward
+            else:
+                b.forward = forward
     assert_close(got.values, want.values, ATOL, "after a cancelled sweep")
 
 
 def test_failed_baseline_leaves_no_cache_entry():
-    """A forward that fails while the cached runs are computed leaves no entry; the next call is exact."""
+    """A forward that fails while the fast path computes its cached runs leaves no entry behind, and the
+    model answers exactly once the failure is gone."""
     model = tiny_model("gpt2", seed=6)
-    blocks = _blocks(model)
+    block = _blocks(model)[1]
     boom = {"on": True}
+    forward = block.forward
 
-    def fail(_m, _a, _o):
+    def failing(*args, **kwargs):
         if boom["on"]:
-            raise RuntimeError("a user's hook failed")
+            raise RuntimeError("a user's forward failed")
+        return forward(*args, **kwargs)
 
-    handle = blocks[1].register_forward_hook(fail)
-    with pytest.raises(Exception, match="a user's hook failed"):
-        _patch(model, site="resid_pre", layer=1, position=2)
-    assert not F._BASELINES.get(model), "a failed run was cached"
-    boom["on"] = False
-    got = _patch(model, site="resid_pre", layer=1, position=2)
-    handle.remove()
-    got2 = _patch(model, site="resid_pre", layer=1, position=2)
+    block.forward = failing  # no hook: the fast path runs, and fails inside its baseline forward
+    try:
+        with pytest.raises(Exception, match="a user's forward failed"):
+            _patch(model, site="resid_pre", layer=1, position=2)
+        assert not F._BASELINES.get(model), "a failed run was cached"
+        boom["on"] = False
+        got = _patch(model, site="resid_pre", layer=1, position=2)
+        assert F._BASELINES.get(model), "the fast path did not run (nothing was cached)"
+    finally:
+        block.forward = forward
     with F.disabled():
         want = _patch(model, site="resid_pre", layer=1, position=2)
-    assert abs(float(got2) - float(want)) <= ATOL
-    assert np.isfinite(float(got))
+    assert abs(float(got) - float(want)) <= ATOL
 
 
 def test_interrupts_leave_the_model_usable():

@@ -17,7 +17,7 @@ import torch
 
 from ..model import Model, _get_path
 from ._fast_linear import onednn_linears
-from ._fast_sweep import _first, _state, on_cpu
+from ._fast_sweep import _first, _state, has_hooks, on_cpu
 from ._kernels import edit, heads_view
 from ._threads import mine
 
@@ -31,7 +31,7 @@ def enabled(model: Model) -> bool:
     """Whether the local lens applies (else the caller traces)."""
     if getattr(_state, "off", False) or os.environ.get("WORKBENCH_FAST", "1") == "0":
         return False
-    return not model.remote and on_cpu(model)
+    return not model.remote and on_cpu(model) and not has_hooks(model)
 
 
 def _edit_hook(

@@ -26,7 +26,8 @@ calling thread (`_threads`), under `model.lock`; metrics get copies of cached lo
 The runs use oneDNN's float32 linear layers (`_fast_linear`, about 2x MKL's on AMD CPUs).
 
 Applies to: local models of the families in `_SAFE_TYPES` (transformers 5 decoder blocks that return the
-hidden state and take the cache as a keyword), no grad, no sliding window shorter than the prompt.
+hidden state and take the cache as a keyword) with no user hooks (`has_hooks`), no grad, no sliding window
+shorter than the prompt.
 Everything else (remote models, other families) returns None and the caller uses the general path.
 """
 
@@ -69,6 +70,17 @@ def disabled() -> Iterator[None]:
         _state.off = before
 
 
+def has_hooks(model: Model) -> bool:
+    """Whether a user's hook is on any module (or globally). The fast paths then step aside: nnsight's
+    `.output` is a module's value before its forward hooks, and the replays skip calls (a block whose mlp_out
+    is patched, the rows joining above it) whose hooks would have run; the traced path is exact with hooks."""
+    from torch.nn.modules import module as torch_module
+
+    if any(getattr(torch_module, d, None) for d in ("_global_forward_hooks", "_global_forward_pre_hooks")):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.hf.modules())
+
+
 def on_cpu(model: Model) -> bool:
     """Whether the local model's weights are on the CPU (the device the fast paths are written and tested
     for; elsewhere the traced paths run)."""
@@ -79,7 +91,7 @@ def enabled_for(model: Model, site: str, mode: str, n_tokens: int) -> bool:
     """Whether the fast path applies (else the caller falls back to the general path)."""
     if getattr(_state, "off", False) or os.environ.get("WORKBENCH_FAST", "1") == "0":
         return False
-    if model.remote or not on_cpu(model):
+    if model.remote or not on_cpu(model) or has_hooks(model):
         return False
     if model.config.model_type not in _SAFE_TYPES or site not in _SITES or mode not in _MODES:
         return False
@@ -476,7 +488,9 @@ def attribution(
     """
     if getattr(_state, "off", False) or os.environ.get("WORKBENCH_FAST", "1") == "0" or model.remote:
         return None
-    if not on_cpu(model) or model.config.model_type not in _SAFE_TYPES or any(s not in _SITES for s in sites):
+    if not on_cpu(model) or has_hooks(model) or model.config.model_type not in _SAFE_TYPES:
+        return None
+    if any(s not in _SITES for s in sites):
         return None
     hf = model.hf
     n_layers = model.n_layers

@@ -4,8 +4,8 @@ Tensor version counters and data pointers cannot see every edit users make: a wr
 (`w.data[:, :800] = 0`) bumps no version counter, and an in-place permutation keeps the pointer. So the
 key holds a content hash of every parameter and buffer (xxh3 over the raw bytes, memory-bound: ~50 ms for
 the 135M-parameter embedded model, about what one small forward reads anyway) and a structural part that
-sees a swapped module, a new instance or class forward, a hook (module or global) and the attention
-implementation. Computed once per fast-path call, under the model lock.
+sees a swapped module, a new instance or class forward, a hook (module or global), a module's plain
+settings (a norm's `eps`, an attention's `scaling`), the config and the attention implementation. Computed once per fast-path call, under the model lock.
 """
 
 from __future__ import annotations
@@ -67,19 +67,35 @@ def _instance_forward(module: torch.nn.Module) -> object:
     return getattr(forward, "workbench_swapped", forward)
 
 
+_SCALARS = (int, float, bool, str, type(None))
+
+
+def _settings(module: torch.nn.Module) -> tuple:
+    """The module's plain settings (`eps`, `scaling`, `training`, ...): editing one changes what it computes."""
+    return tuple(
+        (k, v) for k, v in sorted(vars(module).items()) if not k.startswith("_") and isinstance(v, _SCALARS)
+    )
+
+
 def structure_key(model: Model) -> tuple:
-    """The cheap part: modules (identity, class, forwards, hooks, mode), global hooks, attention choice."""
+    """The cheap part: modules (identity, class, forwards, hooks, settings), global hooks, the config."""
     from torch.nn.modules import module as torch_module
 
     mods = tuple(
-        (name, id(m), type(m), id(_instance_forward(m)), id(type(m).forward), _hooks(m), m.training)
+        (name, id(m), type(m), id(_instance_forward(m)), id(type(m).forward), _hooks(m), _settings(m))
         for name, m in model.hf.named_modules()
     )
     global_hooks = tuple(
         tuple(id(h) for h in getattr(torch_module, d, {}).values())
         for d in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
     )
-    return mods, global_hooks, getattr(model.hf.config, "_attn_implementation", None)
+    config = model.hf.config
+    return (
+        mods,
+        global_hooks,
+        getattr(config, "_attn_implementation", None),
+        config.to_json_string(use_diff=False),
+    )
 
 
 def model_key(model: Model) -> ModelKey:
