@@ -42,6 +42,24 @@ class Value(float):
     def __repr__(self) -> str:
         return f"Value({float(self):.6g}, clean={self.clean:.6g}, corrupt={self.corrupt:.6g})"
 
+    def plot(self, **options: Any) -> Any:
+        """A plotly Figure of this result (options: see `workbench.figures.plot_value`)."""
+        from ..figures import plot_value
+
+        return plot_value(self, **options)
+
+    def to_frame(self, **options: Any) -> Any:
+        """A tidy pandas DataFrame, one row per cell (layout: `workbench.figures.frames`)."""
+        from ..figures import value_frame
+
+        return value_frame(self, **options)
+
+    def save_figure(self, path: Any, **plot_options: Any) -> Any:
+        """Write `self.plot(**plot_options)` to `path` (.pdf, .svg, .png; offline, system Chromium)."""
+        from ..figures import save_result_figure
+
+        return save_result_figure(self, path, **plot_options)
+
 
 class SteerResult(str):
     """Generated text (a str) with the unsteered baseline, the vector used and the code."""
@@ -63,6 +81,24 @@ class SteerResult(str):
 
     def to_code(self) -> str:
         return self._code()
+
+    def plot(self, **options: Any) -> Any:
+        """A plotly Figure of this result (options: see `workbench.figures.plot_steer`)."""
+        from ..figures import plot_steer
+
+        return plot_steer(self, **options)
+
+    def to_frame(self, **options: Any) -> Any:
+        """A tidy pandas DataFrame, one row per cell (layout: `workbench.figures.frames`)."""
+        from ..figures import steer_frame
+
+        return steer_frame(self, **options)
+
+    def save_figure(self, path: Any, **plot_options: Any) -> Any:
+        """Write `self.plot(**plot_options)` to `path` (.pdf, .svg, .png; offline, system Chromium)."""
+        from ..figures import save_result_figure
+
+        return save_result_figure(self, path, **plot_options)
 
 
 @dataclass
@@ -90,6 +126,24 @@ class SweepResult:
 
     def to_code(self) -> str:
         return self._code()
+
+    def plot(self, **options: Any) -> Any:
+        """A plotly Figure of this result (options: see `workbench.figures.plot_sweep`)."""
+        from ..figures import plot_sweep
+
+        return plot_sweep(self, **options)
+
+    def to_frame(self, **options: Any) -> Any:
+        """A tidy pandas DataFrame, one row per cell (layout: `workbench.figures.frames`)."""
+        from ..figures import sweep_frame
+
+        return sweep_frame(self, **options)
+
+    def save_figure(self, path: Any, **plot_options: Any) -> Any:
+        """Write `self.plot(**plot_options)` to `path` (.pdf, .svg, .png; offline, system Chromium)."""
+        from ..figures import save_result_figure
+
+        return save_result_figure(self, path, **plot_options)
 
 
 @dataclass
@@ -129,6 +183,24 @@ class LensResult:
     def to_code(self) -> str:
         return self._code()
 
+    def plot(self, **options: Any) -> Any:
+        """A plotly Figure of this result (options: see `workbench.figures.plot_lens`)."""
+        from ..figures import plot_lens
+
+        return plot_lens(self, **options)
+
+    def to_frame(self, **options: Any) -> Any:
+        """A tidy pandas DataFrame, one row per cell (layout: `workbench.figures.frames`)."""
+        from ..figures import lens_frame
+
+        return lens_frame(self, **options)
+
+    def save_figure(self, path: Any, **plot_options: Any) -> Any:
+        """Write `self.plot(**plot_options)` to `path` (.pdf, .svg, .png; offline, system Chromium)."""
+        from ..figures import save_result_figure
+
+        return save_result_figure(self, path, **plot_options)
+
 
 @dataclass
 class AttentionResult:
@@ -142,3 +214,21 @@ class AttentionResult:
 
     def to_code(self) -> str:
         return self._code()
+
+    def plot(self, **options: Any) -> Any:
+        """A plotly Figure of this result (options: see `workbench.figures.plot_attention`)."""
+        from ..figures import plot_attention
+
+        return plot_attention(self, **options)
+
+    def to_frame(self, **options: Any) -> Any:
+        """A tidy pandas DataFrame, one row per cell (layout: `workbench.figures.frames`)."""
+        from ..figures import attention_frame
+
+        return attention_frame(self, **options)
+
+    def save_figure(self, path: Any, **plot_options: Any) -> Any:
+        """Write `self.plot(**plot_options)` to `path` (.pdf, .svg, .png; offline, system Chromium)."""
+        from ..figures import save_result_figure
+
+        return save_result_figure(self, path, **plot_options)

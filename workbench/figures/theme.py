@@ -1,0 +1,130 @@
+"""Shared look of every figure: token display, text escaping, colour scales, sizes, titles, option checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import WorkbenchError
+
+# ColorBrewer RdBu (reversed: positive = red) is diverging and colour-blind safe; Viridis is sequential,
+# perceptually uniform and colour-blind safe. Both print legibly in greyscale.
+DIVERGING = "RdBu_r"
+SEQUENTIAL = "Viridis"
+ATTENTION = "Blues"
+
+FONT = "DejaVu Sans, Open Sans, Arial, sans-serif"  # DejaVu has the whitespace markers (␣ ↵ →)
+
+
+def visible_token(tok: str) -> str:
+    """A token as the views show it: space -> ␣, newline -> ↵, tab -> →, CR -> ␍, empty -> ∅.
+
+    The Python twin of `visibleToken` in js/src/tokens.ts; every figure label goes through it.
+    """
+    if tok == "":
+        return "\u2205"
+    return tok.replace(" ", "\u2423").replace("\r", "\u240d").replace("\n", "\u21b5").replace("\t", "\u2192")
+
+
+def escape(text: Any) -> str:
+    """Make user or model text inert in plotly, which renders some HTML tags, entities and $TeX$ in text.
+
+    '&', '<', '>' become entities (plotly shows them as the characters) and '$' becomes '&#36;' so that
+    MathJax never typesets a prompt that contains two dollar signs.
+    """
+    s = str(text)
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("$", "&#36;")
+
+
+def label(tok: str, limit: int | None = None) -> str:
+    """Visible and escaped: the form of a token that goes into a figure (truncated to `limit` chars)."""
+    vis = visible_token(tok)
+    if limit is not None and len(vis) > limit:
+        vis = vis[: limit - 1] + "\u2026"
+    return escape(vis)
+
+
+def prompt_text(prompt: Any, limit: int = 90) -> str:
+    """A prompt for a title: newlines/tabs made visible, truncated, quoted and escaped."""
+    if prompt is None:
+        return ""
+    s = str(prompt).replace("\r", "\u240d").replace("\n", "\u21b5").replace("\t", "\u2192")
+    if len(s) > limit:
+        s = s[: limit - 1] + "\u2026"
+    return "\u201c" + escape(s) + "\u201d"
+
+
+def fmt(v: float, digits: int = 3) -> str:
+    v = float(v)
+    if not np.isfinite(v):
+        return "n/a" if np.isnan(v) else str(v)
+    return f"{v:.{digits}g}"
+
+
+def title_line(options: dict[str, Any], what: str | None = None, extra: str | None = None) -> str:
+    """'<op> · site … · metric …' in bold, then the prompt(s) on a second, smaller line (all escaped)."""
+    parts = [f"<b>{escape(options.get('op', 'result'))}</b>"]
+    for key in ("site", "method", "metric"):
+        if options.get(key) is not None:
+            parts.append(f"{key} {escape(options[key])}")
+    if what:
+        parts.append(escape(what))
+    if extra:
+        parts.append(extra)
+    head = " \u00b7 ".join(parts)
+    if "clean" in options and "corrupt" in options:
+        sub = f"clean {prompt_text(options['clean'])} \u00b7 corrupt {prompt_text(options['corrupt'])}"
+    else:
+        sub = prompt_text(options.get("prompt"))
+    return head + (f"<br><span style='font-size:12px'>{sub}</span>" if sub else "")
+
+
+def check_unknown(kind: str, unknown: dict[str, Any], allowed: list[str]) -> None:
+    if unknown:
+        names = ", ".join(sorted(unknown))
+        raise WorkbenchError(f"{kind} got unknown option(s) {names}; the options are: {', '.join(allowed)}.")
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise WorkbenchError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}.")
+    return value
+
+
+def check_index(name: str, value: Any, n: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise WorkbenchError(f"{name} must be an int, not {value!r}.")
+    if not 0 <= int(value) < n:
+        raise WorkbenchError(f"{name}={value} is out of range: this {what} has {n} ({name} 0..{n - 1}).")
+    return int(value)
+
+
+def layout(fig, *, title: str, template: Any, width: int, height: int, top: int = 90) -> None:
+    """Title, template, font and size; shared by every figure."""
+    if template is not None:
+        import plotly.io as pio
+
+        if isinstance(template, str) and template not in pio.templates:
+            raise WorkbenchError(
+                f"template={template!r} is not a plotly template; try 'plotly_white' or 'plotly_dark' "
+                f"(all: {', '.join(pio.templates)})."
+            )
+        fig.update_layout(template=template)
+    fig.update_layout(
+        title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)),
+        font=dict(family=FONT, size=12),
+        width=width,
+        height=height,
+        margin=dict(l=70, r=20, t=top, b=60),
+    )
+
+
+def symmetric_range(z: np.ndarray) -> float:
+    finite = np.abs(z[np.isfinite(z)])
+    m = float(finite.max()) if finite.size else 1.0
+    return m if m > 0 else 1.0
+
+
+def clamp(v: float, lo: int, hi: int) -> int:
+    return int(min(hi, max(lo, v)))
