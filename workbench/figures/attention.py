@@ -98,7 +98,9 @@ def plot_attention(
         autorange="reversed",
         title=dict(text="query (token)"),
         scaleanchor="x",
+        constrain="domain",
     )
+    fig.update_xaxes(constrain="domain")
     fig.update_xaxes(showgrid=False, zeroline=False)
     fig.update_yaxes(showgrid=False, zeroline=False)
     side = clamp(n_k * 36, 300, 1000)
@@ -106,8 +108,10 @@ def plot_attention(
         fig,
         title=title if title is not None else title_line(result.options, f"layer {layer}, head {h}"),
         template=template,
-        width=width or side + 230,
-        height=height or side + 200,
+        width=width,
+        auto_width=side + 230,
+        height=height,
+        auto_height=side + 200,
     )
     return fig
 
@@ -170,15 +174,19 @@ def _grid(result, pat, template, title, width, height, colorscale):
         autorange="reversed",
         title=dict(text="layer"),
         scaleanchor="x",
+        constrain="domain",
         showgrid=False,
         zeroline=False,
     )
+    fig.update_xaxes(constrain="domain")
     thumb = clamp(600 / max(n_h, 1), 28, 90)
     layout(
         fig,
         title=title if title is not None else title_line(result.options, "layers \u00d7 heads"),
         template=template,
-        width=width or clamp(200 + n_h * thumb, 480, 1400),
-        height=height or clamp(170 + n_l * thumb * n_q / max(n_k, 1), 400, 2400),
+        width=width,
+        auto_width=clamp(200 + n_h * thumb, 480, 1400),
+        height=height,
+        auto_height=clamp(170 + n_l * thumb * n_q / max(n_k, 1), 400, 2400),
     )
     return fig

@@ -199,14 +199,14 @@ def plot_sweep(
     )
     cols_per_panel = panels[0][0].shape[1]
     cell_w = 40 if col_name == "position" else 28
-    w = width or clamp(150 + ncols * (cols_per_panel * cell_w + 20), 520, 1600)
-    h = height or clamp(150 + nrows * (n_layers * 16 + 70), 380, 1800)
     layout(
         fig,
         title=title if title is not None else title_line(result.options, what),
         template=template,
-        width=w,
-        height=h,
-        top=100 if subtitles else 90,
+        width=width,
+        height=height,
+        auto_width=clamp(150 + ncols * (cols_per_panel * cell_w + 20), 520, 1600),
+        auto_height=clamp(130 + nrows * (n_layers * (16 if n == 1 else 10) + 50), 380, 1800),
+        top=56 if subtitles else 36,
     )
     return fig

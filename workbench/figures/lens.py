@@ -108,7 +108,7 @@ def plot_lens(
         colorbar.update(
             tickmode="array", tickvals=[np.log10(1 + r) for r in ranks], ticktext=[str(r) for r in ranks]
         )
-        extra.update(customdata=z, zmin=0.0, zmax=float(top_tick))
+        extra.update(customdata=z, zmin=0.0, zmax=float(np.log10(1 + 10**top_tick)))
         scale = colorscale or SEQUENTIAL
         reverse = colorscale is None  # low rank (good) bright, like high probability
     else:
@@ -155,7 +155,9 @@ def plot_lens(
         fig,
         title=title if title is not None else title_line(result.options, what_text),
         template=template,
-        width=width or clamp(170 + n_pos * 62, 560, 1800),
-        height=height or clamp(170 + n_layers * 20, 400, 1600),
+        width=width,
+        auto_width=clamp(170 + n_pos * 62, 560, 1800),
+        height=height,
+        auto_height=clamp(170 + n_layers * 20, 400, 1600),
     )
     return fig

@@ -17,14 +17,30 @@ ATTENTION = "Blues"
 FONT = "DejaVu Sans, Open Sans, Arial, sans-serif"  # DejaVu has the whitespace markers (␣ ↵ →)
 
 
+_CONTROL = {i: chr(0x2400 + i) for i in range(32)} | {0x7F: "\u2421"}  # Unicode control pictures: ␀ .. ␟, ␡
+_CONTROL.update({ord(" "): "\u2423", ord("\r"): "\u240d", ord("\n"): "\u21b5", ord("\t"): "\u2192"})
+_CONTROL.update({i: f"\\x{i:02x}" for i in range(0x80, 0xA0)})  # C1 controls
+
+
 def visible_token(tok: str) -> str:
     """A token as the views show it: space -> ␣, newline -> ↵, tab -> →, CR -> ␍, empty -> ∅.
 
-    The Python twin of `visibleToken` in js/src/tokens.ts; every figure label goes through it.
+    The Python twin of `visibleToken` in js/src/tokens.ts; every figure label goes through it. Other
+    control characters (which tiny or byte-level vocabularies produce, and which SVG/PDF cannot hold)
+    become their Unicode control pictures (␀ .. ␟, ␡) or \\x80 .. \\x9f.
     """
     if tok == "":
         return "\u2205"
-    return tok.replace(" ", "\u2423").replace("\r", "\u240d").replace("\n", "\u21b5").replace("\t", "\u2192")
+    return tok.translate(_CONTROL)
+
+
+_TEXT = {k: v for k, v in _CONTROL.items() if k != ord(" ")}
+
+
+def visible_text(text: str, keep_newlines: bool = False) -> str:
+    """Running text (a prompt, a generation): control characters made visible, spaces kept."""
+    table = {k: v for k, v in _TEXT.items() if k != ord("\n")} if keep_newlines else _TEXT
+    return text.translate(table)
 
 
 def escape(text: Any) -> str:
@@ -49,7 +65,7 @@ def prompt_text(prompt: Any, limit: int = 90) -> str:
     """A prompt for a title: newlines/tabs made visible, truncated, quoted and escaped."""
     if prompt is None:
         return ""
-    s = str(prompt).replace("\r", "\u240d").replace("\n", "\u21b5").replace("\t", "\u2192")
+    s = visible_text(str(prompt))
     if len(s) > limit:
         s = s[: limit - 1] + "\u2026"
     return "\u201c" + escape(s) + "\u201d"
@@ -63,7 +79,7 @@ def fmt(v: float, digits: int = 3) -> str:
 
 
 def title_line(options: dict[str, Any], what: str | None = None, extra: str | None = None) -> str:
-    """'<op> · site … · metric …' in bold, then the prompt(s) on a second, smaller line (all escaped)."""
+    """'<op> · site … · metric …' in bold, then the prompt(s) on smaller lines (all text escaped)."""
     parts = [f"<b>{escape(options.get('op', 'result'))}</b>"]
     for key in ("site", "method", "metric"):
         if options.get(key) is not None:
@@ -72,12 +88,30 @@ def title_line(options: dict[str, Any], what: str | None = None, extra: str | No
         parts.append(escape(what))
     if extra:
         parts.append(extra)
-    head = " \u00b7 ".join(parts)
+    lines = [" \u00b7 ".join(parts)]
     if "clean" in options and "corrupt" in options:
-        sub = f"clean {prompt_text(options['clean'])} \u00b7 corrupt {prompt_text(options['corrupt'])}"
+        clean, corrupt = str(options["clean"]), str(options["corrupt"])
+        if len(clean) + len(corrupt) > 70:
+            subs = [f"clean {prompt_text(clean)}", f"corrupt {prompt_text(corrupt)}"]
+        else:
+            subs = [f"clean {prompt_text(clean)} \u00b7 corrupt {prompt_text(corrupt)}"]
     else:
-        sub = prompt_text(options.get("prompt"))
-    return head + (f"<br><span style='font-size:12px'>{sub}</span>" if sub else "")
+        subs = [prompt_text(options.get("prompt"))] if options.get("prompt") is not None else []
+    return "<br>".join(lines + [f"<span style='font-size:12px'>{s}</span>" for s in subs])
+
+
+def _plain(text: str) -> str:
+    import html
+    import re
+
+    return html.unescape(re.sub(r"<[^>]+>", "", text))
+
+
+def title_size(title: str) -> tuple[int, int]:
+    """(width in px, height in px) a title needs: 15 px first line, 12 px further lines."""
+    lines = title.split("<br>")
+    w = max(len(_plain(line)) * (8.6 if i == 0 else 6.9) for i, line in enumerate(lines))
+    return int(w) + 40, 22 + 17 * (len(lines) - 1)
 
 
 def check_unknown(kind: str, unknown: dict[str, Any], allowed: list[str]) -> None:
@@ -100,8 +134,19 @@ def check_index(name: str, value: Any, n: int, what: str) -> int:
     return int(value)
 
 
-def layout(fig, *, title: str, template: Any, width: int, height: int, top: int = 90) -> None:
-    """Title, template, font and size; shared by every figure."""
+def layout(
+    fig,
+    *,
+    title: str,
+    template: Any,
+    width: int | None,
+    height: int | None,
+    auto_width: int,
+    auto_height: int,
+    top: int = 36,
+) -> None:
+    """Title, template, font and size; shared by every figure. `width=None`: `auto_width`, widened (up
+    to 1600 px) until the title fits; the top margin grows with the title's lines."""
     if template is not None:
         import plotly.io as pio
 
@@ -111,12 +156,27 @@ def layout(fig, *, title: str, template: Any, width: int, height: int, top: int 
                 f"(all: {', '.join(pio.templates)})."
             )
         fig.update_layout(template=template)
+    need_w, need_h = title_size(title)
+    if width is None:
+        width = clamp(max(auto_width, need_w), 300, 1600)
+    if height is None:
+        height = auto_height + need_h
     fig.update_layout(
-        title=dict(text=title, x=0.01, xanchor="left", font=dict(size=15)),
+        title=dict(
+            text=title,
+            x=0,
+            xanchor="left",
+            xref="paper",
+            y=1,
+            yanchor="bottom",
+            yref="paper",
+            pad=dict(b=top - 12),
+            font=dict(size=15),
+        ),
         font=dict(family=FONT, size=12),
         width=width,
         height=height,
-        margin=dict(l=70, r=20, t=top, b=60),
+        margin=dict(l=70, r=30, t=top + need_h + 12, b=60),
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import WorkbenchError
-from .theme import SEQUENTIAL, check_unknown, clamp, escape, fmt, label, layout, title_line
+from .theme import SEQUENTIAL, check_unknown, clamp, escape, fmt, label, layout, title_line, visible_text
 
 VALUE_OPTIONS = ["template", "title", "width", "height", "color"]
 STEER_OPTIONS = ["template", "title", "width", "height"]
@@ -103,11 +103,23 @@ def plot_value(
         fig,
         title=title if title is not None else title_line(v.options, where or None),
         template=template,
-        width=width or 640,
-        height=height or clamp(200 + 34 * n, 320, 900),
-        top=120,
+        width=width,
+        auto_width=640,
+        height=height,
+        auto_height=clamp(200 + 34 * n, 320, 900),
+        top=60,
     )
     return fig
+
+
+def _wrap(text: str, width: int) -> str:
+    """Plotly tables wrap only at spaces: wrap (breaking long words) and escape each line."""
+    import textwrap
+
+    out = []
+    for para in visible_text(text, keep_newlines=True).split("\n"):
+        out.extend(textwrap.wrap(para, width, break_long_words=True, replace_whitespace=False) or [""])
+    return "<br>".join(escape(line) for line in out)
 
 
 def steer_rows(s) -> list[tuple[str, str]]:
@@ -134,14 +146,14 @@ def plot_steer(
     check_unknown("SteerResult.plot()", unknown, STEER_OPTIONS)
     rows = steer_rows(s)
     w = width or 900
-    chars_per_line = max(20, int((w - 260) / 7.2))
+    chars_per_line = max(20, int((w - 260) / 7.2))  # the text column's share of the width, ~7 px a char
     lines = sum(1 + len(t) // chars_per_line + t.count("\n") for _, t in rows)
     fig = go.Figure(
         go.Table(
             columnwidth=[1, 4],
             header=dict(values=["<b>run</b>", "<b>text</b>"], align="left"),
             cells=dict(
-                values=[[escape(r) for r, _ in rows], [escape(t).replace("\n", "<br>") for _, t in rows]],
+                values=[[escape(r) for r, _ in rows], [_wrap(t, chars_per_line) for _, t in rows]],
                 align="left",
                 height=24,
             ),
@@ -155,7 +167,9 @@ def plot_steer(
         else title_line(opts, f"layer {opts.get('layer')}, scale {opts.get('scale')}"),
         template=template,
         width=w,
-        height=height or clamp(160 + 20 * lines + 30 * len(rows), 280, 1400),
+        height=height,
+        auto_width=w,
+        auto_height=clamp(160 + 20 * lines + 30 * len(rows), 280, 1400),
     )
     fig.update_layout(margin=dict(l=20, r=20, b=20))
     return fig
