@@ -59,6 +59,11 @@ def steered(model):
     return wb.steer(model, CLEAN, vector=(" love", " hate"), layer=1, scale=4.0, max_new_tokens=4)
 
 
+def full_title(fig) -> str:
+    """The title line and its subtitle (the prompts)."""
+    return f"{fig.layout.title.text}<br>{fig.layout.title.subtitle.text or ''}"
+
+
 def ticktext(axis) -> list[str]:
     return list(axis.ticktext)
 
@@ -90,6 +95,7 @@ def test_sweep_layer_position_figure(sweeps, name):
     title = fig.layout.title.text
     for part in (s.options["op"], s.options["site"], escape(s.options["metric"])):
         assert part in title
+    assert escape(CLEAN) in fig.layout.title.subtitle.text
     bar = fig.layout.coloraxis
     assert bar.cmid == 0 and bar.cmin == -bar.cmax  # diverging, centred at 0
     assert bar.colorbar.title.text == (
@@ -166,10 +172,7 @@ def test_lens_what(lens):
     assert np.array_equal(r.customdata, lens.rank(TARGET))  # ranks; colour is log10(1 + rank)
     assert np.allclose(r.z, np.log10(1.0 + lens.rank(TARGET)))
     default = lens.plot(what="rank")  # the final prediction's rank
-    assert (
-        visible_token(lens.top_tokens[-1][-1][0]) in default.layout.title.text
-        or "rank" in default.layout.title.text
-    )
+    assert f"rank of {label(lens.top_tokens[-1][-1][0])}" in default.layout.title.text
 
 
 # ------------------------------------------------------------------------------------------- attention
@@ -245,11 +248,9 @@ def test_html_like_text_is_escaped_everywhere(model, metric):
     for fig in figs:
         text = json.dumps(fig.to_plotly_json(), default=str)
         for raw in ("<b>x", "</b> and", "<img", "onerror=alert(1)>", "$5", "& $6"):
-            assert raw not in text, (raw, fig.layout.title.text)
-        assert "&lt;img src=x onerror=alert(1)&gt;" in fig.layout.title.text
-        assert (
-            "&lt;b&gt;x&lt;/b&gt;" in fig.layout.title.text and "&#36;5 &amp; &#36;6" in fig.layout.title.text
-        )
+            assert raw not in text, (raw, full_title(fig))
+        assert "&lt;img src=x onerror=alert(1)&gt;" in full_title(fig)
+        assert "&lt;b&gt;x&lt;/b&gt;" in full_title(fig) and "&#36;5 &amp; &#36;6" in full_title(fig)
     ticks = ticktext(figs[0].layout.xaxis)
     assert "&lt;" in ticks and "&gt;" in ticks and "&amp;" in ticks and "&#36;" in ticks
 

@@ -104,10 +104,11 @@ def plot_lens(
     if what == "rank":
         shown = np.log10(1.0 + z.astype(np.float64))
         top_tick = max(1, int(np.ceil(shown.max()))) if shown.size else 1
-        ranks = [0] + [10**e - 1 for e in range(1, top_tick + 1)]
-        colorbar.update(
-            tickmode="array", tickvals=[np.log10(1 + r) for r in ranks], ticktext=[str(r) for r in ranks]
-        )
+        ranks = [0] + [10**e for e in range(top_tick + 1)]
+        names = [str(r) if r < 1000 else f"{r // 1000}k" for r in ranks]
+        colorbar.update(tickmode="array", tickvals=[np.log10(1 + r) for r in ranks], ticktext=names)
+        # plotly places a side title from the automatic tick labels, over these wider ones: title on top
+        colorbar["title"]["side"] = "top"
         extra.update(customdata=z, zmin=0.0, zmax=float(np.log10(1 + 10**top_tick)))
         scale = colorscale or SEQUENTIAL
         reverse = colorscale is None  # low rank (good) bright, like high probability

@@ -79,7 +79,10 @@ def fmt(v: float, digits: int = 3) -> str:
 
 
 def title_line(options: dict[str, Any], what: str | None = None, extra: str | None = None) -> str:
-    """'<op> · site … · metric …' in bold, then the prompt(s) on smaller lines (all text escaped)."""
+    """'<op> · site … · metric …' in bold, then the prompt(s) on further lines (all text escaped).
+
+    `layout` shows the first line as the title and the others, smaller, as its subtitle.
+    """
     parts = [f"<b>{escape(options.get('op', 'result'))}</b>"]
     for key in ("site", "method", "metric"):
         if options.get(key) is not None:
@@ -97,7 +100,7 @@ def title_line(options: dict[str, Any], what: str | None = None, extra: str | No
             subs = [f"clean {prompt_text(clean)} \u00b7 corrupt {prompt_text(corrupt)}"]
     else:
         subs = [prompt_text(options.get("prompt"))] if options.get("prompt") is not None else []
-    return "<br>".join(lines + [f"<span style='font-size:12px'>{s}</span>" for s in subs])
+    return "<br>".join(lines + subs)
 
 
 def _plain(text: str) -> str:
@@ -161,22 +164,20 @@ def layout(
         width = clamp(max(auto_width, need_w), 300, 1600)
     if height is None:
         height = auto_height + need_h
+    head, _, sub = title.partition("<br>")
     fig.update_layout(
         title=dict(
-            text=title,
+            text=head,
             x=0,
-            xanchor="left",
             xref="paper",
-            y=1,
-            yanchor="bottom",
-            yref="paper",
-            pad=dict(b=top - 12),
+            xanchor="left",
             font=dict(size=15),
+            subtitle=dict(text=sub, font=dict(size=12)),
         ),
         font=dict(family=FONT, size=12),
         width=width,
         height=height,
-        margin=dict(l=70, r=30, t=top + need_h + 12, b=60),
+        margin=dict(l=70, r=30, t=top + need_h + 20, b=60),
     )
 
 
