@@ -393,6 +393,12 @@ def test_bad_options_and_empty_results(sweeps, lens, attn, value):
     with pytest.raises(wb.WorkbenchError, match="no cells"):
         empty.plot()
     assert len(empty.to_frame()) == 0
+    unrun = wb.SweepResult(
+        values=np.full((2, 3), np.nan, np.float32), clean=1.0, corrupt=0.0, axes=("layer", "position"),
+        tokens=["a", "b", "c"], options=dict(op="patch_sweep"), _code=lambda: "",
+    )  # fmt: skip
+    with pytest.raises(wb.WorkbenchError, match="Every cell of this sweep is NaN"):
+        unrun.plot()
     no_layers = wb.AttentionResult(
         patterns=np.zeros((0, 4, 9, 9), np.float32), tokens=list(attn.tokens), layers=[],
         options=dict(op="attention"), _code=lambda: "",

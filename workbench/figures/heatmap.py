@@ -67,7 +67,9 @@ def plot_sweep(
     "change" (m - clean; the default for ablation sweeps, which have no corrupt run) or "value" (the raw
     metric). [layer, position, head] sweeps draw one panel per head sharing one colour scale; `head=h`
     draws that head alone. Effects use a diverging scale centred at 0; raw values of one sign a
-    sequential one.
+    sequential one. Common options (every figure): template (a plotly template name or object; default:
+    plotly's default), title (used as given: your own text may use plotly's markup; the first "<br>"
+    starts the subtitle), width, height (pixels; default from the grid's size), colorscale, zmin, zmax.
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -110,6 +112,8 @@ def plot_sweep(
         raise WorkbenchError(f"Unknown sweep axes {axes}.")
 
     finite = z[np.isfinite(z)]
+    if finite.size == 0:
+        raise WorkbenchError(f"Every cell of this sweep is NaN (what={what!r}); there is nothing to plot.")
     diverging = what != "value" or (finite.size and finite.min() < 0 < finite.max())
     if diverging:
         m = symmetric_range(z)
@@ -121,7 +125,7 @@ def plot_sweep(
         scale = colorscale or SEQUENTIAL
 
     n = len(panels)
-    ncols = min(n, 3)
+    ncols = min(n, 3 if n <= 9 else 4)
     nrows = math.ceil(n / ncols)
     subtitles = [f"head {h}" for h in heads] if heads and len(axes) == 3 else None
     fig = make_subplots(
@@ -130,7 +134,7 @@ def plot_sweep(
         shared_yaxes=True,
         subplot_titles=subtitles,
         horizontal_spacing=0.04 if n > 1 else 0.0,
-        vertical_spacing=min(0.08, 0.3 / max(nrows, 1)) if nrows > 1 else 0.0,
+        vertical_spacing=min(0.11, 0.36 / max(nrows, 1)) if nrows > 1 else 0.0,
     )
     col_name = panels[0][2]
     for i, (zz, raw, cname) in enumerate(panels):
@@ -207,6 +211,6 @@ def plot_sweep(
         height=height,
         auto_width=clamp(150 + ncols * (cols_per_panel * cell_w + 20), 520, 1600),
         auto_height=clamp(130 + nrows * (n_layers * (16 if n == 1 else 10) + 50), 380, 1800),
-        top=56 if subtitles else 36,
+        top=80 if subtitles else 36,  # room for the panels' "head h" titles
     )
     return fig

@@ -169,7 +169,7 @@ def plot_steer(
         width=w,
         height=height,
         auto_width=w,
-        auto_height=clamp(160 + 20 * lines + 30 * len(rows), 280, 1400),
+        auto_height=clamp(110 + 19 * lines + 12 * len(rows), 240, 1400),
     )
     fig.update_layout(margin=dict(l=20, r=20, b=20))
     return fig
