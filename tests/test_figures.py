@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -343,6 +344,10 @@ def test_static_export_pdf_svg_png_contain_the_token_labels(tmp_path, lens, mode
 def test_export_without_a_browser_names_what_to_install(tmp_path, lens, monkeypatch):
     from workbench.figures import export
 
+    monkeypatch.setitem(sys.modules, "kaleido", None)  # not installed: `import kaleido` raises ImportError
+    with pytest.raises(wb.WorkbenchError, match=r"pip install 'kaleido>=1'"):
+        lens.save_figure(tmp_path / "x.png")
+    monkeypatch.delitem(sys.modules, "kaleido")
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-chrome"))
     with pytest.raises(wb.WorkbenchError, match="apt-get install -y chromium"):
         lens.save_figure(tmp_path / "x.pdf")
