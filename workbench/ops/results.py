@@ -108,6 +108,24 @@ class Value(float):
             text += "; top " + ", ".join(f"{t!r} {float(p):.2f}" for t, p in zip(tops, probs, strict=False))
         return text + ")"
 
+    def plot(self, **options: Any) -> Any:
+        """A plotly Figure of this result (options: see `workbench.figures.plot_value`)."""
+        from ..figures import plot_value
+
+        return plot_value(self, **options)
+
+    def to_frame(self, **options: Any) -> Any:
+        """A tidy pandas DataFrame, one row per cell (layout: `workbench.figures.frames`)."""
+        from ..figures import value_frame
+
+        return value_frame(self, **options)
+
+    def save_figure(self, path: Any, **plot_options: Any) -> Any:
+        """Write `self.plot(**plot_options)` to `path` (.pdf, .svg, .png; offline, system Chromium)."""
+        from ..figures import save_result_figure
+
+        return save_result_figure(self, path, **plot_options)
+
 
 class SteerResult(str):
     """Generated text (a str) with the unsteered baseline, the vector used and the code."""
@@ -150,6 +168,24 @@ class SteerResult(str):
                 "try a smaller scale (a push well below 1x the residual norm)"
             )
         return "\n".join(lines)
+
+    def plot(self, **options: Any) -> Any:
+        """A plotly Figure of this result (options: see `workbench.figures.plot_steer`)."""
+        from ..figures import plot_steer
+
+        return plot_steer(self, **options)
+
+    def to_frame(self, **options: Any) -> Any:
+        """A tidy pandas DataFrame, one row per cell (layout: `workbench.figures.frames`)."""
+        from ..figures import steer_frame
+
+        return steer_frame(self, **options)
+
+    def save_figure(self, path: Any, **plot_options: Any) -> Any:
+        """Write `self.plot(**plot_options)` to `path` (.pdf, .svg, .png; offline, system Chromium)."""
+        from ..figures import save_result_figure
+
+        return save_result_figure(self, path, **plot_options)
 
 
 @dataclass
@@ -221,6 +257,24 @@ class SweepResult:
             extra = f" ({norm[index]:.2f})" if norm is not None and np.isfinite(norm[index]) else ""
             cells.append(f"{self._label(index)}: {v:.4g}{extra}")
         return head + "\n" + base + "\n  largest effects: " + "; ".join(cells)
+
+    def plot(self, **options: Any) -> Any:
+        """A plotly Figure of this result (options: see `workbench.figures.plot_sweep`)."""
+        from ..figures import plot_sweep
+
+        return plot_sweep(self, **options)
+
+    def to_frame(self, **options: Any) -> Any:
+        """A tidy pandas DataFrame, one row per cell (layout: `workbench.figures.frames`)."""
+        from ..figures import sweep_frame
+
+        return sweep_frame(self, **options)
+
+    def save_figure(self, path: Any, **plot_options: Any) -> Any:
+        """Write `self.plot(**plot_options)` to `path` (.pdf, .svg, .png; offline, system Chromium)."""
+        from ..figures import save_result_figure
+
+        return save_result_figure(self, path, **plot_options)
 
 
 @dataclass
@@ -300,6 +354,24 @@ class LensResult:
             lines.append(f"  with intervention {_where(o['intervention'])} ({o['intervention'].get('kind')})")
         return "\n".join(lines)
 
+    def plot(self, **options: Any) -> Any:
+        """A plotly Figure of this result (options: see `workbench.figures.plot_lens`)."""
+        from ..figures import plot_lens
+
+        return plot_lens(self, **options)
+
+    def to_frame(self, **options: Any) -> Any:
+        """A tidy pandas DataFrame, one row per cell (layout: `workbench.figures.frames`)."""
+        from ..figures import lens_frame
+
+        return lens_frame(self, **options)
+
+    def save_figure(self, path: Any, **plot_options: Any) -> Any:
+        """Write `self.plot(**plot_options)` to `path` (.pdf, .svg, .png; offline, system Chromium)."""
+        from ..figures import save_result_figure
+
+        return save_result_figure(self, path, **plot_options)
+
 
 @dataclass
 class AttentionResult:
@@ -325,3 +397,21 @@ class AttentionResult:
         )
         text = f"AttentionResult patterns [{shape}] (layer, head, query, key), layers {span}"
         return text + f"\n  prompt {_short(self.options.get('prompt', ''))}, {len(self.tokens)} tokens"
+
+    def plot(self, **options: Any) -> Any:
+        """A plotly Figure of this result (options: see `workbench.figures.plot_attention`)."""
+        from ..figures import plot_attention
+
+        return plot_attention(self, **options)
+
+    def to_frame(self, **options: Any) -> Any:
+        """A tidy pandas DataFrame, one row per cell (layout: `workbench.figures.frames`)."""
+        from ..figures import attention_frame
+
+        return attention_frame(self, **options)
+
+    def save_figure(self, path: Any, **plot_options: Any) -> Any:
+        """Write `self.plot(**plot_options)` to `path` (.pdf, .svg, .png; offline, system Chromium)."""
+        from ..figures import save_result_figure
+
+        return save_result_figure(self, path, **plot_options)

@@ -1,0 +1,36 @@
+"""Plotly figures, pandas frames and static export for every result type.
+
+Every result has `.plot(**options)` (a `plotly.graph_objects.Figure`), `.to_frame(**options)` (a tidy
+`pandas.DataFrame`, layouts in `frames.py`) and `.save_figure(path, **plot_options)` (PDF/SVG/PNG by
+extension, offline through kaleido and the system's Chromium). Token labels use `visible_token` (the
+views' whitespace markers) and all user or model text is escaped for plotly (`escape`).
+"""
+
+from __future__ import annotations
+
+from .attention import plot_attention
+from .export import figure_bytes, find_browser, save_figure, save_result_figure
+from .frames import attention_frame, lens_frame, steer_frame, sweep_frame, value_frame
+from .heatmap import plot_sweep
+from .lens import plot_lens
+from .theme import escape, visible_token
+from .values import plot_steer, plot_value
+
+__all__ = [
+    "attention_frame",
+    "escape",
+    "figure_bytes",
+    "find_browser",
+    "lens_frame",
+    "plot_attention",
+    "plot_lens",
+    "plot_steer",
+    "plot_sweep",
+    "plot_value",
+    "save_figure",
+    "save_result_figure",
+    "steer_frame",
+    "sweep_frame",
+    "value_frame",
+    "visible_token",
+]
