@@ -1,10 +1,26 @@
 // Token strings with visible markers for whitespace, and the token strip.
 import { h } from "./dom";
 
-/** Make whitespace visible: space -> ␣ (U+2423), newline -> ↵, tab -> →, CR -> ␍. */
+const MARKS: Record<string, string> = { " ": "\u2423", "\r": "\u240d", "\n": "\u21b5", "\t": "\u2192" };
+
+/** One character as the views show it: whitespace marked, other control characters as their Unicode control
+ * pictures (␀ .. ␟, ␡) or \x80 .. \x9f; everything else as it is. */
+function visibleChar(ch: string): string {
+  const mark = MARKS[ch];
+  if (mark) return mark;
+  const code = ch.charCodeAt(0);
+  if (code < 0x20) return String.fromCharCode(0x2400 + code);
+  if (code === 0x7f) return "\u2421";
+  if (code >= 0x80 && code < 0xa0) return `\\x${code.toString(16)}`;
+  return ch;
+}
+
+/** Make whitespace and control characters visible: space -> ␣, newline -> ↵, tab -> →, CR -> ␍, empty -> ∅
+ * (the twin of `workbench.figures.theme.visible_token`). */
 export function visibleToken(tok: string): string {
   if (tok === "") return "∅";
-  return tok.replace(/ /g, "\u2423").replace(/\r/g, "\u240d").replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192");
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what this makes visible
+  return tok.replace(/[\x00-\x20\x7f-\x9f]/g, visibleChar);
 }
 
 export interface StripOptions {

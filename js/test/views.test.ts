@@ -211,3 +211,14 @@ describe("figure parts of a heatmap", () => {
     hm.el.remove();
   });
 });
+
+describe("visible tokens", () => {
+  it("marks whitespace and shows control characters like the Python figures do", async () => {
+    const { visibleToken } = await import("../src/tokens");
+    expect(visibleToken(" Paris")).toBe("␣Paris");
+    expect(visibleToken("a\nb\tc\r")).toBe("a↵b→c␍");
+    expect(visibleToken("\u0000\u001b\u007f\u0085")).toBe("␀␛␡\\x85");
+    expect(visibleToken("")).toBe("∅");
+    expect(visibleToken("<b>x</b>")).toBe("<b>x</b>");
+  });
+});
