@@ -267,7 +267,8 @@ def _serialise_calls(hf: torch.nn.Module, lock: threading.RLock) -> None:
     if hf in _LOCKS:
         return
     _LOCKS[hf] = lock
-    hf.__class__ = _locked_class(type(hf))
+    if not getattr(type(hf), "workbench_locked", False):  # a copy of a wrapped model has the class already
+        hf.__class__ = _locked_class(type(hf))
     _lock_nnsight()
 
 
@@ -293,7 +294,12 @@ def _locked_class(cls: type) -> type:
     return type(
         cls.__name__,
         (cls,),
-        {"__call__": __call__, "__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        {
+            "__call__": __call__,
+            "workbench_locked": True,
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+        },
     )
 
 
