@@ -1,16 +1,21 @@
-"""mkdocs hooks: the teaching notebooks (../notebooks/*.ipynb) as pages, and the changelog.
+"""mkdocs hooks: the teaching notebooks (../notebooks/*.ipynb) as pages, the changelog, and a coverage check.
 
 Notebooks are converted to Markdown with nbconvert at build time, as stored (outputs stripped): the pages
 show the code and the prose, and the tests (tests/test_notebooks.py) are what runs them.
+
+After the build, every name in `workbench.__all__` must have an entry in the reference (an anchor with its
+canonical path); a public name with no page is a warning, so `mkdocs build --strict` (make docs) fails.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 from mkdocs.structure.files import File
 
+log = logging.getLogger("mkdocs.hooks.workbench")
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 
@@ -51,3 +56,22 @@ def on_files(files, config, **kwargs):
     changelog = ROOT / "CHANGELOG.md"
     files.append(File.generated(config, "changelog.md", content=changelog.read_text()))
     return files
+
+
+def on_post_build(config, **kwargs):
+    import griffe
+
+    package = griffe.load("workbench", search_paths=[str(ROOT)])
+    anchors: set[str] = set()
+    for page in Path(config["site_dir"]).rglob("*.html"):
+        anchors.update(re.findall(r'id="(workbench\.[\w.]+)"', page.read_text(errors="replace")))
+    missing = []
+    for name in map(str, package.exports or ()):
+        obj = package[name]
+        path = obj.final_target.path if obj.is_alias else obj.path
+        if path not in anchors and not any(a.startswith(path + ".") for a in anchors):
+            missing.append(f"wb.{name} ({path})")
+    if missing:
+        log.warning(
+            "these public names (workbench.__all__) are on no page of docs/api/: " + ", ".join(missing)
+        )
