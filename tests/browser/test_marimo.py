@@ -131,6 +131,11 @@ def test_marimo_view_renders_and_a_click_recomputes(browser_context, marimo_app)
         pv.locator("[data-testid=wb-status][data-state=done]").wait_for(timeout=60_000)
         value = float(pv.locator("[data-testid=wb-metric]").get_attribute("data-value"))
         assert value == pytest.approx(exp["1,8,1,3"]["value"], rel=1e-4, abs=1e-4)
+        # the sweep (progress, then the filled map) runs the same way
+        pv.locator("[data-testid=wb-sweep]").click()
+        pv.locator("[data-testid=wb-caption]", has_text="normalised effect").wait_for(timeout=60_000)
+        pv.locator("[data-testid=wb-status][data-state=done]").wait_for(timeout=60_000)
+        pv.screenshot(path=str(ARTIFACTS / "marimo-patch-swept.png"))
         assert not errors, errors
     finally:
         page.close()
