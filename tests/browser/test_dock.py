@@ -79,6 +79,12 @@ def test_dock_opens_in_jupyterlab_right_panel(browser_context):
         docked.wait_for(state="detached", timeout=30_000)
         tab.wait_for(state="detached", timeout=30_000)
         assert page.locator(".jupyterlab-sidecar").count() == 0
+        # anchor="split-right": beside the notebook in the main area, wider than the side bar
+        run_code(page, 'dock = lv.dock(title="Lens (split)", anchor="split-right")')
+        beside = page.locator("#jp-main-dock-panel .jupyterlab-sidecar [data-testid=wb-view][data-kind=lens]")
+        beside.wait_for(timeout=60_000)
+        assert beside.bounding_box()["x"] > box["x"] - 600 and beside.bounding_box()["width"] > box["width"]
+        page.screenshot(path=str(ARTIFACTS / "lab-dock-split-right.png"))
     finally:
         page.close()
         server.stop()
