@@ -428,7 +428,8 @@ export class Heatmap {
     const dragged = this.ghost !== null;
     this.ghost = null;
     if (!from || !dragged) return;
-    const under = document.elementFromPoint(e.clientX, e.clientY);
+    const root = this.el.getRootNode(); // a shadow root in marimo: the document's elementFromPoint stops at its host
+    const under = ("elementFromPoint" in root ? (root as Document | ShadowRoot) : document).elementFromPoint(e.clientX, e.clientY);
     const target = under ? registry.get(under) : undefined;
     if (!target || target === this || !target.onDrop) return;
     const to = target.cellAt(e.clientX, e.clientY);

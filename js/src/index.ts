@@ -17,7 +17,8 @@ const VIEWS: Record<string, new (m: AnyModel, el: HTMLElement) => View> = {
 // Not exported by name: anywidget >= 0.9 reads `default` ({ initialize?, render }) and warns
 // ("Direct export of a 'render' will likely be deprecated") when the module exports `render` itself.
 function render({ model, el }: { model: AnyModel; el: HTMLElement }): () => void {
-  injectStyles(el.ownerDocument ?? document);
+  injectStyles(el);
+  if (!el.isConnected) requestAnimationFrame(() => injectStyles(el)); // its shadow root, once attached
   const kind = String(model.get("_view_kind") ?? "");
   const Cls = VIEWS[kind];
   if (!Cls) {

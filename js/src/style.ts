@@ -77,10 +77,21 @@ export const CSS = `
 .wb-tabs{display:flex;gap:2px;border-bottom:1px solid var(--wb-border);margin-bottom:4px}
 `;
 
-export function injectStyles(doc: Document = document): void {
-  if (doc.getElementById("wb-styles")) return;
+function addStyle(root: Document | ShadowRoot): void {
+  if (root.getElementById("wb-styles")) return;
+  const isDoc = root.nodeType === 9; // Node.DOCUMENT_NODE (instanceof differs between windows and test DOMs)
+  const doc = isDoc ? (root as Document) : (root.ownerDocument ?? document);
   const style = doc.createElement("style");
   style.id = "wb-styles";
   style.textContent = CSS;
-  doc.head.append(style);
+  if (isDoc) (root as Document).head.append(style);
+  else root.append(style);
+}
+
+/** Injects the views' styles once into the document and, when `where` sits in a shadow root (marimo renders
+ * anywidgets inside one, where the document's styles do not reach), once into that shadow root too. */
+export function injectStyles(where: Node = document): void {
+  addStyle(where.nodeType === 9 ? (where as Document) : (where.ownerDocument ?? document));
+  const root = where.getRootNode();
+  if (root.nodeType === 11 && "host" in root) addStyle(root as ShadowRoot); // a shadow root
 }

@@ -288,6 +288,8 @@ def readable(exc: BaseException) -> str:
 class WorkbenchWidget(anywidget.AnyWidget):
     """Shared traits and messaging of the Workbench views."""
 
+    from .dock import dock_view as dock  # view.dock(): JupyterLab's right side panel (widgets/dock.py)
+
     # the bundle's text, not its Path: for a Path anywidget connects every instance to a file-watch signal with a
     # strong reference, so no view (and no model a view used) could ever be freed
     _esm = (
