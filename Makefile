@@ -27,6 +27,7 @@ install: $(STAMP) js
 
 js:
 	@if [ -f js/package.json ]; then cd js && { npm ci --no-audit --no-fund --loglevel=error 2>/dev/null || npm install --no-audit --no-fund --loglevel=error; } && npm run build; fi
+	@if [ -f labextension/package.json ]; then cd labextension && { npm ci --no-audit --no-fund --loglevel=error 2>/dev/null || npm install --no-audit --no-fund --loglevel=error; } && PATH="$(abspath $(VENV))/bin:$$PATH" npm run build --silent; fi
 
 js-test:
 	@if [ -f js/package.json ]; then cd js && npx tsc --noEmit && npx biome check . && npm test --silent; fi

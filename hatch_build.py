@@ -30,9 +30,13 @@ BUNDLE = Path("workbench", "static", "widget.js")
 INFO = Path("workbench", "static", "build-info.json")
 
 
-def sources_hash(js: Path) -> str:
+LABEXT = Path("workbench", "labextensions", "interp-workbench")
+LABEXT_SOURCES = ("package.json", "package-lock.json", "gen-notebooks.mjs", "tsconfig.json", "src/index.ts")
+
+
+def sources_hash(js: Path, sources: tuple[str, ...] = SOURCES) -> str:
     h = hashlib.sha256()
-    for name in SOURCES:
+    for name in sources:
         p = js / name
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
         for f in files:
@@ -52,6 +56,50 @@ class JSBundleHook(BuildHookInterface):
     PLUGIN_NAME = "custom"
 
     def initialize(self, version: str, build_data: dict) -> None:
+        self._js_bundle(version)
+        self._labextension(version)
+
+    def _labextension(self, version: str) -> None:
+        """The prebuilt JupyterLab extension (labextension/ -> workbench/labextensions/interp-workbench, shipped
+        as shared data into share/jupyter/labextensions): built like the bundle, reused when fresh."""
+        root = Path(self.root)
+        src = root / "labextension"
+        out = root / LABEXT
+        if not (src / "package.json").is_file():
+            if (out / "package.json").is_file():
+                return
+            raise RuntimeError(f"no labextension/ sources and no prebuilt extension ({LABEXT}) to ship")
+        digest = sources_hash(src, LABEXT_SOURCES) + sources_hash(root / "notebooks", ("",))
+        info = out / "build-info.json"
+        try:
+            fresh = json.loads(info.read_text())["sources_sha256"] == digest
+        except (OSError, ValueError, KeyError, TypeError):
+            fresh = False
+        mode = os.environ.get("WORKBENCH_JS", "auto").strip().lower()
+        built = (out / "package.json").is_file()
+        if built and (mode == "skip" or (mode == "auto" and (fresh or version == "editable"))):
+            return
+        npm = shutil.which("npm")
+        if npm is None:
+            if built:
+                return
+            raise RuntimeError(
+                "Building interp-workbench from source needs Node.js 18+ and npm to build its JupyterLab "
+                "extension (labextension/), and npm was not found on PATH: install them, or install the "
+                "prebuilt wheel: pip install interp-workbench."
+            )
+        self.app.display_info("workbench: building the JupyterLab extension (npm ci && npm run build)")
+        quiet = ["--no-audit", "--no-fund", "--loglevel=error"]
+        if self._npm(npm, src, "ci", *quiet) != 0:
+            self._npm(npm, src, "install", *quiet, check=True)
+        # jupyter-builder (a build requirement) must be found next to this interpreter
+        os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+        self._npm(npm, src, "run", "build", check=True)
+        if not (out / "package.json").is_file():
+            raise RuntimeError(f"npm run build in labextension/ did not produce {LABEXT}")
+        info.write_text(json.dumps({"sources_sha256": digest}) + "\n")
+
+    def _js_bundle(self, version: str) -> None:
         root = Path(self.root)
         js = root / "js"
         bundle = root / BUNDLE

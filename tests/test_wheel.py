@@ -128,6 +128,11 @@ def test_wheel_and_sdist_carry_the_bundle(built):
         names = set(z.namelist())
         assert "workbench/static/widget.js" in names
         assert z.getinfo("workbench/static/widget.js").file_size > 10_000
+        # the prebuilt JupyterLab extension, installed where JupyterLab finds it (no build step for users)
+        ext = (
+            f"interp_workbench-{version}.data/data/share/jupyter/labextensions/interp-workbench/package.json"
+        )
+        assert ext in names, sorted(n for n in names if "labextensions" in n)[:5]
         meta = z.read(f"interp_workbench-{version}.dist-info/METADATA").decode()
     assert f"\nVersion: {version}\n" in meta  # the version has one source: workbench/__init__.py
     assert "workbench/__init__.py" in names and "workbench/widgets/lens.py" in names
@@ -143,6 +148,8 @@ def test_wheel_and_sdist_carry_the_bundle(built):
         "js/build.mjs",
         "js/src/index.ts",
         "hatch_build.py",
+        "labextension/package.json",
+        "labextension/src/index.ts",
     ):
         assert need in snames, need
     assert "workbench/static/widget.js" in snames
