@@ -60,8 +60,35 @@ def _rebuild_steer(text: str, state: dict[str, Any]) -> SteerResult:
     return SteerResult(text, **state)
 
 
-class Value(float):
+class Figured:
+    """`.plot()`, `.to_frame()` and `.save_figure()` of a result: the figures and frames live in
+    `workbench.figures` as `plot_<name>` and `<name>_frame`, `name` being the class's `_figure_name`."""
+
+    _figure_name = ""
+
+    def plot(self, **options: Any) -> Any:
+        """A plotly Figure of this result (options: see `workbench.figures.plot_<name>`)."""
+        from .. import figures
+
+        return getattr(figures, f"plot_{self._figure_name}")(self, **options)
+
+    def to_frame(self, **options: Any) -> Any:
+        """A tidy pandas DataFrame, one row per cell (layout: `workbench.figures.frames`)."""
+        from .. import figures
+
+        return getattr(figures, f"{self._figure_name}_frame")(self, **options)
+
+    def save_figure(self, path: Any, **plot_options: Any) -> Any:
+        """Write `self.plot(**plot_options)` to `path` (.pdf, .svg, .png; offline, system Chromium)."""
+        from ..figures import save_result_figure
+
+        return save_result_figure(self, path, **plot_options)
+
+
+class Value(Figured, float):
     """A metric value (a float) that also carries its baselines, the run's prediction and its code."""
+
+    _figure_name = "value"
 
     clean: float
     corrupt: float
@@ -108,27 +135,11 @@ class Value(float):
             text += "; top " + ", ".join(f"{t!r} {float(p):.2f}" for t, p in zip(tops, probs, strict=False))
         return text + ")"
 
-    def plot(self, **options: Any) -> Any:
-        """A plotly Figure of this result (options: see `workbench.figures.plot_value`)."""
-        from ..figures import plot_value
 
-        return plot_value(self, **options)
-
-    def to_frame(self, **options: Any) -> Any:
-        """A tidy pandas DataFrame, one row per cell (layout: `workbench.figures.frames`)."""
-        from ..figures import value_frame
-
-        return value_frame(self, **options)
-
-    def save_figure(self, path: Any, **plot_options: Any) -> Any:
-        """Write `self.plot(**plot_options)` to `path` (.pdf, .svg, .png; offline, system Chromium)."""
-        from ..figures import save_result_figure
-
-        return save_result_figure(self, path, **plot_options)
-
-
-class SteerResult(str):
+class SteerResult(Figured, str):
     """Generated text (a str) with the unsteered baseline, the vector used and the code."""
+
+    _figure_name = "steer"
 
     baseline: str
     vector: np.ndarray
@@ -169,28 +180,12 @@ class SteerResult(str):
             )
         return "\n".join(lines)
 
-    def plot(self, **options: Any) -> Any:
-        """A plotly Figure of this result (options: see `workbench.figures.plot_steer`)."""
-        from ..figures import plot_steer
-
-        return plot_steer(self, **options)
-
-    def to_frame(self, **options: Any) -> Any:
-        """A tidy pandas DataFrame, one row per cell (layout: `workbench.figures.frames`)."""
-        from ..figures import steer_frame
-
-        return steer_frame(self, **options)
-
-    def save_figure(self, path: Any, **plot_options: Any) -> Any:
-        """Write `self.plot(**plot_options)` to `path` (.pdf, .svg, .png; offline, system Chromium)."""
-        from ..figures import save_result_figure
-
-        return save_result_figure(self, path, **plot_options)
-
 
 @dataclass
-class SweepResult:
+class SweepResult(Figured):
     """A grid of metric values: [layer, position], [layer, head] or [layer, position, head]."""
+
+    _figure_name = "sweep"
 
     values: np.ndarray
     clean: float
@@ -258,28 +253,12 @@ class SweepResult:
             cells.append(f"{self._label(index)}: {v:.4g}{extra}")
         return head + "\n" + base + "\n  largest effects: " + "; ".join(cells)
 
-    def plot(self, **options: Any) -> Any:
-        """A plotly Figure of this result (options: see `workbench.figures.plot_sweep`)."""
-        from ..figures import plot_sweep
-
-        return plot_sweep(self, **options)
-
-    def to_frame(self, **options: Any) -> Any:
-        """A tidy pandas DataFrame, one row per cell (layout: `workbench.figures.frames`)."""
-        from ..figures import sweep_frame
-
-        return sweep_frame(self, **options)
-
-    def save_figure(self, path: Any, **plot_options: Any) -> Any:
-        """Write `self.plot(**plot_options)` to `path` (.pdf, .svg, .png; offline, system Chromium)."""
-        from ..figures import save_result_figure
-
-        return save_result_figure(self, path, **plot_options)
-
 
 @dataclass
-class LensResult:
+class LensResult(Figured):
     """The logit lens: each layer's residual (resid_post) through the final norm and unembedding."""
+
+    _figure_name = "lens"
 
     tokens: list[str]
     top_ids: np.ndarray  # int32 [L, T, k]
@@ -354,28 +333,12 @@ class LensResult:
             lines.append(f"  with intervention {_where(o['intervention'])} ({o['intervention'].get('kind')})")
         return "\n".join(lines)
 
-    def plot(self, **options: Any) -> Any:
-        """A plotly Figure of this result (options: see `workbench.figures.plot_lens`)."""
-        from ..figures import plot_lens
-
-        return plot_lens(self, **options)
-
-    def to_frame(self, **options: Any) -> Any:
-        """A tidy pandas DataFrame, one row per cell (layout: `workbench.figures.frames`)."""
-        from ..figures import lens_frame
-
-        return lens_frame(self, **options)
-
-    def save_figure(self, path: Any, **plot_options: Any) -> Any:
-        """Write `self.plot(**plot_options)` to `path` (.pdf, .svg, .png; offline, system Chromium)."""
-        from ..figures import save_result_figure
-
-        return save_result_figure(self, path, **plot_options)
-
 
 @dataclass
-class AttentionResult:
+class AttentionResult(Figured):
     """Attention probabilities [L, H, T_query, T_key] (grouped-query heads expanded to query heads)."""
+
+    _figure_name = "attention"
 
     patterns: np.ndarray
     tokens: list[str]
@@ -397,21 +360,3 @@ class AttentionResult:
         )
         text = f"AttentionResult patterns [{shape}] (layer, head, query, key), layers {span}"
         return text + f"\n  prompt {_short(self.options.get('prompt', ''))}, {len(self.tokens)} tokens"
-
-    def plot(self, **options: Any) -> Any:
-        """A plotly Figure of this result (options: see `workbench.figures.plot_attention`)."""
-        from ..figures import plot_attention
-
-        return plot_attention(self, **options)
-
-    def to_frame(self, **options: Any) -> Any:
-        """A tidy pandas DataFrame, one row per cell (layout: `workbench.figures.frames`)."""
-        from ..figures import attention_frame
-
-        return attention_frame(self, **options)
-
-    def save_figure(self, path: Any, **plot_options: Any) -> Any:
-        """Write `self.plot(**plot_options)` to `path` (.pdf, .svg, .png; offline, system Chromium)."""
-        from ..figures import save_result_figure
-
-        return save_result_figure(self, path, **plot_options)
