@@ -454,3 +454,22 @@ def test_interrupts_leave_the_model_usable():
     op, box = _in_thread(lambda: _patch(model, site="resid_pre", layer=1, position=2), 60)
     assert not op.is_alive(), "the model stayed locked after an interrupt"
     assert "error" not in box and abs(float(box["value"]) - float(want)) <= ATOL
+
+
+def test_transformers_output_capture_hooks_keep_the_fast_paths():
+    """`output_hidden_states=True` leaves transformers' capture hooks on the blocks; they only record, so the
+    fast paths stay on (they turned off for the rest of the session) and stay exact."""
+    from workbench.ops._engine import Cell
+    from workbench.ops.patching import pair_tokens
+
+    model = tiny_model("llama", seed=9)
+    with torch.no_grad():
+        model.hf(model.to_tokens(CLEAN), output_hidden_states=True, output_attentions=True)
+    assert any(m._forward_hooks for m in model.hf.modules()), "transformers left no hooks: nothing to check"
+    assert not F.has_hooks(model)
+    c, k = pair_tokens(model, CLEAN, CORRUPT)
+    assert F.run(model, c, k, "resid_pre", [Cell(1, 2)], metric().bind(model)) is not None
+    got = _patch(model, site="mlp_out", layer=1, position=2)
+    with F.disabled():
+        want = _patch(model, site="mlp_out", layer=1, position=2)
+    assert abs(float(got) - float(want)) <= ATOL

@@ -31,9 +31,9 @@ def bar(description: str) -> Iterator[Callable[[float, str], None]]:
     try:
 
         def update(fraction: float, message: str) -> None:
-            t.n = round(100 * min(max(float(fraction), 0.0), 1.0), 1)
+            # update() (not refresh()) so that a call shorter than `delay` draws nothing
             t.set_description_str(f"{description} ({message})", refresh=False)
-            t.refresh()
+            t.update(round(100 * min(max(float(fraction), 0.0), 1.0), 1) - t.n)
 
         yield update
     finally:

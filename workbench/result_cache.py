@@ -234,12 +234,13 @@ def _tokenizer_digest(tokenizer: Any) -> str:
 def _check_plain(model: Any) -> None:
     from torch.nn.modules import module as torch_module
 
+    from .ops._model_key import user_hooks
+
     for d in ("_global_forward_hooks", "_global_forward_pre_hooks"):
         if getattr(torch_module, d, None):
             raise Uncacheable("global hooks")
     for m in model.hf.modules():
-        hooks = [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
-        if hooks:
+        if user_hooks(m):
             raise Uncacheable("module hooks")
         forward = m.__dict__.get("forward")
         if forward is not None and getattr(forward, "__wrapped__", None) is not type(m).forward:

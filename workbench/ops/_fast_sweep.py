@@ -46,7 +46,7 @@ import torch
 
 from ..model import Model, _get_path
 from ._fast_linear import onednn_linears
-from ._model_key import ModelKey, model_key, structure_key
+from ._model_key import ModelKey, model_key, structure_key, user_hooks
 from ._threads import mine, swapped_forwards
 
 # Families whose blocks, caches and final logits were checked exact against the plain path (tests).
@@ -78,7 +78,7 @@ def has_hooks(model: Model) -> bool:
 
     if any(getattr(torch_module, d, None) for d in ("_global_forward_hooks", "_global_forward_pre_hooks")):
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.hf.modules())
+    return any(user_hooks(m) for m in model.hf.modules())
 
 
 def on_cpu(model: Model) -> bool:

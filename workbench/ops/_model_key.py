@@ -51,6 +51,22 @@ def digest(t: torch.Tensor) -> int:
     return xxhash.xxh3_64_intdigest(memoryview(raw.numpy()))
 
 
+def _observes_only(hook: object) -> bool:
+    """transformers' output-capturing hooks (installed for `output_hidden_states=` / `output_attentions=`, then
+    left on the model): they only record outputs while a capture is active and never change them."""
+    return getattr(hook, "__module__", "") == "transformers.utils.output_capturing"
+
+
+def user_hooks(module: torch.nn.Module) -> list:
+    """The module's forward, pre-forward and backward hooks that can change what it computes."""
+    hooks = [
+        *module._forward_hooks.values(),
+        *module._forward_pre_hooks.values(),
+        *module._backward_hooks.values(),
+    ]
+    return [h for h in hooks if not _observes_only(h)]
+
+
 def _hooks(module: torch.nn.Module) -> tuple:
     dicts = (
         module._forward_hooks,
