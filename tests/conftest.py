@@ -108,3 +108,11 @@ def as_numpy(x) -> np.ndarray:
     if hasattr(x, "values") and not isinstance(x, dict | np.ndarray):
         return np.asarray(x.values, dtype=np.float64)
     return np.asarray(x, dtype=np.float64)
+
+
+@pytest.fixture(scope="session")
+def browser_context():
+    """The session's one Chromium context (tests/browser/conftest.py says how it is started)."""
+    from tests.browser.conftest import chromium_context
+
+    yield from chromium_context()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from .browser.conftest import ARTIFACTS, browser_context, make_notebook, start_server  # noqa: F401
+from .browser.conftest import ARTIFACTS, make_notebook, start_server
 
 pytestmark = [pytest.mark.wheel, pytest.mark.browser]
 
@@ -199,7 +199,7 @@ def venv(built) -> dict[str, Path]:
     return {"root": root, "python": py, "env": env}
 
 
-def test_installed_wheel_renders_a_view(built, venv, browser_context):  # noqa: F811
+def test_installed_wheel_renders_a_view(built, venv, browser_context):
     py, env, vroot = venv["python"], venv["env"], venv["root"]
     probe = (
         "import json, sys, workbench, importlib.metadata as md; from pathlib import Path; "

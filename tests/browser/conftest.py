@@ -135,8 +135,9 @@ class Server:
         self.log.close()
 
 
-@pytest.fixture(scope="session")
-def browser_context():
+def chromium_context():
+    """Debian's Chromium through Playwright (one per test session: `browser_context` in tests/conftest.py
+    serves the browser tests and tests/test_wheel.py alike; a second sync Playwright in one process fails)."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (make browser-deps installs Debian's chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
