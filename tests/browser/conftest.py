@@ -67,6 +67,17 @@ def _settings(root: Path, dark: bool = False) -> Path:
     return d
 
 
+def stop_group(proc: subprocess.Popen, grace: float) -> None:
+    """Stop a server started with start_new_session=True: SIGTERM to its process group, SIGKILL after `grace`."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
 class Server:
     def __init__(self, app: str, root: Path, python: str | None = None, env: dict[str, str] | None = None):
         self.app = app
@@ -125,13 +136,7 @@ class Server:
         raise RuntimeError(f"{self.app} server did not start in {timeout}s")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_group(self.proc, 10)
         self.log.close()
 
 
