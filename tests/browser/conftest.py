@@ -165,6 +165,26 @@ def chromium_context():
             shutil.rmtree(profile, ignore_errors=True)
 
 
+def run_notebook(page, server: Server, name: str, n_views: int) -> None:
+    """Open notebook `name`, run all its cells once the kernel is up, and wait until `n_views` views have
+    rendered and every view's work is done."""
+    page.goto(server.url(name))
+    page.wait_for_function(
+        "() => window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=60_000
+    )
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_timeout(1500)  # the kernel connects
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    page.wait_for_function(
+        f"() => document.querySelectorAll('[data-testid=wb-view]').length >= {n_views}", timeout=240_000
+    )
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=wb-status]')]"
+        ".every(s => ['done', 'idle'].includes(s.textContent))",
+        timeout=120_000,
+    )
+
+
 def start_server(app: str, notebook: dict, name: str = "views.ipynb", **server_args) -> Server:
     """`server_args`: `python=` (another environment's interpreter) and `env=` for `Server`."""
     root = Path(tempfile.mkdtemp(prefix=f"wb-{app}-"))

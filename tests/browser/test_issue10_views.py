@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import make_notebook, start_server
+from .conftest import make_notebook, run_notebook, start_server
 from .test_views import cell_center, click_cell, heatmap, shot, view, wait_status
 
 pytestmark = [pytest.mark.browser, pytest.mark.embedded]
@@ -34,20 +34,7 @@ def nb(browser_context):
     console: list[str] = []
     page.on("console", lambda m: console.append(m.text))
     try:
-        page.goto(server.url("issue10.ipynb"))
-        page.wait_for_function(
-            "() => window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=60_000
-        )
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-        page.wait_for_timeout(1500)
-        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-        page.wait_for_function(
-            "() => document.querySelectorAll('[data-testid=wb-view]').length >= 4", timeout=240_000
-        )
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('[data-testid=wb-status]')].every(s => ['done', 'idle'].includes(s.textContent))",
-            timeout=120_000,
-        )
+        run_notebook(page, server, "issue10.ipynb", 4)
         yield {"app": "lab", "page": page, "server": server, "console": console}
     finally:
         page.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ARTIFACTS, make_notebook, start_server
+from .conftest import ARTIFACTS, make_notebook, run_notebook, start_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 
@@ -60,22 +60,8 @@ def nb(request, browser_context):
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     try:
-        page.goto(server.url("views.ipynb"))
-        page.wait_for_function(
-            "() => window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=60_000
-        )
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-        # wait until the kernel is connected, then run everything
-        page.wait_for_timeout(1500)
-        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
         n = len(cells(app)) - 1 + (2 if app == "lab" else 0)  # the Workbench holds three views
-        page.wait_for_function(
-            f"() => document.querySelectorAll('[data-testid=wb-view]').length >= {n}", timeout=240_000
-        )
-        page.wait_for_function(
-            "() => [...document.querySelectorAll('[data-testid=wb-status]')].every(s => ['done', 'idle'].includes(s.textContent))",
-            timeout=120_000,
-        )
+        run_notebook(page, server, "views.ipynb", n)
         yield {"app": app, "page": page, "server": server, "dialogs": dialogs}
     finally:
         page.close()
