@@ -164,7 +164,7 @@ class Bench:
     def token_block_cost(self, ids: torch.Tensor) -> float:
         """Seconds per token-block evaluation of a batched forward of ~400 tokens: the best of the plain HF
         forward and the same forward with Workbench's oneDNN linear layers (the fastest kernels we know)."""
-        from workbench.ops._fast_linear import onednn_linears
+        from workbench.engine.onednn import onednn_linears
 
         n = max(1, 400 // ids.shape[1])
         batch = ids.expand(n, -1).contiguous()
@@ -183,8 +183,9 @@ class Bench:
 
     def run_wb(self, op, ctx):
         import workbench as wb
-        from workbench.ops import _fast_sweep as F
-        from workbench.ops._engine import Cell, run_batch
+        from workbench.engine import replay as F
+        from workbench.engine.edits import Cell, Edit
+        from workbench.engine.traced import run_rows
 
         model, metric = self.model, wb.logit_diff(TARGET, FOIL)
         if op["kind"] == "sweep":
@@ -201,9 +202,9 @@ class Bench:
                     )
                 )
                 return t, peak, {"values": res.values.reshape(-1), "clean": res.clean, "corrupt": res.corrupt}
-            cells = [Cell(*c) for c in ctx["wb_cells"]]
+            rows = [[Edit(Cell(op["site"], *c))] for c in ctx["wb_cells"]]
             bound = metric.bind(model)
-            t, peak, out = timed(lambda: run_batch(model, ctx["c"], ctx["k"], op["site"], cells, bound))
+            t, peak, out = timed(lambda: run_rows(model, ctx["c"], ctx["k"], rows, bound))
             return t, peak, {"values": out.values.numpy(), "clean": out.source, "corrupt": out.base}
         if op["kind"] == "attribution":
             return timed_attribution(model, ctx, metric)
@@ -224,7 +225,7 @@ class Bench:
 
     def run_naive(self, op, ctx):
         import workbench as wb
-        from workbench.ops import _fast_sweep as F
+        from workbench.engine import replay as F
 
         model, metric = self.model, wb.logit_diff(TARGET, FOIL)
         bound = metric.bind(model)
@@ -432,7 +433,7 @@ def table(rows: list[dict]) -> str:
 
 def packed_mb(model) -> float:
     """Size of the oneDNN-packed copy of the model's float32 linear weights that Workbench keeps."""
-    from workbench.ops import _fast_linear as FL
+    from workbench.engine import onednn as FL
 
     return sum(m.weight.numel() * 4 for m in FL._eligible(model)) / 2**20
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import CLEAN, assert_close, tiny
-from workbench.ops import _fast_linear as FL
+from workbench.engine import onednn as FL
 from workbench.testing import FAMILIES, tiny_model
 
 pytestmark = pytest.mark.skipif(not FL.available(), reason="this torch build has no oneDNN float32 linear")

@@ -14,8 +14,9 @@ import torch
 import workbench as wb
 from tests import reference as R
 from tests.conftest import ATOL, CLEAN, CORRUPT, FOIL, TARGET, assert_close, assert_same_topk, tiny
-from workbench.ops import _fast_sweep as F
-from workbench.ops._engine import Cell, run_batch
+from tests.engine_rows import Cell, fast_run, run_batch
+from workbench.engine import fast_attribution
+from workbench.engine import replay as F
 from workbench.ops.patching import pair_tokens, sweep_cells
 from workbench.testing import FAMILIES
 
@@ -29,7 +30,7 @@ def metric():
 
 def _fast_used(model) -> bool:
     c, k = pair_tokens(model, CLEAN, CORRUPT)
-    out = F.run(model, c, k, "resid_pre", [Cell(0, 1)], metric().bind(model))
+    out = fast_run(model, c, k, "resid_pre", [Cell(0, 1)], metric().bind(model))
     return out is not None
 
 
@@ -157,7 +158,7 @@ def test_short_sliding_window_falls_back():
     model = tiny_model("mistral", seed=2)
     model.config.sliding_window = 4
     c, k = pair_tokens(model, CLEAN, CORRUPT)
-    assert F.run(model, c, k, "resid_pre", [Cell(0, 1)], metric().bind(model)) is None
+    assert fast_run(model, c, k, "resid_pre", [Cell(0, 1)], metric().bind(model)) is None
 
 
 def test_cells_share_sweep_order():
@@ -207,7 +208,7 @@ def test_lens_fast_vs_traced(family, which):
 def test_lens_top_k_chunk_search_is_exact():
     """`_top` (chunk maxima, then candidates) returns torch.topk's values and indices on hard rows:
     several winners in one chunk, winners at chunk edges, and a row of equal values but one."""
-    from workbench.ops._fast_lens import _top
+    from workbench.engine.fast_lens import _top
 
     g = torch.Generator().manual_seed(0)
     rows = torch.randn(6, 64 * 12, generator=g)
@@ -227,13 +228,13 @@ def test_lens_top_k_chunk_search_is_exact():
 
 def test_fast_paths_only_on_cpu_models():
     """A model whose weights are elsewhere (here: the meta device) takes the traced paths."""
-    from workbench.ops import _fast_lens
+    from workbench.engine import fast_lens as _fast_lens
     from workbench.testing import tiny_model
 
     model = tiny_model("llama", seed=8)
-    assert F.enabled_for(model, "resid_pre", "copy", 5) and _fast_lens.enabled(model)
+    assert F.enabled_for(model, "resid_pre", "source", 5) and _fast_lens.enabled(model)
     model.hf.to("meta")
-    assert not F.enabled_for(model, "resid_pre", "copy", 5)
+    assert not F.enabled_for(model, "resid_pre", "source", 5)
     assert not _fast_lens.enabled(model)
     c, k = torch.ones(1, 5, dtype=torch.long), torch.ones(1, 5, dtype=torch.long)
-    assert F.attribution(model, c, k, ["resid_pre"], metric().bind(model)) is None
+    assert fast_attribution.attribution(model, c, k, ["resid_pre"], metric().bind(model)) is None

@@ -863,7 +863,7 @@ def test_error_metric_token_not_one_token(family):
 def test_error_unknown_site(family):
     model = tiny(family)
     _raises(
-        lambda: wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="resid_mid"),
+        lambda: wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="resid_middle"),
         "resid_pre",
         "mlp_out",
     )

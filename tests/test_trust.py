@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 
 import workbench as wb
 from tests.conftest import ATOL, CLEAN, CORRUPT, FOIL, TARGET, assert_close
-from workbench.ops import _fast_sweep as F
-from workbench.ops._model_key import model_key
+from workbench.engine import fast_attribution
+from workbench.engine import replay as F
+from workbench.engine.model_key import model_key
 from workbench.testing import tiny_model
 
 FAMILIES = ("llama", "gpt2", "gpt_neox", "gemma2")
@@ -150,25 +151,25 @@ def test_fast_paths_see_every_edit(family, kind, seed, which):
 def test_user_hooks_send_every_op_to_the_traced_path():
     """With a user's hook anywhere, the fast paths step aside (nnsight reads module outputs before their
     hooks, and replays skip hooked calls): found by the test above (gemma2, a block hook, mlp_out)."""
-    from workbench.ops import _fast_lens
-    from workbench.ops._engine import Cell
+    from tests.engine_rows import Cell, fast_run
+    from workbench.engine import fast_lens as _fast_lens
     from workbench.ops.patching import pair_tokens
 
     model = tiny_model("gemma2", seed=0)
     c, k = pair_tokens(model, CLEAN, CORRUPT)
-    assert F.run(model, c, k, "mlp_out", [Cell(1, 2)], metric().bind(model)) is not None
+    assert fast_run(model, c, k, "mlp_out", [Cell(1, 2)], metric().bind(model)) is not None
     handle = _blocks(model)[1].register_forward_hook(_scale_output)
     try:
-        assert F.run(model, c, k, "mlp_out", [Cell(1, 2)], metric().bind(model)) is None
+        assert fast_run(model, c, k, "mlp_out", [Cell(1, 2)], metric().bind(model)) is None
         assert not _fast_lens.enabled(model)
-        assert F.attribution(model, c, k, ["resid_pre"], metric().bind(model)) is None
+        assert fast_attribution.attribution(model, c, k, ["resid_pre"], metric().bind(model)) is None
         got = _patch(model, site="mlp_out", layer=1, position=2)
         with F.disabled():
             want = _patch(model, site="mlp_out", layer=1, position=2)
     finally:
         handle.remove()
     assert float(got) == float(want)
-    assert F.run(model, c, k, "mlp_out", [Cell(1, 2)], metric().bind(model)) is not None
+    assert fast_run(model, c, k, "mlp_out", [Cell(1, 2)], metric().bind(model)) is not None
 
 
 def test_model_key_sees_each_kind_of_edit():
@@ -430,7 +431,7 @@ def test_failed_baseline_leaves_no_cache_entry():
 def test_interrupts_leave_the_model_usable():
     """A KeyboardInterrupt (the kernel's interrupt) inside a user's forward or inside a sweep releases the
     model: nothing stays swapped or hooked, and another thread's op runs and is exact."""
-    from workbench.ops._model_key import structure_key
+    from workbench.engine.model_key import structure_key
 
     model = tiny_model("llama", seed=8)
     with F.disabled():
@@ -459,7 +460,7 @@ def test_interrupts_leave_the_model_usable():
 def test_transformers_output_capture_hooks_keep_the_fast_paths():
     """`output_hidden_states=True` leaves transformers' capture hooks on the blocks; they only record, so the
     fast paths stay on (they turned off for the rest of the session) and stay exact."""
-    from workbench.ops._engine import Cell
+    from tests.engine_rows import Cell, fast_run
     from workbench.ops.patching import pair_tokens
 
     model = tiny_model("llama", seed=9)
@@ -468,7 +469,7 @@ def test_transformers_output_capture_hooks_keep_the_fast_paths():
     assert any(m._forward_hooks for m in model.hf.modules()), "transformers left no hooks: nothing to check"
     assert not F.has_hooks(model)
     c, k = pair_tokens(model, CLEAN, CORRUPT)
-    assert F.run(model, c, k, "resid_pre", [Cell(1, 2)], metric().bind(model)) is not None
+    assert fast_run(model, c, k, "resid_pre", [Cell(1, 2)], metric().bind(model)) is not None
     got = _patch(model, site="mlp_out", layer=1, position=2)
     with F.disabled():
         want = _patch(model, site="mlp_out", layer=1, position=2)

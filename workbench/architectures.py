@@ -25,6 +25,17 @@ class Arch:
     o_proj: str  # attention output projection, from a block; its input is the concatenated heads
     attn_out: str  # module whose output is what attention adds to the stream, from a block
     mlp_out: str  # module whose output is what the MLP adds to the stream, from a block
+    # query/key/value projections, from a block: three modules, or one fused module (qkv) whose output holds
+    # q|k|v side by side ("split": [H*d | kv*d | kv*d]) or per head ("interleaved": [H, 3, d], GPT-NeoX)
+    q_proj: str = ""
+    k_proj: str = ""
+    v_proj: str = ""
+    qkv: str = ""
+    qkv_layout: str = "split"
+    # module whose input is the stream between attention and MLP (resid_mid); "" when the two sub-blocks
+    # read the same input (parallel attention and MLP: Phi; GPT-NeoX unless use_parallel_residual=False)
+    mid_norm: str = ""
+    parallel_config: str = ""  # config flag that makes the block parallel when true (GPT-NeoX)
 
 
 _LLAMA_LIKE = dict(
@@ -36,6 +47,10 @@ _LLAMA_LIKE = dict(
     o_proj="self_attn.o_proj",
     attn_out="self_attn",
     mlp_out="mlp",
+    q_proj="self_attn.q_proj",
+    k_proj="self_attn.k_proj",
+    v_proj="self_attn.v_proj",
+    mid_norm="post_attention_layernorm",
 )
 
 ARCHITECTURES: tuple[Arch, ...] = (
@@ -50,6 +65,8 @@ ARCHITECTURES: tuple[Arch, ...] = (
         o_proj="attn.c_proj",
         attn_out="attn",
         mlp_out="mlp",
+        qkv="attn.c_attn",
+        mid_norm="ln_2",
     ),
     Arch(
         name="llama",
@@ -59,7 +76,12 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch(
         name="gemma2",
         model_types=("gemma2", "gemma3_text"),
-        **{**_LLAMA_LIKE, "attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"},
+        **{
+            **_LLAMA_LIKE,
+            "attn_out": "post_attention_layernorm",
+            "mlp_out": "post_feedforward_layernorm",
+            "mid_norm": "pre_feedforward_layernorm",
+        },
     ),
     Arch(
         name="gpt_neox",
@@ -72,13 +94,21 @@ ARCHITECTURES: tuple[Arch, ...] = (
         o_proj="attention.dense",
         attn_out="attention",
         mlp_out="mlp",
+        qkv="attention.query_key_value",
+        qkv_layout="interleaved",
+        mid_norm="post_attention_layernorm",
+        parallel_config="use_parallel_residual",
     ),
     Arch(
         name="phi",
         model_types=("phi",),
-        **{**_LLAMA_LIKE, "final_norm": "model.final_layernorm", "o_proj": "self_attn.dense"},
+        **{**_LLAMA_LIKE, "final_norm": "model.final_layernorm", "o_proj": "self_attn.dense", "mid_norm": ""},
     ),
-    Arch(name="phi3", model_types=("phi3",), **_LLAMA_LIKE),
+    Arch(
+        name="phi3",
+        model_types=("phi3",),
+        **{**_LLAMA_LIKE, "q_proj": "", "k_proj": "", "v_proj": "", "qkv": "self_attn.qkv_proj"},
+    ),
 )
 
 

@@ -13,15 +13,34 @@ import threading
 import warnings
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from .architectures import Arch, arch_for
+from .engine.sites import SITES, site
 from .errors import SiteError, TokenizationError, WorkbenchError
 from .validate import as_int, check_text
 
-SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head")
+__all__ = ["SITES", "Model", "SiteRef"]
+
+
+@dataclass(frozen=True)
+class SiteRef:
+    """Where a site lives for one layer of one model: what trace bodies and hooks need to read or edit it.
+
+    `path` is the module's dotted path from the root (also printed by codegen); the value is that module's
+    first input (`use_input`) or main output; `layout` (for `kernels.slot`) cuts a per-head view out of it:
+    None (the whole [B, T, D] tensor), ("heads", offset, n, d) or ("interleaved", index, n, d).
+    A pattern site's module is the attention module; the engines edit the attention function's output."""
+
+    site: str
+    layer: int
+    path: str
+    use_input: bool
+    layout: tuple | None
+    pattern: bool = False
 
 
 def _get_path(root: Any, path: str) -> Any:
@@ -29,6 +48,16 @@ def _get_path(root: Any, path: str) -> Any:
     for part in path.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _path_index(root: Any, path: str) -> Any:
+    """`_get_path` for paths with one `[i]` (e.g. "model.layers[3].mlp")."""
+    if "[" not in path:
+        return _get_path(root, path)
+    head, rest = path.split("[", 1)
+    index, tail = rest.split("]", 1)
+    obj = _get_path(root, head)[int(index)]
+    return _get_path(obj, tail[1:]) if tail else obj
 
 
 class Model:
@@ -167,10 +196,27 @@ class Model:
         return int(ids[0])
 
     # ---------------------------------------------------------------- validation
-    def check_site(self, site: str) -> str:
-        if not isinstance(site, str) or site not in SITES:
-            raise SiteError(f"Unknown site {site!r}. Sites: {', '.join(SITES)}.")
-        return site
+    def check_site(self, name: str) -> str:
+        """A site name this model has (see `workbench.engine.sites`), or an error naming the fix."""
+        return self.check_site_available(site(name).name)
+
+    def check_site_available(self, name: str) -> str:
+        rec = site(name)
+        if rec.sequential_only and not self._sequential():
+            raise SiteError(
+                f"Site {name!r} (the stream between attention and MLP) does not exist in "
+                f"{self.config.model_type!r} blocks: their attention and MLP both read the block input "
+                "(parallel attention and MLP), so the MLP never sees resid_pre + attn_out. Use resid_pre, "
+                "attn_out or mlp_out instead."
+            )
+        return name
+
+    def _sequential(self) -> bool:
+        """Whether the MLP reads the stream after attention (False for parallel attention and MLP)."""
+        if not self.arch.mid_norm:
+            return False
+        flag = self.arch.parallel_config
+        return not (flag and getattr(self.config, flag, False))
 
     def check_layer(self, layer: int, what: str = "layer") -> int:
         layer = as_int(layer, what, error=SiteError, hint=f" This model has layers 0..{self.n_layers - 1}.")
@@ -178,9 +224,24 @@ class Model:
             raise SiteError(f"{what} {layer} is out of range: this model has layers 0..{self.n_layers - 1}.")
         return layer
 
-    def check_head(self, head: int) -> int:
-        head = as_int(head, "head", error=SiteError, hint=f" This model has heads 0..{self.n_heads - 1}.")
-        if not 0 <= head < self.n_heads:
+    def check_head(self, head: int, *, kv: bool = False, site: str = "head") -> int:
+        """A query-head index 0..n_heads-1, or (kv=True, for k/v sites) a key-value head 0..n_kv_heads-1."""
+        n = self.n_kv_heads if kv else self.n_heads
+        hint = f" This model has heads 0..{n - 1}."
+        head = as_int(head, "head", error=SiteError, hint=hint)
+        if not 0 <= head < n:
+            if kv:
+                group = self.n_heads // self.n_kv_heads
+                raise SiteError(
+                    f"head {head} is out of range for site {site!r}: keys and values belong to the "
+                    f"{self.n_kv_heads} key-value heads (0..{self.n_kv_heads - 1}); with grouped-query "
+                    f"attention query head h reads key-value head h // {group}"
+                    + (
+                        f", so query head {head} reads key-value head {head // group}."
+                        if head < self.n_heads
+                        else "."
+                    )
+                )
             raise SiteError(f"head {head!r} is out of range: this model has heads 0..{self.n_heads - 1}.")
         return head
 
@@ -210,31 +271,49 @@ class Model:
     def unembed(self) -> Any:
         return _get_path(self.nn, self.arch.unembed)
 
-    def _site_subpath(self, site: str) -> str:
-        """Path, from a block, of the module that carries `site` ("" = the block itself)."""
-        arch = self.arch
-        return {
-            "resid_pre": "",
-            "resid_post": "",
-            "attn_out": arch.attn_out,
-            "mlp_out": arch.mlp_out,
-            "head": arch.o_proj,
-        }[site]
+    def site_ref(self, name: str, layer: int) -> SiteRef:
+        """Where `name` lives at `layer` (the only place that maps a site to a module of this family)."""
+        arch, rec = self.arch, site(name)
+        self.check_site_available(rec.name)
+        block = f"{arch.layers}[{layer}]"
+        h, kv, d = self.n_heads, self.n_kv_heads, self.d_head
+        if rec.name == "embed":
+            return SiteRef(rec.name, layer, arch.embed, False, None)
+        if rec.name in ("q", "k", "v"):
+            index = "qkv".index(rec.name)
+            n = h if rec.name == "q" else kv
+            if arch.qkv:
+                if arch.qkv_layout == "interleaved":
+                    layout: tuple = ("interleaved", index, n, d)
+                else:
+                    layout = ("heads", (0, h * d, h * d + kv * d)[index], n, d)
+                return SiteRef(rec.name, layer, f"{block}.{arch.qkv}", False, layout)
+            sub = (arch.q_proj, arch.k_proj, arch.v_proj)[index]
+            return SiteRef(rec.name, layer, f"{block}.{sub}", False, ("heads", 0, n, d))
+        if rec.pattern:
+            return SiteRef(rec.name, layer, f"{block}.{arch.attn}", False, None, pattern=True)
+        sub, use_input = {
+            "resid_pre": ("", True),
+            "resid_post": ("", False),
+            "attn_out": (arch.attn_out, False),
+            "mlp_out": (arch.mlp_out, False),
+            "head": (arch.o_proj, True),
+            "resid_mid": (arch.mid_norm, True),
+        }[rec.name]
+        layout = ("heads", 0, h, d) if rec.name == "head" else None
+        return SiteRef(rec.name, layer, block + (f".{sub}" if sub else ""), use_input, layout)
 
-    def site_module(self, site: str, layer: int) -> Any:
-        """The envoy whose input (resid_pre, head) or output (the rest) is the site."""
-        sub = self._site_subpath(site)
-        return _get_path(self.block(layer), sub) if sub else self.block(layer)
+    def envoy(self, ref: SiteRef) -> Any:
+        """The nnsight envoy of a site's module (read it in a trace body with `kernels.read`)."""
+        return _path_index(self.nn, ref.path)
 
-    def module_path(self, site: str, layer: int) -> str:
+    def module(self, ref: SiteRef) -> torch.nn.Module:
+        """The raw torch module of a site (for the local engines' plain hooks)."""
+        return _path_index(self.hf, ref.path)
+
+    def module_path(self, name: str, layer: int) -> str:
         """Dotted path (for generated code) of the module that carries the site."""
-        sub = self._site_subpath(site)
-        return f"{self.arch.layers}[{layer}]" + (f".{sub}" if sub else "")
-
-    # -------------------------------------------------------------------- what trace bodies receive
-    def site_ref(self, site: str, layer: int) -> tuple[Any, bool]:
-        """(envoy, use_input) for `site` at `layer`: trace bodies read it with `_kernels.read(*ref)`."""
-        return self.site_module(site, layer), site in ("resid_pre", "head")
+        return self.site_ref(name, layer).path
 
     def attn_envoy(self, layer: int) -> Any:
         """The attention module of block `layer`; with eager attention its output[1] is the pattern."""
@@ -247,9 +326,6 @@ class Model:
     def trace_options(self) -> dict[str, Any]:
         """Keyword arguments every `self.nn.trace(...)` gets (the NDIF backend for remote models)."""
         return dict(self._trace_options)
-
-    def head_dims(self, site: str) -> tuple[int, int] | None:
-        return (self.n_heads, self.d_head) if site == "head" else None
 
 
 # ------------------------------------------------------------------------ one computation at a time

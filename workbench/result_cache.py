@@ -170,6 +170,7 @@ def cached(op: str) -> Callable[[F], F]:
 # ------------------------------------------------------------------------------------------ keys
 def canonical(value: Any) -> Any:
     """A JSON value that equals another exactly when the two arguments mean the same (raises Uncacheable)."""
+    from .engine.edits import Add, Cell, Edit
     from .ops.lens import Intervention
     from .ops.metrics import CustomMetric, Metric
 
@@ -185,11 +186,19 @@ def canonical(value: Any) -> Any:
         return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, torch.Tensor | np.ndarray):
         t = torch.as_tensor(value).detach().cpu()
-        from .ops._model_key import digest
+        from .engine.model_key import digest
 
         return ["tensor", str(t.dtype), list(t.shape), digest(t)]
     if isinstance(value, Intervention):
         return ["Intervention", canonical(asdict(value))]
+    if isinstance(value, Cell):
+        return ["Cell", canonical(asdict(value))]
+    if isinstance(value, Add):
+        return ["Add", canonical(value.tensor), canonical(float(value.scale))]
+    if isinstance(value, Edit):
+        return ["Edit", canonical(value.cell), canonical(value.value)]
+    if isinstance(value, set | frozenset):
+        return ["set", sorted((canonical(v) for v in value), key=repr)]
     if isinstance(value, Metric) and not isinstance(value, CustomMetric):
         fields = canonical(asdict(value)) if is_dataclass(value) else None
         return ["metric", type(value).__name__, value.name, fields]
@@ -199,7 +208,7 @@ def canonical(value: Any) -> Any:
 def model_fingerprint(model: Any) -> list[Any]:
     """What the model computes, independent of the process: config, tokenizer, every weight's content.
     Raises Uncacheable for a model with hooks or replaced forwards (their effect has no key)."""
-    from .ops._model_key import digest
+    from .engine.model_key import digest
 
     config = model.config.to_json_string(use_diff=False)
     fingerprint: list[Any] = [model.source, bool(model.remote), xxhash.xxh3_64_hexdigest(config.encode())]
@@ -234,7 +243,7 @@ def _tokenizer_digest(tokenizer: Any) -> str:
 def _check_plain(model: Any) -> None:
     from torch.nn.modules import module as torch_module
 
-    from .ops._model_key import user_hooks
+    from .engine.model_key import user_hooks
 
     for d in ("_global_forward_hooks", "_global_forward_pre_hooks"):
         if getattr(torch_module, d, None):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.ops._fast_sweep import disabled as fast_paths_disabled
+from workbench.engine.fast import disabled as fast_paths_disabled
 
 pytestmark = pytest.mark.ndif
 

@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from .. import codegen
+from ..engine.batching import BatchOutput, Progress, check_cancel
+from ..engine.edits import Cell, Edit
+from ..engine.sites import site as site_record
+from ..engine.traced import collect, run_rows
 from ..errors import WorkbenchError
 from ..model import Model
 from ..remote import job_status
 from ..validate import as_bool
-from ._engine import BatchOutput, Cell, Progress, check_cancel, collect, run_batch
 from .metrics import as_metric
-from .patching import MetricLike, check_cell, check_top_k, pair_tokens, prediction, sweep_axes, sweep_cells
+from .patching import (
+    MetricLike,
+    cells_options,
+    check_top_k,
+    pair_tokens,
+    prediction,
+    sweep_axes,
+    sweep_cells,
+    target_cells,
+)
 from .results import SweepResult, Value
 
 METHODS = ("zero", "mean", "resample")
@@ -34,11 +47,31 @@ def _references(reference: str | Sequence[str] | None) -> list[str]:
     return list(reference)
 
 
+def _check_method(method: str) -> str:
+    if method not in METHODS:
+        raise WorkbenchError(f"Unknown ablation method {method!r}. Methods: {', '.join(METHODS)}.")
+    return method
+
+
+def _reference_means(model: Model, refs: list[str], cells: list[Cell]) -> dict[tuple[str, int], torch.Tensor]:
+    """The mean over every token of the reference prompts of each (site, layer) the cells touch."""
+    sums: dict[tuple[str, int], torch.Tensor] = {}
+    count = 0
+    wanted = sorted({(c.site, c.layer) for c in cells})
+    for ref in refs:
+        ids = model.to_tokens(ref, what="reference prompt")
+        for site in sorted({s for s, _ in wanted}):
+            layers = [lyr for s, lyr in wanted if s == site]
+            for layer, a in collect(model, ids, site, layers).items():
+                sums[(site, layer)] = sums.get((site, layer), 0) + a[0].sum(0)
+        count += ids.shape[1]
+    return {key: total / count for key, total in sums.items()}
+
+
 def _run(
     model: Model,
     ids: torch.Tensor,
     prompt: str,
-    site: str,
     cells: list[Cell],
     bound,
     method: str,
@@ -46,48 +79,33 @@ def _run(
     top_k: int,
     progress: Progress,
     cancel: threading.Event | None,
+    *,
+    joint: bool,
 ) -> BatchOutput:
-    """Ablate every cell; resampling averages the metric over the reference prompts."""
+    """Ablate the cells, all in one run (`joint`) or one run each; resampling averages the metric over the
+    reference prompts."""
     refs = _references(reference)
-    if method not in METHODS:
-        raise WorkbenchError(f"Unknown ablation method {method!r}. Methods: {', '.join(METHODS)}.")
-    if method == "zero":
-        return run_batch(
-            model, ids, ids, site, cells, bound, mode="zero", top_k=top_k, progress=progress, cancel=cancel
-        )
-    if method == "mean" and not refs:
-        return run_batch(
-            model, ids, ids, site, cells, bound, mode="mean", top_k=top_k, progress=progress, cancel=cancel
-        )
+    _check_method(method)
+
+    def rows(value_of) -> list[list[Edit]]:
+        edits = [Edit(c, value_of(c)) for c in cells]
+        return [edits] if joint else [[e] for e in edits]
+
+    if method == "zero" or (method == "mean" and not refs):
+        return run_rows(model, ids, ids, rows(lambda c: method), bound, top_k=top_k, progress=progress,
+                        cancel=cancel)  # fmt: skip
     if method == "mean":
-        # Mean over every token of the reference prompts, per layer.
-        layers = sorted({c.layer for c in cells})
-        sums: dict[int, torch.Tensor] = {}
-        count = 0
-        for ref in refs:
-            acts = collect(model, model.to_tokens(ref, what="reference prompt"), site, layers)
-            for layer, a in acts.items():
-                sums[layer] = sums.get(layer, 0) + a[0].sum(0)
-            count += acts[layers[0]].shape[1]
-        values = []
-        for cell in cells:
-            mean = sums[cell.layer] / count
-            if site == "head":
-                mean = mean.view(model.n_heads, model.d_head)[cell.head]
-            values.append(mean)
-        return run_batch(
-            model,
-            ids,
-            ids,
-            site,
-            cells,
-            bound,
-            mode="value",
-            values=values,
-            top_k=top_k,
-            progress=progress,
-            cancel=cancel,
-        )
+        if any(site_record(c.site).pattern for c in cells):
+            raise WorkbenchError(
+                "method='mean' does not apply to attention patterns: use 'zero' or 'resample'."
+            )
+        means = _reference_means(model, refs, cells)
+
+        def mean_of(c: Cell) -> torch.Tensor:
+            mean = means[(c.site, c.layer)]
+            return mean[c.head] if c.head is not None else mean
+
+        return run_rows(model, ids, ids, rows(mean_of), bound, top_k=top_k, progress=progress, cancel=cancel)
     if not refs:
         raise WorkbenchError(
             "method='resample' needs reference= a prompt (or list) of the same token length."
@@ -97,7 +115,8 @@ def _run(
         check_cancel(cancel)
         r, _ = pair_tokens(model, ref, prompt)
         sub = None if progress is None else (lambda f, msg, i=i: progress((i + f) / len(refs), msg))
-        outs.append(run_batch(model, r, ids, site, cells, bound, top_k=top_k, progress=sub, cancel=cancel))
+        outs.append(run_rows(model, r, ids, rows(lambda c: "source"), bound, top_k=top_k, progress=sub,
+                             cancel=cancel))  # fmt: skip
     return BatchOutput(
         values=torch.stack([o.values for o in outs]).mean(0),
         source=outs[0].base,
@@ -113,16 +132,18 @@ def ablate(
     *,
     metric: MetricLike,
     site: str = "mlp_out",
-    layer: int,
+    layer: int | None = None,
     position: int | None = None,
     head: int | None = None,
+    cells: Any = None,
     method: str = "zero",
     reference: str | Sequence[str] | None = None,
     top_k: int = 5,
     progress: Progress = None,
     cancel: threading.Event | None = None,
 ) -> Value:
-    """Metric of `prompt` with the activation at (site, layer, position, head) ablated.
+    """Metric of `prompt` with the activation at (site, layer, position, head) ablated, or at every cell of
+    `cells=[wb.Cell(...), ...]` at once (jointly, in one run).
 
     zero: set to 0. mean: the mean over the prompt's positions (or over every token of `reference`
     prompts). resample: the activation of `reference` prompt(s) at the same position (the metric is
@@ -130,19 +151,19 @@ def ablate(
     """
     m = as_metric(metric)
     ids = model.to_tokens(prompt)
-    cell = check_cell(model, site, layer, position, head, ids.shape[1])
+    targets = target_cells(
+        model, ids.shape[1], cells=cells, site=site, layer=layer, position=position, head=head, op="wb.ablate"
+    )
+    _check_method(method)
     top_k = check_top_k(model, top_k)
     bound = m.bind(model)
     with model.lock, job_status(model, progress, cancel):
-        out = _run(model, ids, prompt, site, [cell], bound, method, reference, top_k, progress, cancel)
+        out = _run(model, ids, prompt, targets, bound, method, reference, top_k, progress, cancel, joint=True)
     options = dict(
         op="ablate",
         prompt=prompt,
         metric=m.name,
-        site=site,
-        layer=cell.layer,
-        position=cell.position,
-        head=cell.head,
+        **cells_options(targets),
         method=method,
         reference=reference,
     )
@@ -180,7 +201,7 @@ def ablate_sweep(
     cells, shape = sweep_cells(model, site, ids.shape[1], by_position)
     bound = m.bind(model)
     with model.lock, job_status(model, progress, cancel):
-        out = _run(model, ids, prompt, site, cells, bound, method, reference, 0, progress, cancel)
+        out = _run(model, ids, prompt, cells, bound, method, reference, 0, progress, cancel, joint=False)
     options = dict(
         op="ablate_sweep",
         prompt=prompt,

@@ -9,12 +9,12 @@ from collections.abc import Sequence
 import torch
 
 from .. import codegen
+from ..engine.batching import Progress, check_cancel
+from ..engine.kernels import eager_pattern
 from ..errors import SiteError
 from ..model import Model, require_local
 from ..remote import job_status
 from ..validate import as_list
-from ._engine import Progress, check_cancel
-from ._kernels import eager_pattern
 from .results import AttentionResult
 
 

@@ -12,32 +12,52 @@ from collections.abc import Sequence
 import torch
 
 from .. import codegen
+from ..engine import fast_attribution
+from ..engine.batching import Progress, check_cancel
+from ..engine.kernels import read, site_sums
+from ..engine.sites import SITE_TABLE
+from ..engine.sites import site as site_record
+from ..errors import SiteError
 from ..model import Model
 from ..remote import job_status
 from ..validate import as_bool, as_list
-from . import _fast_sweep
-from ._engine import Progress, check_cancel
-from ._kernels import read
 from .metrics import as_metric
 from .patching import MetricLike, pair_tokens, sweep_axes
 from .results import SweepResult
 
 # Forward order of the sites inside one block (gradients are read in the reverse order).
-_ORDER = ("resid_pre", "head", "attn_out", "mlp_out", "resid_post")
+_ORDER = tuple(sorted(SITE_TABLE, key=lambda name: SITE_TABLE[name].order))
 
 
 def _trace(model: Model, batch: torch.Tensor, sites: list[str], bound) -> tuple[dict, torch.Tensor]:
-    keys = [(site, layer) for layer in range(model.n_layers) for site in sites]
+    """(clean - corrupt) * grad for every (site, layer), summed per position ([T]) or per head ([T, H],
+    zero-padded to n_heads for key-value heads), from one traced forward and backward."""
+    keys = [
+        (site, layer)
+        for layer in range(model.n_layers)
+        for site in sites
+        if layer == 0 or not site_record(site).embed_only
+    ]
     refs = [model.site_ref(site, layer) for site, layer in keys]
-    is_head = [site == "head" for site, _ in keys]
+    envoys = [model.envoy(ref) for ref in refs]
+    wheres = [(ref.path, ref.use_input) for ref in refs]
+    layouts = [ref.layout for ref in refs]
+    is_head = [ref.layout is not None for ref in refs]
+    n_heads = model.n_heads
     nn = model.nn
     embed = model.embed()
+    embed_where = (model.site_ref("embed", 0).path, False)
     # Saved values must be bound to plain names in the body: that is what comes back (also from NDIF).
     with torch.enable_grad(), nn.trace(batch, logits_to_keep=1, **model.trace_options()):
         embedded = embed.output
         if not embedded.requires_grad:  # frozen weights (as on NDIF): start the graph at the embeddings
             embedded.requires_grad_(True)
-        acts = [read(*ref) for ref in refs]
+        live = {embed_where: embedded}  # a module read once (fused q|k|v, the embeddings)
+        acts = []
+        for envoy, where in zip(envoys, wheres, strict=True):
+            if where not in live:
+                live[where] = read(envoy, where[1])
+            acts.append(live[where])
         logits = nn.output.logits[:, -1].float()
         values = bound(logits.clone(), logits[0].clone())  # the metric may edit them
         baselines = values.detach().save()
@@ -46,12 +66,12 @@ def _trace(model: Model, batch: torch.Tensor, sites: list[str], bound) -> tuple[
         with values[1].backward():
             for i in reversed(range(len(acts))):
                 grads[i] = acts[i].grad[1]
-        prods = [diffs[i] * grads[i] for i in range(len(acts))]
+        sums = [site_sums(diffs[i] * grads[i], layouts[i], n_heads) for i in range(len(acts))]
         empty = torch.zeros(0)
         resid_products = torch.stack(
-            [p for p, h in zip(prods, is_head, strict=True) if not h] or [empty]
+            [p for p, h in zip(sums, is_head, strict=True) if not h] or [empty]
         ).save()
-        head_products = torch.stack([p for p, h in zip(prods, is_head, strict=True) if h] or [empty]).save()
+        head_products = torch.stack([p for p, h in zip(sums, is_head, strict=True) if h] or [empty]).save()
     products: dict[tuple[str, int], torch.Tensor] = {}
     counts = {False: 0, True: 0}
     for key, head in zip(keys, is_head, strict=True):
@@ -78,27 +98,39 @@ def attribution_patch(
     sites = [site] if isinstance(site, str) else as_list(site, "site=", example)
     for s in sites:
         model.check_site(s)
+        if site_record(s).pattern:
+            raise SiteError(
+                "attribution_patch does not take site='pattern' yet: estimate the heads with site='head' "
+                "(or q/k/v), then patch the patterns that matter exactly with wb.patch_sweep(site='pattern')."
+            )
     sites = list(dict.fromkeys(sites))  # a site listed twice is computed once
     by_position = as_bool(by_position, "by_position")
     ordered = [s for s in _ORDER if s in sites]
     bound = m.bind(model)
     check_cancel(cancel)
     with model.lock, job_status(model, progress, cancel):
-        fast = _fast_sweep.attribution(model, c, k, ordered, bound)  # local models: no graph for clean
-        products, baselines = fast if fast is not None else _trace(model, torch.cat([c, k]), ordered, bound)
+        fast = fast_attribution.attribution(model, c, k, ordered, bound)  # local models: no graph for clean
+        if fast is not None:
+            full, baselines = fast
+            products = {
+                key: site_sums(p, model.site_ref(*key).layout, model.n_heads) for key, p in full.items()
+            }
+        else:
+            products, baselines = _trace(model, torch.cat([c, k]), ordered, bound)
     if progress is not None:
         progress(1.0, "attribution done")
     results: dict[str, SweepResult] = {}
     tokens = model.str_tokens(k)
     for s in sites:
         per_layer = []
-        for layer in range(model.n_layers):
-            prod = products[(s, layer)].float()  # [T, D]
-            if s == "head":
-                per_head = prod.view(prod.shape[0], model.n_heads, model.d_head).sum(-1)  # [T, H]
+        for layer in range(1 if site_record(s).embed_only else model.n_layers):
+            prod = products[(s, layer)].float()  # [T] or [T, n_heads] (padded)
+            layout = model.site_ref(s, layer).layout
+            if layout is not None:
+                per_head = prod[:, : layout[2]]  # [T, H] (key-value heads: n_kv_heads)
                 per_layer.append(per_head if by_position else per_head.sum(0))
             else:
-                per_layer.append(prod.sum(-1))
+                per_layer.append(prod)
         values = torch.stack(per_layer)
         options = dict(
             op="attribution_patch",

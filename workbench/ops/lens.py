@@ -11,13 +11,15 @@ import numpy as np
 import torch
 
 from .. import codegen
+from ..engine import fast_lens
+from ..engine.batching import Progress, check_cancel
+from ..engine.edits import Edit
+from ..engine.kernels import apply_edits, decode, edit_pattern, read, slot
+from ..engine.traced import eager_function, plan
 from ..errors import SiteError, TokenizationError, WorkbenchError
 from ..model import Model
 from ..remote import job_status
 from ..validate import as_int, as_list
-from . import _fast_lens
-from ._engine import Cell, Progress, check_cancel
-from ._kernels import decode, edit, heads_view, read
 from .patching import check_cell, check_top_k, moved_source, pair_tokens
 from .results import LensResult
 
@@ -87,7 +89,7 @@ def _source_and_mode(model: Model, prompt: str, iv: Intervention) -> tuple[torch
                 f"An intervention of kind {iv.kind!r} needs source= the prompt to copy from."
             )
         src, ids = pair_tokens(model, iv.source, prompt)
-        return src, ids, "copy"
+        return src, ids, "source"
     if iv.kind in ("zero", "mean"):
         ids = model.to_tokens(prompt)
         return ids, ids, iv.kind
@@ -100,31 +102,40 @@ def _lens_trace(
     row: int,
     top_k: int,
     token_ids: list[int],
-    iv: tuple[Cell, str, str, torch.Tensor | None] | None,
+    edits: list[Edit],
     chunk_layers: int,
 ) -> dict[str, torch.Tensor]:
     """One forward pass; every statistic is computed inside the trace so only small arrays are saved."""
     n_layers = model.n_layers
     posts = [model.site_ref("resid_post", layer) for layer in range(n_layers)]
+    post_envoys = [model.envoy(ref) for ref in posts]
     norm, unembed, softcap = model.decoder()
-    edit_layer, edit_ref, edit_dims, edit_cells, edit_mode, edit_after = -1, None, None, [], "copy", False
-    edit_values = None
-    if iv is not None:
-        cell, site, edit_mode, value = iv
-        edit_values = {1: value} if value is not None else None
-        edit_layer, edit_ref, edit_dims = cell.layer, model.site_ref(site, cell.layer), model.head_dims(site)
-        edit_cells, edit_after = [(1, cell.position, cell.head)], site == "resid_post"
+    steps = plan([edits], first_row=row) if edits else {}
+    by_layer: dict[int, list] = {}
+    for key, group in steps.items():
+        by_layer.setdefault(key[0], []).append((model.site_ref(key[2], key[0]), group))
+    envoys = {id(ref): model.envoy(ref) for refs in by_layer.values() for ref, _ in refs}
+    eager_fn = (
+        eager_function(model) if any(r.pattern for refs in by_layer.values() for r, _ in refs) else None
+    )
     tid = torch.tensor(token_ids, dtype=torch.long)
     # Saved values must be bound to plain names in the body: that is what comes back (also from NDIF).
     with torch.no_grad(), model.nn.trace(batch, logits_to_keep=1, **model.trace_options()):
         resids = []
         for layer in range(n_layers):
-            if layer == edit_layer and not edit_after:
-                x = read(*edit_ref)
-                edit(heads_view(x, *edit_dims) if edit_dims else x, edit_cells, edit_mode, edit_values)
-            out = read(*posts[layer])
-            if layer == edit_layer and edit_after:
-                edit(out, edit_cells, edit_mode, edit_values)
+            live: dict[tuple[str, bool], torch.Tensor] = {}
+            for ref, group in by_layer.get(layer, []):
+                if ref.pattern:
+                    call = envoys[id(ref)].source.attention_interface_1
+                    edit_pattern(call.output[0], call.inputs, group, eager_fn, 0)
+                    continue
+                where = (ref.path, ref.use_input)
+                if where not in live:
+                    live[where] = read(envoys[id(ref)], ref.use_input)
+                apply_edits(slot(live[where], ref.layout), group, 0, row)
+            out = live.get((posts[layer].path, False))
+            if out is None:
+                out = read(post_envoys[layer], False)
             resids.append(out[row].clone())
         final = torch.log_softmax(decode(norm, unembed, softcap, resids[-1]).float(), dim=-1)  # [T, V]
         ids_, probs_, ent_, kl_, tp_, rank_ = [], [], [], [], [], []
@@ -174,10 +185,10 @@ def logit_lens(
     """
     top_k = check_top_k(model, top_k, lo=1)
     check_cancel(cancel)
-    ivs = None
+    edits: list[Edit] = []
     if intervention is not None:
         intervention = _check_intervention(model, intervention)
-        src, ids, mode = _source_and_mode(model, prompt, intervention)
+        src, ids, kind = _source_and_mode(model, prompt, intervention)
         cell = check_cell(
             model,
             intervention.site,
@@ -186,20 +197,15 @@ def logit_lens(
             intervention.head,
             ids.shape[1],
         )
-        value = None
-        if mode == "copy":  # a drag: the source activation, read in its own (remote: redacted) request
+        edit = Edit(cell, kind)
+        if kind == "source":  # a drag: the source activation, read in its own (remote: redacted) request
             with model.lock, job_status(model, progress, cancel):
                 value = moved_source(
-                    model,
-                    intervention.site,
-                    src,
-                    cell,
-                    intervention.source_layer,
-                    intervention.source_position,
+                    model, src, cell, intervention.source_layer, intervention.source_position
                 )
-        if value is not None:
-            mode = "value"
-        batch, row, ivs = torch.cat([src, ids]), 1, (cell, intervention.site, mode, value)
+            if value is not None:
+                edit = Edit(cell, value)
+        batch, row, edits = torch.cat([src, ids]), 1, [edit]
         ivs_options = dict(vars(intervention), layer=cell.layer, position=cell.position, head=cell.head)
     else:
         ids = model.to_tokens(prompt)
@@ -210,9 +216,9 @@ def logit_lens(
 
     def compute(tids: list[int]) -> dict[str, torch.Tensor]:
         with model.lock, job_status(model, progress, cancel):
-            if _fast_lens.enabled(model):
-                return _fast_lens.lens(model, batch, row, top_k, tids, ivs)
-            return _lens_trace(model, batch, row, top_k, tids, ivs, chunk)
+            if fast_lens.enabled(model, edits):
+                return fast_lens.lens(model, batch, row, top_k, tids, edits)
+            return _lens_trace(model, batch, row, top_k, tids, edits, chunk)
 
     saved = compute(token_ids)
     if progress is not None:

@@ -10,11 +10,14 @@ import numpy as np
 import torch
 
 from .. import codegen
-from ..errors import TokenizationError, WorkbenchError
+from ..engine.batching import BatchOutput, Progress
+from ..engine.edits import Cell, Edit, as_cells
+from ..engine.sites import site as site_record
+from ..engine.traced import collect, run_rows
+from ..errors import SiteError, TokenizationError, WorkbenchError
 from ..model import Model
 from ..remote import job_status
 from ..validate import as_bool, as_int
-from ._engine import BatchOutput, Cell, Progress, collect, run_batch
 from .metrics import Metric, as_metric
 from .results import SweepResult, Value
 
@@ -37,17 +40,43 @@ def pair_tokens(model: Model, clean: str, corrupt: str) -> tuple[torch.Tensor, t
 def check_cell(
     model: Model, site: str, layer: int, position: int | None, head: int | None, n_tokens: int
 ) -> Cell:
-    model.check_site(site)
-    layer = model.check_layer(layer)
-    if position is not None:
-        position = model.check_position(position, n_tokens)
-    if head is not None:
-        head = model.check_head(head)
-        if site != "head":
-            raise WorkbenchError(f"head={head} only makes sense with site='head' (got site={site!r}).")
-    elif site == "head":
-        raise WorkbenchError("site='head' needs head=<index>; for all heads at once use site='attn_out'.")
-    return Cell(layer, position, head)
+    """The single-cell shorthand (site=, layer=, position=, head=) as a checked Cell."""
+    return Cell(site, layer, position, head).checked(model, n_tokens)
+
+
+def target_cells(
+    model: Model,
+    n_tokens: int,
+    *,
+    cells: Any,
+    site: str,
+    layer: Any,
+    position: Any,
+    head: Any,
+    op: str,
+) -> list[Cell]:
+    """The cells an op edits jointly: `cells=` (a list of wb.Cell), or the single-cell keywords."""
+    if cells is not None:
+        given = [k for k, v in (("layer", layer), ("position", position), ("head", head)) if v is not None]
+        if given:
+            raise WorkbenchError(
+                f"{op}: give either cells= or the single-cell keywords ({', '.join(given)}=), not both; "
+                "put every place in cells=[wb.Cell(site, layer, position=..., head=...), ...]."
+            )
+        return [c.checked(model, n_tokens) for c in as_cells(cells)]
+    if layer is None:
+        raise SiteError(
+            f"{op} needs layer= (an integer; with site=, position=, head=) or cells=[wb.Cell(...), ...] for several places."
+        )
+    return [check_cell(model, site, layer, position, head, n_tokens)]
+
+
+def cells_options(cells: list[Cell]) -> dict[str, Any]:
+    """How an op's options record its cells: the single-cell fields for one cell, else a list."""
+    if len(cells) == 1:
+        c = cells[0]
+        return dict(site=c.site, layer=c.layer, position=c.position, head=c.head)
+    return dict(cells=[(c.site, c.layer, c.position, c.head) for c in cells])
 
 
 def check_top_k(model: Model, top_k: int, *, lo: int = 0) -> int:
@@ -59,19 +88,21 @@ def sweep_cells(
     model: Model, site: str, n_tokens: int, by_position: bool
 ) -> tuple[list[Cell], tuple[int, ...]]:
     """Every cell of a sweep, in row-major order of the result grid, and the grid's shape."""
-    model.check_site(site)
+    rec = site_record(model.check_site(site))
     as_bool(by_position, "by_position")
-    layers, heads, positions = range(model.n_layers), range(model.n_heads), range(n_tokens)
-    if site != "head":
-        return [Cell(lyr, p) for lyr in layers for p in positions], (model.n_layers, n_tokens)
+    layers = range(1) if rec.embed_only else range(model.n_layers)
+    heads = range(model.n_kv_heads if rec.heads == "kv" else model.n_heads)
+    positions = range(n_tokens)
+    if not rec.per_head:
+        return [Cell(site, lyr, p) for lyr in layers for p in positions], (len(layers), n_tokens)
     if by_position:
-        cells = [Cell(lyr, p, h) for lyr in layers for p in positions for h in heads]
-        return cells, (model.n_layers, n_tokens, model.n_heads)
-    return [Cell(lyr, None, h) for lyr in layers for h in heads], (model.n_layers, model.n_heads)
+        cells = [Cell(site, lyr, p, h) for lyr in layers for p in positions for h in heads]
+        return cells, (len(layers), n_tokens, len(heads))
+    return [Cell(site, lyr, None, h) for lyr in layers for h in heads], (len(layers), len(heads))
 
 
 def sweep_axes(site: str, by_position: bool) -> tuple[str, ...]:
-    if site != "head":
+    if not site_record(site).per_head:
         return ("layer", "position")
     return ("layer", "position", "head") if by_position else ("layer", "head")
 
@@ -90,7 +121,6 @@ def prediction(model: Model, out: BatchOutput) -> dict[str, Any]:
 
 def moved_source(
     model: Model,
-    site: str,
     source_ids: torch.Tensor,
     cell: Cell,
     source_layer: int | None,
@@ -109,9 +139,13 @@ def moved_source(
     )
     if layer == cell.layer and position == cell.position:
         return None
-    act = collect(model, source_ids, site, [layer])[layer][0]
-    if site == "head":
-        act = act.view(act.shape[0], model.n_heads, model.d_head)[:, cell.head]
+    if site_record(cell.site).embed_only:
+        raise WorkbenchError(
+            f"Site {cell.site!r} has only layer 0: a drag can move it across positions only."
+        )
+    act = collect(model, source_ids, cell.site, [layer])[layer][0]
+    if cell.head is not None:
+        act = act[..., cell.head, :] if not site_record(cell.site).pattern else act[cell.head]
     return act if position is None else act[position]
 
 
@@ -122,23 +156,31 @@ def patch(
     *,
     metric: MetricLike,
     site: str = "resid_pre",
-    layer: int,
+    layer: int | None = None,
     position: int | None = None,
     head: int | None = None,
+    cells: Any = None,
     source_layer: int | None = None,
     source_position: int | None = None,
     top_k: int = 5,
     progress: Progress = None,
     cancel: threading.Event | None = None,
 ) -> Value:
-    """Metric of the corrupt run with the clean activation at (site, layer, position, head).
+    """Metric of the corrupt run with the clean activation at (site, layer, position, head), or at every
+    cell of `cells=[wb.Cell(...), ...]` at once (jointly, in one run).
 
     `source_layer` / `source_position` take the clean activation from another layer or position of the
     same site (a drag from one cell to another); by default the source is the patched cell itself.
     """
     m = as_metric(metric)
     c, k = pair_tokens(model, clean, corrupt)
-    cell = check_cell(model, site, layer, position, head, k.shape[1])
+    targets = target_cells(
+        model, k.shape[1], cells=cells, site=site, layer=layer, position=position, head=head, op="wb.patch"
+    )
+    if (source_layer is not None or source_position is not None) and len(targets) != 1:
+        raise WorkbenchError(
+            "source_layer= / source_position= move one cell; they do not combine with cells=."
+        )
     if source_layer is not None:
         source_layer = model.check_layer(source_layer, "source_layer")
     if source_position is not None:
@@ -150,31 +192,17 @@ def patch(
         clean=clean,
         corrupt=corrupt,
         metric=m.name,
-        site=site,
-        layer=cell.layer,
-        position=cell.position,
-        head=cell.head,
+        **cells_options(targets),
         source_layer=source_layer,
         source_position=source_position,
     )
     with model.lock, job_status(model, progress, cancel):
-        value = moved_source(model, site, c, cell, source_layer, source_position)
-        if value is not None:
-            out = run_batch(
-                model,
-                c,
-                k,
-                site,
-                [cell],
-                bound,
-                mode="value",
-                values=[value],
-                top_k=top_k,
-                progress=progress,
-                cancel=cancel,
-            )
-        else:
-            out = run_batch(model, c, k, site, [cell], bound, top_k=top_k, progress=progress, cancel=cancel)
+        edits = [Edit(cell) for cell in targets]
+        if len(targets) == 1:
+            value = moved_source(model, c, targets[0], source_layer, source_position)
+            if value is not None:
+                edits = [Edit(targets[0], value)]
+        out = run_rows(model, c, k, [edits], bound, top_k=top_k, progress=progress, cancel=cancel)
     pred = prediction(model, out)
     return Value(
         float(out.values[0]),
@@ -197,14 +225,16 @@ def patch_sweep(
     progress: Progress = None,
     cancel: threading.Event | None = None,
 ) -> SweepResult:
-    """Patch every (layer, position) — or (layer, head), or (layer, position, head) — in batched forwards."""
+    """Patch every (layer, position) — or (layer, head), or (layer, position, head) — in batched forwards.
+
+    Per-head sites (head, q, k, v, pattern) sweep heads; k and v sweep the key-value heads."""
     m = as_metric(metric)
     c, k = pair_tokens(model, clean, corrupt)
     by_position = as_bool(by_position, "by_position")
     cells, shape = sweep_cells(model, site, k.shape[1], by_position)
     bound = m.bind(model)
     with model.lock, job_status(model, progress, cancel):
-        out = run_batch(model, c, k, site, cells, bound, progress=progress, cancel=cancel)
+        out = run_rows(model, c, k, [[Edit(cell)] for cell in cells], bound, progress=progress, cancel=cancel)
     options = dict(
         op="patch_sweep", clean=clean, corrupt=corrupt, metric=m.name, site=site, by_position=by_position
     )

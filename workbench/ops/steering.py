@@ -8,12 +8,13 @@ import numpy as np
 import torch
 
 from .. import codegen
+from ..engine.batching import Progress, check_cancel
+from ..engine.kernels import read
+from ..engine.traced import collect
 from ..errors import TokenizationError, WorkbenchError
 from ..model import Model
 from ..remote import job_status
 from ..validate import as_bool, as_int, as_number
-from ._engine import Progress, check_cancel, collect
-from ._kernels import read
 from .results import SteerResult
 
 
@@ -85,6 +86,7 @@ def _generate(
     cut where that pick was EOS, which is exactly where plain greedy decoding stops.
     """
     ref = model.site_ref("resid_pre", layer)
+    envoy = model.envoy(ref)
     nn = model.nn
     with (
         torch.no_grad(),
@@ -98,7 +100,7 @@ def _generate(
     ):
         picks, norms = [], []
         for _ in tracer.iter[:max_new_tokens]:
-            h = read(*ref)
+            h = read(envoy, ref.use_input)
             if not norms:  # the first step sees the whole prompt: its residual norms, before steering
                 norms.append(h[0].norm(dim=-1).float())
             if add is not None:

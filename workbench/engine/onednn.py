@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 
 from ..model import Model
-from ._model_key import ModelKey, model_key
-from ._threads import swapped_forwards
+from .batching import available_bytes
+from .model_key import ModelKey, model_key
+from .threads import swapped_forwards
 
 
 @functools.cache
@@ -106,9 +107,7 @@ def _forward_for(module: torch.nn.Module, content: int | None) -> Callable[[torc
 def _pack_budget() -> int:
     """Bytes of packed weights worth keeping: a quarter of free memory, at most 2 GiB ($WORKBENCH_ONEDNN_PACK
     sets it; 0 turns packing off)."""
-    from ._engine import _available_bytes
-
-    default = min(2 << 30, _available_bytes() // 4)
+    default = min(2 << 30, available_bytes() // 4)
     return int(os.environ.get("WORKBENCH_ONEDNN_PACK", default))
 
 

@@ -1,7 +1,7 @@
 """The logit lens of a local model without a trace: one forward with plain hooks, then fused statistics.
 
 Same numbers as the traced lens (`lens._lens_trace`, which remote models use), with less work:
-- the forward runs with plain forward hooks and oneDNN linear layers (`_fast_linear`);
+- the forward runs with plain forward hooks and oneDNN linear layers (`onednn`);
 - the final norm is applied once to every (layer, position) row, the unembedding runs on blocks of rows;
 - each block of logits is read a few times while it is hot: top-k, then the log-normaliser, entropy and
   KL to the final layer from one exp pass (entropy = log s - sum(e * d) / s and KL = sum(pf * log pf)
@@ -10,16 +10,17 @@ Same numbers as the traced lens (`lens._lens_trace`, which remote models use), w
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from ..model import Model, _get_path
-from ._fast_linear import onednn_linears
-from ._fast_sweep import _first, _state, has_hooks, on_cpu
-from ._kernels import edit, heads_view
-from ._threads import mine
+from .edits import Edit
+from .fast import allowed, first
+from .hooks import edit_hooks, hookable
+from .onednn import onednn_linears
+from .threads import mine
 
 # Rows unembedded per matmul, at most. 60 measured fastest on the reference machine: fewer re-read the
 # weight more often, more make a [rows, V] block that no longer stays in cache for the statistics.
@@ -27,44 +28,16 @@ _ROWS = 60
 _HOT = 8  # rows whose statistics are computed together: [8, V] float32 stays in a 2 MB L2 cache
 
 
-def enabled(model: Model) -> bool:
+def enabled(model: Model, edits: Sequence[Edit] = ()) -> bool:
     """Whether the local lens applies (else the caller traces)."""
-    if getattr(_state, "off", False) or os.environ.get("WORKBENCH_FAST", "1") == "0":
-        return False
-    return not model.remote and on_cpu(model) and not has_hooks(model)
-
-
-def _edit_hook(
-    model: Model, iv: tuple[Any, str, str, torch.Tensor | None]
-) -> torch.utils.hooks.RemovableHandle:
-    """The intervention as a hook on the site's module, editing the live tensor in place like the trace."""
-    cell, site, mode, value = iv
-    block = _get_path(model.hf, model.arch.layers)[cell.layer]
-    sub = model._site_subpath(site)
-    module = _get_path(block, sub) if sub else block
-    dims = model.head_dims(site)
-    cells = [(1, cell.position, cell.head)]
-    values = {1: value} if value is not None else None
-
-    def apply(x: torch.Tensor) -> None:
-        edit(heads_view(x, *dims) if dims else x, cells, mode, values)
-
-    if site in ("resid_pre", "head"):
-
-        def pre(_mod: Any, args: tuple, kwargs: dict) -> None:
-            apply(args[0] if args else kwargs["hidden_states"])
-
-        return module.register_forward_pre_hook(mine(pre), with_kwargs=True)
-    return module.register_forward_hook(mine(lambda _mod, _args, out: apply(_first(out))))
+    return allowed(model) and hookable(edits)
 
 
 class _Stop(Exception):
     """Ends the forward after the last block."""
 
 
-def _resid_posts(
-    model: Model, batch: torch.Tensor, row: int, iv: tuple[Any, str, str, torch.Tensor | None] | None
-) -> torch.Tensor:
+def _resid_posts(model: Model, batch: torch.Tensor, row: int, edits: Sequence[Edit]) -> torch.Tensor:
     """resid_post of every layer for batch row `row`: [L, T, D]."""
     blocks = _get_path(model.hf, model.arch.layers)
     outs: list[torch.Tensor] = [torch.empty(0)] * model.n_layers
@@ -72,7 +45,7 @@ def _resid_posts(
 
     def grab(j: int):
         def hook(_mod: Any, _args: Any, out: Any) -> None:
-            outs[j] = _first(out)[row].clone()
+            outs[j] = first(out)[row].clone()
 
         return hook
 
@@ -80,8 +53,7 @@ def _resid_posts(
         raise _Stop  # the final norm and unembedding of the model's own forward are not needed
 
     try:
-        if iv is not None:
-            handles.append(_edit_hook(model, iv))  # first, so a resid_post edit is seen by the grab
+        handles += edit_hooks(model, {row: edits})  # first, so a resid_post edit is seen by the grab
         for j, block in enumerate(blocks):
             handles.append(block.register_forward_hook(mine(grab(j))))
         handles.append(blocks[-1].register_forward_hook(mine(stop)))
@@ -124,7 +96,7 @@ def lens(
     row: int,
     top_k: int,
     token_ids: list[int],
-    iv: tuple[Any, str, str, torch.Tensor | None] | None,
+    edits: Sequence[Edit],
 ) -> dict[str, torch.Tensor]:
     """The statistics `lens._lens_trace` returns: ids, probs [L, T, k]; entropy, kl [L, T]; tp, rank [L, T, n]."""
     n_layers, n_tokens, n = model.n_layers, batch.shape[1], len(token_ids)
@@ -136,7 +108,7 @@ def lens(
     entropy, kl = torch.empty(n_tokens, n_layers), torch.empty(n_tokens, n_layers)
     tp, rank = torch.empty(n_tokens, n_layers, n), torch.empty(n_tokens, n_layers, n, dtype=torch.long)
     with torch.no_grad(), model.lock, onednn_linears(model):
-        resid = _resid_posts(model, batch, row, iv)  # [L, T, D]
+        resid = _resid_posts(model, batch, row, edits)  # [L, T, D]
         normed = _get_path(model.hf, model.arch.final_norm)(resid.transpose(0, 1))  # [T, L, D]
         n_blocks = -(-n_tokens * n_layers // _ROWS)
         per_block = -(-n_tokens // n_blocks)  # positions unembedded together (blocks of equal size)

@@ -8,7 +8,7 @@ started at or below j (rows join as the loop climbs). Only the last position is 
 
 Work done: sum over cells of (L - l)(T - p) token-block evaluations, which is the minimum any exact method
 needs (mlp_out and resid_post patches start one block higher, since their block's output is a sum the
-patch only adds to). The plain batched path (`_engine._trace_chunk`) does L * T for every cell.
+patch only adds to). The plain batched path (`traced._trace_chunk`) does L * T for every cell.
 
 How the blocks are driven: one cheap "probe" forward of the model per start position p, with every block's
 forward replaced by a recorder, captures the keyword arguments the model passes its blocks for a run of
@@ -23,7 +23,7 @@ forwards and hooks), so a single click costs about one partial forward and no ed
 `.data` or otherwise, is missed. Everything the sweep changes on modules (forwards, hooks) acts only in the
 calling thread (`_threads`), under `model.lock`; metrics get copies of cached logits.
 
-The runs use oneDNN's float32 linear layers (`_fast_linear`, about 2x MKL's on AMD CPUs).
+The runs use oneDNN's float32 linear layers (`onednn`, about 2x MKL's on AMD CPUs).
 
 Applies to: local models of the families in `_SAFE_TYPES` (transformers 5 decoder blocks that return the
 hidden state and take the cache as a keyword) with no user hooks (`has_hooks`), no grad, no sliding window
@@ -34,7 +34,6 @@ Everything else (remote models, other families) returns None and the caller uses
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -45,55 +44,32 @@ from typing import Any
 import torch
 
 from ..model import Model, _get_path
-from ._fast_linear import onednn_linears
-from ._model_key import ModelKey, model_key, structure_key, user_hooks
-from ._threads import mine, swapped_forwards
+from .batching import BatchOutput, check_cancel, rows_per_chunk
+from .fast import allowed, disabled, first, has_hooks
+from .kernels import slot
+from .model_key import ModelKey, model_key, structure_key
+from .onednn import onednn_linears
+from .threads import mine, swapped_forwards
 
 # Families whose blocks, caches and final logits were checked exact against the plain path (tests).
 _SAFE_TYPES = frozenset({"gpt2", "llama", "mistral", "qwen2", "gemma", "gemma2", "phi", "phi3", "gpt_neox"})
-_SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head")
-_MODES = ("copy", "zero", "mean", "value")
+# Sites the replay edits: the stream itself between blocks, or a module tensor inside a block (a hook).
+_STREAM = ("resid_pre", "resid_post", "mlp_out")
+_SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head", "q", "k", "v", "resid_mid")
+_IN_BLOCK = ("attn_out", "head", "q", "k", "v", "resid_mid")
+_KINDS = ("source", "zero", "mean", "set", "add")
 
-_state = threading.local()
 _BASELINES: weakref.WeakKeyDictionary[Model, OrderedDict] = weakref.WeakKeyDictionary()
 _MAX_BASELINES = 2  # prompt pairs kept per model
 
 
-@contextlib.contextmanager
-def disabled() -> Iterator[None]:
-    """Run the block with the fast path off (the general batched path is used), e.g. for comparisons."""
-    before = getattr(_state, "off", False)
-    _state.off = True
-    try:
-        yield
-    finally:
-        _state.off = before
-
-
-def has_hooks(model: Model) -> bool:
-    """Whether a user's hook is on any module (or globally). The fast paths then step aside: nnsight's
-    `.output` is a module's value before its forward hooks, and the replays skip calls (a block whose mlp_out
-    is patched, the rows joining above it) whose hooks would have run; the traced path is exact with hooks."""
-    from torch.nn.modules import module as torch_module
-
-    if any(getattr(torch_module, d, None) for d in ("_global_forward_hooks", "_global_forward_pre_hooks")):
-        return True
-    return any(user_hooks(m) for m in model.hf.modules())
-
-
-def on_cpu(model: Model) -> bool:
-    """Whether the local model's weights are on the CPU (the device the fast paths are written and tested
-    for; elsewhere the traced paths run)."""
-    return all(p.device.type == "cpu" for p in model.hf.parameters())
-
-
-def enabled_for(model: Model, site: str, mode: str, n_tokens: int) -> bool:
+def enabled_for(model: Model, site: str, kind: str, n_tokens: int) -> bool:
     """Whether the fast path applies (else the caller falls back to the general path)."""
-    if getattr(_state, "off", False) or os.environ.get("WORKBENCH_FAST", "1") == "0":
+    if not allowed(model):
         return False
-    if model.remote or not on_cpu(model) or has_hooks(model):
+    if model.config.model_type not in _SAFE_TYPES or site not in _SITES or kind not in _KINDS:
         return False
-    if model.config.model_type not in _SAFE_TYPES or site not in _SITES or mode not in _MODES:
+    if site == "resid_mid" and not model._sequential():
         return False
     window = getattr(model.config, "sliding_window", None)
     return not (isinstance(window, int) and 0 < window < n_tokens)
@@ -107,25 +83,11 @@ class Baseline:
     hidden: list[
         torch.Tensor
     ]  # L + 1 entries [2, T, D]: input of block j; entry L is the last block's output
-    acts: dict[str, list[torch.Tensor]]  # attn_out / mlp_out / head (o_proj input): L entries [2, T, D']
+    acts: dict[str, list[torch.Tensor]]  # in-block sites and mlp_out: L module tensors [2, T, W] per site
     keys: list[torch.Tensor]  # base run's keys per block [1, kv_heads, T, d_head]
     values: list[torch.Tensor]
     logits: torch.Tensor  # [2, V] last position, float32
     probes: dict[int, list[tuple[tuple, dict[str, Any]]]] = field(default_factory=dict)  # start -> block args
-
-
-def _first(x: Any) -> torch.Tensor:
-    return x[0] if isinstance(x, tuple | list) else x
-
-
-def _modules(model: Model, layer: int) -> dict[str, torch.nn.Module]:
-    block = _get_path(model.hf, model.arch.layers)[layer]
-    return {
-        "block": block,
-        "attn_out": _get_path(block, model.arch.attn_out),
-        "mlp_out": _get_path(block, model.arch.mlp_out),
-        "head": _get_path(block, model.arch.o_proj),
-    }
 
 
 def _cache_kv(cache: Any, n_layers: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -149,7 +111,8 @@ def baseline(model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor, ver
         return hit[1]
     n_layers = model.n_layers
     hidden: list[Any] = [None] * (n_layers + 1)
-    acts: dict[str, list[Any]] = {s: [None] * n_layers for s in ("attn_out", "mlp_out", "head")}
+    sites = [x for x in (*_IN_BLOCK, "mlp_out") if x != "resid_mid" or model._sequential()]
+    acts: dict[str, list[Any]] = {x: [None] * n_layers for x in sites}
     handles = []
 
     def grab_in(j: int):
@@ -158,35 +121,50 @@ def baseline(model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor, ver
 
         return hook
 
+    def grab(names: list[str], j: int, use_input: bool):
+        def keep(x: torch.Tensor) -> None:
+            x = x.detach().clone()
+            for name in names:
+                acts[name][j] = x
+
+        if use_input:
+            return lambda _mod, args, kwargs: keep(args[0] if args else next(iter(kwargs.values())))
+        return lambda _mod, _args, out: keep(first(out))
+
     def grab_out(store: list, j: int):
         def hook(_mod, _args, out):
-            store[j] = _first(out).detach().clone()
+            store[j] = first(out).detach().clone()
 
         return hook
 
-    def grab_o_in(j: int):
-        def hook(_mod, args):
-            acts["head"][j] = args[0].detach().clone()
-
-        return hook
-
+    blocks = _get_path(model.hf, model.arch.layers)
     try:
         for j in range(n_layers):
-            mods = _modules(model, j)
-            handles.append(mods["block"].register_forward_pre_hook(mine(grab_in(j)), with_kwargs=True))
-            handles.append(mods["attn_out"].register_forward_hook(mine(grab_out(acts["attn_out"], j))))
-            handles.append(mods["mlp_out"].register_forward_hook(mine(grab_out(acts["mlp_out"], j))))
-            handles.append(mods["head"].register_forward_pre_hook(mine(grab_o_in(j))))
-        last = _modules(model, n_layers - 1)["block"]
-        handles.append(last.register_forward_hook(mine(grab_out(hidden, n_layers))))
+            handles.append(blocks[j].register_forward_pre_hook(mine(grab_in(j)), with_kwargs=True))
+            where: dict[tuple[str, bool], list[str]] = {}
+            for name in sites:
+                ref = model.site_ref(name, j)
+                where.setdefault((ref.path, ref.use_input), []).append(name)
+            for (_path, use_input), names in where.items():
+                mod = model.module(model.site_ref(names[0], j))
+                fn = mine(grab(names, j, use_input))
+                handles.append(
+                    mod.register_forward_pre_hook(fn, with_kwargs=True)
+                    if use_input
+                    else mod.register_forward_hook(fn)
+                )
+        handles.append(blocks[n_layers - 1].register_forward_hook(mine(grab_out(hidden, n_layers))))
         with torch.no_grad():
             out = model.hf(torch.cat([source_ids, base_ids]), use_cache=True, logits_to_keep=1)
     finally:
         for h in handles:
             h.remove()
+    if not all(a is not None for v in acts.values() for a in v):
+        raise _Recorded("a site module did not run in the baseline forward")
     keys, values = _cache_kv(out.past_key_values, n_layers)
     base = Baseline(hidden, acts, keys, values, out.logits[:, -1].float())
-    if any(h is None for h in hidden) or structure_key(model) != version.structure:
+    complete = all(h is not None for h in hidden) and all(a is not None for v in acts.values() for a in v)
+    if not complete or structure_key(model) != version.structure:
         return base  # something else ran or changed the model meanwhile: use it once, never cache it
     per_model[key] = (version, base)
     while len(per_model) > _MAX_BASELINES:
@@ -260,26 +238,28 @@ def _entry_layer(site: str, cell: Any) -> int:
 
 
 def _site_value(
-    model: Model, base: Baseline, site: str, layer: int, cell: Any, mode: str, value: torch.Tensor | None
+    model: Model, base: Baseline, cell: Any, kind: str, value: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(new value, base value) of the cell's slot: [T or 1, D or d_head]."""
+    """(new value, base value) of the cell's slot: [T or 1, width]."""
+    site = cell.site
     if site in ("resid_pre", "resid_post"):
-        act = base.hidden[layer + (site == "resid_post")]
+        act = base.hidden[cell.layer + (site == "resid_post")]
     else:
-        act = base.acts[site][layer]
-    if site == "head":
-        act = act.view(2, act.shape[1], model.n_heads, model.d_head)[:, :, cell.head]
+        act = slot(base.acts[site][cell.layer], model.site_ref(site, cell.layer).layout)
+    if cell.head is not None:
+        act = act[:, :, cell.head]
     pos = slice(None) if cell.position is None else slice(cell.position, cell.position + 1)
     old = act[1, pos]
-    if mode == "copy":
+    if kind == "source":
         new = act[0, pos]
-    elif mode == "zero":
+    elif kind == "zero":
         new = torch.zeros_like(old)
-    elif mode == "mean":
+    elif kind == "mean":
         new = act[1].mean(dim=0, keepdim=True).expand_as(old)
     else:
         assert value is not None
-        new = value.to(old.dtype).reshape(-1, old.shape[-1]).expand_as(old)
+        given = value.to(old.dtype).reshape(-1, old.shape[-1]).expand_as(old)
+        new = old + given if kind == "add" else given
     return new, old
 
 
@@ -288,7 +268,7 @@ class _Row:
     out: int  # index in the result
     cell: Any
     entry: int  # the block the row joins at (L: after the last block)
-    new: torch.Tensor  # value put in the slot [P, D'] (P = 1, or T - start for all positions)
+    new: torch.Tensor  # value put in the slot [P, width] (P = 1, or T - start for all positions)
     old: torch.Tensor
 
 
@@ -310,24 +290,25 @@ def _join(model: Model, base: Baseline, site: str, rows: list[_Row], entry: int,
     return x
 
 
-def _hook_edit(model: Model, site: str, rows: list[_Row], first: int):
-    """An edit of the rows first.. of a site module's output (attn_out) or input (head) at this block."""
+def _hook_edit(model: Model, site: str, layer: int, rows: list[_Row], row0: int):
+    """(module, hook kind, hook) editing rows row0.. of an in-block site's module tensor at this block."""
+    ref = model.site_ref(site, layer)
 
     def edit(x: torch.Tensor) -> None:
-        if site == "head":
-            x = x.view(x.shape[0], x.shape[1], model.n_heads, model.d_head)
+        x = slot(x, ref.layout)
         for i, r in enumerate(rows):
-            if site == "head":
-                slot = (
-                    x[first + i, :, r.cell.head] if r.cell.position is None else x[first + i, 0, r.cell.head]
-                )
-            else:
-                slot = x[first + i] if r.cell.position is None else x[first + i, 0]
-            slot.copy_(r.new if r.cell.position is None else r.new[0])
+            at: tuple = (row0 + i, slice(None) if r.cell.position is None else 0)
+            if r.cell.head is not None:
+                at += (r.cell.head,)
+            x[at] = r.new if r.cell.position is None else r.new[0]
 
-    if site == "head":
-        return "pre", lambda _mod, args: edit(args[0])
-    return "post", lambda _mod, _args, out: edit(_first(out))
+    if ref.use_input:
+        return (
+            model.module(ref),
+            "pre",
+            lambda _mod, args, kwargs: edit(args[0] if args else next(iter(kwargs.values()))),
+        )
+    return model.module(ref), "post", lambda _mod, _args, out: edit(first(out))
 
 
 # ------------------------------------------------------------------------------------------- the sweep
@@ -351,8 +332,6 @@ def _run_group(
 ) -> torch.Tensor:
     """Last-position logits [n, V] of rows that all start at position `start` (rows sorted by entry);
     `cancel` is checked before every block."""
-    from ._engine import check_cancel
-
     n_layers = model.n_layers
     kwargs = _probe(model, base, base_ids, start)
     cache = _ReplayCache(base, start)
@@ -365,7 +344,7 @@ def _run_group(
         while i < len(rows) and rows[i].entry == j:
             joining.append(rows[i])
             i += 1
-        first = 0 if h is None else h.shape[0]
+        row0 = 0 if h is None else h.shape[0]
         if joining:
             x = _join(model, base, site, joining, j, start)
             h = x if h is None else torch.cat([h, x])
@@ -373,13 +352,16 @@ def _run_group(
         args = tuple(cache if v is _CACHE else v for v in kwargs[j][0])
         kw = {k: cache if v is _CACHE else v for k, v in kwargs[j][1].items()}
         handle = None
-        if joining and site in ("attn_out", "head"):
-            kind, fn = _hook_edit(model, site, joining, first)
-            mod = _modules(model, j)[site]
+        if joining and site in _IN_BLOCK:
+            mod, kind, fn = _hook_edit(model, site, j, joining, row0)
             fn = mine(fn)
-            handle = mod.register_forward_pre_hook(fn) if kind == "pre" else mod.register_forward_hook(fn)
+            handle = (
+                mod.register_forward_pre_hook(fn, with_kwargs=True)
+                if kind == "pre"
+                else mod.register_forward_hook(fn)
+            )
         try:
-            h = _first(blocks[j](h, *args, **kw))
+            h = first(blocks[j](h, *args, **kw))
         finally:
             if handle is not None:
                 handle.remove()
@@ -392,8 +374,6 @@ def _run_group(
 
 def rows_budget(model: Model, n_tokens: int, limit: int = 1024) -> int:
     """Rows one block call may carry: a quarter of free memory (or $WORKBENCH_MEMORY_BUDGET), at most `limit`."""
-    from ._engine import rows_per_chunk
-
     return rows_per_chunk(model, n_tokens, limit=limit)
 
 
@@ -407,29 +387,39 @@ def session(model: Model) -> Iterator[ModelKey]:
             yield version
 
 
+def single_site(rows: Sequence[Sequence[Any]]) -> tuple[str, str] | None:
+    """(site, kind) when every run is one edit and all share a site and kind (what the replay serves)."""
+    if not rows or any(len(r) != 1 for r in rows):
+        return None
+    first_edit = rows[0][0]
+    site, kind = first_edit.cell.site, first_edit.kind
+    if any(r[0].cell.site != site or r[0].kind != kind for r in rows):
+        return None
+    return site, kind
+
+
 def run(
     model: Model,
     source_ids: torch.Tensor,
     base_ids: torch.Tensor,
-    site: str,
-    cells: Sequence[Any],
+    rows: Sequence[Sequence[Any]],
     metric: Any,
     *,
-    mode: str = "copy",
-    values: Sequence[torch.Tensor] | None = None,
     top_k: int = 0,
     progress: Any = None,
     cancel: threading.Event | None = None,
     chunk: int | None = None,
 ) -> Any:
-    """The fast path of `_engine.run_batch` (same arguments, same BatchOutput); None when it does not apply."""
+    """The fast path of `traced.run_rows` (same arguments, same BatchOutput) for runs of one edit each at one
+    site; None when it does not apply."""
     n_tokens = base_ids.shape[1]
-    if not enabled_for(model, site, mode, n_tokens) or source_ids.shape != base_ids.shape:
+    shared = single_site(rows)
+    if shared is None or source_ids.shape != base_ids.shape or base_ids.shape[0] != 1:
         return None
-    if base_ids.shape[0] != 1:
+    site, kind = shared
+    if not enabled_for(model, site, kind, n_tokens):
         return None
-    from ._engine import BatchOutput, check_cancel
-
+    cells = [r[0].cell for r in rows]
     with session(model) as version:
         try:
             with torch.no_grad():
@@ -439,8 +429,7 @@ def run(
             return None
         groups: dict[int, list[_Row]] = {}
         for idx, cell in enumerate(cells):
-            value = values[idx] if values is not None else None
-            new, old = _site_value(model, base, site, cell.layer, cell, mode, value)
+            new, old = _site_value(model, base, cell, kind, rows[idx][0].tensor())
             start = 0 if cell.position is None else cell.position
             groups.setdefault(start, []).append(_Row(idx, cell, _entry_layer(site, cell), new, old))
         size = chunk or rows_budget(model, base_ids.shape[1])
@@ -476,88 +465,4 @@ def run(
         )
 
 
-# ------------------------------------------------------------------------------------------- attribution
-def attribution(
-    model: Model, clean_ids: torch.Tensor, corrupt_ids: torch.Tensor, sites: Sequence[str], metric: Any
-) -> tuple[dict[tuple[str, int], torch.Tensor], torch.Tensor] | None:
-    """(clean - corrupt) * d metric / d act for every (site, layer), and the [clean, corrupt] metrics.
-
-    Same numbers as the traced version (`attribution._trace`) with less work: the clean run has no graph,
-    the parameters are frozen during the corrupt run (no weight gradients), and one `autograd.grad` call
-    reads every site's gradient. None when the fast path does not apply (the caller traces instead).
-    """
-    if getattr(_state, "off", False) or os.environ.get("WORKBENCH_FAST", "1") == "0" or model.remote:
-        return None
-    if not on_cpu(model) or has_hooks(model) or model.config.model_type not in _SAFE_TYPES:
-        return None
-    if any(s not in _SITES for s in sites):
-        return None
-    hf = model.hf
-    n_layers = model.n_layers
-
-    def run(ids: torch.Tensor, grad: bool) -> tuple[dict[tuple[str, int], torch.Tensor], torch.Tensor]:
-        acts: dict[tuple[str, int], torch.Tensor] = {}
-        handles = []
-
-        def pre(key):
-            def hook(_mod, args, kwargs):
-                acts[key] = args[0] if args else kwargs["hidden_states"]
-
-            return hook
-
-        def post(key):
-            def hook(_mod, _args, out):
-                acts[key] = _first(out)
-
-            return hook
-
-        try:
-            for j in range(n_layers):
-                mods = _modules(model, j)
-                for s in sites:
-                    if s == "resid_pre":
-                        handles.append(
-                            mods["block"].register_forward_pre_hook(mine(pre((s, j))), with_kwargs=True)
-                        )
-                    elif s == "head":
-                        handles.append(
-                            mods["head"].register_forward_pre_hook(mine(pre((s, j))), with_kwargs=True)
-                        )
-                    elif s == "resid_post":
-                        handles.append(mods["block"].register_forward_hook(mine(post((s, j)))))
-                    else:
-                        handles.append(mods[s].register_forward_hook(mine(post((s, j)))))
-            if grad:
-                embed = hf.get_input_embeddings()
-                handles.append(
-                    embed.register_forward_hook(mine(lambda _m, _a, out: out.requires_grad_(True)))
-                )
-            with torch.set_grad_enabled(grad):
-                logits = hf(ids, logits_to_keep=1).logits[:, -1].float()
-        finally:
-            for h in handles:
-                h.remove()
-        return acts, logits
-
-    with model.lock:
-        params = [p for p in hf.parameters() if p.requires_grad]
-        try:
-            with torch.no_grad(), onednn_linears(model):
-                clean_acts, clean_logits = run(clean_ids, grad=False)
-            for p in params:
-                p.requires_grad_(False)
-            corrupt_acts, corrupt_logits = run(corrupt_ids, grad=True)
-            logits = torch.cat([clean_logits, corrupt_logits.detach()])
-            value = metric(corrupt_logits, clean_logits[0].clone())[0]
-            keys = list(corrupt_acts)
-            grads = torch.autograd.grad(value, [corrupt_acts[k] for k in keys], allow_unused=True)
-        finally:
-            for p in params:
-                p.requires_grad_(True)
-    products = {}
-    for key, g in zip(keys, grads, strict=True):
-        diff = (clean_acts[key][0] - corrupt_acts[key][0]).detach()
-        products[key] = diff * (g[0] if g is not None else torch.zeros_like(diff))
-    with torch.no_grad():
-        baselines = metric(logits, clean_logits[0].clone()).float()
-    return products, baselines
+__all__ = ["Baseline", "disabled", "enabled_for", "has_hooks", "run", "session", "single_site"]

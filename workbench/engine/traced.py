@@ -1,0 +1,179 @@
+"""The traced engine: many edited runs of one prompt in one nnsight forward pass (local or on NDIF).
+
+Row 0 is the source run (the clean prompt when patching, the reference when resampling, the prompt itself
+when ablating), row 1 the unedited base run, rows 2.. one run each, whose list of edits is applied jointly.
+The trace body visits every (layer, site) some run edits, in forward order, reads the site's module once,
+and applies the edits of every row there, while the source row's activation at that very place is already
+computed: one forward pass serves a whole chunk of runs.
+
+`run_rows` is the entry point of every op: it uses the replay engine (`replay.run`) when that applies and
+this one otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..errors import SiteError
+from ..model import Model
+from . import replay
+from .batching import BatchOutput, Progress, check_cancel, rows_per_chunk
+from .edits import Edit, lowered
+from .kernels import apply_edits, copy_positions, eager_pattern, edit_pattern, read, slot
+from .sites import site as site_record
+
+Rows = Sequence[Sequence[Edit]]
+
+
+def run_rows(
+    model: Model,
+    source_ids: torch.Tensor,
+    base_ids: torch.Tensor,
+    rows: Rows,
+    metric: Any,
+    *,
+    top_k: int = 0,
+    progress: Progress = None,
+    cancel: threading.Event | None = None,
+    chunk: int | None = None,
+) -> BatchOutput:
+    """The metric of every run in `rows` (each a list of edits applied jointly to the base prompt), chunked.
+
+    Edits must be checked (`edits.checked_edits` / `Cell.checked`) for this prompt length."""
+    for row in rows:
+        for e in row:
+            check_kind(model, e)
+    fast = replay.run(model, source_ids, base_ids, rows, metric, top_k=top_k, progress=progress, cancel=cancel,
+                      chunk=chunk)  # fmt: skip
+    if fast is not None:
+        return fast
+    n_tokens = base_ids.shape[1]
+    # Remote: the whole sweep is one request (the server has the memory); locally, chunks that fit.
+    size = chunk or (max(1, len(rows)) if model.remote else rows_per_chunk(model, n_tokens))
+    outs, tops, probs = [], [], []
+    source_metric = base_metric = float("nan")
+    n = len(rows)
+    for start in range(0, max(n, 1), size):
+        check_cancel(cancel)
+        part = list(rows[start : start + size])
+        metric_rows, top_i, top_p = _trace_chunk(model, source_ids, base_ids, part, metric, top_k)
+        source_metric, base_metric = float(metric_rows[0]), float(metric_rows[1])
+        outs.append(metric_rows[2:])
+        if top_k:
+            tops.append(top_i[2:])
+            probs.append(top_p[2:])
+        if progress is not None:
+            progress(min(1.0, (start + len(part)) / max(n, 1)), f"{min(n, start + len(part))}/{n} runs")
+    return BatchOutput(
+        values=torch.cat(outs) if outs else torch.empty(0),
+        source=source_metric,
+        base=base_metric,
+        top_ids=torch.cat(tops) if top_k else None,
+        top_probs=torch.cat(probs) if top_k else None,
+    )
+
+
+def check_kind(model: Model, e: Edit) -> None:
+    """Edits the engines cannot apply: the mean of an attention pattern, patterns without an eager function."""
+    rec = site_record(e.cell.site)
+    if rec.pattern:
+        if e.kind == "mean":
+            raise SiteError(
+                "A mean over positions of an attention pattern is not a pattern (its rows would not sum to 1 "
+                "over the keys each query may see): ablate a pattern with method='zero' or 'resample'."
+            )
+        if eager_function(model) is None:
+            raise SiteError(
+                f"Pattern edits need the family's eager attention function, which {model.config.model_type!r} "
+                "does not define; edit the head's output (site='head') instead."
+            )
+
+
+def eager_function(model: Model) -> Any:
+    """The family's `eager_attention_forward` (recomputes probabilities from the attention inputs)."""
+    attn = model.module(model.site_ref("pattern", 0))
+    return getattr(sys.modules[type(attn).__module__], "eager_attention_forward", None)
+
+
+def plan(rows: Rows, first_row: int) -> dict[tuple[int, int, str], list[tuple]]:
+    """Every row's edits grouped by (layer, forward order, site), as lowered tuples for the trace body."""
+    groups: dict[tuple[int, int, str], list[tuple]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        for e in row:
+            rec = site_record(e.cell.site)
+            groups[(e.cell.layer, rec.order, rec.name)].append(lowered(e, first_row + i))
+    return dict(sorted(groups.items()))
+
+
+def _vectorised(group: list[tuple], per_head: bool) -> tuple | None:
+    """Index tensors for `kernels.copy_positions` when every edit copies one position (and head)."""
+    if any(kind != "source" or pos is None or (per_head and head is None) for _, pos, head, kind, _ in group):
+        return None
+    rows = torch.tensor([r for r, *_ in group])
+    pos = torch.tensor([p for _, p, *_ in group])
+    heads = torch.tensor([h for _, _, h, *_ in group]) if per_head else None
+    return rows, pos, heads
+
+
+def _trace_chunk(
+    model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor, rows: list, metric: Any, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One forward pass over [source, base, *rows]; returns the metric per row (and top-k if asked)."""
+    batch = torch.cat([source_ids, base_ids] + [base_ids] * len(rows), dim=0)
+    steps = plan(rows, first_row=2)
+    refs = {key: model.site_ref(key[2], key[0]) for key in steps}
+    envoys = {key: model.envoy(ref) for key, ref in refs.items()}
+    fast = {key: _vectorised(group, site_record(key[2]).per_head) for key, group in steps.items()}
+    eager_fn = eager_function(model) if any(ref.pattern for ref in refs.values()) else None
+    nn = model.nn
+    # Saved values must be bound to plain names in the body: that is what comes back (also from NDIF).
+    top_ids = top_probs = None
+    with torch.no_grad(), nn.trace(batch, logits_to_keep=1, **model.trace_options()):
+        live: dict[tuple[str, bool], torch.Tensor] = {}  # module tensors read so far (fused q|k|v: once)
+        for key, group in steps.items():
+            ref = refs[key]
+            if ref.pattern:
+                call = envoys[key].source.attention_interface_1
+                edit_pattern(call.output[0], call.inputs, group, eager_fn, 0)
+                continue
+            where = (ref.path, ref.use_input)
+            if where not in live:
+                live[where] = read(envoys[key], ref.use_input)
+            x = slot(live[where], ref.layout)
+            if fast[key] is not None:
+                copy_positions(x, *fast[key])
+            else:
+                apply_edits(x, group, 0, 1)
+        logits = nn.output.logits[:, -1].float()
+        metric_values = metric(logits.clone(), logits[0].clone()).save()  # the metric may edit them
+        if top_k:
+            top = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
+            top_ids = top.indices.save()
+            top_probs = top.values.save()
+    return metric_values, top_ids, top_probs
+
+
+def collect(model: Model, ids: torch.Tensor, site: str, layers: Sequence[int]) -> dict[int, torch.Tensor]:
+    """The activation of `site` at each of `layers` for a [B, T] batch: {layer: [B, T, W]} (W the whole
+    module width for per-head sites; cut heads with `kernels.slot(x, model.site_ref(site, l).layout)`).
+    Patterns: {layer: [B, H, T, T]}."""
+    wanted = sorted(set(layers))
+    refs = [model.site_ref(site, layer) for layer in wanted]
+    envoys = [model.envoy(ref) for ref in refs]
+    pattern = refs[0].pattern
+    eager_fn = eager_function(model) if pattern else None
+    with torch.no_grad(), model.nn.trace(ids, logits_to_keep=1, **model.trace_options()):
+        acts = []
+        for ref, envoy in zip(refs, envoys, strict=True):
+            if pattern:
+                acts.append(eager_pattern(envoy.source.attention_interface_1.inputs, eager_fn).clone())
+            else:
+                acts.append(slot(read(envoy, ref.use_input), ref.layout).clone())
+        stacked = torch.stack(acts).save()  # [n_layers, B, T, ...]
+    return {layer: stacked[i].detach() for i, layer in enumerate(wanted)}
