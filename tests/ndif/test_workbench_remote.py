@@ -204,3 +204,48 @@ def test_patch_view_on_a_remote_model_shows_status_results_and_errors(models, nd
         nnsight.CONFIG.API.HOST = ndif_server.url
     view.click(3, 2).wait()
     assert view.status == "done" and view.error == ""
+
+
+def test_interventions_as_data_match_local_one_request_each(models, requests) -> None:
+    """Issue 12 remotely: a joint patch, wb.intervene with every value kind, sweeps of the new sites and a
+    pattern patch give the local numbers; each user action is one request."""
+    remote, local = models
+    metric = wb.logit_diff(" Paris", " Rome")
+    cells = [wb.Cell("head", 9, head=3), wb.Cell("mlp_out", 20, position=5), wb.Cell("q", 12, head=0)]
+    a = wb.patch(remote, CLEAN, CORRUPT, metric=metric, cells=cells)
+    assert len(requests) == 1
+    b = wb.patch(local, CLEAN, CORRUPT, metric=metric, cells=cells)
+    assert abs(float(a) - float(b)) <= 1e-4
+    vec = torch.randn(remote.d_model, generator=torch.Generator().manual_seed(1))
+    edits = [
+        wb.Edit(wb.Cell("resid_pre", 6), wb.Add(vec, scale=2.0)),
+        wb.Edit(wb.Cell("v", 8, head=2), "zero"),
+        wb.Edit(wb.Cell("resid_mid", 10, position=3), "source"),
+    ]
+    x = wb.intervene(remote, CORRUPT, edits=edits, metric=metric, source=CLEAN)
+    assert len(requests) == 2
+    y = wb.intervene(local, CORRUPT, edits=edits, metric=metric, source=CLEAN)
+    assert abs(float(x) - float(y)) <= 1e-4 and list(x.top_ids) == list(y.top_ids)
+    for site in ("k", "embed", "resid_mid"):
+        r = wb.patch_sweep(remote, CLEAN, CORRUPT, metric=metric, site=site)
+        lo = wb.patch_sweep(local, CLEAN, CORRUPT, metric=metric, site=site)
+        assert r.values.shape == lo.values.shape and np.abs(r.values - lo.values).max() <= 1e-4
+    assert len(requests) == 5
+    p = wb.patch(remote, CLEAN, CORRUPT, metric=metric, site="pattern", layer=15, head=4)
+    q = wb.patch(local, CLEAN, CORRUPT, metric=metric, site="pattern", layer=15, head=4)
+    assert abs(float(p) - float(q)) <= 1e-4
+
+
+def test_path_patching_matches_local(models) -> None:
+    remote, local = models
+    metric = wb.logit_diff(" Paris", " Rome")
+    receivers = [wb.Cell("q", 20, head=3)]
+    a = wb.path_patch_sweep(remote, CLEAN, CORRUPT, metric=metric, receivers=receivers)
+    b = wb.path_patch_sweep(local, CLEAN, CORRUPT, metric=metric, receivers=receivers)
+    assert a.values.shape == (30, 9)
+    assert np.array_equal(np.isnan(a.values), np.isnan(b.values))
+    assert np.nanmax(np.abs(a.values - b.values)) <= 1e-4
+    senders = [wb.Cell("head", 3, head=1), wb.Cell("head", 7, head=5)]
+    x = wb.path_patch(remote, CLEAN, CORRUPT, metric=metric, senders=senders, receivers="logits")
+    y = wb.path_patch(local, CLEAN, CORRUPT, metric=metric, senders=senders, receivers="logits")
+    assert abs(float(x) - float(y)) <= 1e-4
