@@ -19,6 +19,7 @@ from .fast import allowed, first
 from .kernels import pattern_grad, slot
 from .onednn import onednn_linears
 from .replay import _SAFE_TYPES, _SITES
+from .sites import site as site_record
 from .threads import mine
 
 
@@ -33,13 +34,16 @@ def attribution(
     """
     if not allowed(model) or model.config.model_type not in _SAFE_TYPES:
         return None
-    if any(s not in _SITES and s != "pattern" for s in sites):
+    recs = [site_record(s) for s in sites]
+    if any(r.name not in _SITES and not (r.pattern or r.embed_only) for r in recs):
         return None
     hf = model.hf
     n_layers = model.n_layers
-    patterns = "pattern" in sites
+    patterns = any(r.pattern for r in recs)
     # a pattern's gradient comes from its heads' outputs and the values they read
-    hooked = list(dict.fromkeys([s for s in sites if s != "pattern"] + (["head", "v"] if patterns else [])))
+    hooked = list(
+        dict.fromkeys([r.name for r in recs if not r.pattern] + (["head", "v"] if patterns else []))
+    )
 
     def run(ids: torch.Tensor, grad: bool) -> tuple[dict[tuple[str, int], torch.Tensor], torch.Tensor]:
         acts: dict[tuple[str, int], torch.Tensor] = {}
@@ -64,7 +68,10 @@ def attribution(
             return hook
 
         try:
-            for name, j in [(x, j) for j in range(n_layers) for x in hooked]:
+            # (the embed hook comes before the one below that makes the embeddings require grad in place)
+            for name, j in [
+                (x, j) for j in range(n_layers) for x in hooked if j == 0 or not site_record(x).embed_only
+            ]:
                 ref = model.site_ref(name, j)
                 mod = model.module(ref)
                 if ref.use_input:
@@ -98,7 +105,7 @@ def attribution(
             corrupt_acts, corrupt_logits = run(corrupt_ids, grad=True)
             logits = torch.cat([clean_logits, corrupt_logits.detach()])
             value = metric(corrupt_logits, clean_logits[0].clone())[0]
-            keys = [k for k in corrupt_acts if k[0] != "pattern"]
+            keys = [k for k in corrupt_acts if not site_record(k[0]).pattern]
             grads = torch.autograd.grad(value, [corrupt_acts[k] for k in keys], allow_unused=True)
         finally:
             for p in params:
