@@ -466,9 +466,10 @@ def reference_patch(
     src_layer = layer if source_layer is None else source_layer
     act = capture(hf, c_ids, site, [src_layer])[src_layer]  # [T, width] (patterns [H, T, T])
     if site == "pattern":
-        if source_position is not None:
-            raise NotImplementedError("reference: a pattern drag")
         values = act  # the setter takes the rows it patches
+        if source_position is not None:  # the source run's row source_position, written at row `position`
+            values = act.clone()
+            values[:, position] = act[:, source_position]
     elif source_position is not None:
         values = act[source_position]  # one vector, written at `position` (or everywhere)
     elif position is not None:

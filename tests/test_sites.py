@@ -196,6 +196,34 @@ def test_patch_single_cell(family):
     assert_close(float(a), float(b), what=f"{family} cells= vs layer=")
 
 
+DRAGS = [
+    dict(site="q", layer=1, position=5, head=1, source_layer=0, source_position=3),
+    dict(site="k", layer=1, head=0, source_layer=2),
+    dict(site="v", layer=0, position=8, head=1, source_position=2),
+    dict(site="resid_mid", layer=1, position=4, source_layer=0, source_position=6),
+    dict(site="embed", layer=0, position=2, source_position=5),
+    dict(site="pattern", layer=2, position=8, head=1, source_layer=0),
+    dict(site="pattern", layer=1, position=7, head=3, source_position=4),
+]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox", "gemma2", "phi3"])
+def test_patch_drag_from_other_cell(family):
+    """source_layer= / source_position= (a drag in the view) on the new sites, fast and traced."""
+    model = tiny(family)
+    for kw in DRAGS:
+        if kw["site"] == "resid_mid" and family in PARALLEL:
+            continue
+        ref = R.reference_patch(model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric(model), **kw)
+        v = wb.patch(model, CLEAN, CORRUPT, metric=metric(), **kw)
+        with disabled():
+            traced = wb.patch(model, CLEAN, CORRUPT, metric=metric(), **kw)
+        assert_close([float(v), float(traced)], [ref["value"]] * 2, what=f"{family} drag {kw}")
+        plain = {k: x for k, x in kw.items() if not k.startswith("source_")}
+        undragged = R.reference_patch(model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric(model), **plain)
+        assert abs(ref["value"] - undragged["value"]) > 1e-6, f"{family} {kw}: the drag changed nothing"
+
+
 # =============================================================================================
 # wb.patch_sweep
 
@@ -238,7 +266,7 @@ def test_patch_sweep(family, site, by_position):
 ABLATE_CELLS = [
     ("embed", 0, 2, None),
     ("resid_mid", 1, None, None),
-    ("q", 2, 5, 1),
+    ("q", 1, 5, 1),
     ("k", 0, None, 1),
     ("v", 1, 7, 0),
     ("pattern", 1, None, 2),
@@ -487,6 +515,8 @@ def test_error_embed_above_layer_0():
     ):
         with pytest.raises(SiteError, match=r"only at layer 0.*layer=\d.*wb.Cell\('embed', 0"):
             call()
+    with pytest.raises(WorkbenchError, match=r"only layer 0 \(source_layer=1\).*source_position="):
+        wb.patch(model, CLEAN, CORRUPT, metric=metric(), site="embed", layer=0, position=2, source_layer=1)
 
 
 def test_resid_mid_on_sequential_gpt_neox():
