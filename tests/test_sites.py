@@ -582,3 +582,62 @@ def test_pattern_after_qkv_of_its_layer_on_a_fresh_model(family):
     for s in ("k", "pattern"):
         ref = R.reference_attribution_patch(hf, tok, CLEAN, CORRUPT, m, s, by_position=True)
         assert_close(est[s].values - est[s].corrupt, ref.numpy(), what=f"{family} traced attribution {s}")
+
+
+SET_ADD_CELLS = [
+    ("embed", 0, 4, None),
+    ("resid_mid", 1, None, None),
+    ("q", 1, 6, 2),
+    ("k", 0, None, 1),
+    ("v", 2, 8, 0),
+    ("pattern", 1, 8, 3),
+    ("pattern", 0, None, 1),
+]
+
+
+def _reference_set_or_add(model, cell: Cell, kind: str, t: torch.Tensor, scale: float) -> float:
+    """The reference's metric of the corrupt run with `t` set at (or scale * t added to) the cell."""
+    hf, tok = model.hf, model.tokenizer
+    x_ids = R.tokens(tok, CORRUPT)
+    site, layer, pos, head = cell.site, cell.layer, cell.position, cell.head
+    own = R.capture(hf, x_ids, site, [layer])[layer]  # the run's own activation there (pattern [H, T, T])
+    if site == "pattern":
+        rows = own[head] if pos is None else own[head, pos]
+        new = t.expand_as(rows) if kind == "set" else rows + scale * t
+        values = own.clone()
+        if pos is None:
+            values[head] = new
+        else:
+            values[head, pos] = new
+    else:
+        cols = R._cols(hf, site, head)
+        values = own.clone()
+        at = slice(None) if pos is None else pos
+        values[at, cols] = t if kind == "set" else values[at, cols] + scale * t
+    with R.hooks(hf, [(site, layer, R._setter(hf, site, pos, head, values))]):
+        return float(ref_metric(model)(R.run_logits(hf, x_ids)[:, -1])[0])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_set_and_add_vs_reference(family):
+    """Edits that set a tensor or add one (wb.Add) at the new sites, fast and traced, equal the reference."""
+    model = tiny(family)
+    c, k = pair_tokens(model, CLEAN, CORRUPT)
+    T = k.shape[1]
+    g = torch.Generator().manual_seed(7)
+    bound = metric().bind(model)
+    for site, layer, pos, head in SET_ADD_CELLS:
+        if site == "resid_mid" and family in PARALLEL:
+            continue
+        cell = Cell(site, layer, pos, head)
+        width = T if site == "pattern" else model.d_head if head is not None else model.d_model
+        shape = (width,) if pos is not None else (T, width)
+        t = torch.rand(*shape, generator=g) / T if site == "pattern" else torch.randn(*shape, generator=g)
+        for kind in ("set", "add"):
+            value = t if kind == "set" else Add(t, scale=1.5)
+            want = _reference_set_or_add(model, cell, kind, t, 1.5)
+            for fast in (True, False):
+                with contextlib.nullcontext() if fast else disabled():
+                    out = run_rows(model, c, k, [[Edit(cell, value)]], bound)
+                assert_close(float(out.values[0]), want, what=f"{family} {kind} at {cell} fast={fast}")
+            assert abs(want - float(out.base)) > 1e-5, f"{family} {kind} at {cell} changed nothing"
