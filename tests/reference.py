@@ -8,6 +8,15 @@ Sites (per block `l`):
   attn_out   what the attention sub-block adds to the residual stream
   mlp_out    what the MLP sub-block adds to the residual stream
   head       the input of the attention output projection, sliced h*d_head:(h+1)*d_head
+  embed      the token embedding module's output (layer 0 only)
+  resid_mid  the input of the norm in front of the MLP (post_attention_layernorm, gpt2 ln_2, gemma2
+             pre_feedforward_layernorm); phi and parallel-residual gpt_neox have no such stream
+  q, k, v    one head's columns of the query/key/value projection output (before rotary); k and v heads
+             are the key-value heads. Fused projections: gpt2 c_attn [q | k | v] (each n_embd wide), phi3
+             qkv_proj [H*d | kv*d | kv*d], gpt_neox query_key_value per head [q_h k_h v_h] (3*d each)
+  pattern    one head's eager attention probabilities [T_q, T_k]. A patched pattern P replaces that head's
+             slice of the output projection's input by P @ V_h, V_h the run's own value columns of the
+             head's key-value head (h // (H / kv)); the position is the query row.
 For gemma2 attn_out / mlp_out are the outputs of post_attention_layernorm / post_feedforward_layernorm;
 for gpt_neox (parallel residual) and phi the attention and MLP both read the block input.
 """
@@ -23,6 +32,9 @@ import torch
 import torch.nn.functional as F
 
 SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head")
+NEW_SITES = ("embed", "resid_mid", "q", "k", "v", "pattern")
+ALL_SITES = SITES + NEW_SITES
+HEAD_SITES = ("head", "q", "k", "v", "pattern")  # one slice per head
 
 
 @dataclass(frozen=True)
@@ -34,7 +46,15 @@ class Family:
     attn_out: str  # module whose output (or output[0]) is what attention adds to the stream
     mlp_out: str  # module whose output is what the MLP adds to the stream
     out_proj: str  # attention output projection; its input holds the per-head outputs
+    embed: str  # token embedding module, from the top model
+    # query/key/value projections, relative to a block: three separate modules (q, k, v), or one fused
+    # module whose columns are laid out as `qkv_layout` says ("split" [q | k | v] or "interleaved" per head)
+    qkv: tuple[str, ...]
+    qkv_layout: str = "separate"
+    mid_norm: str = ""  # module whose input is resid_mid ("" when attention and MLP read the same input)
 
+
+_SEPARATE = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 
 _LLAMA_LIKE = Family(
     layers="model.layers",
@@ -44,6 +64,9 @@ _LLAMA_LIKE = Family(
     attn_out="self_attn",
     mlp_out="mlp",
     out_proj="self_attn.o_proj",
+    embed="model.embed_tokens",
+    qkv=_SEPARATE,
+    mid_norm="post_attention_layernorm",
 )
 
 # Our own table: written from the transformers 5.x modeling files, independent of workbench's.
@@ -56,12 +79,28 @@ FAMILY_TABLE: dict[str, Family] = {
         attn_out="attn",
         mlp_out="mlp",
         out_proj="attn.c_proj",
+        embed="transformer.wte",
+        qkv=("attn.c_attn",),
+        qkv_layout="split",
+        mid_norm="ln_2",
     ),
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
-    "phi3": _LLAMA_LIKE,
+    "phi3": Family(
+        layers="model.layers",
+        final_norm="model.norm",
+        unembed="lm_head",
+        attn="self_attn",
+        attn_out="self_attn",
+        mlp_out="mlp",
+        out_proj="self_attn.o_proj",
+        embed="model.embed_tokens",
+        qkv=("self_attn.qkv_proj",),
+        qkv_layout="split",
+        mid_norm="post_attention_layernorm",
+    ),
     "gemma2": Family(
         layers="model.layers",
         final_norm="model.norm",
@@ -70,6 +109,9 @@ FAMILY_TABLE: dict[str, Family] = {
         attn_out="post_attention_layernorm",
         mlp_out="post_feedforward_layernorm",
         out_proj="self_attn.o_proj",
+        embed="model.embed_tokens",
+        qkv=_SEPARATE,
+        mid_norm="pre_feedforward_layernorm",
     ),
     "gpt_neox": Family(
         layers="gpt_neox.layers",
@@ -79,6 +121,10 @@ FAMILY_TABLE: dict[str, Family] = {
         attn_out="attention",
         mlp_out="mlp",
         out_proj="attention.dense",
+        embed="gpt_neox.embed_in",
+        qkv=("attention.query_key_value",),
+        qkv_layout="interleaved",
+        mid_norm="post_attention_layernorm",  # only read as resid_mid when use_parallel_residual=False
     ),
     "phi": Family(
         layers="model.layers",
@@ -88,6 +134,8 @@ FAMILY_TABLE: dict[str, Family] = {
         attn_out="self_attn",
         mlp_out="mlp",
         out_proj="self_attn.dense",
+        embed="model.embed_tokens",
+        qkv=_SEPARATE,
     ),
 }
 
@@ -127,6 +175,41 @@ def d_head(hf) -> int:
     proj = _get(blocks(hf)[0], family(hf).out_proj)
     d_in = proj.in_features if hasattr(proj, "in_features") else proj.weight.shape[0]  # Conv1D: [in, out]
     return d_in // n_heads(hf)
+
+
+def n_kv_heads(hf) -> int:
+    """Key-value heads (grouped-query attention); configs without the field have one per query head."""
+    return getattr(hf.config, "num_key_value_heads", None) or n_heads(hf)
+
+
+def n_site_heads(hf, site: str) -> int:
+    return n_kv_heads(hf) if site in ("k", "v") else n_heads(hf)
+
+
+def mid_norm(hf) -> str:
+    """Path (from a block) of the module whose input is resid_mid; KeyError for parallel blocks."""
+    path = family(hf).mid_norm
+    if not path or getattr(hf.config, "use_parallel_residual", False):
+        raise KeyError(f"{hf.config.model_type}: attention and MLP read the same input, no resid_mid")
+    return path
+
+
+def qkv_columns(hf, site: str, head: int) -> tuple[str, slice]:
+    """(projection module path from a block, columns of its output) holding head `head` of q, k or v."""
+    fam = family(hf)
+    H, KV, d = n_heads(hf), n_kv_heads(hf), d_head(hf)
+    i = "qkv".index(site)
+    if fam.qkv_layout == "separate":
+        return fam.qkv[i], slice(head * d, (head + 1) * d)
+    # split: [q (H*d) | k (kv*d) | v (kv*d)]; interleaved: view(B, T, H, 3*d), each head's [q | k | v]
+    split = fam.qkv_layout == "split"
+    start = (0, H * d, H * d + KV * d)[i] + head * d if split else head * 3 * d + i * d
+    return fam.qkv[0], slice(start, start + d)
+
+
+def kv_head_of(hf, head: int) -> int:
+    """The key-value head a query head reads (grouped-query attention)."""
+    return head // (n_heads(hf) // n_kv_heads(hf))
 
 
 def tokens(tok, prompt: str) -> torch.Tensor:
@@ -171,44 +254,89 @@ def _replace_first(x, new):
     return (new, *x[1:]) if isinstance(x, tuple) else new
 
 
+def _pre_hook(module, fn):
+    """Pre-hook calling fn(first input); a returned tensor replaces that input."""
+
+    def pre(mod, args, kwargs):
+        if args:
+            new = fn(args[0])
+            return None if new is None else ((new, *args[1:]), kwargs)
+        key = "hidden_states" if "hidden_states" in kwargs else "input"
+        new = fn(kwargs[key])
+        return None if new is None else (args, {**kwargs, key: new})
+
+    return module.register_forward_pre_hook(pre, with_kwargs=True)
+
+
+def _post_hook(module, fn):
+    """Forward hook calling fn(main output); a returned tensor replaces it."""
+
+    def post(mod, args, output):
+        new = fn(_first(output))
+        return None if new is None else _replace_first(output, new)
+
+    return module.register_forward_hook(post)
+
+
 @contextlib.contextmanager
 def site_hook(hf, site: str, layer: int, fn: Callable[[torch.Tensor], torch.Tensor | None]):
     """Call fn(activation) at (site, layer); if fn returns a tensor it replaces the activation.
 
-    The activation is [B, T, d_model] for residual/attn/mlp sites and [B, T, n_heads*d_head] for heads.
+    The activation is [B, T, d_model] for residual/attn/mlp/embed sites, [B, T, n_heads*d_head] for heads
+    and the whole projection output for q/k/v (fused projections: all of q, k and v).
+    For "pattern" fn is called as fn(x, v) at the output projection's input x, with v the value
+    projection's output of the same forward; it returns the new x (see `_pattern_setter`).
     """
-    if site not in SITES:
+    if site not in ALL_SITES:
         raise KeyError(site)
     fam = family(hf)
-    block = blocks(hf)[layer]
-    if site in ("resid_pre", "head"):
-        module = block if site == "resid_pre" else _get(block, fam.out_proj)
-
-        def pre(mod, args, kwargs):
-            if args:
-                new = fn(args[0])
-                return None if new is None else ((new, *args[1:]), kwargs)
-            key = "hidden_states" if "hidden_states" in kwargs else "input"
-            new = fn(kwargs[key])
-            return None if new is None else (args, {**kwargs, key: new})
-
-        handle = module.register_forward_pre_hook(pre, with_kwargs=True)
+    if site == "embed":
+        if layer != 0:
+            raise KeyError("embed exists only at layer 0")
+        handles = [_post_hook(_get(hf, fam.embed), fn)]
     else:
-        module = {
-            "resid_post": block,
-            "attn_out": _get(block, fam.attn_out),
-            "mlp_out": _get(block, fam.mlp_out),
-        }[site]
+        block = blocks(hf)[layer]
+        if site in ("resid_pre", "head"):
+            handles = [_pre_hook(block if site == "resid_pre" else _get(block, fam.out_proj), fn)]
+        elif site == "resid_mid":
+            # The stream itself: the MLP's norm reads the new value, and since the block's output is
+            # resid_mid + mlp_out, the same change is added to the block's output.
+            delta: dict[str, torch.Tensor] = {}
 
-        def post(mod, args, output):
-            new = fn(_first(output))
-            return None if new is None else _replace_first(output, new)
+            def at_norm(x):
+                new = fn(x)
+                if new is not None:
+                    delta["d"] = new - x
+                return new
 
-        handle = module.register_forward_hook(post)
+            def after_block(out):
+                return None if "d" not in delta else out + delta.pop("d")
+
+            handles = [_pre_hook(_get(block, mid_norm(hf)), at_norm), _post_hook(block, after_block)]
+        elif site in ("q", "k", "v"):
+            handles = [_post_hook(_get(block, qkv_columns(hf, site, 0)[0]), fn)]
+        elif site == "pattern":
+            seen: dict[str, torch.Tensor] = {}
+
+            def keep_v(x):
+                seen["v"] = x
+
+            handles = [
+                _post_hook(_get(block, qkv_columns(hf, "v", 0)[0]), keep_v),
+                _pre_hook(_get(block, fam.out_proj), lambda x: fn(x, seen["v"])),
+            ]
+        else:
+            module = {
+                "resid_post": block,
+                "attn_out": _get(block, fam.attn_out),
+                "mlp_out": _get(block, fam.mlp_out),
+            }[site]
+            handles = [_post_hook(module, fn)]
     try:
         yield
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
 
 
 @contextlib.contextmanager
@@ -233,9 +361,15 @@ def run_last_logits(hf, ids: torch.Tensor) -> torch.Tensor:
         return hf(input_ids=ids, use_cache=False).logits[:, -1].float()
 
 
+def site_layers(hf, site: str) -> list[int]:
+    return [0] if site == "embed" else list(range(n_layers(hf)))
+
+
 def capture(hf, ids: torch.Tensor, site: str, layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
-    """Activations {layer: [T, width]} of one unpatched forward (batch 1)."""
-    layers = range(n_layers(hf)) if layers is None else layers
+    """Activations {layer: [T, width]} of one unpatched forward (batch 1); patterns {layer: [H, T, T]}."""
+    layers = site_layers(hf, site) if layers is None else layers
+    if site == "pattern":
+        return {layer: p for layer, p in enumerate(_patterns(hf, ids)) if layer in layers}
     out: dict[int, torch.Tensor] = {}
 
     def grab(layer):
@@ -250,14 +384,40 @@ def capture(hf, ids: torch.Tensor, site: str, layers: Sequence[int] | None = Non
 
 
 def _cols(hf, site: str, head: int | None) -> slice:
-    if site == "head" and head is not None:
+    if head is None:
+        return slice(None)
+    if site == "head":
         dh = d_head(hf)
         return slice(head * dh, (head + 1) * dh)
+    if site in ("q", "k", "v"):
+        return qkv_columns(hf, site, head)[1]
     return slice(None)
+
+
+def _pattern_setter(hf, position, head, values: torch.Tensor):
+    """fn(x, v) for site_hook("pattern"): head `head`'s output at the query `position` (None: every query)
+    becomes P @ V_h, P the given probabilities ([H, T, T] or [T, T] per head; rows for the position) and
+    V_h this run's values of the head's key-value head."""
+    out_cols = _cols(hf, "head", head)
+    v_cols = qkv_columns(hf, "v", kv_head_of(hf, head))[1]
+
+    def fn(x, v):
+        x = x.clone()
+        p = values[head] if values.dim() == 3 else values  # [T, T]
+        vh = v[..., v_cols].to(x.dtype)  # [B, T_k, d]
+        if position is None:
+            x[:, :, out_cols] = p.to(x.dtype) @ vh
+        else:
+            x[:, position, out_cols] = p[position].to(x.dtype) @ vh
+        return x
+
+    return fn
 
 
 def _setter(hf, site, position, head, values: torch.Tensor):
     """fn that writes `values` ([T or 1, width] or broadcastable) into the activation at position/head."""
+    if site == "pattern":
+        return _pattern_setter(hf, position, head, values)
     cols = _cols(hf, site, head)
     pos = slice(None) if position is None else position
 
@@ -304,8 +464,13 @@ def reference_patch(
     """Run clean, capture (site, source_layer); run corrupt with it written at (layer, position, head)."""
     c_ids, x_ids = tokens(tok, clean), tokens(tok, corrupt)
     src_layer = layer if source_layer is None else source_layer
-    act = capture(hf, c_ids, site, [src_layer])[src_layer]  # [T, width]
-    if source_position is not None:
+    act = capture(hf, c_ids, site, [src_layer])[src_layer]  # [T, width] (patterns [H, T, T])
+    if site == "pattern":
+        values = act  # the setter takes the rows it patches
+        if source_position is not None:  # the source run's row source_position, written at row `position`
+            values = act.clone()
+            values[:, position] = act[:, source_position]
+    elif source_position is not None:
         values = act[source_position]  # one vector, written at `position` (or everywhere)
     elif position is not None:
         values = act[position]
@@ -339,39 +504,35 @@ def reference_patch_sweep(
     noise; only for speed on big models).
     """
     c_ids, x_ids = tokens(tok, clean), tokens(tok, corrupt)
-    L, T, H = n_layers(hf), x_ids.shape[1], n_heads(hf)
+    T, H = x_ids.shape[1], n_site_heads(hf, site)
     acts = capture(hf, c_ids, site, layers)
     clean_m = float(metric(_final(run_logits(hf, c_ids)))[0])
     corrupt_m = float(metric(_final(run_logits(hf, x_ids)))[0])
+    cells = sweep_cells(site, T, H, by_position)
 
-    if site != "head":
-        cells = [(p, None) for p in range(T)]
-    elif not by_position:
-        cells = [(None, h) for h in range(H)]
-    else:
-        cells = [(p, h) for p in range(T) for h in range(H)]
+    def values_at(layer, position):
+        return acts[layer] if position is None or site == "pattern" else acts[layer][position]
 
     def cell(layer, position, head):
-        values = acts[layer] if position is None else acts[layer][position]
-        with hooks(hf, [(site, layer, _setter(hf, site, position, head, values))]):
+        with hooks(hf, [(site, layer, _setter(hf, site, position, head, values_at(layer, position)))]):
             return float(metric(_final(run_logits(hf, x_ids)))[0])
 
     def layer_batched(layer):
-        setters = [_setter(hf, site, p, h, acts[layer] if p is None else acts[layer][p]) for p, h in cells]
+        setters = [_setter(hf, site, p, h, values_at(layer, p)) for p, h in cells]
 
-        def fn(x):
-            return torch.cat([s(x[i : i + 1]) for i, s in enumerate(setters)])
+        def fn(x, *v):  # pattern setters also take the value projection's output
+            return torch.cat([s(x[i : i + 1], *(t[i : i + 1] for t in v)) for i, s in enumerate(setters)])
 
         with hooks(hf, [(site, layer, fn)]):
             return metric(run_last_logits(hf, x_ids.expand(len(cells), -1))).tolist()
 
-    layers = list(range(L)) if layers is None else list(layers)  # a subset: rows in this order
+    layers = site_layers(hf, site) if layers is None else list(layers)  # a subset: rows in this order
     rows = []
     for layer in layers:
         row = layer_batched(layer) if batch else [cell(layer, p, h) for p, h in cells]
         rows.append(row)
     values = torch.tensor(rows, dtype=torch.float32)
-    if site == "head" and by_position:
+    if site in HEAD_SITES and by_position:
         values = values.reshape(len(layers), T, H)
     return {
         "values": values.numpy(),
@@ -379,6 +540,15 @@ def reference_patch_sweep(
         "corrupt": corrupt_m,
         "normalized": ((values - corrupt_m) / (clean_m - corrupt_m)).numpy(),
     }
+
+
+def sweep_cells(site: str, T: int, H: int, by_position: bool) -> list[tuple[int | None, int | None]]:
+    """(position, head) of every cell of one layer's row, in the sweep's order."""
+    if site not in HEAD_SITES:
+        return [(p, None) for p in range(T)]
+    if not by_position:
+        return [(None, h) for h in range(H)]
+    return [(p, h) for p in range(T) for h in range(H)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -392,6 +562,8 @@ def ablation_values(hf, tok, prompt: str, site: str, layer: int, method: str, re
         act = capture(hf, ids, site, [layer])[layer]
         return torch.zeros_like(act)
     if method == "mean":
+        if site == "pattern":
+            raise ValueError("a mean over positions of a pattern is not a pattern")
         if reference is None:
             return capture(hf, ids, site, [layer])[layer].mean(0)  # mean over the prompt's positions
         refs = [reference] if isinstance(reference, str) else list(reference)
@@ -437,23 +609,20 @@ def reference_ablate_sweep(
     by_position=False,
 ) -> dict:
     ids = tokens(tok, prompt)
-    L, T, H = n_layers(hf), ids.shape[1], n_heads(hf)
-    per_layer = {
-        layer: ablation_values(hf, tok, prompt, site, layer, method, reference) for layer in range(L)
-    }
+    T, H = ids.shape[1], n_site_heads(hf, site)
+    layers = site_layers(hf, site)
+    per_layer = {layer: ablation_values(hf, tok, prompt, site, layer, method, reference) for layer in layers}
 
     def cell(layer, position, head):
         with hooks(hf, [(site, layer, _setter(hf, site, position, head, per_layer[layer]))]):
             return float(metric(_final(run_logits(hf, ids)))[0])
 
-    if site != "head":
-        values = [[cell(layer, p, None) for p in range(T)] for layer in range(L)]
-    elif not by_position:
-        values = [[cell(layer, None, h) for h in range(H)] for layer in range(L)]
-    else:
-        values = [[[cell(layer, p, h) for h in range(H)] for p in range(T)] for layer in range(L)]
+    cells = sweep_cells(site, T, H, by_position)
+    values = torch.tensor([[cell(layer, p, h) for p, h in cells] for layer in layers], dtype=torch.float32)
+    if site in HEAD_SITES and by_position:
+        values = values.reshape(len(layers), T, H)
     return {
-        "values": torch.tensor(values, dtype=torch.float32).numpy(),
+        "values": values.numpy(),
         "clean": float(metric(_final(run_logits(hf, ids)))[0]),
     }
 
@@ -548,7 +717,11 @@ def eager_attention(hf):
 
 def reference_attention(hf, tok, prompt: str) -> torch.Tensor:
     """Eager attention probabilities [L, H, T, T] (GQA already expanded to the query heads)."""
-    ids = tokens(tok, prompt)
+    return _patterns(hf, tokens(tok, prompt))
+
+
+def _patterns(hf, ids: torch.Tensor) -> torch.Tensor:
+    """Eager attention probabilities [L, H, T, T] of one forward of `ids` (batch 1)."""
     fam = family(hf)
     pats: dict[int, torch.Tensor] = {}
     handles = []
@@ -576,16 +749,18 @@ def reference_attribution_patch(
 ) -> torch.Tensor:
     """(clean_act - corrupt_act) . d metric / d act, gradient taken at the corrupt run.
 
-    Summed over d_model: [L, T]. Heads: summed over d_head, [L, T, H] if by_position else summed over
-    positions too, [L, H].
+    Summed over d_model: [L, T] (embed: [1, T]). Heads (head, q, k, v): summed over each head's columns,
+    [L, T, H] if by_position else summed over positions too, [L, H] (k, v: the key-value heads).
+    Patterns: the gradient w.r.t. the eager attention probabilities themselves (autograd through the
+    softmax output), (P_clean - P_corrupt) * grad summed over keys ([L, T_q, H]) and queries ([L, H]).
     """
     c_ids, x_ids = tokens(tok, clean), tokens(tok, corrupt)
-    L = n_layers(hf)
+    layers = site_layers(hf, site)
     clean_acts = capture(hf, c_ids, site)
     acts: dict[int, torch.Tensor] = {}
 
     def keep(layer):
-        def fn(x):
+        def fn(x, *_):
             if x.requires_grad:
                 x.retain_grad()
             acts[layer] = x
@@ -593,30 +768,44 @@ def reference_attribution_patch(
 
         return fn
 
-    # make the graph reach every site even if the parameters are frozen
+    fam = family(hf)
+    # make the graph reach every site even if the parameters are frozen (registered first: the embed
+    # site's hook then sees the leaf)
     emb = hf.get_input_embeddings()
-    h_emb = emb.register_forward_hook(lambda m, a, out: out.detach().requires_grad_(True))
-    try:
-        with torch.enable_grad(), hooks(hf, [(site, layer, keep(layer)) for layer in range(L)]):
-            logits = hf(input_ids=x_ids, use_cache=False).logits.float()
-            m = metric(logits[:, -1, :]).sum()
-            m.backward()
-    finally:
-        h_emb.remove()
+    handles = [emb.register_forward_hook(lambda m, a, out: out.detach().requires_grad_(True))]
+    with contextlib.ExitStack() as stack:
+        if site == "pattern":
+            stack.enter_context(eager_attention(hf))
+            for layer in layers:
+                attn = _get(blocks(hf)[layer], fam.attn)
+                handles.append(attn.register_forward_hook(lambda m, a, out, layer=layer: keep(layer)(out[1])))
+        else:
+            stack.enter_context(hooks(hf, [(site, layer, keep(layer)) for layer in layers]))
+        try:
+            with torch.enable_grad():
+                logits = hf(input_ids=x_ids, use_cache=False).logits.float()
+                m = metric(logits[:, -1, :]).sum()
+                m.backward()
+        finally:
+            for h in handles:
+                h.remove()
     hf.zero_grad(set_to_none=True)
-    missing = [layer for layer in range(L) if acts[layer].grad is None]
+    missing = [layer for layer in layers if acts[layer].grad is None]
     if missing:
         raise RuntimeError(f"reference: no gradient reached {site} at layers {missing}")
     rows = []
-    for layer in range(L):
+    for layer in layers:
         a = acts[layer]
         g = a.grad[0].detach()
         diff = clean_acts[layer] - a[0].detach()
-        prod = diff * g  # [T, width]
-        if site == "head":
-            H = n_heads(hf)
-            prod = prod.reshape(prod.shape[0], H, -1).sum(-1)  # [T, H]
-            rows.append(prod if by_position else prod.sum(0))
+        prod = diff * g  # [T, width] (patterns [H, T_q, T_k])
+        if site == "pattern":
+            per_query = prod.sum(-1).T  # [T_q, H]
+            rows.append(per_query if by_position else per_query.sum(0))
+        elif site in HEAD_SITES:
+            n = n_site_heads(hf, site)
+            per_head = torch.stack([prod[:, _cols(hf, site, h)].sum(-1) for h in range(n)], -1)  # [T, n]
+            rows.append(per_head if by_position else per_head.sum(0))
         else:
             rows.append(prod.sum(-1))
     return torch.stack(rows).float()

@@ -215,3 +215,66 @@ def test_to_code_runs_standalone(model):
     )
     ns = run_code(v.to_code())
     assert_close(float(ns["result"]), float(v), what="embedded patch to_code")
+
+
+# ------------------------------------------------------------------------------------- issue 12's new sites
+NEW_SITE_LAYERS = [0, 14, 29]  # the reference recomputes these layers (all heads / positions each)
+
+
+@pytest.mark.parametrize("site", ["q", "k", "v", "resid_mid", "pattern", "embed"])
+def test_new_site_sweeps_vs_reference(model, ref_metric, site):
+    sweep = wb.patch_sweep(model, CLEAN, CORRUPT, metric=wb.logit_diff(TARGET, FOIL), site=site)
+    shape = {
+        "q": (30, 9),
+        "k": (30, 3),
+        "v": (30, 3),
+        "pattern": (30, 9),
+        "resid_mid": (30, 10),
+        "embed": (1, 10),
+    }
+    assert sweep.values.shape == shape[site]
+    layers = [0] if site == "embed" else NEW_SITE_LAYERS
+    ref = R.reference_patch_sweep(
+        model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric, site, batch=True, layers=layers
+    )
+    assert_close(sweep.values[layers], ref["values"], what=f"embedded {site} sweep")
+    assert abs(sweep.corrupt - ref["corrupt"]) <= ATOL and abs(sweep.clean - ref["clean"]) <= ATOL
+    assert np.abs(sweep.values[layers] - sweep.corrupt).max() > 1e-3  # the patches move the metric
+
+
+def test_new_site_cells_vs_reference(model, ref_metric):
+    """One cell each of q/k/v/pattern with a position (patch, zero/resample ablation), and q mean ablation."""
+    m = wb.logit_diff(TARGET, FOIL)
+    for site, layer, position, head in (("q", 20, LAST, 4), ("k", 5, 3, 2), ("pattern", 25, LAST, 7)):
+        kw = dict(site=site, layer=layer, position=position, head=head)
+        v = wb.patch(model, CLEAN, CORRUPT, metric=m, **kw)
+        ref = R.reference_patch(model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric, **kw)
+        assert_close(float(v), ref["value"], what=f"embedded patch {kw}")
+        assert_same_topk(v.top_ids, v.top_probs, ref["top_ids"], ref["top_probs"], what=f"embedded {kw}")
+    for site, layer, position, head, method in (
+        ("pattern", 12, None, 1, "zero"),
+        ("pattern", 27, LAST, 5, "resample"),
+        ("v", 8, None, 0, "mean"),
+        ("resid_mid", 3, 2, None, "zero"),
+    ):
+        kw = dict(site=site, layer=layer, position=position, head=head, method=method)
+        kw["reference"] = CORRUPT if method == "resample" else None
+        v = wb.ablate(model, CLEAN, metric=m, **kw)
+        ref = R.reference_ablate(model.hf, model.tokenizer, CLEAN, ref_metric, **kw)
+        assert_close(float(v), ref["value"], what=f"embedded ablate {kw}")
+
+
+def test_new_site_attribution_vs_reference(model, ref_metric):
+    """The local fast path and the traced engine (NDIF's) against the reference."""
+    from workbench.engine.fast import disabled
+
+    sites = ["embed", "q", "k", "v", "resid_mid", "pattern"]
+    m = wb.logit_diff(TARGET, FOIL)
+    fast = wb.attribution_patch(model, CLEAN, CORRUPT, metric=m, site=sites)
+    with disabled():
+        traced = wb.attribution_patch(model, CLEAN, CORRUPT, metric=m, site=sites)
+    for s in sites:
+        ref = R.reference_attribution_patch(model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric, s)
+        for est in (fast, traced):
+            assert est[s].values.shape == tuple(ref.shape)
+            assert_close(est[s].values - est[s].corrupt, ref.numpy(), what=f"embedded attribution {s}")

@@ -304,8 +304,15 @@ class Model:
         return SiteRef(rec.name, layer, block + (f".{sub}" if sub else ""), use_input, layout)
 
     def envoy(self, ref: SiteRef) -> Any:
-        """The nnsight envoy of a site's module (read it in a trace body with `kernels.read`)."""
-        return _path_index(self.nn, ref.path)
+        """The nnsight envoy of a site's module (read it in a trace body with `kernels.read`).
+
+        A pattern's envoy (the attention module) has its `.source` built here, before any trace: nnsight
+        instruments a forward on the first `.source` access, and inside a trace that is too late when the
+        module is already running (a q/k/v site of the same layer read first: OutOfOrderError)."""
+        envoy = _path_index(self.nn, ref.path)
+        if ref.pattern:
+            _ = envoy.source
+        return envoy
 
     def module(self, ref: SiteRef) -> torch.nn.Module:
         """The raw torch module of a site (for the local engines' plain hooks)."""

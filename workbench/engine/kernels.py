@@ -105,6 +105,20 @@ def site_sums(prod: torch.Tensor, layout: tuple | None, n_heads: int) -> torch.T
     return torch.nn.functional.pad(per_head, (0, n_heads - per_head.shape[-1]))
 
 
+def pattern_grad(grad_heads: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """d metric / d attention probabilities [H, T_q, T_k] of every query head, from the gradient at the heads'
+    outputs [T_q, H, d] (output = probabilities @ values) and the values [kv, T_k, d] the heads read
+    (grouped-query attention: query head h reads key-value head h // (H / kv))."""
+    n_heads, n_kv = grad_heads.shape[1], value.shape[0]
+    per_query_head = value.repeat_interleave(n_heads // n_kv, dim=0)  # [H, T_k, d]
+    return torch.einsum("qhd,hkd->hqk", grad_heads, per_query_head.to(grad_heads.dtype))
+
+
+def pattern_sums(prod: torch.Tensor) -> torch.Tensor:
+    """A [H, T_q, T_k] product summed over the keys, per query position and head: [T_q, H]."""
+    return prod.sum(-1).transpose(0, 1)
+
+
 def copy_positions(
     x: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, heads: torch.Tensor | None
 ) -> None:

@@ -140,7 +140,8 @@ def _trace_chunk(
             ref = refs[key]
             if ref.pattern:
                 call = envoys[key].source.attention_interface_1
-                edit_pattern(call.output[0], call.inputs, group, eager_fn, 0)
+                inputs = call.inputs  # before the output: nnsight serves values in forward order
+                edit_pattern(call.output[0], inputs, group, eager_fn, 0)
                 continue
             where = (ref.path, ref.use_input)
             if where not in live:

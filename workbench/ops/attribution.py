@@ -1,7 +1,9 @@
 """Attribution patching: a first-order estimate of every patch at once, (clean - corrupt) . d metric / d act.
 
 One forward pass over [clean, corrupt] and one backward pass from the corrupt row's metric give the
-estimate for every layer, position (and head) of every requested site.
+estimate for every layer, position (and head) of every requested site. A pattern's estimate sums
+(P_clean - P_corrupt) * d metric / d P over the keys, with d metric / d P = d metric / d O_h @ V_h^T
+(O_h the head's output, V_h the values it reads): per query position and head, like patch_sweep(site="pattern").
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import torch
 from .. import codegen
 from ..engine import fast_attribution
 from ..engine.batching import Progress, check_cancel
-from ..engine.kernels import read, site_sums
+from ..engine.kernels import eager_pattern, pattern_grad, pattern_sums, read, site_sums
 from ..engine.sites import SITE_TABLE
 from ..engine.sites import site as site_record
+from ..engine.traced import eager_function
 from ..errors import SiteError
 from ..model import Model
 from ..remote import job_status
@@ -31,7 +34,10 @@ _ORDER = tuple(sorted(SITE_TABLE, key=lambda name: SITE_TABLE[name].order))
 
 def _trace(model: Model, batch: torch.Tensor, sites: list[str], bound) -> tuple[dict, torch.Tensor]:
     """(clean - corrupt) * grad for every (site, layer), summed per position ([T]) or per head ([T, H],
-    zero-padded to n_heads for key-value heads), from one traced forward and backward."""
+    zero-padded to n_heads for key-value heads), from one traced forward and backward.
+
+    A pattern's gradient is read at its heads' outputs (the head site: output = probabilities @ values),
+    d metric / d P = d metric / d O_h @ V_h^T, with the probabilities and values of the attention function."""
     keys = [
         (site, layer)
         for layer in range(model.n_layers)
@@ -39,10 +45,13 @@ def _trace(model: Model, batch: torch.Tensor, sites: list[str], bound) -> tuple[
         if layer == 0 or not site_record(site).embed_only
     ]
     refs = [model.site_ref(site, layer) for site, layer in keys]
-    envoys = [model.envoy(ref) for ref in refs]
-    wheres = [(ref.path, ref.use_input) for ref in refs]
+    read_refs = [model.site_ref("head", ref.layer) if ref.pattern else ref for ref in refs]
+    envoys = [model.envoy(ref) for ref in read_refs]
+    attn_envoys = [model.envoy(ref) if ref.pattern else None for ref in refs]
+    eager_fn = eager_function(model) if any(ref.pattern for ref in refs) else None
+    wheres = [(ref.path, ref.use_input) for ref in read_refs]
     layouts = [ref.layout for ref in refs]
-    is_head = [ref.layout is not None for ref in refs]
+    is_head = [site_record(site).per_head for site, _ in keys]
     n_heads = model.n_heads
     nn = model.nn
     embed = model.embed()
@@ -54,7 +63,12 @@ def _trace(model: Model, batch: torch.Tensor, sites: list[str], bound) -> tuple[
             embedded.requires_grad_(True)
         live = {embed_where: embedded}  # a module read once (fused q|k|v, the embeddings)
         acts = []
-        for envoy, where in zip(envoys, wheres, strict=True):
+        patterns = {}  # index -> (clean - corrupt probabilities [H, T, T], corrupt values [kv, T, d])
+        for i, (envoy, where) in enumerate(zip(envoys, wheres, strict=True)):
+            if attn_envoys[i] is not None:
+                inputs = attn_envoys[i].source.attention_interface_1.inputs
+                probs = eager_pattern(inputs, eager_fn).detach()
+                patterns[i] = (probs[0] - probs[1], inputs[0][3][1].detach())
             if where not in live:
                 live[where] = read(envoy, where[1])
             acts.append(live[where])
@@ -66,7 +80,14 @@ def _trace(model: Model, batch: torch.Tensor, sites: list[str], bound) -> tuple[
         with values[1].backward():
             for i in reversed(range(len(acts))):
                 grads[i] = acts[i].grad[1]
-        sums = [site_sums(diffs[i] * grads[i], layouts[i], n_heads) for i in range(len(acts))]
+        sums = []
+        for i in range(len(acts)):
+            if i in patterns:
+                dprobs, value = patterns[i]
+                g = grads[i].view(grads[i].shape[0], n_heads, -1)  # [T, H, d]
+                sums.append(pattern_sums(dprobs * pattern_grad(g, value)))
+            else:
+                sums.append(site_sums(diffs[i] * grads[i], layouts[i], n_heads))
         empty = torch.zeros(0)
         resid_products = torch.stack(
             [p for p, h in zip(sums, is_head, strict=True) if not h] or [empty]
@@ -98,10 +119,10 @@ def attribution_patch(
     sites = [site] if isinstance(site, str) else as_list(site, "site=", example)
     for s in sites:
         model.check_site(s)
-        if site_record(s).pattern:
+        if site_record(s).pattern and eager_function(model) is None:
             raise SiteError(
-                "attribution_patch does not take site='pattern' yet: estimate the heads with site='head' "
-                "(or q/k/v), then patch the patterns that matter exactly with wb.patch_sweep(site='pattern')."
+                f"Pattern attribution recomputes the probabilities with the family's eager attention function, "
+                f"which {model.config.model_type!r} does not define: estimate the heads with site='head'."
             )
     sites = list(dict.fromkeys(sites))  # a site listed twice is computed once
     by_position = as_bool(by_position, "by_position")
@@ -113,7 +134,10 @@ def attribution_patch(
         if fast is not None:
             full, baselines = fast
             products = {
-                key: site_sums(p, model.site_ref(*key).layout, model.n_heads) for key, p in full.items()
+                key: pattern_sums(p)
+                if site_record(key[0]).pattern
+                else site_sums(p, model.site_ref(*key).layout, model.n_heads)
+                for key, p in full.items()
             }
         else:
             products, baselines = _trace(model, torch.cat([c, k]), ordered, bound)
@@ -125,9 +149,9 @@ def attribution_patch(
         per_layer = []
         for layer in range(1 if site_record(s).embed_only else model.n_layers):
             prod = products[(s, layer)].float()  # [T] or [T, n_heads] (padded)
-            layout = model.site_ref(s, layer).layout
-            if layout is not None:
-                per_head = prod[:, : layout[2]]  # [T, H] (key-value heads: n_kv_heads)
+            rec = site_record(s)
+            if rec.per_head:
+                per_head = prod[:, : model.n_kv_heads if rec.heads == "kv" else model.n_heads]  # [T, H]
                 per_layer.append(per_head if by_position else per_head.sum(0))
             else:
                 per_layer.append(prod)

@@ -137,12 +137,13 @@ def moved_source(
         if source_position is None
         else model.check_position(source_position, n_tokens, "source_position")
     )
+    if site_record(cell.site).embed_only and layer != 0:
+        raise WorkbenchError(
+            f"Site {cell.site!r} has only layer 0 (source_layer={layer}): a drag can move it across "
+            "positions only (source_position=)."
+        )
     if layer == cell.layer and position == cell.position:
         return None
-    if site_record(cell.site).embed_only:
-        raise WorkbenchError(
-            f"Site {cell.site!r} has only layer 0: a drag can move it across positions only."
-        )
     act = collect(model, source_ids, cell.site, [layer])[layer][0]
     if cell.head is not None:
         act = act[..., cell.head, :] if not site_record(cell.site).pattern else act[cell.head]
