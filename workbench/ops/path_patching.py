@@ -129,10 +129,16 @@ def check_paths(model: Model, senders: list[Cell], receivers: list[Cell] | None)
         return
     for r in receivers:
         for s in senders:
-            if s.layer == r.layer and s.head in _query_heads(model, r):
+            heads = _query_heads(model, r)
+            if s.layer == r.layer and s.head in heads:
+                shared = (
+                    f" (key-value head {r.head} is read by query heads {min(heads)}..{max(heads)})"
+                    if len(heads) > 1
+                    else ""
+                )
                 raise WorkbenchError(
-                    f"Sender {s!r} and receiver {r!r} are the same head: a head cannot be path-patched into its "
-                    "own input. Remove it from senders= or from receivers=."
+                    f"Sender {s!r} and receiver {r!r} are the same head{shared}: a head cannot be path-patched "
+                    "into its own input. Remove it from senders= or from receivers=."
                 )
     for r in receivers:
         for s in senders:
