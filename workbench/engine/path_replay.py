@@ -105,24 +105,28 @@ def _stand_in(
     original: Callable[..., Any],
     record: Callable[[], Any] | None,
     stop: bool,
+    start: int,
 ) -> Callable[..., Any]:
-    """The attention forward of block `layer` for a batch whose rows are `order` (row ids): the frozen
-    attention output per row. With `record` (the q/k/v hooks' context) the real attention also runs once,
-    for its projections; `stop` then ends the run (the highest receiver layer)."""
+    """The attention forward of block `layer` for a batch whose rows are `order` (row ids) and whose
+    positions are start..: the frozen attention output per row. With `record` (the q/k/v hooks' context) the
+    real attention also runs once, for its projections; `stop` then ends the run (the highest receiver
+    layer)."""
     position = {row: i for i, row in enumerate(order)}
     o_proj = model.module(model.site_ref("head", layer))
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         hidden = args[0] if args else kwargs["hidden_states"]
         n = hidden.shape[0]
-        out = heads.attn[layer].expand(n, -1, -1).clone()
+        out = heads.attn[layer][:, start:].expand(n, -1, -1).clone()
         if senders:
             sel = sorted({position[r] for r, _ in senders})
-            z = heads.z[layer][1:2].expand(len(sel), -1, -1, -1).clone()  # [m, T, H, d]
+            z = heads.z[layer][1:2, start:].expand(len(sel), -1, -1, -1).clone()  # [m, T - start, H, d]
             where = {p: k for k, p in enumerate(sel)}
-            clean = heads.z[layer][0]
+            clean = heads.z[layer][0, start:]
             for r, cell in senders:
-                at = slice(None) if cell.position is None else cell.position
+                if cell.position is not None and cell.position < start:
+                    continue  # a position the run does not carry (it cannot reach the last one)
+                at = slice(None) if cell.position is None else cell.position - start
                 z[where[position[r]], at, cell.head] = clean[at, cell.head]
             out[sel] = o_proj(z.reshape(len(sel), z.shape[1], -1)).to(out.dtype)
         if record is not None:
@@ -145,8 +149,12 @@ def frozen(
     cancel: threading.Event | None = None,
 ) -> torch.Tensor | list[list[torch.Tensor]]:
     """Step 1 for rows of senders (each row: its sender cells): last-position logits [n, V] when `inputs`
-    is None (receivers = logits), else each row's recorded value of every q/k/v input cell ([T, d] or [d])."""
+    is None (receivers = logits), else each row's recorded value of every q/k/v input cell ([T, d] or [d]).
+
+    With every head frozen no information moves between positions (norms and MLPs act per position), so
+    for the logits only the last position is carried through the blocks."""
     n_layers = model.n_layers
+    start = base_ids.shape[1] - 1 if inputs is None else 0
     kwargs = _probe(model, base, base_ids, 0)
     cache = _ReplayCache(base, 0)
     blocks = _get_path(model.hf, model.arch.layers)
@@ -165,7 +173,7 @@ def frozen(
             joining.append(order_all[k])
             k += 1
         if joining:
-            x = base.hidden[j][1:2].expand(len(joining), -1, -1).clone()
+            x = base.hidden[j][1:2, start:].expand(len(joining), -1, -1).clone()
             h = x if h is None else torch.cat([h, x])
             order += joining
         assert h is not None
@@ -173,7 +181,9 @@ def frozen(
         original = attn.forward
         wanted = [(i, c) for i, c in enumerate(inputs or ()) if c.layer == j]
         record = _recorder(model, wanted, order, recorded) if wanted else None
-        stand_in = _stand_in(model, heads, j, list(order), by_layer.get(j, []), original, record, j == top)
+        stand_in = _stand_in(
+            model, heads, j, list(order), by_layer.get(j, []), original, record, j == top, start
+        )
         args = tuple(cache if v is _CACHE else v for v in kwargs[j][0])
         kw = {key: cache if v is _CACHE else v for key, v in kwargs[j][1].items()}
         try:
