@@ -175,11 +175,14 @@ def path_patch(
 ) -> Value:
     """The metric of the corrupt run when only the paths from `senders` to `receivers` carry the clean run.
 
-    senders: `wb.Cell("head", layer, head=h)` cells (position None = every position, or one position).
-    receivers: "logits" (the final residual stream), or cells at q, k, v (a head's query, or a key-value head's
-    key/value: with grouped-query attention k/v heads index the n_kv_heads) or head (its q, k and v; with
-    grouped-query attention the k and v of its key-value head h // (n_heads / n_kv_heads), which every query
-    head of that group reads). Every receiver must be above every sender's layer.
+    senders: `wb.Cell("head", layer, head=h)` cells (position None = every position, or one position). Only
+    heads send: path patching is defined by freezing the other heads; for an MLP or residual site use
+    `wb.patch`. receivers: "logits" (the final residual stream), or cells at q, k, v (a head's query, or a
+    key-value head's key/value: with grouped-query attention k/v heads index the n_kv_heads) or head (its q, k
+    and v; with grouped-query attention the k and v of its key-value head h // (n_heads / n_kv_heads), which
+    every query head of that group reads). Every receiver must be above every sender's layer. The paths run
+    through MLPs and the residual stream, never through another head, so nothing moves between positions:
+    to the logits only a sender's output at the last position counts.
     """
     m = as_metric(metric)
     c, k = pair_tokens(model, clean, corrupt)
