@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import workbench as wb
 from tests import reference as R
 from tests.conftest import ATOL, CLEAN, CORRUPT, FOIL, TARGET, assert_close, run_code, tiny
+from tests.test_trust import EDITS, apply_edit
 from workbench.engine import fast, path_replay
 from workbench.testing import FAMILIES
 
@@ -187,6 +190,56 @@ def test_fast_path_sees_weight_edits_and_steps_aside_for_hooks(family, monkeypat
         handle.remove()
     assert spy.hits == 1, "the fast path ran with a user hook on the model"
     assert_close(float(hooked), expected, what="with a user hook (traced path)")
+
+
+@pytest.mark.parametrize("family", ("llama", "gpt2", "gpt_neox", "gemma2"))
+@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(EDITS), seed=st.integers(0, 2**16))
+def test_fast_path_equals_traced_after_model_edits(family, kind, seed):
+    """Differential: warm the caches, edit the model the ways users do (tests/test_trust.py), then the fast
+    path equals the traced path for a sweep to the logits and a path patch to a head."""
+    from workbench.testing import tiny_model
+
+    model = tiny_model(family, seed=seed % 5)
+    receivers = RECEIVERS["head"]
+    wb.path_patch_sweep(model, CLEAN, CORRUPT, metric=metric())
+    wb.path_patch(model, CLEAN, CORRUPT, metric=metric(), senders=SENDERS, receivers=receivers)
+    what = f"{family} {apply_edit(model, kind, np.random.default_rng(seed))}"
+    sweep = wb.path_patch_sweep(model, CLEAN, CORRUPT, metric=metric())
+    value = wb.path_patch(model, CLEAN, CORRUPT, metric=metric(), senders=SENDERS, receivers=receivers)
+    with fast.disabled():
+        plain_sweep = wb.path_patch_sweep(model, CLEAN, CORRUPT, metric=metric())
+        plain = wb.path_patch(model, CLEAN, CORRUPT, metric=metric(), senders=SENDERS, receivers=receivers)
+    assert_close(sweep.values, plain_sweep.values, what=what + " sweep to logits")
+    assert_close(float(value), float(plain), what=what + " head receiver")
+    assert_close([sweep.clean, sweep.corrupt], [plain.clean, plain.corrupt], what=what + " baselines")
+
+
+def test_attention_whose_output_is_not_the_projection_falls_back(monkeypatch):
+    """The stand-in assumes attention output = o_proj(head outputs); it checks that on the cached run, so a
+    wrapped attention module (here one that scales its output) sends the call to the traced path."""
+    from workbench.testing import tiny_model
+
+    model = tiny_model("llama", seed=1)
+    attn = R._get(R.blocks(model.hf)[1], "self_attn")
+    inner = attn.forward
+    attn.forward = lambda *args, **kwargs: (inner(*args, **kwargs)[0] * 1.5, None)
+    try:
+        spy = Spy(monkeypatch)
+        value = wb.path_patch(model, CLEAN, CORRUPT, metric=metric(), senders=SENDERS, receivers="logits")
+        assert spy.hits == 0, "the fast path ran on an attention module it cannot stand in for"
+        expected = R.reference_path_patch(
+            model.hf, model.tokenizer, CLEAN, CORRUPT, ref_metric(model), senders_ref(SENDERS), "logits"
+        )
+        with fast.disabled():
+            traced = wb.path_patch(
+                model, CLEAN, CORRUPT, metric=metric(), senders=SENDERS, receivers="logits"
+            )
+    finally:
+        del attn.forward
+    assert_close(float(value), float(traced), what="fallback vs traced")
+    # The reference freezes the projection's input; the wrapper scales after it, in both runs alike.
+    assert_close(float(value), expected, what="fallback vs reference")
 
 
 def test_bad_input_names_the_fix_and_leaves_the_model_usable():
