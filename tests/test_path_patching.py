@@ -242,6 +242,37 @@ def test_attention_whose_output_is_not_the_projection_falls_back(monkeypatch):
     assert_close(float(value), expected, what="fallback vs reference")
 
 
+@pytest.mark.parametrize("use_fast", [True, False])
+def test_chunks_progress_and_cancel(use_fast):
+    """Runs split into chunks give the one-chunk numbers; progress reaches 1; a cancel stops the sweep with a
+    CancelledError and the model stays usable."""
+    import contextlib
+    import threading
+
+    from workbench.engine import path_traced
+    from workbench.ops.patching import pair_tokens
+
+    model = tiny("gpt_neox")
+    c, k = pair_tokens(model, CLEAN, CORRUPT)
+    rows = [[wb.Cell("head", lyr, None, h)] for lyr in range(2) for h in range(model.n_heads)]
+    inputs = [wb.Cell("q", 2, None, 1), wb.Cell("v", 2, 4, 0)]
+    bound = metric().bind(model)
+    with contextlib.nullcontext() if use_fast else fast.disabled():
+        whole = path_traced.run(model, c, k, rows, inputs, bound)
+        seen = []
+        parts = path_traced.run(
+            model, c, k, rows, inputs, bound, chunk=3, progress=lambda f, _m: seen.append(f)
+        )
+        cancel = threading.Event()
+        cancel.set()
+        with pytest.raises(wb.CancelledError):
+            wb.path_patch_sweep(model, CLEAN, CORRUPT, metric=metric(), cancel=cancel)
+    assert_close(parts.values, whole.values, what="chunks of 3 vs one chunk")
+    assert seen and seen[-1] == 1.0 and seen == sorted(seen)
+    after = wb.path_patch_sweep(model, CLEAN, CORRUPT, metric=metric(), receivers=[wb.Cell("q", 2, head=1)])
+    assert_close(after.values[:2].reshape(-1), path_traced.run(model, c, k, rows, inputs[:1], bound).values)
+
+
 def test_bad_input_names_the_fix_and_leaves_the_model_usable():
     model = tiny("llama")  # 6 query heads, 2 key-value heads
     m = metric()
