@@ -24,6 +24,7 @@ user hooks, no grad).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -204,7 +205,6 @@ def _recorder(
     model: Model, wanted: list[tuple[int, Cell]], order: list[int], recorded: list[list[Any]]
 ) -> Callable[[], Any]:
     """A context manager factory: forward hooks that copy each wanted input cell of every row."""
-    import contextlib
 
     @contextlib.contextmanager
     def hooks():
