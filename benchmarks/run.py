@@ -52,6 +52,8 @@ OPS = [
     dict(key="attribution", name="attribution patching (3 sites x layer x pos)", kind="attribution"),
     dict(key="lens", name="logit lens (all layers x pos, top-5)", kind="lens"),
     dict(key="single", name="single-cell patch (click, warm)", kind="single"),
+    # path patching (helper "path"): every head as sender to the logits; target <= 3x the head sweep's time
+    dict(key="path", name="path patch sweep to logits (layer, head)", kind="path"),
 ]
 
 
@@ -208,6 +210,12 @@ class Bench:
             return t, peak, {"values": out.values.numpy(), "clean": out.source, "corrupt": out.base}
         if op["kind"] == "attribution":
             return timed_attribution(model, ctx, metric)
+        if op["kind"] == "path":
+            F._BASELINES.clear()  # cold, like the sweeps
+            t, peak, res = timed(
+                lambda: wb.path_patch_sweep(model, ctx["clean"], ctx["corrupt"], metric=metric)
+            )
+            return t, peak, {"values": res.values.reshape(-1)}
         if op["kind"] == "lens":
             t, peak, res = timed(lambda: wb.logit_lens(model, ctx["corrupt"], top_k=5))
             return t, peak, {"values": res.top_probs[: model.n_layers].reshape(-1)}
@@ -247,7 +255,7 @@ class Bench:
         return None
 
     def run_tl(self, op, ctx):
-        if self.tl is None:
+        if self.tl is None or op["kind"] == "path":  # no TransformerLens peer in the worker yet
             return None
         req = {
             "cmd": "op",
@@ -396,6 +404,7 @@ TARGETS = {
     "attribution": "<= 4 fwd",
     "lens": "<= 2 fwd",
     "single": "<= 1.3 fwd",
+    "path": "<= 3x the head sweep's WB s",
 }
 
 

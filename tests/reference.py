@@ -859,3 +859,171 @@ def steering_vector(hf, tok, positive: str, negative: str, layer: int, how: str 
 def kl_div(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
     lp, lq = F.log_softmax(p_logits.float(), -1), F.log_softmax(q_logits.float(), -1)
     return float((lp.exp() * (lp - lq)).sum())
+
+
+# ----------------------------------------------------------------------------------------------
+# path patching
+
+
+# Where each family computes its queries, keys and values (our own table, from the transformers 5.x
+# modeling files): three projections, or one fused module whose output holds q|k|v side by side
+# ("split": [H*d | kv*d | kv*d], GPT-2 and Phi-3) or per head ("per_head": [H, 3, d], GPT-NeoX).
+_QKV: dict[str, tuple[str, ...]] = {
+    "gpt2": ("split", "attn.c_attn"),
+    "phi3": ("split", "self_attn.qkv_proj"),
+    "gpt_neox": ("per_head", "attention.query_key_value"),
+}
+_SEPARATE = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+
+
+def n_kv_heads(hf) -> int:
+    cfg = hf.config
+    return getattr(cfg, "num_key_value_heads", None) or n_heads(hf)
+
+
+def qkv_module(hf, site: str, layer: int):
+    """The module whose output holds `site` (q, k or v) at `layer`."""
+    block = blocks(hf)[layer]
+    fused = _QKV.get(hf.config.model_type)
+    return _get(block, fused[1] if fused else _SEPARATE["qkv".index(site)])
+
+
+def qkv_heads(hf, site: str, out: torch.Tensor) -> torch.Tensor:
+    """The [B, T, n, d] view of `site` (q over query heads, k/v over key-value heads) in a module output."""
+    B, T = out.shape[:2]
+    H, kv, d = n_heads(hf), n_kv_heads(hf), d_head(hf)
+    fused = _QKV.get(hf.config.model_type)
+    i = "qkv".index(site)
+    if fused is None:
+        return out.view(B, T, -1, d)
+    if fused[0] == "per_head":
+        return out.view(B, T, H, 3 * d)[..., i * d : (i + 1) * d]
+    start = (0, H * d, H * d + kv * d)[i]
+    n = H if site == "q" else kv
+    return out[..., start : start + n * d].view(B, T, n, d)
+
+
+def receiver_inputs(hf, receivers) -> list[tuple[str, int, int | None, int]]:
+    """A receiver list of (site, layer, position, head) as q/k/v slots: a `head` receiver is its query and its
+    key-value head's key and value (with grouped-query attention, key-value head h // (H / kv))."""
+    group = n_heads(hf) // n_kv_heads(hf)
+    out = []
+    for site, layer, pos, head in receivers:
+        if site == "head":
+            cells = [
+                ("q", layer, pos, head),
+                ("k", layer, pos, head // group),
+                ("v", layer, pos, head // group),
+            ]
+        else:
+            cells = [(site, layer, pos, head)]
+        out += [c for c in cells if c not in out]
+    return out
+
+
+def _qkv_hooks(hf, cells, fn) -> list:
+    """Forward hooks calling fn(view [B, T, n, d], cell) for each q/k/v cell (several cells per module)."""
+    handles = []
+    by_module: dict[int, tuple] = {}
+    for cell in cells:
+        mod = qkv_module(hf, cell[0], cell[1])
+        by_module.setdefault(id(mod), (mod, []))[1].append(cell)
+    for mod, group in by_module.values():
+
+        def hook(_m, _a, out, group=group):
+            out = out.clone()
+            for cell in group:
+                fn(qkv_heads(hf, cell[0], out), cell)
+            return out
+
+        handles.append(mod.register_forward_hook(hook))
+    return handles
+
+
+def reference_path_patch(
+    hf, tok, clean: str, corrupt: str, metric, senders, receivers="logits", batch: bool = False
+):
+    """Path patching (Wang et al. 2022), clean into corrupt, one plain forward per step.
+
+    senders: list of (layer, position or None, head) head outputs. Step 1 runs the corrupt prompt with every
+    head output (the output projection's input) frozen at its corrupt value except the senders', which get
+    their clean value, and records the receivers' q/k/v (or, for "logits", returns that run's metric). Step 2
+    runs the corrupt prompt with only those q/k/v slices set. receivers: "logits" or (site, layer, position,
+    head) with site q, k, v (head = key-value head for k/v) or head.
+
+    batch=True takes a list of sender lists (one run each) and returns a list of metrics, running each step
+    as one batched forward (same numbers up to float noise; for the embedded model's sweeps)."""
+    rows = senders if batch else [senders]
+    n = len(rows)
+    c_ids, x_ids = tokens(tok, clean), tokens(tok, corrupt)
+    L, H, dh = n_layers(hf), n_heads(hf), d_head(hf)
+    z_clean = capture(hf, c_ids, "head")  # {layer: [T, H * d]}
+    z_corrupt = capture(hf, x_ids, "head")
+    fam = family(hf)
+
+    def freeze(layer):
+        def pre(mod, args, kwargs):
+            z = z_corrupt[layer].expand(n, -1, -1).clone().view(n, -1, H, dh)
+            src = z_clean[layer].view(-1, H, dh)
+            for i, row in enumerate(rows):
+                for s_layer, pos, head in row:
+                    if s_layer == layer:
+                        at = slice(None) if pos is None else pos
+                        z[i, at, head] = src[at, head]
+            z = z.view(n, -1, H * dh).to(args[0].dtype if args else kwargs["input"].dtype)
+            if args:
+                return (z, *args[1:]), kwargs
+            return args, {**kwargs, "input": z}
+
+        return pre
+
+    cells = [] if receivers == "logits" else receiver_inputs(hf, receivers)
+    recorded: dict[tuple, torch.Tensor] = {}
+
+    def record(view, cell):
+        _, _, pos, head = cell
+        recorded[cell] = view[:, slice(None) if pos is None else pos, head].detach().clone()
+
+    handles = [
+        _get(blocks(hf)[layer], fam.out_proj).register_forward_pre_hook(freeze(layer), with_kwargs=True)
+        for layer in range(L)
+    ]
+    handles += _qkv_hooks(hf, cells, record)
+    try:
+        frozen = run_last_logits(hf, x_ids.expand(n, -1))
+    finally:
+        for h in handles:
+            h.remove()
+    if receivers == "logits":
+        values = metric(frozen)
+    else:
+
+        def put(view, cell):
+            _, _, pos, head = cell
+            view[:, slice(None) if pos is None else pos, head] = recorded[cell].to(view.dtype)
+
+        handles = _qkv_hooks(hf, cells, put)
+        try:
+            values = metric(run_last_logits(hf, x_ids.expand(n, -1)))
+        finally:
+            for h in handles:
+                h.remove()
+    return [float(v) for v in values] if batch else float(values[0])
+
+
+def reference_path_patch_sweep(hf, tok, clean: str, corrupt: str, metric, receivers="logits", batch=False):
+    """[L, H]: every head (all positions) as the only sender in turn; NaN where the sender's layer is at or
+    above the lowest receiver's layer (no path)."""
+    L, H = n_layers(hf), n_heads(hf)
+    top = L if receivers == "logits" else min(r[1] for r in receivers)
+    out = torch.full((L, H), float("nan"))
+    senders = [(layer, None, h) for layer in range(top) for h in range(H)]
+    if batch and senders:
+        values = reference_path_patch(
+            hf, tok, clean, corrupt, metric, [[s] for s in senders], receivers, True
+        )
+    else:
+        values = [reference_path_patch(hf, tok, clean, corrupt, metric, [s], receivers) for s in senders]
+    for (layer, _, h), v in zip(senders, values, strict=True):
+        out[layer, h] = v
+    return out.numpy()

@@ -1,5 +1,6 @@
 """Workbench: look inside language models from a notebook, and act on what you see."""
 
+from .engine.edits import Cell
 from .errors import (
     CancelledError,
     ExportError,
@@ -32,6 +33,8 @@ from .ops import (
     logprob,
     patch,
     patch_sweep,
+    path_patch,
+    path_patch_sweep,
     prob,
     steer,
     steering_vector,
@@ -49,6 +52,7 @@ __all__ = [
     "Workbench",
     "AttentionResult",
     "CancelledError",
+    "Cell",
     "ExportError",
     "MessageError",
     "Intervention",
@@ -78,6 +82,8 @@ __all__ = [
     "logprob",
     "patch",
     "patch_sweep",
+    "path_patch",
+    "path_patch_sweep",
     "prob",
     "steer",
     "steering_vector",

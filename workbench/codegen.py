@@ -390,3 +390,131 @@ def attribution_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
 
 def steer_code(model: Model, o: dict[str, Any], vec: torch.Tensor) -> str:
     return _remote(model, _steer_code(model, plain(o), vec))
+
+
+# ------------------------------------------------------------------------------------------- path patching
+def _path_view(model: Model, site: str, layer: int) -> str:
+    """Code that cuts the [B, T, n, d] view of a q/k/v site out of its module tensor `x`."""
+    kind, at, n, d = model.site_ref(site, layer).layout
+    if kind == "heads":
+        return f"x[..., {at}:{at + n * d}].view(x.shape[0], x.shape[1], {n}, {d})"
+    return f"x.view(x.shape[0], x.shape[1], {n}, {3 * d})[..., {at * d}:{(at + 1) * d}]"
+
+
+def _path_reads(model: Model, inputs: list[tuple], indent: str, body: Any) -> str:
+    """Per receiver layer, in forward order: read each q/k/v module once and run `body(i, at, head)` on the
+    view of every receiver input i it holds."""
+    from .engine.sites import site as site_record
+
+    order = sorted(range(len(inputs)), key=lambda i: (inputs[i][1], site_record(inputs[i][0]).order))
+    code, seen = "", None
+    for i in order:
+        site, layer, pos, head = inputs[i]
+        ref = model.site_ref(site, layer)
+        if ref.path != seen:
+            code += f"{indent}x = model.{ref.path}.output  # read once per module (fused q|k|v too)\n"
+            seen = ref.path
+        at = ":" if pos is None else str(pos)
+        code += f"{indent}view = {_path_view(model, site, layer)}  # [B, T, heads, d]: the {site} heads\n"
+        code += body(i, at, head, indent)
+    return code
+
+
+def _path_patch_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
+    from .engine.edits import Cell
+    from .ops.path_patching import receiver_inputs
+
+    L, H, d = model.n_layers, model.n_heads, model.d_head
+    logits = o["receivers"] == "logits"
+    inputs = (
+        []
+        if logits
+        else [
+            (c.site, c.layer, c.position, c.head)
+            for c in receiver_inputs(model, [Cell(*r) for r in o["receivers"]])
+        ]
+    )
+    below = L if logits else min(r[1] for r in o["receivers"])
+    if o["op"] == "path_patch":
+        runs = lit([[(s[1], s[2], s[3]) for s in o["senders"]]])
+        low = min(s[1] for s in o["senders"])
+    else:
+        runs = f"[[(l, None, h)] for l in range({below}) for h in range(H)]  # every head below the receivers"
+        low = 0
+    top = L - 1 if logits else max(r[1] for r in inputs)  # the last layer step 1 needs
+    last = (
+        L - 1 if logits else top - 1
+    )  # heads frozen up to here (a receiver reads its inputs before its heads)
+    z_expr = "model." + model.site_ref("head", 0).path.replace(
+        f"{model.arch.layers}[0]", f"{model.arch.layers}[l]"
+    )
+    code = (
+        _load(model)
+        + f"clean, corrupt = {lit(o['clean'])}, {lit(o['corrupt'])}\n"
+        + metric.code(model)
+        + "ids = model.tokenizer([clean, corrupt], return_tensors='pt').input_ids  # same length\n"
+        f"L, H, D = {L}, {H}, {d}\n"
+        f"runs = {runs}  # per run: its sender heads (layer, position or None = all, head)\n"
+        "n = len(runs)\n"
+        "# Step 1, the frozen runs: row 0 clean, row 1 corrupt, row 2+i the corrupt prompt with every head output\n"
+        "# (the output projection's input) frozen at the corrupt row's, except run i's senders, set to the clean row's.\n"
+        "batch = torch.cat([ids[:1], ids[1:]] + [ids[1:]] * n)\n"
+        "with torch.no_grad(), model.trace(batch):\n"
+        f"    for l in range({low}, {top + 1}):\n"
+    )
+    if inputs:
+
+        def record(i: int, at: str, head: int, indent: str) -> str:
+            return f"{indent}received_{i} = view[2:, {at}, {head}].clone().save()  # {inputs[i]}\n"
+
+        by_layer: dict[int, list[tuple]] = {}
+        for x in inputs:
+            by_layer.setdefault(x[1], []).append(x)
+        for layer in sorted(by_layer):
+            subset = [x for x in inputs if x[1] == layer]
+            reads = _path_reads(
+                model,
+                subset,
+                "            ",
+                lambda i, at, h, ind, s=subset: record(inputs.index(s[i]), at, h, ind),
+            )
+            code += (
+                f"        if l == {layer}:  # record the receivers' inputs (before this layer's heads)\n"
+                + reads
+            )
+    code += (
+        f"        if l <= {last}:\n"
+        f"            z = {z_expr}.input\n"
+        "            z = z.view(z.shape[0], z.shape[1], H, D)\n"
+        "            z[2:] = z[1]\n"
+        "            for i, senders in enumerate(runs):\n"
+        "                for sl, p, h in senders:\n"
+        "                    if sl == l:\n"
+        "                        at = slice(None) if p is None else p\n"
+        "                        z[2 + i, at, h] = z[0, at, h]\n"
+        "    logits = model.output.logits[:, -1]\n"
+        "    values = metric(logits, logits[0]).save()\n"
+    )
+    if inputs:
+
+        def put(i: int, at: str, head: int, indent: str) -> str:
+            return f"{indent}view[2:, {at}, {head}] = received_{i}\n"
+
+        code += (
+            "# Step 2: the corrupt prompt again (rows 2+i), with only run i's recorded receiver inputs patched in.\n"
+            "with torch.no_grad(), model.trace(batch):\n"
+            + _path_reads(model, inputs, "    ", put)
+            + "    logits = model.output.logits[:, -1]\n"
+            "    values = metric(logits, logits[0]).save()\n"
+        )
+    if o["op"] == "path_patch":
+        return code + "result = float(values[2])  # clean = values[0], corrupt = values[1]\n"
+    return code + (
+        f"result = torch.full((L, H), float('nan'))  # senders at or above layer {below} have no path\n"
+        f"result[:{below}] = values[2:].reshape({below}, H)\n"
+        "result = result.numpy()\n"
+    )
+
+
+def path_patch_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
+    return _remote(model, _path_patch_code(model, metric, plain(o)))

@@ -10,6 +10,7 @@ from .attribution import attribution_patch
 from .lens import Intervention, logit_lens
 from .metrics import Metric, kl_to_clean, logit_diff, logprob, prob
 from .patching import patch, patch_sweep
+from .path_patching import path_patch, path_patch_sweep
 from .results import AttentionResult, LensResult, SteerResult, SweepResult, Value
 from .steering import steer, steering_vector
 
@@ -22,6 +23,8 @@ def _public(name: str, fn: Any) -> Any:
 
 patch = _public("patch", patch)
 patch_sweep = _public("patch_sweep", patch_sweep)
+path_patch = _public("path_patch", path_patch)
+path_patch_sweep = _public("path_patch_sweep", path_patch_sweep)
 ablate = _public("ablate", ablate)
 ablate_sweep = _public("ablate_sweep", ablate_sweep)
 attribution_patch = _public("attribution_patch", attribution_patch)
@@ -47,6 +50,8 @@ __all__ = [
     "logprob",
     "patch",
     "patch_sweep",
+    "path_patch",
+    "path_patch_sweep",
     "prob",
     "steer",
     "steering_vector",

@@ -1,0 +1,249 @@
+"""Path patching (Wang et al. 2022, "Interpretability in the Wild"), clean into corrupt like `wb.patch`.
+
+The effect of some heads (senders) on other heads' inputs or on the logits (receivers) through direct paths
+and MLPs only, not through other heads: (1) run the corrupt prompt with the senders' outputs set to their
+clean values and every other attention head's output frozen at its corrupt value (MLPs and norms
+recomputed), and record the receivers' inputs; (2) run the corrupt prompt again with only those receiver
+inputs patched in, and read the metric.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from .. import codegen
+from ..engine.batching import Progress
+from ..engine.edits import Cell
+from ..engine.path_traced import run
+from ..engine.sites import site as site_record
+from ..errors import SiteError, WorkbenchError
+from ..model import Model
+from ..remote import job_status
+from .metrics import as_metric
+from .patching import MetricLike, check_top_k, pair_tokens, prediction
+from .results import SweepResult, Value
+
+RECEIVER_SITES = ("q", "k", "v", "head")
+
+
+def _example(model: Model) -> str:
+    return f"wb.Cell('head', {max(model.n_layers - 2, 0)}, head=0)"
+
+
+def check_senders(model: Model, senders: Any, n_tokens: int) -> list[Cell]:
+    """The senders as checked `head` cells (position None = every position, or one position)."""
+    if isinstance(senders, Cell):
+        senders = [senders]
+    if not isinstance(senders, list | tuple | set | frozenset):
+        raise WorkbenchError(
+            f"senders= takes a list of wb.Cell('head', layer, head=h), got {type(senders).__name__}: "
+            f"e.g. senders=[{_example(model)}]."
+        )
+    if not senders:
+        raise WorkbenchError(
+            f"senders= is empty: give at least one head, e.g. senders=[{_example(model)}] (every head of a "
+            "layer: [wb.Cell('head', l, head=h) for h in range(model.n_heads)])."
+        )
+    out = []
+    for s in senders:
+        if not isinstance(s, Cell):
+            raise WorkbenchError(
+                f"senders= takes wb.Cell values, got {type(s).__name__} {s!r:.60}: e.g. {_example(model)}."
+            )
+        if s.site != "head":
+            raise SiteError(
+                f"Path patching sends from attention heads: a sender must be wb.Cell('head', layer, head=h), got "
+                f"{s!r}. For a whole attention layer list its heads, [wb.Cell('head', {s.layer}, head=h) for h "
+                "in range(model.n_heads)]; to patch an MLP or a residual site with every path open, use "
+                "wb.patch(..., cells=[...])."
+            )
+        cell = s.checked(model, n_tokens)
+        if cell not in out:
+            out.append(cell)
+    return out
+
+
+def check_receivers(model: Model, receivers: Any, n_tokens: int) -> list[Cell] | None:
+    """The receivers as checked q/k/v/head cells, or None for "logits"."""
+    if isinstance(receivers, str):
+        if receivers == "logits":
+            return None
+        raise WorkbenchError(
+            f"receivers={receivers!r}: use receivers='logits' (the final residual stream) or a list of "
+            f"q/k/v/head cells, e.g. receivers=[wb.Cell('q', {model.n_layers - 1}, head=0)]."
+        )
+    if isinstance(receivers, Cell):
+        receivers = [receivers]
+    if not isinstance(receivers, list | tuple | set | frozenset) or not receivers:
+        raise WorkbenchError(
+            "receivers= takes 'logits' or a non-empty list of wb.Cell at sites q, k, v or head, e.g. "
+            f"receivers=[wb.Cell('q', {model.n_layers - 1}, head=0)]."
+        )
+    out = []
+    for r in receivers:
+        if not isinstance(r, Cell):
+            raise WorkbenchError(
+                f"receivers= takes wb.Cell values or 'logits', got {type(r).__name__} {r!r:.60}."
+            )
+        if r.site not in RECEIVER_SITES:
+            raise SiteError(
+                f"A receiver is a head's input: wb.Cell('q' | 'k' | 'v', layer, head=h) for one of its query, "
+                f"key or value, or wb.Cell('head', layer, head=h) for all three; got {r!r}. For the effect on "
+                "the output use receivers='logits'."
+            )
+        cell = r.checked(model, n_tokens)  # k/v: key-value head indices, with a message for query indices
+        if cell not in out:
+            out.append(cell)
+    return out
+
+
+def receiver_inputs(model: Model, receivers: list[Cell]) -> list[Cell]:
+    """The q/k/v cells the receivers read: a `head` receiver is its query and (grouped-query attention) its
+    key-value head's key and value, kv head h // (n_heads / n_kv_heads)."""
+    group = model.n_heads // model.n_kv_heads
+    out: list[Cell] = []
+    for r in receivers:
+        cells = (
+            [r]
+            if r.site != "head"
+            else [Cell(s, r.layer, r.position, r.head if s == "q" else r.head // group) for s in "qkv"]
+        )
+        out += [c for c in cells if c not in out]
+    return out
+
+
+def _query_heads(model: Model, cell: Cell) -> set[int]:
+    """The query heads whose input a receiver cell is (a key/value head feeds its whole group)."""
+    if site_record(cell.site).heads == "kv":
+        group = model.n_heads // model.n_kv_heads
+        return set(range(cell.head * group, (cell.head + 1) * group))
+    return {cell.head}
+
+
+def check_paths(model: Model, senders: list[Cell], receivers: list[Cell] | None) -> None:
+    """Every sender must lie strictly below every receiver, and no head may send to itself."""
+    if receivers is None:
+        return
+    for r in receivers:
+        for s in senders:
+            heads = _query_heads(model, r)
+            if s.layer == r.layer and s.head in heads:
+                shared = (
+                    f" (key-value head {r.head} is read by query heads {min(heads)}..{max(heads)})"
+                    if len(heads) > 1
+                    else ""
+                )
+                raise WorkbenchError(
+                    f"Sender {s!r} and receiver {r!r} are the same head{shared}: a head cannot be path-patched "
+                    "into its own input. Remove it from senders= or from receivers=."
+                )
+    for r in receivers:
+        for s in senders:
+            if s.layer >= r.layer:
+                raise WorkbenchError(
+                    f"Receiver {r!r} is at or below sender {s!r} (layer {r.layer} <= {s.layer}): a head's output "
+                    "reaches only later layers. Drop the senders at layers >= "
+                    f"{min(x.layer for x in receivers)} or pick receivers above layer {max(x.layer for x in senders)}."
+                )
+
+
+def _options(op: str, clean: str, corrupt: str, metric: Any, senders: Any, receivers: Any) -> dict[str, Any]:
+    def cells(cs: list[Cell]) -> list[tuple]:
+        return [(c.site, c.layer, c.position, c.head) for c in cs]
+
+    options = dict(op=op, clean=clean, corrupt=corrupt, metric=metric.name, site="head")
+    if senders is not None:
+        options["senders"] = cells(senders)
+    options["receivers"] = "logits" if receivers is None else cells(receivers)
+    return options
+
+
+def path_patch(
+    model: Model,
+    clean: str,
+    corrupt: str,
+    *,
+    metric: MetricLike,
+    senders: Any,
+    receivers: Any = "logits",
+    top_k: int = 5,
+    progress: Progress = None,
+    cancel: threading.Event | None = None,
+) -> Value:
+    """The metric of the corrupt run when only the paths from `senders` to `receivers` carry the clean run.
+
+    senders: `wb.Cell("head", layer, head=h)` cells (position None = every position, or one position). Only
+    heads send: path patching is defined by freezing the other heads; for an MLP or residual site use
+    `wb.patch`. receivers: "logits" (the final residual stream), or cells at q, k, v (a head's query, or a
+    key-value head's key/value: with grouped-query attention k/v heads index the n_kv_heads) or head (its q, k
+    and v; with grouped-query attention the k and v of its key-value head h // (n_heads / n_kv_heads), which
+    every query head of that group reads). Every receiver must be above every sender's layer. The paths run
+    through MLPs and the residual stream, never through another head, so nothing moves between positions:
+    to the logits only a sender's output at the last position counts.
+    """
+    m = as_metric(metric)
+    c, k = pair_tokens(model, clean, corrupt)
+    n_tokens = k.shape[1]
+    sender_cells = check_senders(model, senders, n_tokens)
+    receiver_cells = check_receivers(model, receivers, n_tokens)
+    check_paths(model, sender_cells, receiver_cells)
+    top_k = check_top_k(model, top_k)
+    bound = m.bind(model)
+    inputs = None if receiver_cells is None else receiver_inputs(model, receiver_cells)
+    options = _options("path_patch", clean, corrupt, m, sender_cells, receiver_cells)
+    with model.lock, job_status(model, progress, cancel):
+        out = run(model, c, k, [sender_cells], inputs, bound, top_k=top_k, progress=progress, cancel=cancel)
+    return Value(
+        float(out.values[0]),
+        clean=out.source,
+        corrupt=out.base,
+        options=options,
+        _code=lambda: codegen.path_patch_code(model, m, options),
+        **prediction(model, out),
+    )
+
+
+def path_patch_sweep(
+    model: Model,
+    clean: str,
+    corrupt: str,
+    *,
+    metric: MetricLike,
+    receivers: Any = "logits",
+    progress: Progress = None,
+    cancel: threading.Event | None = None,
+) -> SweepResult:
+    """`path_patch` with every head (all positions) as the only sender in turn: [layer, head], batched.
+
+    Heads at or above the lowest receiver's layer have no path to it: their cells are NaN (for "logits" every
+    head has one)."""
+    m = as_metric(metric)
+    c, k = pair_tokens(model, clean, corrupt)
+    n_tokens = k.shape[1]
+    receiver_cells = check_receivers(model, receivers, n_tokens)
+    bound = m.bind(model)
+    inputs = None if receiver_cells is None else receiver_inputs(model, receiver_cells)
+    below = model.n_layers if receiver_cells is None else min(r.layer for r in receiver_cells)
+    if below == 0:
+        raise WorkbenchError(
+            f"No head lies below receivers at layer 0 ({receiver_cells[0]!r}), so the sweep would be all NaN: "
+            "pick receivers at layer 1 or above, or receivers='logits'."
+        )
+    senders = [Cell("head", layer, None, h) for layer in range(below) for h in range(model.n_heads)]
+    values = np.full((model.n_layers, model.n_heads), np.nan, dtype=np.float32)
+    options = _options("path_patch_sweep", clean, corrupt, m, None, receiver_cells)
+    with model.lock, job_status(model, progress, cancel):
+        out = run(model, c, k, [[s] for s in senders], inputs, bound, progress=progress, cancel=cancel)
+    values[:below] = out.values.float().numpy().reshape(below, model.n_heads)
+    return SweepResult(
+        values=values,
+        clean=out.source,
+        corrupt=out.base,
+        axes=("layer", "head"),
+        tokens=model.str_tokens(k),
+        options=options,
+        _code=lambda: codegen.path_patch_code(model, m, options),
+    )
