@@ -15,7 +15,10 @@ from .errors import (
 from .loading import load
 from .model import SITES, Model
 from .ops import (
+    Add,
     AttentionResult,
+    Cell,
+    Edit,
     Intervention,
     LensResult,
     Metric,
@@ -26,6 +29,7 @@ from .ops import (
     ablate_sweep,
     attention,
     attribution_patch,
+    intervene,
     kl_to_clean,
     logit_diff,
     logit_lens,
@@ -43,6 +47,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SITES",
+    "Add",
+    "Cell",
+    "Edit",
     "AttentionView",
     "LensView",
     "PatchView",
@@ -71,6 +78,7 @@ __all__ = [
     "attention",
     "attribution_patch",
     "cache",
+    "intervene",
     "kl_to_clean",
     "load",
     "logit_diff",

@@ -131,6 +131,9 @@ def _trace_chunk(
     envoys = {key: model.envoy(ref) for key, ref in refs.items()}
     fast = {key: _vectorised(group, site_record(key[2]).per_head) for key, group in steps.items()}
     eager_fn = eager_function(model) if any(ref.pattern for ref in refs.values()) else None
+    for key, ref in refs.items():
+        if ref.pattern:  # nnsight instruments a forward's source only before that forward starts: here, not
+            _ = envoys[key].source  # midway through the attention module (after its q/k/v edits)
     nn = model.nn
     # Saved values must be bound to plain names in the body: that is what comes back (also from NDIF).
     top_ids = top_probs = None
@@ -140,7 +143,8 @@ def _trace_chunk(
             ref = refs[key]
             if ref.pattern:
                 call = envoys[key].source.attention_interface_1
-                edit_pattern(call.output[0], call.inputs, group, eager_fn, 0)
+                inputs = call.inputs  # before the output: nnsight serves values in forward order
+                edit_pattern(call.output[0], inputs, group, eager_fn, 0)
                 continue
             where = (ref.path, ref.use_input)
             if where not in live:
