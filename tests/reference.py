@@ -876,11 +876,6 @@ _QKV: dict[str, tuple[str, ...]] = {
 _SEPARATE = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 
 
-def n_kv_heads(hf) -> int:
-    cfg = hf.config
-    return getattr(cfg, "num_key_value_heads", None) or n_heads(hf)
-
-
 def qkv_module(hf, site: str, layer: int):
     """The module whose output holds `site` (q, k or v) at `layer`."""
     block = blocks(hf)[layer]
@@ -1027,3 +1022,59 @@ def reference_path_patch_sweep(hf, tok, clean: str, corrupt: str, metric, receiv
     for (layer, _, h), v in zip(senders, values, strict=True):
         out[layer, h] = v
     return out.numpy()
+# joint edits
+
+
+def _joint_value(hf, tok, prompt: str, source: str | None, site: str, layer: int, position, head, how, arg):
+    """What one edit writes at its place ([T, w] or [w], w the place's width): see `reference_joint`."""
+    cols = _cols(hf, site, head)
+    pos = slice(None) if position is None else position
+    if how == "source":
+        if source is None:
+            raise ValueError("a 'source' edit needs a source prompt")
+        return capture(hf, tokens(tok, source), site, [layer])[layer][pos, cols]
+    if how == "zero":
+        return torch.zeros(())
+    if how == "mean":
+        return capture(hf, tokens(tok, prompt), site, [layer])[layer].mean(0)[cols]
+    if how == "mean_of":  # the mean over every token of the prompts `arg`
+        acts = [capture(hf, tokens(tok, r), site, [layer])[layer] for r in arg]
+        return torch.cat(acts).mean(0)[cols]
+    if how in ("set", "add"):
+        return arg.detach().float()
+    raise KeyError(how)
+
+
+def reference_joint(hf, tok, prompt: str, metric, edits, source: str | None = None, k: int = 5) -> dict:
+    """Run `prompt` once with every edit applied at the same time, one plain hook per edit.
+
+    An edit is (site, layer, position or None, head or None, how, arg): how "source" (the unedited
+    activation of the `source` prompt at the same place), "zero", "mean" (the prompt's own mean over
+    positions), "mean_of" (the mean over every token of the prompts `arg`), "set" (write the tensor `arg`)
+    or "add" (add the tensor `arg` to the live activation). Hooks on one module run in the given order.
+    """
+    ids = tokens(tok, prompt)
+    specs = []
+    for site, layer, position, head, how, arg in edits:
+        value = _joint_value(hf, tok, prompt, source, site, layer, position, head, how, arg)
+        cols = _cols(hf, site, head)
+        pos = slice(None) if position is None else position
+
+        def fn(x, value=value, cols=cols, pos=pos, add=how == "add"):
+            x = x.clone()
+            v = value.to(x.dtype)
+            x[:, pos, cols] = x[:, pos, cols] + v if add else v
+            return x
+
+        specs.append((site, layer, fn))
+    with hooks(hf, specs):
+        logits = run_logits(hf, ids)
+    base = float(metric(_final(run_logits(hf, ids)))[0])
+    out = {
+        "value": float(metric(_final(logits))[0]),
+        "clean": float(metric(_final(run_logits(hf, tokens(tok, source))))[0]) if source else base,
+        "corrupt": base,
+        "logits": _final(logits)[0],
+    }
+    out.update(_summary(_final(logits), k))
+    return out

@@ -16,7 +16,10 @@ from .errors import (
 from .loading import load
 from .model import SITES, Model
 from .ops import (
+    Add,
     AttentionResult,
+    Cell,
+    Edit,
     Intervention,
     LensResult,
     Metric,
@@ -27,6 +30,7 @@ from .ops import (
     ablate_sweep,
     attention,
     attribution_patch,
+    intervene,
     kl_to_clean,
     logit_diff,
     logit_lens,
@@ -46,6 +50,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SITES",
+    "Add",
+    "Cell",
+    "Edit",
     "AttentionView",
     "LensView",
     "PatchView",
@@ -75,6 +82,7 @@ __all__ = [
     "attention",
     "attribution_patch",
     "cache",
+    "intervene",
     "kl_to_clean",
     "load",
     "logit_diff",

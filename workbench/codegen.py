@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from .engine.sites import site as site_record
 from .model import Model
 
 
@@ -116,164 +118,418 @@ def _remote(model: Model, code: str) -> str:
     return code.replace("do_sample=False)", "do_sample=False, remote=True)")
 
 
-def _site_expr(model: Model, site: str, layer: int) -> str:
-    path = "model." + model.module_path(site, layer)
-    if site in ("resid_pre", "head"):
-        return f"{path}.input"
-    if site == "attn_out" and model.arch.attn_out == model.arch.attn:
-        return f"{path}.output[0]"
-    return f"{path}.output"
+# ------------------------------------------------------------------------------------------ sites as code
 
 
-def _index(site: str, position: int | None, head: int | None, row: str, d_head: int) -> str:
-    pos = ":" if position is None else str(position)
-    if site == "head":
-        return f"[{row}, {pos}, {head * d_head}:{(head + 1) * d_head}]"
-    return f"[{row}, {pos}]"
+@dataclass(frozen=True)
+class SiteCode:
+    """How generated code reaches one site at one layer (the layer may be a loop variable's name)."""
+
+    site: str
+    doc: str
+    module: str  # the module's expression: "model.transformer.h[1].attn.c_attn"
+    read: str  # the module tensor carrying the site (for a pattern site: the attention function call)
+    layout: tuple | None  # `SiteRef.layout`: how the site's per-head view is cut out of the module tensor
+    fused: bool  # the module tensor carries more than this site (a fused q|k|v projection)
+    pattern: bool
+
+    def view(self, var: str = "x") -> str:
+        """The site's view of the module tensor `var` [..., width]: itself, or [..., heads, d_head]."""
+        if self.layout is None:
+            return var
+        kind, at, n, d = self.layout
+        if kind == "heads":
+            cut = f"{var}[..., {at}:{at + n * d}]" if self.fused else var
+            return f"{cut}.view(*{var}.shape[:-1], {n}, {d})"
+        return f"{var}.view(*{var}.shape[:-1], {n}, {3 * d})[..., {at * d}:{(at + 1) * d}]"  # interleaved
+
+
+def site_code(model: Model, site: str, layer: int | str) -> SiteCode:
+    """Where `site` lives at `layer` in generated code, from `model.site_ref` (the module path, input or
+    output, per-head layout); `layer` may be the name of a loop variable. Every snippet goes through here."""
+    rec = site_record(site)
+    ref = model.site_ref(rec.name, 0 if isinstance(layer, str) else layer)
+    path = ref.path
+    if isinstance(layer, str) and not rec.embed_only:
+        block = f"{model.arch.layers}[0]"
+        assert path.startswith(block), path
+        path = f"{model.arch.layers}[{layer}]" + path[len(block) :]
+    module = "model." + path
+    if ref.pattern:
+        read = module + ".source.attention_interface_1"
+    elif ref.use_input:
+        read = module + ".input"
+    else:  # the attention module returns (output, weights)
+        pair = ref.path == f"{model.arch.layers}[{ref.layer}].{model.arch.attn}"
+        read = module + (".output[0]" if pair else ".output")
+    fused = bool(model.arch.qkv) and ref.path.endswith("." + model.arch.qkv)
+    return SiteCode(rec.name, rec.doc, module, read, ref.layout, fused, ref.pattern)
+
+
+_EDIT = '''
+
+def edit(x, edits, source=0, base=1):
+    """Apply edits (row, position or None = every position, head or None, kind, value) in place to a
+    site's view x [batch, tokens, (heads,) width]: 'source' copies the source row's activation at the same
+    place, 'zero' zeroes it, 'mean' writes the base row's mean over positions, 'set' writes value, 'add'
+    adds it."""
+    for row, p, h, kind, value in edits:
+        at = (row, slice(None) if p is None else p) + (() if h is None else (h,))
+        if kind == 'source':
+            x[at] = x[(source,) + at[1:]]
+        elif kind == 'zero':
+            x[at] = 0.0
+        elif kind == 'mean':
+            mean = x[base].mean(dim=0)
+            x[at] = mean if h is None else mean[h]
+        elif kind == 'set':
+            x[at] = value.to(x.dtype)
+        else:  # 'add'
+            x[at] = x[at] + value.to(x.dtype)
+
+'''
+
+_PROBABILITIES = '''
+eager = sys.modules[type({attn}._module).__module__].eager_attention_forward
+
+
+def probabilities(args, kwargs):
+    """Attention probabilities [batch, heads, queries, keys] recomputed from the inputs of a module's
+    attention function with the family's eager code (exact whatever attention runs; SDPA returns none)."""
+    module, q, k, v, mask = args[:5]
+    if mask is None:  # SDPA's causal fast path passes no mask
+        t_q, t_k = q.shape[-2], k.shape[-2]
+        mask = torch.full((t_q, t_k), float('-inf'), dtype=q.dtype).triu(t_k - t_q + 1)[None, None]
+    extra = {{name: val for name, val in kwargs.items() if name != 'is_causal'}}
+    return eager(module, q, k, v, mask, **extra)[1]
+
+'''
+
+_EDIT_PATTERN = '''
+
+def edit_pattern(call, edits, source=0):
+    """Pattern edits (row, query position or None, head, kind, value) at an attention function call: each
+    edited head's output [batch, tokens, heads, d_head] is recomputed from its new probabilities and its
+    own values."""
+    args, kwargs = call.inputs  # before the output: nnsight serves values in forward order
+    out = call.output[0]
+    probs, values = probabilities(args, kwargs), args[3]  # values [batch, kv heads, keys, d_head]
+    group = probs.shape[1] // values.shape[1]
+    for row, p, h, kind, value in edits:
+        at = (row, h) if p is None else (row, h, p)
+        if kind == 'source':
+            new = probs[(source,) + at[1:]]
+        elif kind == 'zero':
+            new = torch.zeros_like(probs[at])
+        elif kind == 'set':
+            new = value.to(probs.dtype).expand_as(probs[at])
+        else:  # 'add'
+            new = probs[at] + value.to(probs.dtype)
+        if p is None:
+            out[row, :, h] = new @ values[row, h // group]
+        else:
+            out[row, p, h] = new @ values[row, h // group]
+
+'''
+
+
+def _helpers(model: Model, sites: list[str], *, edits: bool = True) -> str:
+    """The functions a snippet's trace bodies call: `edit` (and the pattern ones when a site is a pattern)."""
+    pattern = any(site_record(s).pattern for s in sites)
+    code = _EDIT if edits else ""
+    if pattern:
+        code += "import sys\n" + _PROBABILITIES.format(attn=site_code(model, "pattern", 0).module)
+        code += _EDIT_PATTERN if edits else ""
+    return code + "\n"
+
+
+Place = tuple[str, int | str, str]  # (site, layer, the code of that place's list of edits)
+
+
+def _apply(model: Model, places: list[Place], indent: str) -> str:
+    """Trace-body lines that apply each place's edits, in the given (forward) order, reading each module
+    once (a fused q|k|v projection serves q, k and v). Attention function calls are named first: nnsight
+    instruments a module's source only before that module runs (not after its q/k/v edits)."""
+    lines, current, calls = [], None, []
+    for site, layer, edits in places:
+        sc = site_code(model, site, layer)
+        note = f"  # {sc.site} L{layer}: {sc.doc}"
+        if sc.pattern:
+            name = f"call{len(calls)}" if len(places) > 1 else "call"
+            calls.append(f"{name} = {sc.read}")
+            lines.append(f"edit_pattern({name}, {edits}){note}")
+            current = None
+            continue
+        if sc.read != current:
+            lines.append(f"x = {sc.read}")
+            current = sc.read
+        lines.append(f"edit({sc.view('x')}, {edits}){note}")
+    return "".join(f"{indent}{line}\n" for line in calls + lines)
+
+
+Lowered = tuple[
+    str, int, int | None, int | None, int, str, str
+]  # site, layer, position, head, row, kind, value
+
+
+def _places(edits: list[Lowered]) -> list[Place]:
+    """Edits grouped by (site, layer), in the model's forward order (the order nnsight meets modules)."""
+    groups: dict[tuple[int, int, str], list[str]] = {}
+    for site, layer, position, head, row, kind, value in edits:
+        key = (layer, site_record(site).order, site)
+        groups.setdefault(key, []).append(f"({row}, {lit(position)}, {lit(head)}, {kind!r}, {value})")
+    return [(site, layer, "[" + ", ".join(items) + "]") for (layer, _, site), items in sorted(groups.items())]
+
+
+def _cells(o: dict[str, Any]) -> list[tuple[str, int, int | None, int | None]]:
+    """An op's cells from its options: `cells` (several, jointly) or the single-cell fields."""
+    if o.get("cells") is not None:
+        return [tuple(c) for c in o["cells"]]  # type: ignore[misc]
+    return [(o["site"], o["layer"], o.get("position"), o.get("head"))]
+
+
+def _sweep_cells(model: Model, site: str, by_position: bool) -> str:
+    """Lines binding L, T, H, every swept cell (layer, position, head) in the grid's order, and its shape."""
+    rec = site_record(site)
+    n_layers = 1 if rec.embed_only else model.n_layers
+    heads = model.n_kv_heads if rec.heads == "kv" else model.n_heads
+    line = f"L, T, H = {n_layers}, ids.shape[1], {heads}" + (
+        "  # key-value heads" if rec.heads == "kv" else ""
+    )
+    if not rec.per_head:
+        cells, shape = "[(l, p, None) for l in range(L) for p in range(T)]", "(L, T)"
+    elif by_position:
+        cells, shape = "[(l, p, h) for l in range(L) for p in range(T) for h in range(H)]", "(L, T, H)"
+    else:
+        cells, shape = "[(l, None, h) for l in range(L) for h in range(H)]", "(L, H)"
+    return f"{line}\ncells = {cells}  # (layer, position or None = all, head or None)\nshape = {shape}\n"
+
+
+def _sweep_apply(model: Model, site: str, kind: str, value: str, indent: str) -> str:
+    """A loop over layers applying one edit per run (run i edits cells[i]) at `site`."""
+    edits = f"[(2 + i, p, h, {kind!r}, {value}) for i, (cl, p, h) in enumerate(cells) if cl == l]"
+    return f"{indent}for l in range(L):\n" + _apply(model, [(site, "l", edits)], indent + "    ")
+
+
+def _capture(model: Model, site: str, layer: int, position: int | None, head: int | None, indent: str) -> str:
+    """Trace-body lines saving the activation at one place of row 0 as `source`."""
+    sc = site_code(model, site, layer)
+    if sc.pattern:
+        at = ", ".join(str(i) for i in (0, head) + (() if position is None else (position,)))
+        return (
+            f"{indent}args, kwargs = {sc.read}.inputs\n"
+            f"{indent}source = probabilities(args, kwargs)[{at}].clone().save()  # {site} L{layer}\n"
+        )
+    at = ", ".join(["0", ":" if position is None else str(position)] + ([] if head is None else [str(head)]))
+    return f"{indent}x = {sc.read}\n{indent}source = {sc.view('x')}[{at}].clone().save()  # {site} L{layer}\n"
+
+
+_METRIC_LINES = "    logits = model.output.logits[:, -1]\n    values = metric(logits, logits[0]).save()\n"
+
+
+# ------------------------------------------------------------------------------------------ the ops
 
 
 def _patch_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
-    src_layer = o["source_layer"] if o["source_layer"] is not None else o["layer"]
-    src_pos = o["source_position"] if o["source_position"] is not None else o["position"]
-    dst = _site_expr(model, o["site"], o["layer"]) + _index(
-        o["site"], o["position"], o["head"], "1", model.d_head
-    )
-    src_expr = _site_expr(model, o["site"], src_layer)
-    src = src_expr + _index(o["site"], src_pos, o["head"], "0", model.d_head)
+    cells = _cells(o)
+    drag = o.get("source_layer") is not None or o.get("source_position") is not None
     body = (
         f"clean, corrupt = {lit(o['clean'])}, {lit(o['corrupt'])}\n"
         + metric.code(model)
+        + _helpers(model, [c[0] for c in cells])
         + "ids = model.tokenizer([clean, corrupt], return_tensors='pt').input_ids  # same length\n"
     )
-    if src_layer == o["layer"]:
-        body += (
-            "with torch.no_grad(), model.trace(ids):  # row 0 clean, row 1 corrupt\n"
-            f"    {dst} = {src}\n"
-            "    logits = model.output.logits[:, -1]\n"
-            "    values = metric(logits, logits[0]).save()\n"
-        )
-    else:
-        body += (
-            "with torch.no_grad(), model.trace(ids[:1]):\n"
-            f"    source = {src_expr}[0, {':' if src_pos is None else src_pos}].clone().save()\n"
-            + (
-                f"source = source[..., {o['head'] * model.d_head}:{(o['head'] + 1) * model.d_head}]\n"
-                if o["site"] == "head"
-                else ""
-            )
-            + "with torch.no_grad(), model.trace(ids):\n"
-            f"    {dst} = source\n"
-            "    logits = model.output.logits[:, -1]\n"
-            "    values = metric(logits, logits[0]).save()\n"
-        )
-    return _load(model) + body + "result = float(values[1])  # the corrupt run with the clean activation\n"
+    kind, value = "source", "None"
+    if drag:  # the clean activation comes from another layer or position of the same site
+        site, layer, position, head = cells[0]
+        src_layer = layer if o.get("source_layer") is None else o["source_layer"]
+        src_pos = position if o.get("source_position") is None else o["source_position"]
+        body += "with torch.no_grad(), model.trace(ids[:1]):  # the clean run: the activation to move\n"
+        body += _capture(model, site, src_layer, src_pos, head, "    ")
+        kind, value = "set", "source"
+    edits = [(s, layer, p, h, 2, kind, value) for s, layer, p, h in cells]
+    body += (
+        "batch = torch.cat([ids[:1], ids[1:], ids[1:]])  # row 0 clean, row 1 corrupt, row 2 patched\n"
+        "with torch.no_grad(), model.trace(batch):\n" + _apply(model, _places(edits), "    ") + _METRIC_LINES
+    )
+    what = "activation" if len(cells) == 1 else f"activations at {len(cells)} places, jointly"
+    return _load(model) + body + f"result = float(values[2])  # the corrupt run with the clean {what}\n"
 
 
 def _sweep_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
-    site, by_pos = o["site"], o["by_position"]
-    d = model.d_head
-    body = (
-        f"clean, corrupt = {lit(o['clean'])}, {lit(o['corrupt'])}\n"
+    site = o["site"]
+    return (
+        _load(model)
+        + f"clean, corrupt = {lit(o['clean'])}, {lit(o['corrupt'])}\n"
         + metric.code(model)
+        + _helpers(model, [site])
         + "ids = model.tokenizer([clean, corrupt], return_tensors='pt').input_ids\n"
-        f"L, T, H = {model.n_layers}, ids.shape[1], {model.n_heads}\n"
-    )
-    if site != "head":
-        body += "cells = [(l, p, None) for l in range(L) for p in range(T)]\nshape = (L, T)\n"
-    elif by_pos:
-        body += (
-            "cells = [(l, p, h) for l in range(L) for p in range(T) for h in range(H)]\nshape = (L, T, H)\n"
-        )
-    else:
-        body += "cells = [(l, None, h) for l in range(L) for h in range(H)]\nshape = (L, H)\n"
-    site_tmpl = _site_expr(model, site, 0).replace("[0]", "[{l}]", 1)
-    layer_expr = site_tmpl.split("[{l}]")[0] + "[l]" + site_tmpl.split("[{l}]")[1]
-    body += (
-        "# One forward pass: row 0 clean, row 1 corrupt, row 2+i the corrupt run patched at cells[i].\n"
+        + _sweep_cells(model, site, o["by_position"])
+        + "# One forward pass: row 0 clean, row 1 corrupt, row 2+i the corrupt run patched at cells[i].\n"
         "batch = torch.cat([ids[:1], ids[1:]] + [ids[1:]] * len(cells))\n"
         "with torch.no_grad(), model.trace(batch):\n"
-        "    for l in range(L):\n"
-        f"        x = {layer_expr}\n"
-        + (f"        x = x.view(x.shape[0], T, H, {d})\n" if site == "head" else "")
-        + "        for i, (cl, p, h) in enumerate(cells):\n"
-        "            if cl != l:\n"
-        "                continue\n"
-        "            index = (2 + i, slice(None) if p is None else p) + (() if h is None else (h,))\n"
-        "            x[index] = x[(0,) + index[1:]]\n"
-        "    logits = model.output.logits[:, -1]\n"
-        "    values = metric(logits, logits[0]).save()\n"
-        "result = values[2:].reshape(shape).numpy()  # clean = values[0], corrupt = values[1]\n"
+        + _sweep_apply(model, site, "source", "None", "    ")
+        + _METRIC_LINES
+        + "result = values[2:].reshape(shape).numpy()  # clean = values[0], corrupt = values[1]\n"
     )
-    return _load(model) + body
+
+
+def _reference_means(model: Model, places: list[tuple[str, int]], sweep_site: str | None) -> str:
+    """Lines binding `means`: each place's mean over every token of the reference prompts (a sweep:
+    `means[l]` for each layer of `sweep_site`)."""
+    if sweep_site is not None:
+        sc = site_code(model, sweep_site, "l")
+        collect = (
+            "        acts = []\n"
+            "        for l in range(L):\n"
+            f"            x = {sc.read}\n"
+            f"            acts.append({sc.view('x')}[0].sum(0))\n"
+            "        acts = torch.stack(acts).save()  # per layer, summed over the tokens\n"
+        )
+    else:
+        lines, current = [], None
+        for i, (site, layer) in enumerate(places):
+            sc = site_code(model, site, layer)
+            if sc.read != current:
+                lines.append(f"        x = {sc.read}\n")
+                current = sc.read
+            lines.append(
+                f"        s{i} = {sc.view('x')}[0].sum(0).save()  # {site} L{layer}, summed over the tokens\n"
+            )
+        collect = "".join(lines)
+        collect += f"    acts = [{', '.join(f's{i}' for i in range(len(places)))}]\n"
+    return (
+        "sums, count = None, 0\n"
+        "for r in references:\n"
+        "    r_ids = model.tokenizer(r, return_tensors='pt').input_ids\n"
+        "    with torch.no_grad(), model.trace(r_ids):\n"
+        + collect
+        + "    sums = acts if sums is None else [a + b for a, b in zip(sums, acts)]\n"
+        "    count += r_ids.shape[1]\n"
+        "means = [s / count for s in sums]\n"
+    )
 
 
 def _ablate_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
-    site, method = o["site"], o["method"]
+    method = o["method"]
     refs = o.get("reference")
     refs = [] if refs is None else [refs] if isinstance(refs, str) else list(refs)
-    expr = _site_expr(model, site, 0).replace(f"{model.arch.layers}[0]", f"{model.arch.layers}[l]")
-    if o["op"] == "ablate":
-        cells = f"[({lit(o['layer'])}, {lit(o['position'])}, {lit(o['head'])})]"
-        finish = "result = float(values[2])  # the ablated run; values[1] is the unablated one\n"
-    else:
-        if site != "head":
-            cells = "[(l, p, None) for l in range(L) for p in range(T)]"
-        elif o["by_position"]:
-            cells = "[(l, p, h) for l in range(L) for p in range(T) for h in range(H)]"
-        else:
-            cells = "[(l, None, h) for l in range(L) for h in range(H)]"
-        shape = "(L, T)" if site != "head" else "(L, T, H)" if o["by_position"] else "(L, H)"
-        finish = f"result = values[2:].reshape{shape}.numpy()  # values[1]: the unablated run\n"
-    view = f"            x = x.view(x.shape[0], T, H, {model.d_head})\n" if site == "head" else ""
-    return (
-        _load(model)
-        + f"prompt, method = {lit(o['prompt'])}, {lit(method)}\n"
-        + f"references = {lit(refs)}  # mean: average over these prompts' tokens; resample: copy from each\n"
+    sweep = o["op"] == "ablate_sweep"
+    cells = [] if sweep else _cells(o)
+    sites = [o["site"]] if sweep else [c[0] for c in cells]
+    body = (
+        f"prompt = {lit(o['prompt'])}\n"
+        f"references = {lit(refs)}  # mean: average over these prompts' tokens; resample: copy from each\n"
         + metric.code(model)
+        + _helpers(model, sites)
         + "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
-        f"L, T, H = {model.n_layers}, ids.shape[1], {model.n_heads}\n"
-        f"cells = {cells}  # (layer, position or None = all, head or None)\n"
+    )
+    if sweep:
+        body += _sweep_cells(model, o["site"], o["by_position"])
+    by_refs = method == "mean" and bool(refs)
+    kind, value = {"zero": ("zero", "None"), "resample": ("source", "None")}.get(method, ("mean", "None"))
+    places = list(dict.fromkeys((c[0], c[1]) for c in cells))
+    places.sort(key=lambda p: (p[1], site_record(p[0]).order))
+    if by_refs:
+        body += _reference_means(model, places, o["site"] if sweep else None)
+    if sweep:
+        if by_refs:
+            kind, value = "set", "means[l] if h is None else means[l][h]"
+        apply = _sweep_apply(model, o["site"], kind, value, "        ")
+        runs, finish = (
+            "len(cells)",
+            "result = values[2:].reshape(shape).numpy()  # values[1]: the unablated run\n",
+        )
+    else:
+        edits = []
+        for s, layer, p, h in cells:
+            v = value
+            if by_refs:
+                kind, v = "set", f"means[{places.index((s, layer))}]" + ("" if h is None else f"[{h}]")
+            edits.append((s, layer, p, h, 2, kind, v))
+        apply = _apply(model, _places(edits), "        ")
+        runs, finish = "1", "result = float(values[2])  # the ablated run; values[1] is the unablated one\n"
+    body += (
         "\n\n"
         "def run(source_ids, means=None):\n"
-        "    # One forward pass: row 0 the source, row 1 the prompt as is, row 2+i ablated at cells[i].\n"
-        "    batch = torch.cat([source_ids, ids] + [ids] * len(cells))\n"
+        "    # One forward pass: row 0 the source run, row 1 the prompt as is, rows 2.. the ablated runs.\n"
+        f"    batch = torch.cat([source_ids, ids] + [ids] * {runs})\n"
         "    with torch.no_grad(), model.trace(batch):\n"
-        "        for l in range(L):\n"
-        f"            x = {expr}\n" + view + "            for i, (cl, p, h) in enumerate(cells):\n"
-        "                if cl != l:\n"
-        "                    continue\n"
-        "                index = (2 + i, slice(None) if p is None else p) + (() if h is None else (h,))\n"
-        "                if method == 'zero':\n"
-        "                    x[index] = 0.0\n"
-        "                elif method == 'mean':\n"
-        "                    m = x[1].mean(dim=0) if means is None else means[l].view(x.shape[2:])\n"
-        "                    x[index] = m if h is None else m[h]\n"
-        "                else:  # resample: the source run's activation at the same place\n"
-        "                    x[index] = x[(0,) + index[1:]]\n"
-        "        logits = model.output.logits[:, -1]\n"
+        + apply
+        + "        logits = model.output.logits[:, -1]\n"
         "        values = metric(logits, logits[0]).save()\n"
         "    return values\n"
         "\n\n"
-        "if method == 'resample':\n"
-        "    runs = [run(model.tokenizer(r, return_tensors='pt').input_ids) for r in references]\n"
-        "    values = torch.stack(runs).mean(0)  # averaged over the reference prompts\n"
-        "elif method == 'mean' and references:\n"
-        "    sums, count = 0, 0\n"
-        "    for r in references:\n"
-        "        r_ids = model.tokenizer(r, return_tensors='pt').input_ids\n"
-        "        with torch.no_grad(), model.trace(r_ids):\n"
-        f"            acts = torch.stack([{expr}[0].sum(0) for l in range(L)]).save()\n"
-        "        sums, count = sums + acts, count + r_ids.shape[1]\n"
-        "    values = run(ids, means=sums / count)\n"
-        "else:\n"
-        "    values = run(ids)\n" + finish
     )
+    if method == "resample":
+        body += (
+            "runs = [run(model.tokenizer(r, return_tensors='pt').input_ids) for r in references]\n"
+            "values = torch.stack(runs).mean(0)  # averaged over the reference prompts\n"
+        )
+    else:
+        body += f"values = run(ids{', means' if by_refs else ''})\n"
+    return _load(model) + body + finish
+
+
+def _tensor_lines(edits: list[Any]) -> tuple[str, list[str]]:
+    """Lines binding `tensors` (the set / added values of intervene's edits) and each edit's value code."""
+    tensors, values = [], []
+    for e in edits:
+        kind = e.kind
+        if kind == "set":
+            tensors.append(e.tensor())
+            values.append(f"tensors[{len(tensors) - 1}]")
+        elif kind == "add":
+            tensors.append(type(e)(e.cell, e.value.tensor).tensor())  # the tensor as given, before its scale
+            values.append(f"{float(e.value.scale)!r} * tensors[{len(tensors) - 1}]")
+        else:
+            values.append("None")
+    if not tensors:
+        return "", values
+    items = "".join(f"    torch.tensor({lit(t.tolist())}),\n" for t in tensors)
+    return "tensors = [  # the values the edits set or add (float32)\n" + items + "]\n", values
+
+
+def _intervene_code(model: Model, metric: Any, o: dict[str, Any], edits: list[Any]) -> str:
+    tensors, values = _tensor_lines(edits)
+    source = o.get("source")
+    lowered = [
+        (e.cell.site, e.cell.layer, e.cell.position, e.cell.head, 2, e.kind, v)
+        for e, v in zip(edits, values, strict=True)
+    ]
+    body = (
+        f"prompt, source = {lit(o['prompt'])}, {lit(source)}\n"
+        + (metric.code(model) if metric is not None else "")
+        + _helpers(model, [e.cell.site for e in edits])
+        + "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
+        + (
+            "source_ids = model.tokenizer(source, return_tensors='pt').input_ids  # as long as the prompt\n"
+            if source is not None
+            else "source_ids = ids  # no source prompt: row 0 is the prompt itself\n"
+        )
+        + tensors
+        + "batch = torch.cat([source_ids, ids, ids])  # row 0 the source run, row 1 the prompt as is, row 2 edited\n"
+        "with torch.no_grad(), model.trace(batch):\n"
+        + _apply(model, _places(lowered), "    ")
+        + "    logits = model.output.logits[:, -1]\n"
+        + ("    values = metric(logits, logits[0]).save()\n" if metric is not None else "")
+        + f"    top = torch.softmax(logits[2].float(), dim=-1).topk({lit(o['top_k'])})\n"
+        "    top_ids, top_probs = top.indices.save(), top.values.save()  # the edited run's next token\n"
+    )
+    if metric is not None:
+        body += (
+            "result = float(values[2])  # the edited run; values[0] the source run, values[1] the prompt\n"
+        )
+    else:
+        body += "result = top_ids, top_probs  # no metric: the edited run's next-token top-k\n"
+    return _load(model) + body
 
 
 def _lens_code(model: Model, o: dict[str, Any]) -> str:
     norm, unembed = "model." + model.arch.final_norm, "model." + model.arch.unembed
     cap = model.logit_softcap
     soft = f"        logits = torch.tanh(logits / {cap}) * {cap}\n" if cap else ""
+    resid = site_code(model, "resid_post", "l")
     return (
         _load(model) + f"prompt = {lit(o['prompt'])}\n"
         "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
@@ -284,8 +540,8 @@ def _lens_code(model: Model, o: dict[str, Any]) -> str:
         )
         + "top_ids, top_probs = [], []\n"
         "with torch.no_grad(), model.trace(ids):\n"
-        f"    for layer in model.{model.arch.layers}:\n"
-        f"        logits = {unembed}({norm}(layer.output[0]))\n"
+        f"    for l in range({model.n_layers}):\n"
+        f"        logits = {unembed}({norm}({resid.read}[0]))  # resid_post: the block's output\n"
         + soft
         + f"        top = torch.softmax(logits, -1).topk({lit(o['top_k'])}, dim=-1)\n"
         "        top_ids.append(top.indices)\n"
@@ -296,25 +552,18 @@ def _lens_code(model: Model, o: dict[str, Any]) -> str:
 
 
 def _attention_code(model: Model, o: dict[str, Any]) -> str:
-    layers, attn = model.arch.layers, model.arch.attn
     wanted = o.get("layers")
     chosen = lit(sorted(set(wanted))) if wanted is not None else f"range({model.n_layers})"
+    call = site_code(model, "pattern", "l").read
     return (
-        _load(model) + "import sys\n"
-        f"ids = model.tokenizer({lit(o['prompt'])}, return_tensors='pt').input_ids\n"
-        "# Recompute the probabilities from the attention function's inputs with the family's eager code\n"
-        "# (exact whatever attention implementation runs; SDPA itself returns no weights).\n"
-        f"eager = sys.modules[type(model.{layers}[0].{attn}._module).__module__].eager_attention_forward\n"
+        _load(model)
+        + _helpers(model, ["pattern"], edits=False)
+        + f"ids = model.tokenizer({lit(o['prompt'])}, return_tensors='pt').input_ids\n"
         "patterns = []\n"
         "with torch.no_grad(), model.trace(ids):\n"
         f"    for l in {chosen}:\n"
-        f"        args, kwargs = model.{layers}[l].{attn}.source.attention_interface_1.inputs\n"
-        "        module, q, k, v, mask = args[:5]\n"
-        "        if mask is None:  # SDPA's causal fast path passes no mask\n"
-        "            n = q.shape[-2]\n"
-        "            mask = torch.full((n, n), float('-inf')).triu(1)[None, None]\n"
-        "        extra = {name: val for name, val in kwargs.items() if name != 'is_causal'}\n"
-        "        patterns.append(eager(module, q, k, v, mask, **extra)[1][0])\n"
+        f"        args, kwargs = {call}.inputs\n"
+        "        patterns.append(probabilities(args, kwargs)[0])\n"
         "    patterns = torch.stack(patterns).save()\n"
         "result = patterns.numpy()  # [layers, heads, query, key]\n"
     )
@@ -322,22 +571,23 @@ def _attention_code(model: Model, o: dict[str, Any]) -> str:
 
 def _attribution_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
     site = o["site"]
-    expr = _site_expr(model, site, 0).replace(f"{model.arch.layers}[0]", f"{model.arch.layers}[l]")
-    d = model.d_head
-    reduce = (
-        f"est = est.view(est.shape[0], est.shape[1], {model.n_heads}, {d}).sum(-1)"
-        + ("" if o["by_position"] else ".sum(1)")
-        if site == "head"
-        else "est = est.sum(-1)"
-    )
+    rec = site_record(site)
+    sc = site_code(model, site, "l")
+    reduce = f"est = {sc.view('est')}.sum(-1)"
+    if rec.per_head:
+        reduce += "  # per head: [L, T, heads]" + (
+            "" if o["by_position"] else "\nest = est.sum(1)  # [L, heads]"
+        )
+    else:
+        reduce += "  # [L, T]"
     return (
         _load(model)
         + f"clean, corrupt = {lit(o['clean'])}, {lit(o['corrupt'])}\n"
         + metric.code(model)
         + "ids = model.tokenizer([clean, corrupt], return_tensors='pt').input_ids\n"
-        f"L = {model.n_layers}\n"
+        f"L = {1 if rec.embed_only else model.n_layers}\n"
         "with model.trace(ids):\n"
-        f"    acts = [{expr} for l in range(L)]\n"
+        f"    acts = [{sc.read} for l in range(L)]  # {site}: {rec.doc}\n"
         "    logits = model.output.logits[:, -1]\n"
         "    values = metric(logits, logits[0])\n"
         "    base = values.detach().save()\n"
@@ -352,13 +602,14 @@ def _attribution_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
 
 
 def _steer_code(model: Model, o: dict[str, Any], vec: torch.Tensor) -> str:
+    resid = site_code(model, "resid_pre", "layer").read
     return (
         _load(model) + f"prompt, layer, scale = {lit(o['prompt'])}, {lit(o['layer'])}, {lit(o['scale'])}\n"
         f"vector = torch.tensor({lit([float(v) for v in vec.tolist()])})\n"
         "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
         f"with torch.no_grad(), model.generate(ids, max_new_tokens={lit(o['max_new_tokens'])}, do_sample=False) as tracer:\n"
         f"    for _ in tracer.iter[:{lit(o['max_new_tokens'])}]:\n"
-        f"        model.{model.arch.layers}[layer].input += scale * vector\n"
+        f"        {resid} += scale * vector\n"
         "    out = tracer.result.save()\n"
         "result = model.tokenizer.decode(out[0, ids.shape[1]:])\n"
     )
@@ -374,6 +625,10 @@ def sweep_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
 
 def ablate_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
     return _remote(model, _ablate_code(model, metric, plain(o)))
+
+
+def intervene_code(model: Model, metric: Any, o: dict[str, Any], edits: list[Any]) -> str:
+    return _remote(model, _intervene_code(model, metric, plain(o), edits))
 
 
 def lens_code(model: Model, o: dict[str, Any]) -> str:

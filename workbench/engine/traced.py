@@ -131,6 +131,9 @@ def _trace_chunk(
     envoys = {key: model.envoy(ref) for key, ref in refs.items()}
     fast = {key: _vectorised(group, site_record(key[2]).per_head) for key, group in steps.items()}
     eager_fn = eager_function(model) if any(ref.pattern for ref in refs.values()) else None
+    for key, ref in refs.items():
+        if ref.pattern:  # nnsight instruments a forward's source only before that forward starts: here, not
+            _ = envoys[key].source  # midway through the attention module (after its q/k/v edits)
     nn = model.nn
     # Saved values must be bound to plain names in the body: that is what comes back (also from NDIF).
     top_ids = top_probs = None

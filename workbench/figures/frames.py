@@ -8,7 +8,8 @@ Layouts (columns):
   layer, position, token, k (1 = most likely), pred_token, pred_id, prob.
 - AttentionResult: layer, head, query, query_token, key, key_token, value.
 - Value, what="value" (default): one row: op, site, layer, position, head, metric, value, clean,
-  corrupt, normalized; what="topk": k, token, token_id, prob.
+  corrupt, normalized (a joint op, cells= or intervene: one row per place, each with the joint run's
+  value); what="topk": k, token, token_id, prob.
 - SteerResult: run ("prompt" / "baseline" / "steered"), text, layer, scale.
 """
 
@@ -149,18 +150,22 @@ def value_frame(v, *, what: str = "value", **unknown: Any):
         )
         return _finish(df, v)
     o = v.options
+    places = o.get("cells") or [e[:4] for e in o.get("edits") or []]  # a joint op: one row per place
+    if not places:
+        places = [(o.get("site"), o.get("layer"), o.get("position"), o.get("head"))]
+    n = len(places)
     df = pd.DataFrame(
         {
-            "op": [o.get("op")],
-            "site": [o.get("site")],
-            "layer": pd.array([o.get("layer")], dtype="Int64"),
-            "position": pd.array([o.get("position")], dtype="Int64"),
-            "head": pd.array([o.get("head")], dtype="Int64"),
-            "metric": [o.get("metric")],
-            "value": [float(v)],
-            "clean": [float(v.clean)],
-            "corrupt": [float(v.corrupt)],
-            "normalized": [float(v.normalized)],
+            "op": [o.get("op")] * n,
+            "site": [p[0] for p in places],
+            "layer": pd.array([p[1] for p in places], dtype="Int64"),
+            "position": pd.array([p[2] for p in places], dtype="Int64"),
+            "head": pd.array([p[3] for p in places], dtype="Int64"),
+            "metric": [o.get("metric")] * n,
+            "value": [float(v)] * n,
+            "clean": [float(v.clean)] * n,
+            "corrupt": [float(v.corrupt)] * n,
+            "normalized": [float(v.normalized)] * n,
         }
     )
     return _finish(df, v)

@@ -15,6 +15,11 @@ STEER_OPTIONS = ["template", "title", "width", "height"]
 
 
 def _where(options: dict[str, Any]) -> str:
+    from ..ops.results import _where as joint_where
+    from ..ops.results import joint_places
+
+    if joint_places(options) is not None:  # cells= / intervene's edits: the places, compactly
+        return joint_where(options, shown=6)
     parts = []
     for key in ("layer", "position", "head"):
         if options.get(key) is not None:

@@ -2,11 +2,13 @@
 
 from typing import Any
 
+from ..engine.edits import Add, Cell, Edit
 from ..progress import with_bar
 from ..result_cache import cached
 from .ablation import ablate, ablate_sweep
 from .attention import attention
 from .attribution import attribution_patch
+from .intervention import intervene
 from .lens import Intervention, logit_lens
 from .metrics import Metric, kl_to_clean, logit_diff, logprob, prob
 from .patching import patch, patch_sweep
@@ -31,9 +33,13 @@ attribution_patch = _public("attribution_patch", attribution_patch)
 logit_lens = _public("logit_lens", logit_lens)
 attention = _public("attention", attention)
 steer = _public("steer", steer)
+intervene = _public("intervene", intervene)
 
 __all__ = [
+    "Add",
     "AttentionResult",
+    "Cell",
+    "Edit",
     "Intervention",
     "LensResult",
     "Metric",
@@ -44,6 +50,7 @@ __all__ = [
     "ablate_sweep",
     "attention",
     "attribution_patch",
+    "intervene",
     "kl_to_clean",
     "logit_diff",
     "logit_lens",

@@ -40,16 +40,39 @@ def _num(x: Any) -> str:
         return "?"
 
 
-def _where(options: dict[str, Any]) -> str:
-    """' resid_pre L10 pos 3' from an op's options (empty when there is nothing to say)."""
-    parts = [str(options["site"])] if options.get("site") else []
-    if options.get("layer") is not None:
-        parts.append(f"L{options['layer']}")
-    if options.get("head") is not None:
-        parts.append(f"H{options['head']}")
-    if options.get("position") is not None:
-        parts.append(f"pos {options['position']}")
+def cell_text(site: Any, layer: Any, position: Any = None, head: Any = None) -> str:
+    """'head L9 H3', 'mlp_out L20 pos 9': one place, compactly."""
+    parts = [str(site)] if site else []
+    if layer is not None:
+        parts.append(f"L{layer}")
+    if head is not None:
+        parts.append(f"H{head}")
+    if position is not None:
+        parts.append(f"pos {position}")
     return " ".join(parts)
+
+
+def joint_places(options: dict[str, Any]) -> list[tuple[str, ...]] | None:
+    """The places of a joint op's options as (text, kind or "") pairs: `cells` (patch/ablate cells=) or
+    `edits` (intervene); None for a single-cell op."""
+    if options.get("cells") is not None:
+        return [(cell_text(*c), "") for c in options["cells"]]
+    if options.get("edits") is not None:
+        return [(cell_text(*e[:4]), str(e[4])) for e in options["edits"]]
+    return None
+
+
+def _where(options: dict[str, Any], shown: int = 3) -> str:
+    """' resid_pre L10 pos 3' from an op's options (empty when there is nothing to say); a joint op's
+    places as '3 cells: head L9 H3, mlp_out L20 pos 9, ...'."""
+    places = joint_places(options)
+    if places is None:
+        return cell_text(
+            options.get("site"), options.get("layer"), options.get("position"), options.get("head")
+        )
+    noun = ("cell" if options.get("cells") is not None else "edit") + ("" if len(places) == 1 else "s")
+    items = [f"{text} {kind}".strip() for text, kind in places[:shown]]
+    return f"{len(places)} {noun}: " + ", ".join(items + (["..."] if len(places) > shown else []))
 
 
 def _rebuild_value(value: float, state: dict[str, Any]) -> Value:

@@ -1,0 +1,97 @@
+"""Interventions: any list of edits (from a source run, zero, mean, set, add) applied jointly to one run."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import torch
+
+from .. import codegen
+from ..engine.batching import Progress
+from ..engine.edits import Edit, checked_edits
+from ..engine.traced import run_rows
+from ..errors import TokenizationError, WorkbenchError
+from ..model import Model
+from ..remote import job_status
+from .metrics import as_metric
+from .patching import MetricLike, check_top_k, prediction
+from .results import Value
+
+
+def _no_metric(logits: torch.Tensor, clean: torch.Tensor | None = None) -> torch.Tensor:
+    """The metric of a run asked for its prediction only: NaN for every row."""
+    return torch.full((logits.shape[0],), float("nan"))
+
+
+def source_tokens(model: Model, source: str, ids: torch.Tensor) -> torch.Tensor:
+    """Token ids of the source prompt, which must be as long as the prompt (positions line up)."""
+    src = model.to_tokens(source, what="source prompt")
+    if src.shape[1] != ids.shape[1]:
+        raise TokenizationError(
+            f"The source prompt must have the same number of tokens as the prompt so positions line up, but "
+            f"source has {src.shape[1]}: {model.str_tokens(src)} and the prompt has {ids.shape[1]}: "
+            f"{model.str_tokens(ids)}. Reword one of them (e.g. a name or word of the same number of tokens)."
+        )
+    return src
+
+
+def edits_options(edits: list[Edit]) -> list[tuple[str, int, int | None, int | None, str]]:
+    """How the options record the edits: (site, layer, position, head, kind) each (tensors stay out)."""
+    return [(e.cell.site, e.cell.layer, e.cell.position, e.cell.head, e.kind) for e in edits]
+
+
+def intervene(
+    model: Model,
+    prompt: str,
+    edits: Any,
+    *,
+    metric: MetricLike | None = None,
+    source: str | None = None,
+    top_k: int = 5,
+    progress: Progress = None,
+    cancel: threading.Event | None = None,
+) -> Value:
+    """Metric of `prompt` run once with every edit of `edits=[wb.Edit(cell, value), ...]` applied jointly
+    (NaN when `metric` is None), with that run's next-token top-k (`.top_tokens`, `.top_probs`).
+
+    An edit's value is "source" (the cell's activation in the run of the `source` prompt, which must have
+    the prompt's token length), "zero", "mean" (the prompt's own mean over positions), a tensor to set
+    ([width] or [T, width]), or `wb.Add(tensor, scale=1.0)` to add (steering).
+    `.clean` is the metric of the source run when `source=` is given, else of the unedited prompt;
+    `.corrupt` is the metric of the unedited prompt (so `.normalized` reads like a patch's).
+    """
+    m = None if metric is None else as_metric(metric)
+    ids = model.to_tokens(prompt)
+    checked = checked_edits(model, edits, ids.shape[1])
+    if source is None:
+        if any(e.kind == "source" for e in checked):
+            first = next(e for e in checked if e.kind == "source")
+            raise WorkbenchError(
+                f"{first!r} copies from the source run, but no source= prompt was given: pass "
+                "source='<a prompt of the same token length>' (the run to copy from), or give the edit "
+                "another value ('zero', 'mean', a tensor, or wb.Add(tensor))."
+            )
+        src = ids
+    else:
+        src = source_tokens(model, source, ids)
+    top_k = check_top_k(model, top_k)
+    bound = m.bind(model) if m is not None else _no_metric
+    with model.lock, job_status(model, progress, cancel):
+        out = run_rows(model, src, ids, [checked], bound, top_k=top_k, progress=progress, cancel=cancel)
+    options = dict(
+        op="intervene",
+        prompt=prompt,
+        source=source,
+        metric=None if m is None else m.name,
+        edits=edits_options(checked),
+        top_k=top_k,
+    )
+    return Value(
+        float(out.values[0]),
+        clean=out.source,
+        corrupt=out.base,
+        options=options,
+        _code=lambda: codegen.intervene_code(model, m, options, checked),
+        **prediction(model, out),
+    )
