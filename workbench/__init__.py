@@ -1,6 +1,5 @@
 """Workbench: look inside language models from a notebook, and act on what you see."""
 
-from .engine.edits import Cell
 from .errors import (
     CancelledError,
     ExportError,
