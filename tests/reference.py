@@ -1022,6 +1022,8 @@ def reference_path_patch_sweep(hf, tok, clean: str, corrupt: str, metric, receiv
     for (layer, _, h), v in zip(senders, values, strict=True):
         out[layer, h] = v
     return out.numpy()
+
+
 # joint edits
 
 
