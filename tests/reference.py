@@ -8,8 +8,10 @@ Sites (per block `l`):
   attn_out   what the attention sub-block adds to the residual stream
   mlp_out    what the MLP sub-block adds to the residual stream
   head       the input of the attention output projection, sliced h*d_head:(h+1)*d_head
-For gemma2 attn_out / mlp_out are the outputs of post_attention_layernorm / post_feedforward_layernorm;
-for gpt_neox (parallel residual) and phi the attention and MLP both read the block input.
+For gemma2 and gemma3_text attn_out / mlp_out are the outputs of post_attention_layernorm /
+post_feedforward_layernorm; for gpt_neox (parallel residual) and phi the attention and MLP both read the block
+input; for granite they are the self_attn / mlp outputs, which the block multiplies by
+config.residual_multiplier before adding them (and its logits are lm_head's output / config.logits_scaling).
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ FAMILY_TABLE: dict[str, Family] = {
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,  # Qwen3Attention: q_norm / k_norm act inside self_attn, after q_proj / k_proj
+    "olmo": _LLAMA_LIKE,  # OlmoLayerNorm has no parameters; clip_qkv clamps inside self_attn
+    "granite": _LLAMA_LIKE,  # GraniteDecoderLayer: residual + self_attn(...) * residual_multiplier
     "gemma": _LLAMA_LIKE,
     "phi3": _LLAMA_LIKE,
     "gemma2": Family(
@@ -90,6 +95,8 @@ FAMILY_TABLE: dict[str, Family] = {
         out_proj="self_attn.dense",
     ),
 }
+# Gemma3DecoderLayer: Gemma-2's four norms around attention and MLP (plus q/k norms inside self_attn)
+FAMILY_TABLE["gemma3_text"] = FAMILY_TABLE["gemma2"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,6 +128,11 @@ def n_layers(hf) -> int:
 def n_heads(hf) -> int:
     cfg = hf.config
     return getattr(cfg, "num_attention_heads", None) or cfg.n_head
+
+
+def residual_multiplier(hf) -> float:
+    """What the block multiplies attn_out and mlp_out by before adding them to the stream (Granite)."""
+    return float(hf.config.residual_multiplier) if hf.config.model_type == "granite" else 1.0
 
 
 def d_head(hf) -> int:
@@ -463,10 +475,13 @@ def reference_ablate_sweep(
 
 
 def unembed(hf, resid: torch.Tensor) -> torch.Tensor:
-    """resid [..., d_model] -> logits [..., V] via the final norm, the unembedding and Gemma2's softcap."""
+    """resid [..., d_model] -> logits [..., V] via the final norm, the unembedding, Granite's logits_scaling
+    (GraniteForCausalLM.forward divides by it) and Gemma2's softcap."""
     fam = family(hf)
     with torch.no_grad():
         logits = _get(hf, fam.unembed)(_get(hf, fam.final_norm)(resid)).float()
+        if hf.config.model_type == "granite":
+            logits = logits / hf.config.logits_scaling
         cap = getattr(hf.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap

@@ -15,7 +15,7 @@ import torch
 from ..model import Model
 from .fast import allowed, first
 from .onednn import onednn_linears
-from .replay import _SAFE_TYPES, _SITES
+from .replay import _SITES
 from .threads import mine
 
 
@@ -28,7 +28,7 @@ def attribution(
     the parameters are frozen during the corrupt run (no weight gradients), and one `autograd.grad` call
     reads every site's gradient. None when the fast path does not apply (the caller traces instead).
     """
-    if not allowed(model) or model.config.model_type not in _SAFE_TYPES:
+    if not allowed(model) or model.arch.replay:
         return None
     if any(s not in _SITES or (s == "embed") for s in sites):
         return None
