@@ -54,7 +54,11 @@ def test_fast_path_applies(family):
     """Every family takes the fast path (so the checks below test it, not the fallback), unless its Arch
     entry opts out with a reason: then the traced path answers."""
     model = tiny(family)
-    assert _fast_used(model) == (not model.arch.replay), (family, model.arch.replay)
+    fast = not model.arch.replay
+    assert _fast_used(model) == fast, (family, model.arch.replay)
+    c, k = pair_tokens(model, CLEAN, CORRUPT)
+    attribution = fast_attribution.attribution(model, c, k, ["resid_pre"], metric().bind(model))
+    assert (attribution is not None) == fast, (family, model.arch.replay)
 
 
 def test_every_opt_out_says_why():
