@@ -19,6 +19,10 @@ Sites (per block `l`):
              head's key-value head (h // (H / kv)); the position is the query row.
 For gemma2 attn_out / mlp_out are the outputs of post_attention_layernorm / post_feedforward_layernorm;
 for gpt_neox (parallel residual) and phi the attention and MLP both read the block input.
+For gemma2 and gemma3_text attn_out / mlp_out are the outputs of post_attention_layernorm /
+post_feedforward_layernorm; for gpt_neox (parallel residual) and phi the attention and MLP both read the block
+input; for granite they are the self_attn / mlp outputs, which the block multiplies by
+config.residual_multiplier before adding them (and its logits are lm_head's output / config.logits_scaling).
 """
 
 from __future__ import annotations
@@ -87,6 +91,9 @@ FAMILY_TABLE: dict[str, Family] = {
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,  # Qwen3Attention: q_norm / k_norm act inside self_attn, after q_proj / k_proj
+    "olmo": _LLAMA_LIKE,  # OlmoLayerNorm has no parameters; clip_qkv clamps inside self_attn
+    "granite": _LLAMA_LIKE,  # GraniteDecoderLayer: residual + self_attn(...) * residual_multiplier
     "gemma": _LLAMA_LIKE,
     "phi3": Family(
         layers="model.layers",
@@ -138,6 +145,8 @@ FAMILY_TABLE: dict[str, Family] = {
         qkv=_SEPARATE,
     ),
 }
+# Gemma3DecoderLayer: Gemma-2's four norms around attention and MLP (plus q/k norms inside self_attn)
+FAMILY_TABLE["gemma3_text"] = FAMILY_TABLE["gemma2"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,6 +178,11 @@ def n_layers(hf) -> int:
 def n_heads(hf) -> int:
     cfg = hf.config
     return getattr(cfg, "num_attention_heads", None) or cfg.n_head
+
+
+def residual_multiplier(hf) -> float:
+    """What the block multiplies attn_out and mlp_out by before adding them to the stream (Granite)."""
+    return float(hf.config.residual_multiplier) if hf.config.model_type == "granite" else 1.0
 
 
 def d_head(hf) -> int:
@@ -632,10 +646,13 @@ def reference_ablate_sweep(
 
 
 def unembed(hf, resid: torch.Tensor) -> torch.Tensor:
-    """resid [..., d_model] -> logits [..., V] via the final norm, the unembedding and Gemma2's softcap."""
+    """resid [..., d_model] -> logits [..., V] via the final norm, the unembedding, Granite's logits_scaling
+    (GraniteForCausalLM.forward divides by it) and Gemma2's softcap."""
     fam = family(hf)
     with torch.no_grad():
         logits = _get(hf, fam.unembed)(_get(hf, fam.final_norm)(resid)).float()
+        if hf.config.model_type == "granite":
+            logits = logits / hf.config.logits_scaling
         cap = getattr(hf.config, "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap

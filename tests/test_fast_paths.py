@@ -1,4 +1,5 @@
-"""The fast paths (workbench/ops/_fast_sweep.py) give the numbers of the plain computations, on every family.
+"""The fast paths (workbench/engine: replay, fast_attribution, fast_lens) give the numbers of the plain
+computations, on every family of the architecture table (one tiny model per model_type: FAMILIES).
 
 Three-way checks: fast path vs the plain batched engine path (fast path disabled) vs the independent
 one-forward-per-cell reference (tests/reference.py). Float32, max abs diff <= 1e-4. No timing here:
@@ -6,6 +7,8 @@ speed is measured by `make bench` (benchmarks/).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ import workbench as wb
 from tests import reference as R
 from tests.conftest import ATOL, CLEAN, CORRUPT, FOIL, TARGET, assert_close, assert_same_topk, tiny
 from tests.engine_rows import Cell, fast_run, run_batch
+from workbench.architectures import ARCHITECTURES, families
 from workbench.engine import fast_attribution
 from workbench.engine import replay as F
 from workbench.ops.patching import pair_tokens, sweep_cells
@@ -34,10 +38,58 @@ def _fast_used(model) -> bool:
     return out is not None
 
 
+def test_every_family_in_the_table_has_a_tiny_model():
+    """A model_type added to the architecture table gets a tiny model, so every test below runs on it."""
+    missing = sorted(set(families()) - set(FAMILIES))
+    assert not missing, (
+        f"model_type(s) {missing} are in workbench/architectures.py but have no tiny model: add them to "
+        "FAMILIES and _config in workbench/testing.py (and to tests/reference.py's FAMILY_TABLE)"
+    )
+    unknown = sorted(set(FAMILIES) - set(families()))
+    assert not unknown, f"tiny models {unknown} have no architecture entry"
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_fast_path_applies(family):
-    """Every tested family takes the fast path (so the checks below test it, not the fallback)."""
-    assert _fast_used(tiny(family))
+    """Every family takes the fast path (so the checks below test it, not the fallback), unless its Arch
+    entry opts out with a reason: then the traced path answers."""
+    model = tiny(family)
+    fast = not model.arch.replay
+    assert _fast_used(model) == fast, (family, model.arch.replay)
+    c, k = pair_tokens(model, CLEAN, CORRUPT)
+    attribution = fast_attribution.attribution(model, c, k, ["resid_pre"], metric().bind(model))
+    assert (attribution is not None) == fast, (family, model.arch.replay)
+
+
+def test_every_opt_out_says_why():
+    """An opt-out is a sentence for the reader of architectures.py, not a flag."""
+    for arch in ARCHITECTURES:
+        assert arch.replay == "" or len(arch.replay.split()) >= 3, (arch.name, arch.replay)
+
+
+def test_opt_out_sends_every_op_to_the_traced_path():
+    """A family whose Arch entry opts out of the replay gets no replay sweep and no fast attribution (the
+    traced path answers, with its numbers); only the Arch entry decides (here: llama's with a reason)."""
+    from workbench.testing import tiny_model
+
+    model = tiny_model("llama", seed=3)
+    plain_model = tiny_model("llama", seed=3)
+    model.arch = dataclasses.replace(model.arch, replay="blocks that the replay cannot call (test)")
+    c, k = pair_tokens(model, CLEAN, CORRUPT)
+    bound = metric().bind(model)
+    assert not F.enabled_for(model, "resid_pre", "source", k.shape[1])
+    assert fast_run(model, c, k, "resid_pre", [Cell(0, 1)], bound) is None
+    assert fast_attribution.attribution(model, c, k, ["resid_pre"], bound) is None
+    assert fast_run(plain_model, c, k, "resid_pre", [Cell(0, 1)], bound) is not None  # the entry decided
+    for site in ("resid_pre", "mlp_out", "head"):
+        got = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site=site)
+        with F.disabled():
+            want = wb.patch_sweep(plain_model, CLEAN, CORRUPT, metric=metric(), site=site)
+        assert_close(got.values, want.values, ATOL, f"opted-out {site} sweep")
+    got = wb.attribution_patch(model, CLEAN, CORRUPT, metric=metric(), site="resid_pre")
+    with F.disabled():
+        want = wb.attribution_patch(plain_model, CLEAN, CORRUPT, metric=metric(), site="resid_pre")
+    assert_close(got.values, want.values, ATOL, "opted-out attribution")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -151,14 +203,46 @@ def test_attribution_fast_vs_traced(family):
         assert abs(fast[s].clean - plain[s].clean) <= ATOL
 
 
-def test_short_sliding_window_falls_back():
-    """A sliding window shorter than the prompt is not replayed: the general path answers."""
+def test_short_sliding_window_is_replayed_exactly():
+    """A sliding window shorter than the prompt (every Mistral layer here; Gemma-3's tiny model has one on
+    two of its three layers) is replayed, with the numbers of the plain path and the reference."""
     from workbench.testing import tiny_model
 
     model = tiny_model("mistral", seed=2)
     model.config.sliding_window = 4
     c, k = pair_tokens(model, CLEAN, CORRUPT)
-    assert fast_run(model, c, k, "resid_pre", [Cell(0, 1)], metric().bind(model)) is None
+    assert fast_run(model, c, k, "resid_pre", [Cell(0, 1)], metric().bind(model)) is not None
+    ref_m = R.logit_diff(model.tokenizer, TARGET, FOIL)
+    unwindowed = wb.patch_sweep(tiny_model("mistral", seed=2), CLEAN, CORRUPT, metric=metric())
+    for site, by_position in (("resid_pre", False), ("attn_out", False), ("head", True)):
+        fast = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site=site, by_position=by_position)
+        with F.disabled():
+            plain = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site=site, by_position=by_position)
+        ref = R.reference_patch_sweep(model.hf, model.tokenizer, CLEAN, CORRUPT, ref_m, site, by_position)
+        assert_close(fast.values, plain.values, ATOL, f"window 4 {site} fast vs plain")
+        assert_close(fast.values, ref["values"], ATOL, f"window 4 {site} fast vs reference")
+        if site == "resid_pre":  # the window changed the numbers (else this would test nothing)
+            assert np.abs(fast.values - unwindowed.values).max() > 1e-3
+
+
+def test_granite_scalings_are_read_when_used():
+    """Granite's residual multiplier (a block attribute) and logits scaling (a config value) are read when a
+    fast path runs, as the model's forward reads them: changed after a warm sweep, fast still equals plain."""
+    from workbench.testing import tiny_model
+
+    model = tiny_model("granite", seed=4)
+    before = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="mlp_out")
+    model.hf.model.layers[1].residual_multiplier = 0.9
+    model.hf.config.logits_scaling = 3.0
+    fast = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="mlp_out")
+    fast_lens = wb.logit_lens(model, CORRUPT, top_k=3, tokens=[TARGET])
+    with F.disabled():
+        plain = wb.patch_sweep(model, CLEAN, CORRUPT, metric=metric(), site="mlp_out")
+        plain_lens = wb.logit_lens(model, CORRUPT, top_k=3, tokens=[TARGET])
+    assert_close(fast.values, plain.values, ATOL, "granite mlp_out sweep after the change")
+    assert_close(fast_lens.top_probs, plain_lens.top_probs, ATOL, "granite lens after the change")
+    assert_close(fast_lens.prob(TARGET), plain_lens.prob(TARGET), ATOL, "granite lens prob after the change")
+    assert np.abs(fast.values - before.values).max() > 1e-3  # the change mattered
 
 
 def test_cells_share_sweep_order():

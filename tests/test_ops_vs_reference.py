@@ -64,11 +64,14 @@ def test_reference_is_self_consistent(family):
     # lens last row is HF's own next-token distribution
     lens = R.reference_logit_lens(hf, tok, CLEAN)
     assert_close(lens["probs"][-1], torch.softmax(R.run_logits(hf, ids)[0], -1), 1e-6, "lens last row")
-    # residual decomposition: resid_post = resid_pre + attn_out + mlp_out; resid_pre[l+1] = resid_post[l]
+    # residual decomposition: resid_post = resid_pre + s * (attn_out + mlp_out) (s = 1 but for Granite's
+    # residual_multiplier); resid_pre[l+1] = resid_post[l]
     pre, post = R.capture(hf, ids, "resid_pre"), R.capture(hf, ids, "resid_post")
     attn, mlp = R.capture(hf, ids, "attn_out"), R.capture(hf, ids, "mlp_out")
+    s = R.residual_multiplier(hf)
     for layer in range(L):
-        assert_close(pre[layer] + attn[layer] + mlp[layer], post[layer], 1e-5, f"decomposition L{layer}")
+        total = pre[layer] + s * (attn[layer] + mlp[layer])
+        assert_close(total, post[layer], 1e-5, f"decomposition L{layer}")
         if layer + 1 < L:
             assert_close(pre[layer + 1], post[layer], 0, f"resid_pre[{layer + 1}] == resid_post[{layer}]")
     # patching the clean activation into the clean run changes nothing, at every site

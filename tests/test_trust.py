@@ -21,9 +21,8 @@ from tests.conftest import ATOL, CLEAN, CORRUPT, FOIL, TARGET, assert_close
 from workbench.engine import fast_attribution
 from workbench.engine import replay as F
 from workbench.engine.model_key import model_key
-from workbench.testing import tiny_model
+from workbench.testing import FAMILIES, tiny_model
 
-FAMILIES = ("llama", "gpt2", "gpt_neox", "gemma2")
 EDITS = (
     "inplace",
     "data_write",
@@ -94,10 +93,18 @@ def apply_edit(model, kind: str, rng: np.random.Generator) -> str:
         norms = [
             (n, m) for n, m in model.hf.named_modules() if hasattr(m, "variance_epsilon") or hasattr(m, "eps")
         ]
-        name, norm = norms[int(rng.integers(len(norms)))]
-        attr = "variance_epsilon" if hasattr(norm, "variance_epsilon") else "eps"
-        setattr(norm, attr, 4.0)
-        name = f"{name}.{attr} = 4.0"
+        if norms:
+            name, norm = norms[int(rng.integers(len(norms)))]
+            attr = "variance_epsilon" if hasattr(norm, "variance_epsilon") else "eps"
+            setattr(norm, attr, 4.0)
+            name = f"{name}.{attr} = 4.0"
+        else:  # OLMo's norms have no settings: an attention module's score scaling instead
+            scaled = [
+                (n, m) for n, m in model.hf.named_modules() if isinstance(getattr(m, "scaling", None), float)
+            ]
+            name, attn = scaled[int(rng.integers(len(scaled)))]
+            attn.scaling *= 3.0
+            name = f"{name}.scaling *= 3"
     elif kind == "buffer":
         bufs = [(n, b) for n, b in model.hf.named_buffers() if b.is_floating_point() and b.numel() > 1]
         if not bufs:  # GPT-2 has no float buffers: edit a bias through .data instead

@@ -2,6 +2,8 @@
 
 To add a family, add an `Arch` entry whose `model_types` lists the `config.model_type` values it covers;
 paths are dotted attribute paths from the `*ForCausalLM` root (`layers`) or from one block (the rest).
+Give `workbench.testing` a tiny model of each new model_type (a test fails until it has one): every family
+in the table runs the reference and fast-path tests, and takes the fast paths unless `replay` says why not.
 """
 
 from __future__ import annotations
@@ -36,6 +38,17 @@ class Arch:
     # read the same input (parallel attention and MLP: Phi; GPT-NeoX unless use_parallel_residual=False)
     mid_norm: str = ""
     parallel_config: str = ""  # config flag that makes the block parallel when true (GPT-NeoX)
+    # Scalings outside any site's module (Granite), "" for none. residual_multiplier: attribute of each block
+    # that the block multiplies attn_out and mlp_out by before adding them to the stream (the sites are the
+    # sub-blocks' outputs, before it); logits_divisor: config attribute the unembedding's output is divided
+    # by to give the model's logits. (An embedding multiplier needs no entry: it acts between the embed site
+    # and resid_pre of block 0, inside the model's forward.)
+    residual_multiplier: str = ""
+    logits_divisor: str = ""
+    # Why the replay fast paths (engine/replay.py sweeps, engine/fast_attribution.py) do not apply to this
+    # family; "" when they do: then they are exact on its tiny model (tests/test_fast_paths.py), else the
+    # traced path answers and a test checks that it does.
+    replay: str = ""
 
 
 _LLAMA_LIKE = dict(
@@ -70,7 +83,14 @@ ARCHITECTURES: tuple[Arch, ...] = (
     ),
     Arch(
         name="llama",
-        model_types=("llama", "mistral", "qwen2", "qwen3", "olmo", "granite", "gemma"),
+        model_types=("llama", "mistral", "qwen2", "qwen3", "olmo", "gemma"),
+        **_LLAMA_LIKE,
+    ),
+    Arch(
+        name="granite",
+        model_types=("granite",),
+        residual_multiplier="residual_multiplier",
+        logits_divisor="logits_scaling",
         **_LLAMA_LIKE,
     ),
     Arch(

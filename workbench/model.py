@@ -326,9 +326,22 @@ class Model:
         """The attention module of block `layer`; with eager attention its output[1] is the pattern."""
         return _get_path(self.block(layer), self.arch.attn)
 
-    def decoder(self) -> tuple[Any, Any, float | None]:
-        """(final norm envoy, unembedding envoy, soft cap) for `_kernels.decode`."""
-        return self.final_norm(), self.unembed(), self.logit_softcap
+    @property
+    def logit_divisor(self) -> float:
+        """What the model divides the unembedding's output by (`Arch.logits_divisor`; 1 for most families),
+        read from the config when asked, as the model's forward reads it."""
+        attr = self.arch.logits_divisor
+        return float(getattr(self.config, attr)) if attr else 1.0
+
+    def residual_scale(self, layer: int) -> float:
+        """What block `layer` multiplies attn_out and mlp_out by before adding them to the stream
+        (`Arch.residual_multiplier`; 1 for most families), read from the block as its forward reads it."""
+        attr = self.arch.residual_multiplier
+        return float(getattr(_get_path(self.hf, self.arch.layers)[layer], attr)) if attr else 1.0
+
+    def decoder(self) -> tuple[Any, Any, float, float | None]:
+        """(final norm envoy, unembedding envoy, logit divisor, soft cap) for `kernels.decode`."""
+        return self.final_norm(), self.unembed(), self.logit_divisor, self.logit_softcap
 
     def trace_options(self) -> dict[str, Any]:
         """Keyword arguments every `self.nn.trace(...)` gets (the NDIF backend for remote models)."""

@@ -9,7 +9,22 @@ import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-FAMILIES = ("gpt2", "llama", "gpt_neox", "gemma", "gemma2", "phi", "phi3", "qwen2", "mistral")
+# One per `config.model_type` in the architecture table (tests/test_fast_paths.py checks that none is missing).
+FAMILIES = (
+    "gpt2",
+    "llama",
+    "gpt_neox",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi",
+    "phi3",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "olmo",
+    "granite",
+)
 
 _CORPUS = [
     "The Eiffel Tower is located in the city of Paris",
@@ -70,6 +85,28 @@ def _config(family: str, vocab: int) -> transformers.PretrainedConfig:
             final_logit_softcapping=30.0,
             attn_logit_softcapping=50.0,
             query_pre_attn_scalar=8,
+            **llama_like,
+        )
+    if family == "gemma3_text":
+        # Layers 0 and 2 attend within a window of 4 positions (shorter than the 9-token test prompts, so the
+        # window changes the numbers), layer 1 globally: both rotary embeddings and both masks are exercised.
+        return transformers.Gemma3TextConfig(
+            head_dim=8,
+            query_pre_attn_scalar=8,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            **llama_like,
+        )
+    if family == "qwen3":  # q/k RMS norms per head
+        return transformers.Qwen3Config(head_dim=8, **llama_like)
+    if family == "olmo":  # parameter-free layer norms; q/k/v clipped in place after their projections
+        return transformers.OlmoConfig(clip_qkv=1.0, pad_token_id=0, eos_token_id=0, **llama_like)
+    if family == "granite":  # every multiplier away from 1, so a missed one changes the numbers
+        return transformers.GraniteConfig(
+            embedding_multiplier=2.0,
+            residual_multiplier=0.5,
+            attention_multiplier=0.25,
+            logits_scaling=2.0,
             **llama_like,
         )
     if family == "phi3":

@@ -18,7 +18,7 @@ from ..model import Model
 from .fast import allowed, first
 from .kernels import pattern_grad, slot
 from .onednn import onednn_linears
-from .replay import _SAFE_TYPES, _SITES
+from .replay import _SITES
 from .sites import site as site_record
 from .threads import mine
 
@@ -32,7 +32,7 @@ def attribution(
     the parameters are frozen during the corrupt run (no weight gradients), and one `autograd.grad` call
     reads every site's gradient. None when the fast path does not apply (the caller traces instead).
     """
-    if not allowed(model) or model.config.model_type not in _SAFE_TYPES:
+    if not allowed(model) or model.arch.replay:
         return None
     recs = [site_record(s) for s in sites]
     if any(r.name not in _SITES and not (r.pattern or r.embed_only) for r in recs):

@@ -19,6 +19,7 @@ from ..model import Model, _get_path
 from .edits import Edit
 from .fast import allowed, first
 from .hooks import edit_hooks, hookable
+from .kernels import finish_logits
 from .onednn import onednn_linears
 from .threads import mine
 
@@ -68,9 +69,7 @@ def _resid_posts(model: Model, batch: torch.Tensor, row: int, edits: Sequence[Ed
 
 def _logits(model: Model, normed: torch.Tensor) -> torch.Tensor:
     logits = _get_path(model.hf, model.arch.unembed)(normed)
-    if model.logit_softcap:
-        logits = torch.tanh(logits / model.logit_softcap) * model.logit_softcap
-    return logits.float()
+    return finish_logits(logits, model.logit_divisor, model.logit_softcap).float()
 
 
 def _top(logits: torch.Tensor, k: int, width: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

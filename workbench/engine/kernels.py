@@ -129,12 +129,21 @@ def copy_positions(
         x[rows, pos, heads] = x[0, pos, heads]
 
 
-def decode(norm: Any, unembed: Any, softcap: float | None, resid: torch.Tensor) -> torch.Tensor:
-    """Residual vectors -> logits through the final norm and unembedding (and Gemma-2's soft cap)."""
-    logits = unembed(norm(resid))
+def finish_logits(logits: torch.Tensor, divisor: float, softcap: float | None) -> torch.Tensor:
+    """The unembedding's output -> the model's logits: divided by `divisor` (Granite's logits_scaling), then
+    Gemma-2's soft cap (`Model.logit_divisor`, `Model.logit_softcap`)."""
+    if divisor != 1.0:
+        logits = logits / divisor
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return logits
+
+
+def decode(
+    norm: Any, unembed: Any, divisor: float, softcap: float | None, resid: torch.Tensor
+) -> torch.Tensor:
+    """Residual vectors -> logits through the final norm and unembedding (`Model.decoder()` gives the rest)."""
+    return finish_logits(unembed(norm(resid)), divisor, softcap)
 
 
 def eager_pattern(inputs: tuple[tuple, dict], eager_fn: Any) -> torch.Tensor:
@@ -145,6 +154,10 @@ def eager_pattern(inputs: tuple[tuple, dict], eager_fn: Any) -> torch.Tensor:
     if mask is None:  # SDPA's causal fast path passes no mask
         t_q, t_k = query.shape[-2], key.shape[-2]
         mask = torch.full((t_q, t_k), float("-inf"), dtype=query.dtype).triu(t_k - t_q + 1)[None, None]
+    elif mask.dtype == torch.bool:  # SDPA's masks say where to attend (e.g. sliding windows); eager adds
+        mask = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device).masked_fill(
+            ~mask, torch.finfo(query.dtype).min
+        )
     kwargs = {k: v for k, v in kwargs.items() if k not in ("is_causal",)}
     _, weights = eager_fn(module, query, key, value, mask, **kwargs)
     return weights

@@ -25,10 +25,11 @@ calling thread (`_threads`), under `model.lock`; metrics get copies of cached lo
 
 The runs use oneDNN's float32 linear layers (`onednn`, about 2x MKL's on AMD CPUs).
 
-Applies to: local models of the families in `_SAFE_TYPES` (transformers 5 decoder blocks that return the
-hidden state and take the cache as a keyword) with no user hooks (`has_hooks`), no grad, no sliding window
-shorter than the prompt.
-Everything else (remote models, other families) returns None and the caller uses the general path.
+Applies to: local models of the families whose `Arch.replay` is "" (transformers 5 decoder blocks that
+return the hidden state and take the cache as a keyword; each is tested exact on its tiny model) with no
+user hooks (`has_hooks`), no grad. Sliding-window layers (Gemma-3, Mistral) are exact too: the runs keep
+every position in their caches (`_full_cache`) and the model's own masks apply the window.
+Everything else (remote models, families that opt out) returns None and the caller uses the general path.
 """
 
 from __future__ import annotations
@@ -46,13 +47,11 @@ import torch
 from ..model import Model, _get_path
 from .batching import BatchOutput, check_cancel, rows_per_chunk
 from .fast import allowed, disabled, first, has_hooks
-from .kernels import slot
+from .kernels import finish_logits, slot
 from .model_key import ModelKey, model_key, structure_key
 from .onednn import onednn_linears
 from .threads import mine, swapped_forwards
 
-# Families whose blocks, caches and final logits were checked exact against the plain path (tests).
-_SAFE_TYPES = frozenset({"gpt2", "llama", "mistral", "qwen2", "gemma", "gemma2", "phi", "phi3", "gpt_neox"})
 # Sites the replay edits: the stream itself between blocks, or a module tensor inside a block (a hook).
 _STREAM = ("resid_pre", "resid_post", "mlp_out")
 _SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head", "q", "k", "v", "resid_mid")
@@ -64,15 +63,13 @@ _MAX_BASELINES = 2  # prompt pairs kept per model
 
 
 def enabled_for(model: Model, site: str, kind: str, n_tokens: int) -> bool:
-    """Whether the fast path applies (else the caller falls back to the general path)."""
+    """Whether the fast path applies (else the caller falls back to the general path), for prompts of any
+    length `n_tokens`: a sliding window shorter than the prompt is replayed exactly too."""
     if not allowed(model):
         return False
-    if model.config.model_type not in _SAFE_TYPES or site not in _SITES or kind not in _KINDS:
+    if model.arch.replay or site not in _SITES or kind not in _KINDS:
         return False
-    if site == "resid_mid" and not model._sequential():
-        return False
-    window = getattr(model.config, "sliding_window", None)
-    return not (isinstance(window, int) and 0 < window < n_tokens)
+    return site != "resid_mid" or model._sequential()
 
 
 # ------------------------------------------------------------------------------------------- baselines
@@ -155,7 +152,12 @@ def baseline(model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor, ver
                 )
         handles.append(blocks[n_layers - 1].register_forward_hook(mine(grab_out(hidden, n_layers))))
         with torch.no_grad():
-            out = model.hf(torch.cat([source_ids, base_ids]), use_cache=True, logits_to_keep=1)
+            out = model.hf(
+                torch.cat([source_ids, base_ids]),
+                past_key_values=_full_cache(),
+                use_cache=True,
+                logits_to_keep=1,
+            )
     finally:
         for h in handles:
             h.remove()
@@ -172,6 +174,14 @@ def baseline(model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor, ver
     return base
 
 
+def _full_cache() -> Any:
+    """A cache that keeps every position in every layer, sliding-window layers included: the replay serves
+    the base run's keys and values of all earlier positions, and the model's masks then apply the window."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
 class _Recorded(Exception):
     """The probe found block arguments the replay cannot reproduce: use the general path."""
 
@@ -183,7 +193,7 @@ def _probe(model: Model, base: Baseline, base_ids: torch.Tensor, start: int) -> 
     """The arguments the model passes each block for positions start.. after a cache of `start` positions."""
     if start in base.probes:
         return base.probes[start]
-    from transformers import Cache, DynamicCache
+    from transformers import Cache
 
     blocks = _get_path(model.hf, model.arch.layers)
     recorded: list[tuple[tuple, dict[str, Any]]] = []
@@ -194,7 +204,7 @@ def _probe(model: Model, base: Baseline, base_ids: torch.Tensor, start: int) -> 
         recorded.append((args, kwargs))
         return hidden_states
 
-    cache = DynamicCache(config=model.config)
+    cache = _full_cache()
     if start:
         for j in range(model.n_layers):
             cache.update(base.keys[j][..., :start, :], base.values[j][..., :start, :], j)
@@ -281,12 +291,13 @@ def _join(model: Model, base: Baseline, site: str, rows: list[_Row], entry: int,
                 x[i] = r.new
             else:
                 x[i, 0] = r.new[0]
-    elif site == "mlp_out":
+    elif site == "mlp_out":  # block entry - 1 added residual_scale * mlp_out to the stream
+        scale = model.residual_scale(entry - 1)
         for i, r in enumerate(rows):
             if r.cell.position is None:
-                x[i] += r.new - r.old
+                x[i] += (r.new - r.old) * scale
             else:
-                x[i, 0] += r.new[0] - r.old[0]
+                x[i, 0] += (r.new[0] - r.old[0]) * scale
     return x
 
 
@@ -315,10 +326,7 @@ def _hook_edit(model: Model, site: str, layer: int, rows: list[_Row], row0: int)
 def _final_logits(model: Model, h: torch.Tensor) -> torch.Tensor:
     norm = _get_path(model.hf, model.arch.final_norm)
     head = _get_path(model.hf, model.arch.unembed)
-    logits = head(norm(h))
-    if model.logit_softcap:
-        logits = torch.tanh(logits / model.logit_softcap) * model.logit_softcap
-    return logits.float()
+    return finish_logits(head(norm(h)), model.logit_divisor, model.logit_softcap).float()
 
 
 def _run_group(

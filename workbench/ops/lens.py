@@ -109,7 +109,7 @@ def _lens_trace(
     n_layers = model.n_layers
     posts = [model.site_ref("resid_post", layer) for layer in range(n_layers)]
     post_envoys = [model.envoy(ref) for ref in posts]
-    norm, unembed, softcap = model.decoder()
+    norm, unembed, divisor, softcap = model.decoder()
     steps = plan([edits], first_row=row) if edits else {}
     by_layer: dict[int, list] = {}
     for key, group in steps.items():
@@ -137,11 +137,13 @@ def _lens_trace(
             if out is None:
                 out = read(post_envoys[layer], False)
             resids.append(out[row].clone())
-        final = torch.log_softmax(decode(norm, unembed, softcap, resids[-1]).float(), dim=-1)  # [T, V]
+        final = torch.log_softmax(
+            decode(norm, unembed, divisor, softcap, resids[-1]).float(), dim=-1
+        )  # [T, V]
         ids_, probs_, ent_, kl_, tp_, rank_ = [], [], [], [], [], []
         for start in range(0, n_layers, chunk_layers):
             h = torch.stack(resids[start : start + chunk_layers])  # [l, T, d]
-            logits = decode(norm, unembed, softcap, h).float()
+            logits = decode(norm, unembed, divisor, softcap, h).float()
             logp = torch.log_softmax(logits, dim=-1)
             top = logp.topk(top_k, dim=-1)
             ids_.append(top.indices)
