@@ -17,8 +17,6 @@ Sites (per block `l`):
   pattern    one head's eager attention probabilities [T_q, T_k]. A patched pattern P replaces that head's
              slice of the output projection's input by P @ V_h, V_h the run's own value columns of the
              head's key-value head (h // (H / kv)); the position is the query row.
-For gemma2 attn_out / mlp_out are the outputs of post_attention_layernorm / post_feedforward_layernorm;
-for gpt_neox (parallel residual) and phi the attention and MLP both read the block input.
 For gemma2 and gemma3_text attn_out / mlp_out are the outputs of post_attention_layernorm /
 post_feedforward_layernorm; for gpt_neox (parallel residual) and phi the attention and MLP both read the block
 input; for granite they are the self_attn / mlp outputs, which the block multiplies by
@@ -781,7 +779,9 @@ def reference_attribution_patch(
             if x.requires_grad:
                 x.retain_grad()
             acts[layer] = x
-            return None
+            # q/k/v: the model gets a copy, so an in-place change after the projection (OLMo's clip_qkv) does
+            # not alter the captured activation (the site is the projection's output as it returns it)
+            return x.clone() if site in ("q", "k", "v") else None
 
         return fn
 

@@ -47,6 +47,7 @@ def attribution(
 
     def run(ids: torch.Tensor, grad: bool) -> tuple[dict[tuple[str, int], torch.Tensor], torch.Tensor]:
         acts: dict[tuple[str, int], torch.Tensor] = {}
+        handed: dict[tuple[str, int], torch.Tensor] = {}
         handles = []
 
         def probs(j):
@@ -61,9 +62,15 @@ def attribution(
 
             return hook
 
-        def post(key):
+        def post(key, copy: bool):
             def hook(_mod, _args, out):
                 acts[key] = first(out)
+                # a per-head projection output the model may change in place (OLMo's clip_qkv clamps q/k/v):
+                # hand the model a copy, so the captured activation and its gradient are the output as returned
+                if not copy:
+                    return None
+                handed[key] = out.clone()  # what the model goes on with (clipped in place, for OLMo)
+                return handed[key]
 
             return hook
 
@@ -77,7 +84,8 @@ def attribution(
                 if ref.use_input:
                     handles.append(mod.register_forward_pre_hook(mine(pre((name, j))), with_kwargs=True))
                 else:
-                    handles.append(mod.register_forward_hook(mine(post((name, j)))))
+                    copy = ref.layout is not None
+                    handles.append(mod.register_forward_hook(mine(post((name, j), copy))))
             if patterns:
                 for j in range(n_layers):
                     attn = model.module(model.site_ref("pattern", j))
@@ -92,6 +100,10 @@ def attribution(
         finally:
             for h in handles:
                 h.remove()
+        # the values attention read (after any in-place change), kept apart from the site's activation
+        for (name, j), x in handed.items():
+            if name == "v":
+                acts[("values", j)] = x
         return acts, logits
 
     eager = model.eager_attention() if patterns else contextlib.nullcontext()
@@ -105,7 +117,7 @@ def attribution(
             corrupt_acts, corrupt_logits = run(corrupt_ids, grad=True)
             logits = torch.cat([clean_logits, corrupt_logits.detach()])
             value = metric(corrupt_logits, clean_logits[0].clone())[0]
-            keys = [k for k in corrupt_acts if not site_record(k[0]).pattern]
+            keys = [k for k in corrupt_acts if k[0] != "values" and not site_record(k[0]).pattern]
             grads = torch.autograd.grad(value, [corrupt_acts[k] for k in keys], allow_unused=True)
         finally:
             for p in params:
@@ -118,7 +130,8 @@ def attribution(
             products[key] = diff * grad_of[key]
     for j in range(n_layers) if patterns else ():
         heads = grad_of[("head", j)].view(-1, model.n_heads, model.d_head)  # [T, H, d]
-        value = slot(corrupt_acts[("v", j)].detach(), model.site_ref("v", j).layout)[0]  # [T, kv, d]
+        used = corrupt_acts.get(("values", j), corrupt_acts[("v", j)])
+        value = slot(used.detach(), model.site_ref("v", j).layout)[0]  # [T, kv, d]
         dprobs = clean_acts[("pattern", j)][0] - corrupt_acts[("pattern", j)][0]  # [H, T, T]
         products[("pattern", j)] = dprobs * pattern_grad(heads, value.transpose(0, 1))
     with torch.no_grad():

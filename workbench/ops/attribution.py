@@ -71,6 +71,10 @@ def _trace(model: Model, batch: torch.Tensor, sites: list[str], bound) -> tuple[
                 patterns[i] = (probs[0] - probs[1], inputs[0][3][1].detach())
             if where not in live:
                 live[where] = read(envoy, where[1])
+                if layouts[i] is not None and not where[1] and attn_envoys[i] is None:
+                    # the model may change a q/k/v projection output in place (OLMo's clip_qkv): it gets a
+                    # copy, so the activation and its gradient are the projection's output as returned
+                    envoy.output = live[where].clone()
             acts.append(live[where])
         logits = nn.output.logits[:, -1].float()
         values = bound(logits.clone(), logits[0].clone())  # the metric may edit them
