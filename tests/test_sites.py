@@ -643,3 +643,34 @@ def test_set_and_add_vs_reference(family):
                     out = run_rows(model, c, k, [[Edit(cell, value)]], bound)
                 assert_close(float(out.values[0]), want, what=f"{family} {kind} at {cell} fast={fast}")
             assert abs(want - float(out.base)) > 1e-5, f"{family} {kind} at {cell} changed nothing"
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+def test_lens_with_a_new_site_intervention(family):
+    """A logit lens run with an intervention at a new site: the local lens and the traced one agree, and the
+    final row is the patched model's own output (the reference's patched forward)."""
+    model = tiny(family)
+    ids = R.tokens(model.tokenizer, CORRUPT)
+    c_ids = R.tokens(model.tokenizer, CLEAN)
+    for site, layer, pos, head in (
+        ("q", 1, 8, 2),
+        ("pattern", 1, 8, 2),
+        ("embed", 0, 3, None),
+        ("v", 0, 5, 1),
+    ):
+        iv = wb.Intervention(site, layer, pos, head, kind="patch", source=CLEAN)
+        fast = wb.logit_lens(model, CORRUPT, top_k=4, intervention=iv)
+        with disabled():
+            traced = wb.logit_lens(model, CORRUPT, top_k=4, intervention=iv)
+        what = f"{family} lens with {site}"
+        assert_same_topk(fast.top_ids, fast.top_probs, traced.top_ids, traced.top_probs, what=what)
+        act = R.capture(model.hf, c_ids, site, [layer])[layer]
+        with R.hooks(
+            model.hf,
+            [(site, layer, R._setter(model.hf, site, pos, head, act if site == "pattern" else act[pos]))],
+        ):
+            final = torch.softmax(R.run_logits(model.hf, ids)[0, -1], -1)
+        top = final.topk(4)
+        assert_same_topk(
+            fast.top_ids[-1, -1], fast.top_probs[-1, -1], top.indices.numpy(), top.values.numpy(), what=what
+        )

@@ -127,7 +127,8 @@ def _lens_trace(
             for ref, group in by_layer.get(layer, []):
                 if ref.pattern:
                     call = envoys[id(ref)].source.attention_interface_1
-                    edit_pattern(call.output[0], call.inputs, group, eager_fn, 0)
+                    inputs = call.inputs  # before the output: nnsight serves values in forward order
+                    edit_pattern(call.output[0], inputs, group, eager_fn, 0)
                     continue
                 where = (ref.path, ref.use_input)
                 if where not in live:
