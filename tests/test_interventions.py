@@ -616,7 +616,10 @@ def test_embedded_joint_and_intervene(embedded):
     assert steered.tokens[0] == int(add.top_ids[0])
     spec = [("resid_pre", 10, None, None, "add", 4.0 * vec)]
     check_against(add, R.reference_joint(model.hf, tok, clean, m, spec), "embedded add")
-    assert_close(float(run_code(v.to_code())["result"]), float(v), ATOL, "embedded patch cells= code")
+    # one standalone run of generated code (loading the GGUF takes about a minute): grouped-query sites too
     gqa = [wb.Cell("k", 12, head=2), wb.Cell("q", 12, head=8), wb.Cell("pattern", 13, position=9, head=4)]
-    joint = wb.intervene(model, corrupt, [wb.Edit(c, "source") for c in gqa], metric=metric(), source=clean)
+    edits = [wb.Edit(c, "source") for c in cells + gqa] + [
+        wb.Edit(wb.Cell("resid_pre", 10), wb.Add(vec, 4.0))
+    ]
+    joint = wb.intervene(model, corrupt, edits, metric=metric(), source=clean)
     assert_close(float(run_code(joint.to_code())["result"]), float(joint), ATOL, "embedded intervene code")
