@@ -125,6 +125,12 @@ def test_joint_patch(family):
     )
     check_against(v, ref, f"{family} joint patch")
     assert not math.isclose(float(v), v.corrupt, abs_tol=1e-3), "the joint patch changed nothing"
+    for same in (set(cells), tuple(reversed(cells))):  # a set or tuple of cells: the same joint run
+        assert_close(
+            float(wb.patch(model, CLEAN, CORRUPT, metric=metric(), cells=same)), float(v), what="set"
+        )
+    one = wb.patch(model, CLEAN, CORRUPT, metric=metric(), cells=cells[0])  # one Cell, not in a list
+    assert float(one) == float(wb.patch(model, CLEAN, CORRUPT, metric=metric(), cells=cells[:1]))
     three = wb.patch(model, CLEAN, CORRUPT, metric=metric(), cells=cells[:3])
     ref3 = R.reference_joint(
         model.hf, model.tokenizer, CORRUPT, ref_metric(model), as_ref(cells[:3]), source=CLEAN
