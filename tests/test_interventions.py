@@ -37,6 +37,11 @@ from workbench.testing import FAMILIES, tiny_model
 N_TOKENS = 9  # CLEAN, CORRUPT and OTHER on the tiny tokenizer
 
 
+# The sites the reference's plain hooks know (its table grows with the new sites); pattern edits, whose
+# reference needs the live probabilities, are checked through the generated code and the traced path.
+REF_SITES = tuple(s for s in getattr(R, "ALL_SITES", R.SITES) if s != "pattern")
+
+
 def metric():
     return wb.logit_diff(TARGET, FOIL)
 
@@ -56,7 +61,7 @@ def has_site(model, site: str) -> bool:
 
 def joint_cells(model) -> list[wb.Cell]:
     """Cells across sites, layers, positions and heads (two at one module), each valid on every tiny family;
-    the sites the reference knows (R.SITES: it grows as the reference learns the new sites)."""
+    the sites the reference knows (REF_SITES)."""
     cells = [
         wb.Cell("head", 1, head=2),
         wb.Cell("mlp_out", 1, position=3),
@@ -73,7 +78,7 @@ def joint_cells(model) -> list[wb.Cell]:
         wb.Cell("resid_mid", 1, position=7),
         wb.Cell("pattern", 2, position=8, head=3),
     ]
-    return [c for c in cells if c.site in R.SITES and has_site(model, c.site)]
+    return [c for c in cells if c.site in REF_SITES and has_site(model, c.site)]
 
 
 def all_site_cells(model) -> list[wb.Cell]:
@@ -120,6 +125,12 @@ def test_joint_patch(family):
     )
     check_against(v, ref, f"{family} joint patch")
     assert not math.isclose(float(v), v.corrupt, abs_tol=1e-3), "the joint patch changed nothing"
+    for same in (set(cells), tuple(reversed(cells))):  # a set or tuple of cells: the same joint run
+        assert_close(
+            float(wb.patch(model, CLEAN, CORRUPT, metric=metric(), cells=same)), float(v), what="set"
+        )
+    one = wb.patch(model, CLEAN, CORRUPT, metric=metric(), cells=cells[0])  # one Cell, not in a list
+    assert float(one) == float(wb.patch(model, CLEAN, CORRUPT, metric=metric(), cells=cells[:1]))
     three = wb.patch(model, CLEAN, CORRUPT, metric=metric(), cells=cells[:3])
     ref3 = R.reference_joint(
         model.hf, model.tokenizer, CORRUPT, ref_metric(model), as_ref(cells[:3]), source=CLEAN
@@ -257,7 +268,7 @@ def test_intervene_each_kind(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_intervene_new_sites(family):
     """Every site (embed, resid_mid, q, k, v, pattern too) takes every value kind; the reference covers the
-    sites it knows (R.SITES), the engine's traced path covers the others."""
+    sites it knows (REF_SITES); engine fast vs traced covers all."""
     model = tiny(family)
     T = N_TOKENS
     for c in all_site_cells(model):
@@ -273,7 +284,7 @@ def test_intervene_new_sites(family):
             with fast.disabled():
                 off = wb.intervene(model, CLEAN, [e], metric=metric(), source=OTHER)
             assert_close(float(v), float(off), what=f"{family} {e!r} fast vs traced")
-            if c.site in R.SITES:
+            if c.site in REF_SITES:
                 how = value if isinstance(value, str) else "add" if isinstance(value, wb.Add) else "set"
                 arg = value.tensor * value.scale if isinstance(value, wb.Add) else value
                 spec = [
@@ -616,7 +627,10 @@ def test_embedded_joint_and_intervene(embedded):
     assert steered.tokens[0] == int(add.top_ids[0])
     spec = [("resid_pre", 10, None, None, "add", 4.0 * vec)]
     check_against(add, R.reference_joint(model.hf, tok, clean, m, spec), "embedded add")
-    assert_close(float(run_code(v.to_code())["result"]), float(v), ATOL, "embedded patch cells= code")
+    # one standalone run of generated code (loading the GGUF takes about a minute): grouped-query sites too
     gqa = [wb.Cell("k", 12, head=2), wb.Cell("q", 12, head=8), wb.Cell("pattern", 13, position=9, head=4)]
-    joint = wb.intervene(model, corrupt, [wb.Edit(c, "source") for c in gqa], metric=metric(), source=clean)
+    edits = [wb.Edit(c, "source") for c in cells + gqa] + [
+        wb.Edit(wb.Cell("resid_pre", 10), wb.Add(vec, 4.0))
+    ]
+    joint = wb.intervene(model, corrupt, edits, metric=metric(), source=clean)
     assert_close(float(run_code(joint.to_code())["result"]), float(joint), ATOL, "embedded intervene code")

@@ -202,7 +202,6 @@ def probabilities(args, kwargs):
         mask = torch.full((t_q, t_k), float('-inf'), dtype=q.dtype).triu(t_k - t_q + 1)[None, None]
     extra = {{name: val for name, val in kwargs.items() if name != 'is_causal'}}
     return eager(module, q, k, v, mask, **extra)[1]
-
 '''
 
 _EDIT_PATTERN = '''
@@ -238,7 +237,9 @@ def _helpers(model: Model, sites: list[str], *, edits: bool = True) -> str:
     pattern = any(site_record(s).pattern for s in sites)
     code = _EDIT if edits else ""
     if pattern:
-        code += "import sys\n" + _PROBABILITIES.format(attn=site_code(model, "pattern", 0).module)
+        code += "\nimport sys\n" + _PROBABILITIES.format(attn=site_code(model, "pattern", 0).module).lstrip(
+            "\n"
+        )
         code += _EDIT_PATTERN if edits else ""
     return code + "\n"
 
@@ -253,7 +254,7 @@ def _apply(model: Model, places: list[Place], indent: str) -> str:
     lines, current, calls = [], None, []
     for site, layer, edits in places:
         sc = site_code(model, site, layer)
-        note = f"  # {sc.site} L{layer}: {sc.doc}"
+        note = f"  # {sc.site}{f' L{layer}' if isinstance(layer, int) else ''}: {sc.doc}"
         if sc.pattern:
             name = f"call{len(calls)}" if len(places) > 1 else "call"
             calls.append(f"{name} = {sc.read}")
