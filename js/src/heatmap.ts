@@ -273,7 +273,14 @@ export class Heatmap {
     }
     ctx.setLineDash([]);
     if (this.mark) ring(this.mark, theme.dark ? "#ffd54f" : "#e67e00");
-    if (this.selected) ring(this.selected, css(theme.fg));
+    if (this.selected) {
+      // inside an outline, so that both show
+      const sel = this.selected;
+      const inset = this.outlined.some((o) => o.cell[0] === sel[0] && o.cell[1] === sel[1]) ? 4 : 1;
+      ctx.strokeStyle = css(theme.fg);
+      ctx.lineWidth = inset > 1 ? 1.5 : 2;
+      ctx.strokeRect(sel[1] * cw + inset, sel[0] * ch + inset, Math.max(2, cw - 2 * inset), Math.max(2, ch - 2 * inset));
+    }
   }
 
   private drawLabels(): void {
