@@ -84,7 +84,9 @@ def test_shift_click_two_heads_and_apply_the_set(nb):
     label = pv.locator("[data-testid=wb-result-label]")
     label.wait_for(timeout=60_000)
     wait_status(pv, "done")
-    assert label.text_content().startswith("patch set of 2: Cell('head', 23, head=4), Cell('head', 22, head=3)")
+    assert label.text_content().startswith(
+        "patch set of 2: Cell('head', 23, head=4), Cell('head', 22, head=3)"
+    )
     exp = expected(nb)
     shown = float(pv.locator("[data-testid=wb-metric]").get_attribute("data-value"))
     assert shown == pytest.approx(exp["joint"], rel=1e-5, abs=1e-5)
@@ -165,8 +167,11 @@ def test_exports_of_the_patch_set_and_the_head_view(nb):
     dl.value.save_as(png)
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert height > 2 * 400  # the pattern and the head view under it (2x scale), not the heatmap alone
+    height = int.from_bytes(data[20:24], "big")
+    pattern = heatmap(av, "pattern")
+    rows = int(pattern.get_attribute("data-rows"))
+    # the pattern and, under it, the head view (16 px a token), at 2x scale: not the heatmap alone
+    assert height >= 2 * (pattern.bounding_box()["height"] + 16 * rows)
 
 
 def test_path_mode_picks_receivers_and_sweeps_or_says_why_not(nb):

@@ -579,7 +579,7 @@ class WorkbenchWidget(anywidget.AnyWidget):
         return self._request_export("png", path)
 
     def save_svg(self, path: str | Path) -> Path:
-        """As save_png, for an SVG of the view's main heatmap."""
+        """As save_png, for an SVG of the view: its heatmaps, charts, head view and result, as the PNG shows."""
         return self._request_export("svg", path)
 
     def _on_export_result(self, content: dict, buffers: list) -> None:

@@ -290,6 +290,8 @@ class PatchView(WorkbenchWidget):
             self._compute_clean_lens()
 
     def _setup_changed(self, change: Any) -> None:
+        if change["name"] == "receivers" and self.mode != "path":
+            return  # receivers only matter in path mode
         self._stale()
         self.selected = []
         self._validate()
@@ -378,7 +380,7 @@ class PatchView(WorkbenchWidget):
             check_int({"col": ui[1]}, "col", 0, 10**6, what="cell column"),
         ]
 
-    def _where(self, site: str, cell: dict) -> str:
+    def _where(self, cell: dict) -> str:
         col = f"H{cell['head']}" if cell["head"] is not None else f"pos {cell['position']}"
         return f"L{cell['layer']} {col}"
 
@@ -420,7 +422,7 @@ class PatchView(WorkbenchWidget):
 
         def done(out):
             value, lens = out
-            where = self._where(site, cell)
+            where = self._where(cell)
             if extra:
                 where = f"L{extra['source_layer']} pos {extra['source_position']} → {where}"
             if key == self._inputs_key():  # inputs changed while it ran: do not show it for the new ones
@@ -464,7 +466,7 @@ class PatchView(WorkbenchWidget):
 
         def done(out):
             value, lens = out
-            where = self._where(site, cell)
+            where = self._where(cell)
             if key == self._inputs_key():
                 self._show(f"{method}-ablate {site} {where}", value, lens, site, cell, ui_cell, {})
 
