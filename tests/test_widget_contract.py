@@ -96,3 +96,12 @@ def test_every_request_the_view_sends_has_a_python_handler(views):
         for first in re.findall(r"\b(?:send|sendCommon)\(([^,]*?),", text):
             sent |= set(re.findall(r'"(\w+)"', first))
     assert sent == declared, sent ^ declared
+
+
+def test_the_receiver_picker_offers_the_receiver_sites_python_accepts():
+    from workbench.widgets.patch import RECEIVER_SITES
+
+    text = (SRC / "patch.ts").read_text()
+    block = re.search(r"export const RECEIVER_SITES: \[string, string\]\[\] = \[(.*?)\n\];", text, re.S)
+    assert block, "no RECEIVER_SITES in patch.ts"
+    assert re.findall(r'^  \["(\w+)",', block.group(1), re.M) == list(RECEIVER_SITES)

@@ -44,9 +44,14 @@ export function toggleCell(cells: readonly CellTuple[], cell: CellTuple): CellTu
   return cells.some((x) => sameCell(x, cell)) ? cells.filter((x) => !sameCell(x, cell)) : [...cells, cell];
 }
 
+/** Whether a site's heads are the key-value heads (the Site table says so: `heads: "kv"`). */
+export function kvSite(sites: readonly SiteInfo[], name: string): boolean {
+  return sites.find((x) => x.name === name)?.heads === "kv";
+}
+
 /** The receiver a click on query head (layer, head) picks: k and v receivers are key-value heads (h // group). */
-export function receiverCell(site: string, layer: number, head: number, nHeads: number, nKv: number): CellTuple {
-  const kv = site === "k" || site === "v";
+export function receiverCell(sites: readonly SiteInfo[], site: string, layer: number, head: number, nHeads: number, nKv: number): CellTuple {
+  const kv = kvSite(sites, site);
   const group = Math.max(1, Math.floor(nHeads / Math.max(1, nKv)));
   return [site, layer, null, kv ? Math.floor(head / group) : head];
 }
@@ -58,18 +63,18 @@ export function toggleReceiver(receivers: Receivers, cell: CellTuple): Receivers
 }
 
 /** The query-head columns a receiver covers in the sender map (a key-value head covers its group). */
-export function receiverColumns(cell: CellTuple, nHeads: number, nKv: number): number[] {
+export function receiverColumns(sites: readonly SiteInfo[], cell: CellTuple, nHeads: number, nKv: number): number[] {
   const h = cell[3];
   if (h === null) return [];
-  if (cell[0] !== "k" && cell[0] !== "v") return [h];
+  if (!kvSite(sites, cell[0])) return [h];
   const group = Math.max(1, Math.floor(nHeads / Math.max(1, nKv)));
   return Array.from({ length: group }, (_, i) => h * group + i).filter((x) => x < nHeads);
 }
 
 /** A cell as a person reads it: "head L1 H2", "mlp_out L0 pos 3 (␣to)", "k L4 KV1". */
-export function cellLabel(cell: CellTuple, tokens: readonly string[] = []): string {
+export function cellLabel(sites: readonly SiteInfo[], cell: CellTuple, tokens: readonly string[] = []): string {
   const [site, layer, pos, head] = cell;
-  const col = head !== null ? ` ${site === "k" || site === "v" ? "KV" : "H"}${head}` : pos !== null ? ` pos ${pos}${tokens[pos] !== undefined ? ` (${visibleToken(tokens[pos])})` : ""}` : "";
+  const col = head !== null ? ` ${kvSite(sites, site) ? "KV" : "H"}${head}` : pos !== null ? ` pos ${pos}${tokens[pos] !== undefined ? ` (${visibleToken(tokens[pos])})` : ""}` : "";
   return `${site} L${layer}${col}`;
 }
 
@@ -230,9 +235,13 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
     return mode === "ablate" || mode === "path" ? mode : "patch";
   }
 
+  private sites(): SiteInfo[] {
+    return this.model.get("sites") ?? [];
+  }
+
   /** The site of the map shown: the site picked, or (path mode) the senders' heads. */
   siteInfo(): SiteInfo {
-    const sites = this.model.get("sites") ?? [];
+    const sites = this.sites();
     const name = this.mode() === "path" ? SENDER_SITE : String(this.model.get("site") ?? "");
     return sites.find((x) => x.name === name) ?? { ...FALLBACK_SITE, name, heads: name === SENDER_SITE ? "query" : null, layers: Number(this.model.get("n_layers") ?? 0) };
   }
@@ -254,7 +263,7 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
 
   private receiversText(): string {
     const r = this.receivers();
-    return r === "logits" ? "logits" : r.map((c) => cellLabel(c)).join(", ");
+    return r === "logits" ? "logits" : r.map((c) => cellLabel(this.sites(), c)).join(", ");
   }
 
   title(): string {
@@ -281,7 +290,7 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
       figs.push(
         textFigure(
           this.mode() === "path" ? `Senders (${cells.length})` : `Set of cells (${cells.length})`,
-          cells.map((c) => cellLabel(c, tokens)),
+          cells.map((c) => cellLabel(this.sites(), c, tokens)),
         ),
       );
     if (this.mode() === "path") figs.push(textFigure("Receivers", [this.receiversText()]));
@@ -305,7 +314,7 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
     if (mode === "path") {
       // in path mode a click picks a receiver: the head (or its q/k/v) clicked
       const site = String(this.model.get("receiver_site") ?? "head");
-      this.setTrait("receivers", toggleReceiver(this.receivers(), receiverCell(site, r, c, Number(this.model.get("n_heads") ?? 0), Number(this.model.get("n_kv_heads") ?? 0))));
+      this.setTrait("receivers", toggleReceiver(this.receivers(), receiverCell(this.sites(), site, r, c, Number(this.model.get("n_heads") ?? 0), Number(this.model.get("n_kv_heads") ?? 0))));
       return;
     }
     const [, layer, position, head] = cellOf(this.siteInfo(), r, c);
@@ -401,7 +410,7 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
     if (this.mode() === "path" && r !== "logits") {
       const H = Number(this.model.get("n_heads") ?? 0);
       const kv = Number(this.model.get("n_kv_heads") ?? 0);
-      for (const c of r) for (const col of receiverColumns(c, H, kv)) out.push({ cell: [c[1], col], role: "receiver" });
+      for (const c of r) for (const col of receiverColumns(this.sites(), c, H, kv)) out.push({ cell: [c[1], col], role: "receiver" });
     }
     return out;
   }
@@ -420,7 +429,7 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
         h(
           "span",
           { class: "wb-chip wb-chip-set", "data-testid": "wb-set-cell", "data-cell": JSON.stringify(c) },
-          cellLabel(c, tokens),
+          cellLabel(this.sites(), c, tokens),
           button("×", () => this.setTrait("cells", toggleCell(this.cells(), c)), { class: "wb-chip-x", title: `take it out of the ${what}` }),
         ),
       );
@@ -450,7 +459,7 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
             h(
               "span",
               { class: "wb-chip wb-chip-receiver", "data-testid": "wb-receiver", "data-cell": JSON.stringify(c) },
-              cellLabel(c),
+              cellLabel(this.sites(), c),
               button("×", () => this.setTrait("receivers", toggleReceiver(this.receivers(), c)), { class: "wb-chip-x", title: "not a receiver" }),
             ),
           );

@@ -88,21 +88,21 @@ describe("the set of cells (pure logic)", () => {
     expect(cellPosition(resid, ["head", 2, null, 3])).toBeNull();
   });
   it("receivers: logits until a head is picked; k/v receivers are key-value heads", () => {
-    const q = receiverCell("q", 3, 1, 4, 2);
+    const q = receiverCell(SITES, "q", 3, 1, 4, 2);
     expect(q).toEqual(["q", 3, null, 1]);
-    expect(receiverCell("k", 3, 3, 4, 2)).toEqual(["k", 3, null, 1]); // query head 3 reads kv head 3 // 2
+    expect(receiverCell(SITES, "k", 3, 3, 4, 2)).toEqual(["k", 3, null, 1]); // query head 3 reads kv head 3 // 2
     let r = toggleReceiver("logits", q);
     expect(r).toEqual([q]);
     r = toggleReceiver(r, ["head", 2, null, 0]);
     expect(r).toHaveLength(2);
     expect(toggleReceiver(toggleReceiver(r, q), ["head", 2, null, 0])).toBe("logits");
-    expect(receiverColumns(["v", 1, null, 1], 4, 2)).toEqual([2, 3]);
-    expect(receiverColumns(["head", 1, null, 1], 4, 2)).toEqual([1]);
+    expect(receiverColumns(SITES, ["v", 1, null, 1], 4, 2)).toEqual([2, 3]);
+    expect(receiverColumns(SITES, ["head", 1, null, 1], 4, 2)).toEqual([1]);
   });
   it("labels cells as a person reads them, tokens shown visibly", () => {
-    expect(cellLabel(["mlp_out", 0, 1, null], ["a", " b"])).toBe("mlp_out L0 pos 1 (␣b)");
-    expect(cellLabel(["k", 4, null, 1])).toBe("k L4 KV1");
-    expect(cellLabel(["head", 2, null, 3])).toBe("head L2 H3");
+    expect(cellLabel(SITES, ["mlp_out", 0, 1, null], ["a", " b"])).toBe("mlp_out L0 pos 1 (␣b)");
+    expect(cellLabel(SITES, ["k", 4, null, 1])).toBe("k L4 KV1");
+    expect(cellLabel(SITES, ["head", 2, null, 3])).toBe("head L2 H3");
   });
 });
 
