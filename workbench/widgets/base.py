@@ -477,7 +477,7 @@ class WorkbenchWidget(anywidget.AnyWidget):
 
         dropped, running = self.runner.cancel(self)
         notes = []
-        for job in dropped:  # never started: undo what the request changed, and tell the view
+        for job in dropped:  # never started: undo what the request changed (the status below tells the view)
             notes.append(self._undo(job, CancelledError("cancelled before it started")))
         # nothing left that would end the "running" state (a background job never sets it)
         if (running is None or running.quiet) and self.status == "running":
