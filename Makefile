@@ -30,7 +30,7 @@ js:
 	@if [ -f labextension/package.json ]; then cd labextension && { npm ci --no-audit --no-fund --loglevel=error 2>/dev/null || npm install --no-audit --no-fund --loglevel=error; } && PATH="$(abspath $(VENV))/bin:$$PATH" npm run build --silent; fi
 
 js-test:
-	@if [ -f js/package.json ]; then cd js && npx tsc --noEmit && npx biome check . && npm test --silent; fi
+	@if [ -f js/package.json ]; then cd js && npx tsc --noEmit && npx biome check --error-on-warnings . && npm test --silent; fi
 
 browser-deps:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }

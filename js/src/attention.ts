@@ -2,8 +2,11 @@
 import { at, maybeUnpack, type NDArray } from "./arrays";
 import { css, readTheme, sequential } from "./colors";
 import { clear, debounce, fmt, h } from "./dom";
+import { drawing, type Figure, type Item } from "./export";
 import { Heatmap } from "./heatmap";
 import type { AnyModel } from "./model";
+import type { AttentionRequest } from "./protocol";
+import type { AttentionTraits } from "./traits";
 import { tokenStrip, visibleToken } from "./tokens";
 import { View } from "./view";
 
@@ -37,7 +40,41 @@ export function thumbnailImage(th: NDArray, fg: [number, number, number], bg: [n
   return c;
 }
 
-export class AttentionView extends View {
+/** The head view as an export figure: query tokens left, key tokens right, a line per weight (width and opacity
+ *  grow with it); with a focused query row only that row's lines. */
+export function headViewFigure(heading: string, toks: string[], pat: NDArray, focusRow: number | null, color: [number, number, number]): Figure {
+  const T = pat.shape[0];
+  const rowH = 16;
+  const top = heading ? 22 : 4;
+  const tokW = Math.min(180, 10 + 7 * Math.max(1, ...toks.map((t) => visibleToken(t).length)));
+  const linesW = 140;
+  const items: Item[] = heading ? [{ t: "text", x: 6, y: 14, text: heading, size: 12, bold: true }] : [];
+  const rows = focusRow === null ? Array.from({ length: T }, (_, i) => i) : [focusRow];
+  for (const q of rows) {
+    for (let k = 0; k <= q && k < T; k++) {
+      const w = pat.data[q * T + k];
+      if (w < (focusRow === null ? 0.05 : 0.005)) continue;
+      items.push({
+        t: "line",
+        x1: tokW + 4,
+        y1: top + q * rowH + rowH / 2,
+        x2: tokW + 4 + linesW,
+        y2: top + k * rowH + rowH / 2,
+        color: `rgba(${color.join(",")},${Math.min(1, w).toFixed(3)})`,
+        width: 1 + 2 * w,
+      });
+    }
+  }
+  for (let i = 0; i < T; i++) {
+    const y = top + i * rowH + rowH * 0.7;
+    const text = visibleToken(toks[i] ?? "");
+    items.push({ t: "text", x: tokW, y, text, size: 11, anchor: "end", bold: i === focusRow });
+    items.push({ t: "text", x: tokW + linesW + 8, y, text, size: 11 });
+  }
+  return drawing(2 * tokW + linesW + 12, top + T * rowH + 4, items);
+}
+
+export class AttentionView extends View<AttentionTraits, AttentionRequest> {
   grid: Heatmap;
   pattern: Heatmap;
   private stripBox: HTMLElement;
@@ -46,7 +83,7 @@ export class AttentionView extends View {
   private thumbs: HTMLCanvasElement | null = null;
   private focusRow: number | null = null;
 
-  constructor(model: AnyModel, el: HTMLElement) {
+  constructor(model: AnyModel<AttentionTraits>, el: HTMLElement) {
     super(model, el, "Attention");
     this.stripBox = h("div");
     this.grid = new Heatmap({ rows: 0, cols: 0, values: new Float32Array(0), color: () => [0, 0, 0] });
@@ -68,25 +105,31 @@ export class AttentionView extends View {
       this.stripBox,
       h("div", { class: "wb-panes" }, h("div", { class: "wb-pane" }, h("div", { class: "wb-subtitle" }, "Layers × heads (click a head)"), this.grid.el), this.detail),
     );
-    this.listen("change:thumbs", () => this.renderGrid());
-    this.listen("change:tokens", () => this.renderGrid());
-    this.listen("change:pattern", () => this.renderDetail());
+    this.listen("thumbs", () => this.renderGrid());
+    this.listen("tokens", () => this.renderGrid());
+    this.listen("pattern", () => this.renderDetail());
     this.followSelection(this.grid);
     this.renderGrid();
     this.renderDetail();
   }
 
   title(): string {
-    const p = this.model.get("pattern") as any;
-    return p?.data ? `Attention L${p.layer} H${p.head}` : "Attention heads";
+    const p = this.model.get("pattern");
+    return p?.data ? `Attention L${p.layer} H${p.head} · prompt "${String(this.model.get("prompt") ?? "")}"`.slice(0, 200) : "Attention heads";
   }
-  mainHeatmap(): Heatmap {
-    const p = this.model.get("pattern") as any;
-    return p?.data ? this.pattern : this.grid;
+  /** Export: the open head's pattern and its head view, or the grid of heads when none is open. */
+  figures(): Figure[] {
+    const p = this.model.get("pattern");
+    const pat = p?.data ? maybeUnpack(p.data) : null;
+    if (!p || !pat) return [this.grid.figure("Layers × heads")];
+    const toks = p.tokens ?? this.model.get("tokens") ?? [];
+    const theme = readTheme(this.el.isConnected ? this.el : document.body);
+    const heading = this.focusRow === null ? "Head view" : `Head view: query ${this.focusRow} (${visibleToken(toks[this.focusRow] ?? "")})`;
+    return [this.pattern.figure(`Layer ${p.layer}, head ${p.head}: query (rows) × key (columns)`), headViewFigure(heading, toks, pat, this.focusRow, theme.dark ? [120, 180, 255] : [20, 70, 160])];
   }
 
   private renderGrid(): void {
-    const toks = (this.model.get("tokens") ?? []) as string[];
+    const toks = this.model.get("tokens") ?? [];
     clear(this.stripBox);
     this.stripBox.append(tokenStrip(toks, { label: "tokens:" }));
     const th = maybeUnpack(this.model.get("thumbs"));
@@ -126,19 +169,19 @@ export class AttentionView extends View {
       maxWidth: 420,
       name: "attention heads",
     });
-    const sel = (this.model.get("selected") ?? []) as number[];
+    const sel = this.model.get("selected") ?? [];
     if (sel.length === 2 && sel[0] < L && sel[1] < H) this.grid.setSelected([sel[0], sel[1]]);
   }
 
   private renderDetail(): void {
     clear(this.detail);
-    const p = this.model.get("pattern") as any;
+    const p = this.model.get("pattern");
     const pat = p ? maybeUnpack(p.data) : null;
-    if (!pat) {
+    if (!p || !pat) {
       this.detail.append(h("div", { class: "wb-hint" }, "Click a head to see its full query × key pattern and head view."));
       return;
     }
-    const toks = (p.tokens ?? this.model.get("tokens") ?? []) as string[];
+    const toks = p.tokens ?? this.model.get("tokens") ?? [];
     const T = pat.shape[0];
     let mx = 1e-9;
     for (let i = 0; i < pat.data.length; i++) mx = Math.max(mx, pat.data[i]);

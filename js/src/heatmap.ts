@@ -2,6 +2,7 @@
 // optional text in cells, a shaded region (causal cone), drag from one heatmap onto another.
 import { css, readTheme, textOn, type RGB, type Theme } from "./colors";
 import { clear, h, s, SVG_NS } from "./dom";
+import type { Figure } from "./export";
 
 export interface Region {
   r0: number;
@@ -19,6 +20,18 @@ export interface Legend {
   /** Tick texts at lo and hi when the values are transformed (e.g. a log rank). */
   loText?: string;
   hiText?: string;
+}
+
+/** An outlined cell and why it is outlined (a member of the set, or a receiver). */
+export interface Outline {
+  cell: [number, number];
+  role: "set" | "receiver";
+}
+
+/** Outline colours, readable on the theme's background. */
+export function outlineColor(role: Outline["role"], dark: boolean): string {
+  if (role === "receiver") return dark ? "#f48fb1" : "#ad1457";
+  return dark ? "#4fc3f7" : "#0069c2";
 }
 
 export interface HeatmapSpec {
@@ -83,11 +96,15 @@ export class Heatmap {
   selected: [number, number] | null = null;
   shade: Region | null = null;
   mark: [number, number] | null = null;
+  /** Cells drawn outlined: the members of a set of cells, or path patching's receivers. */
+  outlined: Outline[] = [];
   cellW = 20;
   cellH = 16;
   onSelect: ((r: number, c: number) => void) | null = null;
   onApply: ((r: number, c: number) => void) | null = null;
   onHover: ((cell: [number, number] | null) => void) | null = null;
+  /** Shift-click, Space or Shift+Enter on a cell: add it to a set or take it out. */
+  onToggle: ((r: number, c: number) => void) | null = null;
   /** Set on a drop target: called when a cell of another heatmap is dropped on a cell of this one. */
   onDrop: ((src: Heatmap, from: [number, number], to: [number, number]) => void) | null = null;
   draggable = false;
@@ -156,6 +173,7 @@ export class Heatmap {
     if (sp.name) c.setAttribute("aria-label", sp.name);
     if (this.selected) c.setAttribute("data-selected", this.selected.join(","));
     else c.removeAttribute("data-selected");
+    c.setAttribute("data-outlined", this.outlined.map((o) => `${o.role}:${o.cell.join(",")}`).join(" "));
     const ctx = c.getContext("2d");
     if (ctx && rows > 0 && cols > 0) {
       ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
@@ -246,8 +264,23 @@ export class Heatmap {
       ctx.lineWidth = 2;
       ctx.strokeRect(cell[1] * cw + 1, cell[0] * ch + 1, Math.max(2, cw - 2), Math.max(2, ch - 2));
     };
+    for (const o of this.outlined) {
+      if (o.cell[0] >= rows || o.cell[1] >= cols) continue;
+      ctx.setLineDash(o.role === "receiver" ? [3, 2] : []);
+      ctx.strokeStyle = outlineColor(o.role, theme.dark);
+      ctx.lineWidth = 2.5;
+      ctx.strokeRect(o.cell[1] * cw + 1.5, o.cell[0] * ch + 1.5, Math.max(2, cw - 3), Math.max(2, ch - 3));
+    }
+    ctx.setLineDash([]);
     if (this.mark) ring(this.mark, theme.dark ? "#ffd54f" : "#e67e00");
-    if (this.selected) ring(this.selected, css(theme.fg));
+    if (this.selected) {
+      // inside an outline, so that both show
+      const sel = this.selected;
+      const inset = this.outlined.some((o) => o.cell[0] === sel[0] && o.cell[1] === sel[1]) ? 4 : 1;
+      ctx.strokeStyle = css(theme.fg);
+      ctx.lineWidth = inset > 1 ? 1.5 : 2;
+      ctx.strokeRect(sel[1] * cw + inset, sel[0] * ch + inset, Math.max(2, cw - 2 * inset), Math.max(2, ch - 2 * inset));
+    }
   }
 
   private drawLabels(): void {
@@ -347,6 +380,11 @@ export class Heatmap {
       const cell = this.cellAt(ev.clientX, ev.clientY);
       if (!cell) return;
       c.focus({ preventScroll: true });
+      if (ev.shiftKey && this.onToggle) {
+        this.select(cell[0], cell[1], false);
+        this.onToggle(cell[0], cell[1]);
+        return;
+      }
       this.select(cell[0], cell[1], this.applyOnClick);
     });
     c.addEventListener("mousemove", (ev) => {
@@ -382,9 +420,12 @@ export class Heatmap {
           nc = Math.min(cols - 1, col + 1);
           break;
         case "Enter":
+        case " ":
           ev.preventDefault();
           ev.stopPropagation();
-          if (this.selected) this.onApply?.(r, col);
+          if (!this.selected) return;
+          if ((ev.key === " " || ev.shiftKey) && this.onToggle) this.onToggle(r, col);
+          else if (ev.key === "Enter") this.onApply?.(r, col);
           return;
         default:
           return;
@@ -450,10 +491,25 @@ export class Heatmap {
     return { padL, padT, W, H, legendY, width, height, colLabels };
   }
 
-  /** PNG data URL of the heatmap as a figure: title, axis titles, row and column labels, the colour legend. */
+  /** The heatmap as an export figure: title, axis titles, row and column labels, the colour legend. */
+  figure(title = ""): Figure {
+    const L = this.exportLayout(title);
+    return {
+      width: L.width,
+      height: L.height,
+      paint: (ctx, theme) => this.paintExport(ctx, theme, title),
+      svg: (theme) => {
+        const svg = this.toSVG(title, theme);
+        const g = s("g");
+        while (svg.firstChild) g.append(svg.firstChild);
+        return g;
+      },
+    };
+  }
+
+  /** PNG data URL of the heatmap as a figure (see `figure`). */
   toPNG(title = ""): string {
     const theme = this.theme ?? readTheme(document.body);
-    const sp = this.spec;
     const L = this.exportLayout(title);
     const scale = 2; // crisp text in papers and slides
     const out = document.createElement("canvas");
@@ -462,6 +518,13 @@ export class Heatmap {
     const ctx = out.getContext("2d");
     if (!ctx) return "";
     ctx.scale(scale, scale);
+    this.paintExport(ctx, theme, title);
+    return out.toDataURL("image/png");
+  }
+
+  private paintExport(ctx: CanvasRenderingContext2D, theme: Theme, title: string): void {
+    const sp = this.spec;
+    const L = this.exportLayout(title);
     ctx.fillStyle = css(theme.bg);
     ctx.fillRect(0, 0, L.width, L.height);
     ctx.drawImage(this.canvas, L.padL, L.padT, L.W, L.H);
@@ -509,12 +572,10 @@ export class Heatmap {
       ctx.fillText(lg.hiText ?? tick(lg.hi), L.padL + LEGEND_W + 4, L.legendY + 5);
       ctx.fillText(lg.label, L.padL, L.legendY + 22);
     }
-    return out.toDataURL("image/png");
   }
 
   /** Standalone SVG of the heatmap (vector cells and labels). */
-  toSVG(title = ""): SVGSVGElement {
-    const theme = this.theme ?? readTheme(document.body);
+  toSVG(title = "", theme: Theme = this.theme ?? readTheme(document.body)): SVGSVGElement {
     const sp = this.spec;
     const L = this.exportLayout(title);
     const { padL, padT } = L;
@@ -565,6 +626,23 @@ export class Heatmap {
         }
       }
       if (sp.rowLabels) svg.append(s("text", { x: padL - 4, y: padT + r * this.cellH + this.cellH * 0.7, "font-size": 10, "text-anchor": "end", fill: css(theme.fg) }, sp.rowLabels[r] ?? ""));
+    }
+    for (const o of this.outlined) {
+      if (o.cell[0] >= sp.rows || o.cell[1] >= sp.cols) continue;
+      const [r, c] = o.cell;
+      g.append(
+        s("rect", {
+          x: c * this.cellW + 1.5,
+          y: r * this.cellH + 1.5,
+          width: Math.max(2, this.cellW - 3),
+          height: Math.max(2, this.cellH - 3),
+          fill: "none",
+          stroke: outlineColor(o.role, theme.dark),
+          "stroke-width": 2.5,
+          "stroke-dasharray": o.role === "receiver" ? "3 2" : undefined,
+          "data-outline": o.role,
+        }),
+      );
     }
     svg.append(g);
     return svg;

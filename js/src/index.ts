@@ -4,14 +4,16 @@ import { LensView } from "./lens";
 import type { AnyModel } from "./model";
 import { PatchView } from "./patch";
 import { injectStyles } from "./style";
-import type { View } from "./view";
+import type { AttentionTraits, BaseTraits, LensTraits, PatchTraits } from "./traits";
 
 export { StaticModel } from "./model";
 
-const VIEWS: Record<string, new (m: AnyModel, el: HTMLElement) => View> = {
-  lens: LensView,
-  patch: PatchView,
-  attention: AttentionView,
+/** The view of each `_view_kind`. The kernel's model is untyped: this is where it is read as that view's traits
+ *  (tests/test_widget_contract.py checks that the trait interfaces name the Python traitlets). */
+const VIEWS: Record<string, (m: AnyModel, el: HTMLElement) => { destroy(): void; root: HTMLElement }> = {
+  lens: (m, el) => new LensView(m as unknown as AnyModel<LensTraits>, el),
+  patch: (m, el) => new PatchView(m as unknown as AnyModel<PatchTraits>, el),
+  attention: (m, el) => new AttentionView(m as unknown as AnyModel<AttentionTraits>, el),
 };
 
 // Not exported by name: anywidget >= 0.9 reads `default` ({ initialize?, render }) and warns
@@ -19,15 +21,15 @@ const VIEWS: Record<string, new (m: AnyModel, el: HTMLElement) => View> = {
 function render({ model, el }: { model: AnyModel; el: HTMLElement }): () => void {
   injectStyles(el);
   if (!el.isConnected) requestAnimationFrame(() => injectStyles(el)); // its shadow root, once attached
-  const kind = String(model.get("_view_kind") ?? "");
-  const Cls = VIEWS[kind];
-  if (!Cls) {
+  const kind = String((model as unknown as AnyModel<BaseTraits>).get("_view_kind") ?? "");
+  const make = VIEWS[kind];
+  if (!make) {
     const msg = document.createElement("div");
     msg.textContent = `Workbench: unknown view kind ${JSON.stringify(kind)}`;
     el.append(msg);
     return () => msg.remove();
   }
-  const view = new Cls(model, el);
+  const view = make(model, el);
   return () => {
     view.destroy();
     view.root.remove();

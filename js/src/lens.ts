@@ -1,10 +1,12 @@
 // LensView: layers x tokens heatmap of the logit lens.
 import { at, finiteRange, maybeUnpack, type NDArray } from "./arrays";
 import { sequential } from "./colors";
-import { lineChart } from "./chart";
+import { chartFigure, lineChart, type Series } from "./chart";
 import { button, clear, debounce, fmt, h, select } from "./dom";
 import { Heatmap, type Legend } from "./heatmap";
+import type { Figure } from "./export";
 import type { AnyModel } from "./model";
+import type { LensTraits, Maybe, PackedLens } from "./traits";
 import { tokenStrip, visibleToken } from "./tokens";
 import { View } from "./view";
 
@@ -21,13 +23,13 @@ export interface LensData {
   k: number;
 }
 
-export function decodeLens(raw: any): LensData | null {
-  if (!raw?.top_ids) return null;
+export function decodeLens(raw: Maybe<PackedLens> | null | undefined): LensData | null {
+  if (!raw?.top_ids || !raw.top_probs) return null;
   const topIds = maybeUnpack(raw.top_ids)!;
   const topProbs = maybeUnpack(raw.top_probs)!;
   const [L, T, k] = topIds.shape;
   const pinned: LensData["pinned"] = {};
-  for (const [tok, v] of Object.entries((raw.pinned ?? {}) as Record<string, any>)) pinned[tok] = { prob: maybeUnpack(v.prob), rank: maybeUnpack(v.rank) };
+  for (const [tok, v] of Object.entries(raw.pinned ?? {})) pinned[tok] = { prob: maybeUnpack(v?.prob), rank: maybeUnpack(v?.rank) };
   return { tokens: raw.tokens ?? [], topIds, topProbs, entropy: maybeUnpack(raw.entropy), kl: maybeUnpack(raw.kl), idText: raw.id_text ?? {}, pinned, L, T, k };
 }
 
@@ -82,7 +84,7 @@ export function modeLegend(mode: string, focus: string, lo: number, hi: number):
   return { lo, hi, label: "probability of the top-1 token" };
 }
 
-export class LensView extends View {
+export class LensView extends View<LensTraits> {
   heatmap: Heatmap;
   private data: LensData | null = null;
   private controls: HTMLElement;
@@ -91,7 +93,7 @@ export class LensView extends View {
   private pins: HTMLElement;
   private pinInput: HTMLInputElement;
 
-  constructor(model: AnyModel, el: HTMLElement) {
+  constructor(model: AnyModel<LensTraits>, el: HTMLElement) {
     super(model, el, "Logit lens");
     this.pinInput = h("input", { class: "wb-input", "data-testid": "wb-pin-input", placeholder: "token to pin, e.g. ␣Paris" });
     this.pinInput.addEventListener("keydown", (e) => {
@@ -127,27 +129,32 @@ export class LensView extends View {
       this.heatmap.el,
       this.chartBox,
     );
-    for (const t of ["data", "mode", "focus"]) this.listen(`change:${t}`, () => this.render());
+    for (const t of ["data", "mode", "focus"] as const) this.listen(t, () => this.render());
     this.followSelection(this.heatmap);
     this.render();
   }
 
   title(): string {
     // the prompt of the data drawn (the box may hold an edit that has not run yet)
-    const raw = this.model.get("data") as { prompt?: unknown } | null;
+    const raw = this.model.get("data");
     const shown = raw && typeof raw.prompt === "string" ? raw.prompt : String(this.model.get("prompt") ?? "");
     const mode = String(this.model.get("mode") ?? "top");
     const focus = String(this.model.get("focus") ?? "");
     return `Logit lens · ${modeLegend(mode, focus, 0, 1).label} · prompt "${shown}"`.slice(0, 200);
   }
-  mainHeatmap(): Heatmap {
-    return this.heatmap;
+  /** Export: the lens heatmap, and the pinned tokens' chart at the selected position. */
+  figures(): Figure[] {
+    if (!this.data) return [];
+    const figs = [this.heatmap.figure()];
+    const chart = this.chartSeries();
+    if (chart) figs.push(chartFigure(chart.heading, chart.series, "layer", "probability"));
+    return figs;
   }
 
   private pin(tok: string): void {
     const t = tok.replace(/\u2423/g, " ");
     if (!t) return;
-    const pinned = [...((this.model.get("pinned") ?? []) as string[])];
+    const pinned = [...(this.model.get("pinned") ?? [])];
     if (!pinned.includes(t)) pinned.push(t);
     this.model.set("focus", t);
     this.setTrait("pinned", pinned);
@@ -155,14 +162,14 @@ export class LensView extends View {
   }
 
   private unpin(tok: string): void {
-    const pinned = ((this.model.get("pinned") ?? []) as string[]).filter((x) => x !== tok);
+    const pinned = (this.model.get("pinned") ?? []).filter((x) => x !== tok);
     this.setTrait("pinned", pinned);
   }
 
   render(): void {
     this.data = decodeLens(this.model.get("data"));
     const mode = String(this.model.get("mode") ?? "prob");
-    const pinned = (this.model.get("pinned") ?? []) as string[];
+    const pinned = this.model.get("pinned") ?? [];
     const focus = String(this.model.get("focus") || pinned[0] || "");
     clear(this.controls);
     this.controls.append(
@@ -210,7 +217,7 @@ export class LensView extends View {
       return;
     }
     const mv = modeValues(d, mode, focus);
-    const sel = (this.model.get("selected") ?? []) as number[];
+    const sel = this.model.get("selected") ?? [];
     if (sel.length === 2 && !this.heatmap.selected && sel[0] < d.L && sel[1] < d.T) this.heatmap.selected = [sel[0], sel[1]];
     this.heatmap.setSpec({
       rows: d.L,
@@ -241,18 +248,25 @@ export class LensView extends View {
     this.strip.append(tokenStrip(this.data.tokens, { label: "tokens:", selected: col, onClick: (p) => this.heatmap.select(this.heatmap.selected?.[0] ?? this.data!.L - 1, p, false) }));
   }
 
-  private renderChart(): void {
-    clear(this.chartBox);
+  /** The pinned tokens' probability through the layers at the selected position (null with no pins). */
+  private chartSeries(): { heading: string; series: Series[] } | null {
     const d = this.data;
-    if (!d) return;
+    if (!d) return null;
     const pos = this.heatmap.selected?.[1] ?? d.T - 1;
     const series = Object.entries(d.pinned)
       .filter(([, v]) => v.prob)
       .map(([name, v]) => ({ name, values: Array.from({ length: d.L }, (_, l) => at(v.prob!, l, pos)) }));
-    if (!series.length) {
+    return series.length ? { heading: `Pinned tokens at position ${pos} (${visibleToken(d.tokens[pos] ?? "")})`, series } : null;
+  }
+
+  private renderChart(): void {
+    clear(this.chartBox);
+    if (!this.data) return;
+    const chart = this.chartSeries();
+    if (!chart) {
       this.chartBox.append(h("div", { class: "wb-hint" }, "Pin a token (press Enter on a cell, or type one) to follow its probability through the layers."));
       return;
     }
-    this.chartBox.append(h("div", { class: "wb-subtitle" }, `Pinned tokens at position ${pos} (${visibleToken(d.tokens[pos] ?? "")})`), lineChart(series, "layer", "probability"));
+    this.chartBox.append(h("div", { class: "wb-subtitle" }, chart.heading), lineChart(chart.series, "layer", "probability"));
   }
 }

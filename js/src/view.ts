@@ -1,25 +1,19 @@
 // Shared chrome of every view: status, progress + cancel, error box, exports, run history.
 import { button, clear, fmt, h } from "./dom";
-import { copyText, dataURLBytes, download, svgText } from "./export";
+import { readTheme } from "./colors";
+import { composePNG, composeSVG, copyText, dataURLBytes, download, type Figure, svgText } from "./export";
 import type { Heatmap } from "./heatmap";
-import type { AnyModel, Handler } from "./model";
+import type { AnyModel, Callback } from "./model";
+import { type CommonRequest, type KernelKind, type KernelMessage, kernelMessage } from "./protocol";
+import type { BaseTraits, ExportState, HistoryEntry } from "./traits";
 import { visibleToken } from "./tokens";
+
+export type { HistoryEntry } from "./traits";
 
 let counter = 0;
 export function requestId(): string {
   counter += 1;
   return `r${Date.now().toString(36)}-${counter}`;
-}
-
-export interface HistoryEntry {
-  id: string;
-  label: string;
-  value?: number | null;
-  clean?: number | null;
-  corrupt?: number | null;
-  top?: [string, number][];
-  code?: string;
-  args?: Record<string, unknown>;
 }
 
 export const HISTORY_MAX = 50;
@@ -55,8 +49,12 @@ export function differingArgs(hist: HistoryEntry[]): string[] {
   );
 }
 
-export abstract class View {
-  readonly model: AnyModel;
+/** The handler of each kernel message kind (the mapped type makes a missing kind a compile error). */
+type KernelHandlers = { [K in KernelKind]: (msg: KernelMessage[K], buffers: DataView[]) => void };
+
+/** A view of traits `T` that sends the requests `R` (besides the common ones: cancel, exports, attach). */
+export abstract class View<T extends BaseTraits = BaseTraits, R extends string = never> {
+  readonly model: AnyModel<T>;
   readonly el: HTMLElement;
   readonly root: HTMLElement;
   readonly body: HTMLElement;
@@ -66,19 +64,46 @@ export abstract class View {
   protected cancelBtn: HTMLButtonElement;
   protected historyBox: HTMLElement;
   protected codeBox: HTMLElement;
-  private listeners: [string, Handler][] = [];
+  private listeners: [string, Callback][] = [];
   private compare = new Set<string>();
   /** Run history: the kernel sends each new entry once ("history_add"), and the whole list once on attach. */
   protected hist: HistoryEntry[] = [];
   readonly standalone: boolean;
 
-  constructor(model: AnyModel, el: HTMLElement, title: string) {
+  /** What the view does with each message the kernel sends (protocol.ts lists the kinds). */
+  readonly kernelHandlers: KernelHandlers = {
+    history: (msg) => {
+      if (!Array.isArray(msg.entries)) return;
+      this.hist = msg.entries.slice(-HISTORY_MAX);
+      this.renderHistory();
+    },
+    history_add: (msg) => {
+      if (!msg.entry || typeof msg.entry !== "object") return;
+      const max = Number(msg.max) > 0 ? Number(msg.max) : HISTORY_MAX;
+      this.hist = [...this.hist, msg.entry].slice(-max);
+      this.renderHistory();
+    },
+    export: (msg) => {
+      // The kernel asked for an image of the current view (view.save_png / save_svg).
+      let bytes: Uint8Array = new Uint8Array(0);
+      if (msg.format === "png") bytes = dataURLBytes(this.pngURL());
+      else if (msg.format === "svg") bytes = new TextEncoder().encode(this.svgString());
+      this.sendCommon("export_result", { id: msg.id, format: msg.format }, [bytes]);
+    },
+    html: (_msg, buffers) => {
+      const b = buffers[0];
+      if (!b) return;
+      download("workbench.html", new Blob([new Uint8Array(b.buffer as ArrayBuffer, b.byteOffset, b.byteLength)], { type: "text/html" }));
+    },
+  };
+
+  constructor(model: AnyModel<T>, el: HTMLElement, title: string) {
     this.model = model;
     this.el = el;
     this.standalone = Boolean(model.get("_standalone"));
     this.status = h("span", { class: "wb-status", "data-testid": "wb-status", role: "status" }, "idle");
     this.progress = h("progress", { class: "wb-progress", "data-testid": "wb-progress", max: 1, value: 0, hidden: true });
-    this.cancelBtn = button("Cancel", () => this.send("cancel", {}), { "data-testid": "wb-cancel", disabled: true });
+    this.cancelBtn = button("Cancel", () => this.sendCommon("cancel", {}), { "data-testid": "wb-cancel", disabled: true });
     this.errorBox = h("div", { class: "wb-error", "data-testid": "wb-error", role: "alert", hidden: true });
     this.historyBox = h("div", { class: "wb-history", "data-testid": "wb-history" });
     this.codeBox = h("pre", { class: "wb-code", "data-testid": "wb-code", hidden: true });
@@ -87,7 +112,7 @@ export abstract class View {
       { class: "wb-exports" },
       button("PNG", () => this.savePNG(), { "data-testid": "wb-export-png", title: "Download the current view as PNG" }),
       button("SVG", () => this.saveSVG(), { "data-testid": "wb-export-svg", title: "Download the current view as SVG" }),
-      button("HTML", () => this.send("export_html", {}), { "data-testid": "wb-export-html", title: "Download a standalone HTML page (no kernel needed)", disabled: this.standalone }),
+      button("HTML", () => this.sendCommon("export_html", {}), { "data-testid": "wb-export-html", title: "Download a standalone HTML page (no kernel needed)", disabled: this.standalone }),
       button("Code", () => this.showCode(), { "data-testid": "wb-copy-code", title: "Show and copy the nnsight code of the current intervention" }),
     );
     const header = h("div", { class: "wb-header" }, h("span", { class: "wb-title" }, title), this.status, this.progress, this.cancelBtn, exports);
@@ -95,19 +120,19 @@ export abstract class View {
     this.root = h("div", { class: "wb-root", "data-testid": "wb-view" }, header, this.errorBox, this.body, this.codeBox, this.historyBox);
     this.root.setAttribute("data-kind", String(model.get("_view_kind") ?? ""));
     el.append(this.root);
-    this.listen("change:status", () => this.renderStatus());
-    this.listen("change:progress", () => this.renderStatus());
-    this.listen("change:progress_text", () => this.renderStatus());
-    this.listen("change:error", () => this.renderStatus());
-    this.hist = ((model.get("history") ?? []) as HistoryEntry[]).slice(-HISTORY_MAX); // standalone export state
-    this.listen("change:code", () => {
+    for (const t of ["status", "progress", "progress_text", "error"] as const) this.listen(t, () => this.renderStatus());
+    // standalone export state (a kernel sends the history as messages instead)
+    this.hist = ((model as unknown as AnyModel<ExportState>).get("history") ?? []).slice(-HISTORY_MAX);
+    this.listen("code", () => {
       if (!this.codeBox.hidden) this.codeBox.textContent = this.codeText();
     });
-    this.listen("msg:custom", (content: any, buffers: DataView[]) => this.onMessage(content, buffers ?? []));
+    const onMsg = (content: unknown, buffers: DataView[]) => this.onMessage(content, buffers ?? []);
+    this.model.on("msg:custom", onMsg);
+    this.listeners.push(["msg:custom", onMsg]);
     this.renderStatus();
     this.renderHistory();
     // tell the kernel a front end draws this view (save_png/save_svg need one) and get the history so far
-    if (!this.standalone) this.model.send({ kind: "attached", id: requestId() });
+    if (!this.standalone) this.sendCommon("attached", {});
   }
 
   private codeText(): string {
@@ -115,7 +140,9 @@ export abstract class View {
     return code || "# no intervention for the current inputs yet: click a cell or press Sweep";
   }
 
-  listen(event: string, cb: Handler): void {
+  /** Redraw on a change of trait `name` (unbound on destroy). */
+  listen(name: keyof T & string, cb: () => void): void {
+    const event = `change:${name}` as const;
     this.model.on(event, cb);
     this.listeners.push([event, cb]);
   }
@@ -123,7 +150,7 @@ export abstract class View {
   destroy(): void {
     if (!this.standalone) {
       try {
-        this.model.send({ kind: "detached", id: requestId() });
+        this.sendCommon("detached", {});
       } catch {
         /* the comm may be gone already */
       }
@@ -132,18 +159,23 @@ export abstract class View {
     this.listeners = [];
   }
 
-  send(kind: string, payload: Record<string, unknown>): string {
+  /** Send a request of this view to the kernel (a one-off command with a request id). */
+  send(kind: R | CommonRequest, payload: Record<string, unknown>, buffers?: Uint8Array[]): string {
     const id = requestId();
     if (this.standalone) {
       this.status.textContent = "no kernel (static export)";
       return id;
     }
-    this.model.send({ kind, id, ...payload });
+    this.model.send({ kind, id, ...payload }, undefined, buffers);
     return id;
   }
 
+  protected sendCommon(kind: CommonRequest, payload: Record<string, unknown>, buffers?: Uint8Array[]): string {
+    return this.send(kind, payload, buffers);
+  }
+
   /** Set a trait from the view and sync it. */
-  setTrait(name: string, value: unknown): void {
+  setTrait<K extends keyof T & string>(name: K, value: T[K]): void {
     this.model.set(name, value);
     this.model.save_changes();
   }
@@ -232,7 +264,7 @@ export abstract class View {
   }
 
   /** The prompt editor: a textarea bound to the `prompt` trait (Enter runs, Shift+Enter breaks the line) and Run. */
-  protected promptRow(): HTMLElement {
+  protected promptRow(this: View<BaseTraits & { prompt: string }, R>): HTMLElement {
     const input = h("textarea", { class: "wb-prompt", "data-testid": "wb-prompt", rows: 2, spellcheck: "false" });
     input.value = String(this.model.get("prompt") ?? "");
     const submit = () => this.setTrait("prompt", input.value);
@@ -242,7 +274,7 @@ export abstract class View {
         submit();
       }
     });
-    this.listen("change:prompt", () => {
+    this.listen("prompt", () => {
       input.value = String(this.model.get("prompt") ?? "");
     });
     return h("div", { class: "wb-row" }, input, button("Run", submit, { "data-testid": "wb-run" }));
@@ -250,23 +282,27 @@ export abstract class View {
 
   /** Follow a selection set from the kernel (e.g. shared between the Workbench's views). */
   protected followSelection(hm: Heatmap): void {
-    this.listen("change:selected", () => {
-      const s = (this.model.get("selected") ?? []) as number[];
+    this.listen("selected", () => {
+      const s = this.model.get("selected") ?? [];
       if (s.length !== 2 || (hm.selected && hm.selected[0] === s[0] && hm.selected[1] === s[1])) return;
       if (s[0] < hm.spec.rows && s[1] < hm.spec.cols) hm.setSelected([s[0], s[1]]);
     });
   }
 
-  /** The heatmap that PNG/SVG export show. */
-  abstract mainHeatmap(): Heatmap | null;
+  /** The parts of the view that PNG/SVG export show, top to bottom (heatmaps, charts, head views, text). */
+  abstract figures(): Figure[];
   abstract title(): string;
 
+  private theme() {
+    return readTheme(this.el.isConnected ? this.el : document.body);
+  }
   pngURL(): string {
-    return this.mainHeatmap()?.toPNG(this.title()) ?? "";
+    const figs = this.figures();
+    return figs.length ? composePNG(this.title(), figs, this.theme()) : "";
   }
   svgString(): string {
-    const hm = this.mainHeatmap();
-    return hm ? svgText(hm.toSVG(this.title())) : "";
+    const figs = this.figures();
+    return figs.length ? svgText(composeSVG(this.title(), figs, this.theme())) : "";
   }
   savePNG(): void {
     const url = this.pngURL();
@@ -277,24 +313,9 @@ export abstract class View {
     if (svg) download("workbench.svg", new Blob([svg], { type: "image/svg+xml" }));
   }
 
-  protected onMessage(content: any, buffers: DataView[]): void {
-    if (!content || typeof content !== "object") return;
-    if (content.kind === "history" && Array.isArray(content.entries)) {
-      this.hist = (content.entries as HistoryEntry[]).slice(-HISTORY_MAX);
-      this.renderHistory();
-    } else if (content.kind === "history_add" && content.entry && typeof content.entry === "object") {
-      const max = Number(content.max) > 0 ? Number(content.max) : HISTORY_MAX;
-      this.hist = [...this.hist, content.entry as HistoryEntry].slice(-max);
-      this.renderHistory();
-    } else if (content.kind === "export") {
-      // The kernel asked for an image of the current view (view.save_png / save_svg).
-      let bytes: Uint8Array = new Uint8Array(0);
-      if (content.format === "png") bytes = dataURLBytes(this.pngURL());
-      else if (content.format === "svg") bytes = new TextEncoder().encode(this.svgString());
-      this.model.send({ kind: "export_result", id: content.id, format: content.format }, undefined, [bytes]);
-    } else if (content.kind === "html" && buffers.length) {
-      const b = buffers[0];
-      download("workbench.html", new Blob([new Uint8Array(b.buffer as ArrayBuffer, b.byteOffset, b.byteLength)], { type: "text/html" }));
-    }
+  protected onMessage(content: unknown, buffers: DataView[]): void {
+    const msg = kernelMessage(content);
+    if (!msg) return;
+    (this.kernelHandlers[msg.kind] as (m: typeof msg, b: DataView[]) => void)(msg, buffers);
   }
 }

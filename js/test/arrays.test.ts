@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { at, finiteRange, unpack } from "../src/arrays";
+import type { DType } from "../src/arrays";
 
 describe("unpack", () => {
   it("reads a DataView", () => {
@@ -24,7 +25,7 @@ describe("unpack", () => {
   it("rejects a wrong size, a JSON list and an unknown dtype", () => {
     expect(() => unpack({ shape: [3], dtype: "float32", data: new Float32Array(2) })).toThrow(/needs 12 bytes/);
     expect(() => unpack({ shape: [1], dtype: "float32", data: [1] })).toThrow(/not binary/);
-    expect(() => unpack({ shape: [1], dtype: "float64" as any, data: new Float32Array(2) })).toThrow(/dtype/);
+    expect(() => unpack({ shape: [1], dtype: "float64" as unknown as DType, data: new Float32Array(2) })).toThrow(/dtype/);
   });
   it("finds the finite range", () => {
     expect(finiteRange([NaN, 2, -1, Infinity])).toEqual([-1, 2]);

@@ -26,7 +26,7 @@ describe("a view in a shadow root (marimo)", () => {
     for (let i = 0; i < 2; i++) {
       const el = document.createElement("div");
       shadow.append(el);
-      widget.render({ model: new StaticModel(state), el });
+      widget.render({ model: new StaticModel<Record<string, unknown>>(state), el });
     }
     expect(shadow.querySelectorAll("style#wb-styles").length).toBe(1);
     expect(document.querySelectorAll("style#wb-styles").length).toBe(1);

@@ -2,10 +2,16 @@ import { describe, expect, it } from "vitest";
 import widget from "../src/index";
 import { StaticModel } from "../src/model";
 import { LensView } from "../src/lens";
+import type { ExportState, LensTraits } from "../src/traits";
 import { f32, lensData, setBox } from "./helpers";
 
+/** The content of the last message the view sent. */
+function lastSent(model: StaticModel<Record<string, unknown>>): Record<string, unknown> {
+  return model.sent.at(-1)!.content as Record<string, unknown>;
+}
+
 function mount(state: Record<string, unknown>) {
-  const model = new StaticModel({ status: "done", error: "", progress: 0, progress_text: "", history: [], code: "", selected: [], ...state });
+  const model = new StaticModel<Record<string, unknown>>({ status: "done", error: "", progress: 0, progress_text: "", history: [], code: "", selected: [], ...state });
   const el = document.createElement("div");
   document.body.append(el);
   const cleanup = widget.render({ model, el });
@@ -70,7 +76,7 @@ describe("PatchView", () => {
     expect(hm.getAttribute("data-cols")).toBe("3");
     setBox(hm, 0, 0, 30, 40);
     hm.dispatchEvent(new MouseEvent("click", { clientX: 25, clientY: 15, bubbles: true }));
-    const msg = model.sent.at(-1)!.content as any;
+    const msg = lastSent(model);
     expect(msg.kind).toBe("patch");
     expect(msg).toMatchObject({ layer: 1, position: 2, head: null });
     expect(typeof msg.id).toBe("string");
@@ -86,12 +92,12 @@ describe("PatchView", () => {
   it("sweep and cancel are messages; a result shows the prediction and the cone", () => {
     const { el, model } = mount(base);
     (el.querySelector("[data-testid=wb-sweep]") as HTMLButtonElement).click();
-    expect((model.sent.at(-1)!.content as any).kind).toBe("sweep");
+    expect(lastSent(model).kind).toBe("sweep");
     model.set("status", "running");
     const cancel = el.querySelector("[data-testid=wb-cancel]") as HTMLButtonElement;
     expect(cancel.disabled).toBe(false);
     cancel.click();
-    expect((model.sent.at(-1)!.content as any).kind).toBe("cancel");
+    expect(lastSent(model).kind).toBe("cancel");
     model.set("sweep", { values: f32([4, 3], (i) => i), normalized: f32([4, 3], (i) => i / 12), clean: 1, corrupt: 0, site: "resid_pre", mode: "patch" });
     expect(el.querySelector("[data-testid=wb-caption]")!.textContent).toContain("normalised");
     model.set("result", {
@@ -153,7 +159,7 @@ describe("issue 10 plumbing", () => {
   });
   it("history arrives one entry at a time and shows the arguments that differ", () => {
     const { el, model } = mount({ _view_kind: "lens", prompt: "p", data: {} });
-    expect(model.sent.some((m) => (m.content as any).kind === "attached")).toBe(true);
+    expect(model.sent.some((m) => (m.content as { kind?: string }).kind === "attached")).toBe(true);
     const entry = (id: string, prompt: string) => ({ id, label: "lens", value: null, top: [], args: { prompt, pinned: [" Paris"] } });
     model.emit("msg:custom", { kind: "history_add", entry: entry("a", "The Eiffel Tower is located in the city of"), max: 50 }, []);
     model.emit("msg:custom", { kind: "history_add", entry: entry("b", "The Eiffel Tower is located in the town of"), max: 50 }, []);
@@ -173,7 +179,14 @@ describe("issue 10 plumbing", () => {
     expect(err.textContent).toContain("failed");
   });
   it("the lens export title is the prompt of the data shown, not of the box", () => {
-    const model = new StaticModel({ _view_kind: "lens", status: "error", error: "x", history: [], prompt: "new prompt", data: { ...lensData(2, 2, 2), prompt: "old prompt" } });
+    const model = new StaticModel<LensTraits & ExportState>({
+      _view_kind: "lens",
+      status: "error",
+      error: "x",
+      history: [],
+      prompt: "new prompt",
+      data: { ...lensData(2, 2, 2), prompt: "old prompt" },
+    });
     const el = document.createElement("div");
     document.body.append(el);
     const v = new LensView(model, el);

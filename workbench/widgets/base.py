@@ -446,7 +446,6 @@ class WorkbenchWidget(anywidget.AnyWidget):
         self.status = "error" if self.error else "done"
         self.progress = 1.0
         self.progress_text = ""
-        self.send({"kind": "done", "id": job.request_id})
 
     def _undo(self, job: Job, exc: BaseException) -> str:
         """Run the job's `failed` callback; what it returns is a note added to the error message."""
@@ -461,20 +460,16 @@ class WorkbenchWidget(anywidget.AnyWidget):
         self.status = "idle"
         self.progress = 0.0
         self.progress_text = "cancelled"
-        with contextlib.suppress(Exception):
-            self.send({"kind": "cancelled", "id": job.request_id})
 
     def _fail(self, exc: BaseException, request_id: str, note: str = "") -> None:
         self.last_error = exc
         self.error = (readable(exc) or f"{type(exc).__name__} (no message)") + (f"\n{note}" if note else "")
         self.status = "error"
         self.progress_text = ""
-        with contextlib.suppress(Exception):
-            self.send({"kind": "error", "id": request_id, "message": self.error})
 
     def _superseded(self, job: Job) -> None:
-        with contextlib.suppress(Exception):
-            self.send({"kind": "superseded", "id": job.request_id})
+        """A queued job was replaced by a newer one of its slot: nothing to undo or show (the status stays
+        "running" for the newer job; state the view draws lives in traits, so no message is sent)."""
 
     def cancel(self) -> None:
         """Cancel this view's running computation and drop its queued ones (the status says "cancelled")."""
@@ -482,10 +477,8 @@ class WorkbenchWidget(anywidget.AnyWidget):
 
         dropped, running = self.runner.cancel(self)
         notes = []
-        for job in dropped:  # never started: undo what the request changed, and tell the view
+        for job in dropped:  # never started: undo what the request changed (the status below tells the view)
             notes.append(self._undo(job, CancelledError("cancelled before it started")))
-            with contextlib.suppress(Exception):
-                self.send({"kind": "cancelled", "id": job.request_id})
         # nothing left that would end the "running" state (a background job never sets it)
         if (running is None or running.quiet) and self.status == "running":
             self.status = "idle"
@@ -586,7 +579,7 @@ class WorkbenchWidget(anywidget.AnyWidget):
         return self._request_export("png", path)
 
     def save_svg(self, path: str | Path) -> Path:
-        """As save_png, for an SVG of the view's main heatmap."""
+        """As save_png, for an SVG of the view: its heatmaps, charts, head view and result, as the PNG shows."""
         return self._request_export("svg", path)
 
     def _on_export_result(self, content: dict, buffers: list) -> None:

@@ -3,24 +3,64 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
+import json
 from typing import Any
 
 import traitlets
 
+from ..engine.sites import SITES
+from ..engine.sites import site as site_record
 from .base import WorkbenchWidget, _errors, _ops, check_int, finite, message_error, pack, pack_lens, readable
 
-SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head")
-MODES = ("patch", "ablate")
+MODES = ("patch", "ablate", "path")
 METHODS = ("zero", "mean", "resample")
+# what a receiver of path patching is: a head (its q, k and v), or one of its inputs
+RECEIVER_SITES = ("head", "q", "k", "v")
+
+
+def _cell(site: str, layer: Any, position: Any = None, head: Any = None):
+    from ..engine.edits import Cell  # torch is imported with the engine, not with the widgets
+
+    return Cell(site, layer, position, head)
+
+
+def _path_op(name: str):
+    """wb.path_patch / wb.path_patch_sweep, or a readable error while this Workbench does not have them."""
+    import workbench
+
+    fn = getattr(_ops(), name, None) or getattr(workbench, name, None)
+    if fn is None:
+        raise _errors().WorkbenchError(
+            f"Path mode needs wb.{name}, which this version of Workbench does not have yet. Switch mode to "
+            "'patch' or 'ablate' meanwhile (the set of cells works there)."
+        )
+    return fn
+
+
+def _call(fn: Any, *args: Any, progress: Any, cancel: Any, **kwargs: Any) -> Any:
+    """Call an op, passing progress/cancel only if it takes them."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for name, value in (("progress", progress), ("cancel", cancel)):
+        if takes_all or name in params:
+            kwargs[name] = value
+    return fn(*args, **kwargs)
 
 
 class PatchView(WorkbenchWidget):
     """`PatchView(model, clean, corrupt, target=" Paris", foil=" Rome", site="resid_pre", mode="patch")`.
 
-    Click a (layer, position) cell — or (layer, head) with site="head" — to patch the clean activation into the
-    corrupt run there and see the patched prediction and logit lens; drag a clean-run cell onto a corrupt-run cell to
-    patch across positions/layers; "Sweep" fills the map (cancellable). mode="ablate" ablates the clean prompt
-    instead (method zero / mean / resample, with `corrupt` as the resample reference).
+    Click a (layer, position) cell — or (layer, head) with a per-head site (head, q, k, v, pattern) — to patch the
+    clean activation into the corrupt run there and see the patched prediction and logit lens; drag a clean-run
+    cell onto a corrupt-run cell to patch across positions/layers; "Sweep" fills the map (cancellable).
+    mode="ablate" ablates the clean prompt instead (method zero / mean / resample, with `corrupt` as the resample
+    reference). Shift-click adds a cell to the set (`cells`) or removes it; "Apply set" patches or ablates every
+    cell of the set jointly, in one run. mode="path": click heads to pick the receivers (or "logits") and Sweep
+    fills the senders' map with `wb.path_patch_sweep`; "Apply set" runs `wb.path_patch` with the set as senders.
     The metric is logit_diff(target, foil), or logprob(target) without a foil, or `metric=` any metric.
     """
 
@@ -36,6 +76,16 @@ class PatchView(WorkbenchWidget):
     tokens_corrupt = traitlets.List(traitlets.Unicode()).tag(sync=True)
     n_layers = traitlets.Int(0).tag(sync=True)
     n_heads = traitlets.Int(0).tag(sync=True)
+    n_kv_heads = traitlets.Int(0).tag(sync=True)
+    # the sites this model offers, as the Site table describes them: {"name", "doc", "heads", "layers"}
+    sites = traitlets.List(traitlets.Dict()).tag(sync=True)
+    # the set of cells applied jointly: [site, layer, position | None, head | None] each
+    cells = traitlets.List().tag(sync=True)
+    # path mode: "logits" or a list of receiver cells [site, layer, None, head]; clicks add `receiver_site` cells
+    receivers = traitlets.Union([traitlets.Unicode(), traitlets.List()], default_value="logits").tag(
+        sync=True
+    )
+    receiver_site = traitlets.Unicode("head").tag(sync=True)
     sweep = traitlets.Dict().tag(sync=True)
     result = traitlets.Dict().tag(sync=True)
     # target/foil as the model sees them: {"target": {"tokens": [...], "warning": "...", "error": "..."}, ...}
@@ -55,6 +105,8 @@ class PatchView(WorkbenchWidget):
         mode: str = "patch",
         method: str = "zero",
         metric: Any = None,
+        cells: list | None = None,
+        receivers: str | list = "logits",
         **kwargs: Any,
     ):
         super().__init__(
@@ -68,19 +120,51 @@ class PatchView(WorkbenchWidget):
             method=method,
             n_layers=int(model.n_layers),
             n_heads=int(model.n_heads),
+            n_kv_heads=int(getattr(model, "n_kv_heads", None) or model.n_heads),
+            sites=self._offered_sites(model),
+            cells=[self._tuple(c) for c in (cells or [])],
+            receivers=receivers if isinstance(receivers, str) else [self._tuple(c) for c in receivers],
             **kwargs,
         )
         self._metric = metric
         self._sweeps: dict[
             tuple, dict
-        ] = {}  # one sweep per (mode, site, method, target, foil): switching keeps them
+        ] = {}  # one sweep per (mode, site, method, target, foil, receivers): switching keeps them
         self._problems: list[str] = []
         self._problem_kind = "WorkbenchError"
-        self._handlers.update(patch=self._on_patch, ablate=self._on_ablate, sweep=self._on_sweep)
+        self._handlers.update(
+            patch=self._on_patch, ablate=self._on_ablate, sweep=self._on_sweep, apply_set=self._on_apply_set
+        )
         self.observe(self._prompts_changed, names=["clean", "corrupt"])
-        self.observe(self._setup_changed, names=["target", "foil", "site", "mode", "method"])
+        self.observe(self._setup_changed, names=["target", "foil", "site", "mode", "method", "receivers"])
+        self.observe(lambda _change: self._validate(), names=["receiver_site"])
         self._validate()
         self._compute_clean_lens()
+
+    @staticmethod
+    def _offered_sites(model: Any) -> list[dict[str, Any]]:
+        """Every site of the Site table this model has (resid_mid only for sequential blocks), for the picker."""
+        out = []
+        for name in SITES:
+            rec = site_record(name)
+            if rec.sequential_only and not model._sequential():
+                continue
+            out.append(
+                {
+                    "name": rec.name,
+                    "doc": rec.doc,
+                    "heads": rec.heads,
+                    "layers": 1 if rec.embed_only else int(model.n_layers),
+                }
+            )
+        return out
+
+    @staticmethod
+    def _tuple(c: Any) -> list:
+        """A wb.Cell (or a [site, layer, position, head] list) as the list the `cells` trait holds."""
+        if hasattr(c, "site") and hasattr(c, "layer"):
+            return [c.site, c.layer, c.position, c.head]
+        return list(c)
 
     # ---- state
     def _word(self, text: str) -> dict[str, Any]:
@@ -116,7 +200,7 @@ class PatchView(WorkbenchWidget):
         problems: list[str] = []
         kinds: list[str] = []  # which WorkbenchError class each problem is
         tokens: dict[str, list[str]] = {"clean": [], "corrupt": []}
-        need_corrupt = self.mode == "patch" or self.method == "resample"
+        need_corrupt = self.mode != "ablate" or self.method == "resample"
         for name in ("clean", "corrupt"):
             text = getattr(self, name)
             if not text:
@@ -131,7 +215,7 @@ class PatchView(WorkbenchWidget):
                 problems.append(f"{name} prompt: {exc}")
                 kinds.append("TokenizationError")
         if (
-            self.mode == "patch"
+            self.mode != "ablate"
             and tokens["clean"]
             and tokens["corrupt"]
             and len(tokens["clean"]) != len(tokens["corrupt"])
@@ -153,14 +237,26 @@ class PatchView(WorkbenchWidget):
             if self.foil and inputs["foil"]["error"]:
                 problems.append(f"foil: {inputs['foil']['error']}")
                 kinds.append("TokenizationError")
+        offered = [s["name"] for s in self.sites]
+        if self.site not in offered:
+            try:  # the model's own reason (e.g. resid_mid in a block with parallel attention and MLP)
+                self.model.check_site(self.site)
+                why = f"Unknown site {self.site!r}"
+            except Exception as exc:  # noqa: BLE001 - shown in the widget
+                why = str(exc).rstrip(".")
+            problems.append(f"{why}. Pick one of {', '.join(offered)}.")
+            kinds.append("SiteError")
         for name, value, allowed in (
-            ("site", self.site, SITES),
             ("mode", self.mode, MODES),
             ("method", self.method, METHODS),
+            ("receiver_site", self.receiver_site, RECEIVER_SITES),
         ):
             if value not in allowed:
                 problems.append(f"Unknown {name} {value!r}: pick one of {', '.join(allowed)}.")
-                kinds.append("SiteError" if name == "site" else "WorkbenchError")
+                kinds.append("WorkbenchError")
+        if self.mode == "path" and not (self.receivers == "logits" or isinstance(self.receivers, list)):
+            problems.append(f"receivers={self.receivers!r}: use 'logits' or a list of head cells.")
+            kinds.append("WorkbenchError")
         self._problems = problems
         self._problem_kind = kinds[0] if kinds else "WorkbenchError"
         with self.hold_trait_notifications():
@@ -194,12 +290,16 @@ class PatchView(WorkbenchWidget):
             self._compute_clean_lens()
 
     def _setup_changed(self, change: Any) -> None:
+        if change["name"] == "receivers" and self.mode != "path":
+            return  # receivers only matter in path mode
         self._stale()
         self.selected = []
         self._validate()
         self.sweep = self._sweeps.get(self._sweep_key(), {})
 
     def _sweep_key(self) -> tuple:
+        if self.mode == "path":
+            return ("path", "head", "", self.target, self.foil, json.dumps(self.receivers))
         return (self.mode, self.site, self.method if self.mode == "ablate" else "", self.target, self.foil)
 
     def _inputs_key(self) -> tuple:
@@ -242,13 +342,24 @@ class PatchView(WorkbenchWidget):
         return ops.logit_diff(self.target, self.foil) if self.foil else ops.logprob(self.target)
 
     # ---- clicks: each becomes one intervention (and the lens of the intervened run)
+    def _site_info(self, name: str | None = None) -> dict[str, Any]:
+        name = self.site if name is None else name
+        for info in self.sites:
+            if info["name"] == name:
+                return info
+        raise _errors().SiteError(
+            f"Unknown site {name!r}: pick one of {', '.join(s['name'] for s in self.sites)}."
+        )
+
+    def _n_heads_of(self, info: dict[str, Any]) -> int:
+        return int(self.n_kv_heads if info["heads"] == "kv" else self.n_heads)
+
     def _cell(self, content: dict) -> dict[str, Any]:
         """The (layer, position | head) of a request, checked: integers in range, or a message saying what was wrong."""
-        head_site = self.site == "head"
-        L = int(self.model.n_layers)
-        layer = check_int(content, "layer", 0, L - 1)
-        if head_site:
-            head = check_int(content, "head", 0, int(self.model.n_heads) - 1)
+        info = self._site_info()
+        layer = check_int(content, "layer", 0, int(info["layers"]) - 1)
+        if info["heads"]:
+            head = check_int(content, "head", 0, self._n_heads_of(info) - 1)
             pos = None
         else:
             toks = self.tokens_clean if self.mode == "ablate" else self.tokens_corrupt
@@ -261,13 +372,17 @@ class PatchView(WorkbenchWidget):
     def _ui_cell(self, content: dict, cell: dict) -> list[int]:
         ui = content.get("cell")
         if ui is None:
-            return [cell["layer"], cell["head"] if self.site == "head" else cell["position"]]
+            return [cell["layer"], cell["head"] if cell["head"] is not None else cell["position"]]
         if not isinstance(ui, (list, tuple)) or len(ui) != 2:
             raise message_error(f"The view sent cell={ui!r}: it must be [row, column].")
         return [
             check_int({"row": ui[0]}, "row", 0, 10**6, what="cell row"),
             check_int({"col": ui[1]}, "col", 0, 10**6, what="cell column"),
         ]
+
+    def _where(self, cell: dict) -> str:
+        col = f"H{cell['head']}" if cell["head"] is not None else f"pos {cell['position']}"
+        return f"L{cell['layer']} {col}"
 
     def _on_patch(self, content: dict, _buffers: list) -> None:
         ops = _ops()
@@ -307,9 +422,7 @@ class PatchView(WorkbenchWidget):
 
         def done(out):
             value, lens = out
-            where = f"L{cell['layer']} " + (
-                f"H{cell['head']}" if site == "head" else f"pos {cell['position']}"
-            )
+            where = self._where(cell)
             if extra:
                 where = f"L{extra['source_layer']} pos {extra['source_position']} → {where}"
             if key == self._inputs_key():  # inputs changed while it ran: do not show it for the new ones
@@ -353,40 +466,137 @@ class PatchView(WorkbenchWidget):
 
         def done(out):
             value, lens = out
-            where = f"L{cell['layer']} " + (
-                f"H{cell['head']}" if site == "head" else f"pos {cell['position']}"
-            )
+            where = self._where(cell)
             if key == self._inputs_key():
                 self._show(f"{method}-ablate {site} {where}", value, lens, site, cell, ui_cell, {})
 
         self.submit("ablate", str(content.get("id", "")), run, done, slot="click")
 
     def _show(
-        self, label: str, value: Any, lens: Any, site: str, cell: dict, ui_cell: list, extra: dict
+        self,
+        label: str,
+        value: Any,
+        lens: Any,
+        site: str,
+        cell: dict,
+        ui_cell: list | None,
+        extra: dict,
+        cells: list | None = None,
     ) -> None:
         self.last_result = value
         self.result = {
             "label": label,
             "site": site,
-            **cell,
+            "layer": cell.get("layer"),
+            "position": cell.get("position"),
+            "head": cell.get("head"),
             **extra,
-            "cell": [int(ui_cell[0]), int(ui_cell[1])],
+            "cell": None if ui_cell is None else [int(ui_cell[0]), int(ui_cell[1])],
+            "cells": cells if cells is not None else [[site, cell["layer"], cell["position"], cell["head"]]],
             "value": finite(value),
             "clean": finite(getattr(value, "clean", None)),
             "corrupt": finite(getattr(value, "corrupt", None)),
-            "top_tokens": [str(t) for t in value.top_tokens],
-            "top_probs": pack(value.top_probs),
+            "top_tokens": [str(t) for t in getattr(value, "top_tokens", [])],
+            "top_probs": pack(getattr(value, "top_probs", [])),
             "lens": pack_lens(lens) if lens is not None else {},
             "compute_ms": round(self.compute_ms, 1),
         }
-        self._record(label, value, args=self._args())
+        args = self._args()
+        if cells is not None:
+            args["cells"] = cells
+        self._record(label, value, args=args)
 
     def _args(self) -> dict[str, Any]:
         args = {"clean": self.clean, "corrupt": self.corrupt, "target": self.target, "foil": self.foil}
         args.update(site=self.site, mode=self.mode)
         if self.mode == "ablate":
             args["method"] = self.method
+        if self.mode == "path":
+            args["receivers"] = self.receivers
         return args
+
+    # ---- the set: cells applied jointly
+    def _cell_of(self, entry: Any, what: str):
+        """One [site, layer, position, head] entry of the `cells`/`receivers` trait as a wb.Cell (shape checked here,
+        ranges by the op, which names the fix)."""
+        if not isinstance(entry, (list, tuple)) or len(entry) != 4 or not isinstance(entry[0], str):
+            raise message_error(
+                f"{what} holds {entry!r:.80}: each entry must be [site, layer, position, head]."
+            )
+        fields = {"layer": entry[1], "position": entry[2], "head": entry[3]}
+        return _cell(
+            entry[0],
+            check_int(fields, "layer", 0, 10**6, what=f"{what} layer"),
+            check_int(fields, "position", 0, 10**6, optional=True, what=f"{what} position"),
+            check_int(fields, "head", 0, 10**6, optional=True, what=f"{what} head"),
+        )
+
+    def set_cells(self) -> list:
+        """The set (the `cells` trait) as wb.Cell values, in the order they were added."""
+        if not isinstance(self.cells, list) or not self.cells:
+            raise _errors().WorkbenchError(
+                "The set is empty: shift-click cells of the map to add them (or set view.cells), then Apply set."
+            )
+        return [self._cell_of(c, "cells") for c in self.cells]
+
+    def receiver_cells(self) -> str | list:
+        """The receivers of path mode: "logits" or wb.Cell values."""
+        if self.receivers == "logits":
+            return "logits"
+        if not isinstance(self.receivers, list) or not self.receivers:
+            raise _errors().WorkbenchError(
+                "No receivers: click heads of the map in path mode to pick them, or press Logits."
+            )
+        return [self._cell_of(c, "receivers") for c in self.receivers]
+
+    def _on_apply_set(self, content: dict, _buffers: list) -> None:
+        ops = _ops()
+        self._check_ready()
+        cells = self.set_cells()
+        tuples = [self._tuple(c) for c in cells]
+        mode, method, metric = self.mode, self.method, self.metric()
+        clean, corrupt = self.clean, self.corrupt
+        receivers = self.receiver_cells() if mode == "path" else None
+        path_patch = _path_op("path_patch") if mode == "path" else None
+        key = self._inputs_key()
+
+        def run(progress, cancel):
+            if mode == "path":
+                return _call(
+                    path_patch,
+                    self.model,
+                    clean,
+                    corrupt,
+                    metric=metric,
+                    senders=cells,
+                    receivers=receivers,
+                    progress=progress,
+                    cancel=cancel,
+                )
+            if mode == "ablate":
+                return ops.ablate(
+                    self.model,
+                    clean,
+                    metric=metric,
+                    cells=cells,
+                    method=method,
+                    reference=(corrupt or None) if method != "zero" else None,
+                    progress=progress,
+                    cancel=cancel,
+                )
+            return ops.patch(
+                self.model, clean, corrupt, metric=metric, cells=cells, progress=progress, cancel=cancel
+            )
+
+        def done(value):
+            what = {"patch": "patch", "ablate": f"{method}-ablate", "path": "path-patch"}[mode]
+            label = f"{what} set of {len(cells)}: " + ", ".join(repr(c) for c in cells)
+            if mode == "path":
+                label += f" → {receivers if receivers == 'logits' else ', '.join(map(repr, receivers))}"
+            if key == self._inputs_key():
+                self._show(label[:300], value, None, "set", {}, None, {}, cells=tuples)
+
+        self.submit("apply set", str(content.get("id", "")), run, done, slot="click")
 
     # ---- sweep
     def _on_sweep(self, content: dict, _buffers: list) -> None:
@@ -401,8 +611,22 @@ class PatchView(WorkbenchWidget):
             self.method,
             self.metric(),
         )
+        receivers = self.receiver_cells() if mode == "path" else None
+        path_sweep = _path_op("path_patch_sweep") if mode == "path" else None
+        receivers_trait = self.receivers
 
         def run(progress, cancel):
+            if mode == "path":
+                return _call(
+                    path_sweep,
+                    self.model,
+                    clean,
+                    corrupt,
+                    metric=metric,
+                    receivers=receivers,
+                    progress=progress,
+                    cancel=cancel,
+                )
             if mode == "ablate":
                 return ops.ablate_sweep(
                     self.model,
@@ -424,7 +648,7 @@ class PatchView(WorkbenchWidget):
             self.last_result = sw
             normalized = None
             if (
-                mode == "patch"
+                mode != "ablate"
                 and finite(sw.clean) is not None
                 and finite(sw.corrupt) is not None
                 and sw.clean != sw.corrupt
@@ -436,22 +660,35 @@ class PatchView(WorkbenchWidget):
                 "clean": finite(sw.clean),
                 "corrupt": finite(sw.corrupt),
                 "axes": list(sw.axes),
-                "site": site,
+                "site": "head" if mode == "path" else site,
                 "mode": mode,
                 "method": method,
+                "receivers": receivers_trait if mode == "path" else None,
             }
             self._sweeps[skey] = packed
             if skey == self._sweep_key():
                 self.sweep = packed
-            label = f"{'patch' if mode == 'patch' else method + '-ablate'} sweep {site}"
-            self._record(label, sw, args={**self._args(), "site": site, "mode": mode})
+            label = {"patch": "patch", "ablate": f"{method}-ablate", "path": "path-patch"}[mode]
+            label += f" sweep {site}" if mode != "path" else f" sweep → {receivers_trait}"
+            self._record(label[:300], sw, args=self._args())
 
         self.submit("sweep", str(content.get("id", "")), run, done, slot="sweep")
 
     # ---- python-side conveniences (what a click does)
+    def cell_at(self, layer: int, col: int) -> list:
+        """The [site, layer, position, head] of heatmap cell (layer, col) for the current site."""
+        info = self._site_info()
+        if info["heads"]:
+            return [self.site, int(layer), None, int(col)]
+        return [self.site, int(layer), int(col), None]
+
     def click(self, layer: int, col: int) -> PatchView:
-        """Apply the patch/ablation at heatmap cell (layer, col) as a click does; returns self (see .wait())."""
-        head = self.site == "head"
+        """Apply the patch/ablation at heatmap cell (layer, col) as a click does; returns self (see .wait()).
+
+        In path mode a click picks a receiver instead (as in the view)."""
+        if self.mode == "path":
+            return self.toggle_receiver(layer, col)
+        head = bool(self._site_info()["heads"])
         self.request(
             self.mode if self.mode == "ablate" else "patch",
             layer=layer,
@@ -459,6 +696,31 @@ class PatchView(WorkbenchWidget):
             head=col if head else None,
             cell=[layer, col],
         )
+        return self
+
+    def toggle(self, layer: int, col: int) -> PatchView:
+        """Add heatmap cell (layer, col) of the current site to the set, or remove it (a shift-click)."""
+        # in path mode the set is the senders: heads
+        cell = ["head", int(layer), None, int(col)] if self.mode == "path" else self.cell_at(layer, col)
+        cells = [list(c) for c in self.cells]
+        self.cells = [c for c in cells if c != cell] if cell in cells else [*cells, cell]
+        return self
+
+    def toggle_receiver(self, layer: int, head: int) -> PatchView:
+        """Add query head (layer, head) to the receivers as a `receiver_site` cell, or remove it (a click in path
+        mode); k and v receivers are key-value heads, so query head h picks key-value head h // group."""
+        site = self.receiver_site
+        if site_record(site).heads == "kv":
+            head = int(head) // max(1, int(self.n_heads) // max(1, int(self.n_kv_heads)))
+        cell = [site, int(layer), None, int(head)]
+        current = [] if self.receivers == "logits" else [list(c) for c in self.receivers]
+        new = [c for c in current if c != cell] if cell in current else [*current, cell]
+        self.receivers = new or "logits"
+        return self
+
+    def apply_set(self) -> PatchView:
+        """Apply every cell of the set jointly (the "Apply set" button); returns self (see .wait())."""
+        self.request("apply_set")
         return self
 
     def run_sweep(self) -> PatchView:

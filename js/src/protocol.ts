@@ -1,0 +1,37 @@
+// The custom messages between a view and its kernel. One-off commands only: state lives in traits.
+// tests/test_widget_contract.py reads these lists and checks them against what workbench/widgets/*.py sends and
+// handles, so a message nobody reads cannot come back.
+import type { HistoryEntry } from "./traits";
+
+/** Every kind the kernel sends (WorkbenchWidget.send in widgets/base.py); View.onMessage handles each one. */
+export const KERNEL_MESSAGES = ["history", "history_add", "export", "html"] as const;
+export type KernelKind = (typeof KERNEL_MESSAGES)[number];
+
+/** The content of each kernel message (binary buffers travel beside it). */
+export interface KernelMessage {
+  history: { kind: "history"; entries: HistoryEntry[]; max?: number };
+  history_add: { kind: "history_add"; entry: HistoryEntry; max?: number };
+  /** view.save_png / save_svg: answer with an export_result carrying the bytes. */
+  export: { kind: "export"; format: string; id: string };
+  /** The standalone page the HTML button asked for, as one buffer. */
+  html: { kind: "html"; id?: string };
+}
+
+/** The requests each view sends: the keys of its Python `_handlers`. */
+export const VIEW_REQUESTS = {
+  common: ["cancel", "export_html", "export_result", "attached", "detached"],
+  lens: [],
+  patch: ["patch", "ablate", "sweep", "apply_set"],
+  attention: ["head"],
+} as const;
+
+export type CommonRequest = (typeof VIEW_REQUESTS.common)[number];
+export type PatchRequest = (typeof VIEW_REQUESTS.patch)[number];
+export type AttentionRequest = (typeof VIEW_REQUESTS.attention)[number];
+
+/** A kernel message of a known kind, or null (anything else is ignored). */
+export function kernelMessage(content: unknown): KernelMessage[KernelKind] | null {
+  if (!content || typeof content !== "object") return null;
+  const kind = (content as { kind?: unknown }).kind;
+  return typeof kind === "string" && (KERNEL_MESSAGES as readonly string[]).includes(kind) ? (content as KernelMessage[KernelKind]) : null;
+}

@@ -1,0 +1,157 @@
+// The traits of each view, one interface per Python view class, named exactly as its synced traitlets
+// (workbench/widgets/*.py; tests/test_widget_contract.py checks that the names match on both sides).
+import type { Packed } from "./arrays";
+
+/** A run in the history: the kernel sends entries as messages; standalone HTML carries them in its state. */
+export interface HistoryEntry {
+  id: string;
+  label: string;
+  value?: number | null;
+  clean?: number | null;
+  corrupt?: number | null;
+  top?: [string, number][];
+  code?: string;
+  args?: Record<string, unknown>;
+}
+
+/** WorkbenchWidget (widgets/base.py): status, progress, error, code and the selected cell. */
+export interface BaseTraits {
+  _view_kind: string;
+  _standalone: boolean;
+  status: string;
+  error: string;
+  progress: number;
+  progress_text: string;
+  code: string;
+  selected: number[];
+}
+
+/** Not a synced trait: the run history a standalone export puts into the state (widgets/base.py standalone_html). */
+export interface ExportState {
+  history?: HistoryEntry[];
+}
+
+/** A LensResult as `pack_lens` sends it (top-k only). */
+export interface PackedLens {
+  tokens: string[];
+  top_ids: Packed;
+  top_probs: Packed;
+  entropy: Packed;
+  kl: Packed;
+  id_text: Record<string, string>;
+  pinned: Record<string, { prob: Packed; rank: Packed }>;
+  /** LensView: the prompt of the data shown. */
+  prompt?: string;
+  /** PatchView's clean_lens when no lens is computed (remote models) or it failed. */
+  note?: string;
+}
+
+/** A Dict trait: {} until the kernel fills it. */
+export type Maybe<T> = Partial<T>;
+
+/** LensView (widgets/lens.py). */
+export interface LensTraits extends BaseTraits {
+  prompt: string;
+  top_k: number;
+  mode: string;
+  pinned: string[];
+  focus: string;
+  data: Maybe<PackedLens>;
+  hover: number[];
+}
+
+export type PatchMode = "patch" | "ablate" | "path";
+/** A place in the model as the `cells` trait holds it: [site, layer, position | null, head | null] (wb.Cell). */
+export type CellTuple = [string, number, number | null, number | null];
+/** Path patching's receivers: the final residual stream, or cells. */
+export type Receivers = "logits" | CellTuple[];
+
+/** A site as the Site table describes it (workbench/engine/sites.py), for the picker and the grid. */
+export interface SiteInfo {
+  name: string;
+  doc: string;
+  /** null: one vector per position; "query": n_heads columns; "kv": n_kv_heads columns. */
+  heads: "query" | "kv" | null;
+  /** Layer rows (1 for embed). */
+  layers: number;
+}
+
+export interface SweepData {
+  values: Packed;
+  normalized: Packed | null;
+  clean: number | null;
+  corrupt: number | null;
+  axes: string[];
+  site: string;
+  mode: PatchMode;
+  method: string;
+  receivers: Receivers | null;
+}
+
+export interface PatchResult {
+  label: string;
+  site: string;
+  layer: number | null;
+  position: number | null;
+  head: number | null;
+  source_layer?: number | null;
+  source_position?: number | null;
+  /** The heatmap cell clicked (null for a set). */
+  cell: [number, number] | null;
+  cells: CellTuple[];
+  value: number | null;
+  clean: number | null;
+  corrupt: number | null;
+  top_tokens: string[];
+  top_probs: Packed;
+  lens: Maybe<PackedLens>;
+  compute_ms: number;
+}
+
+export interface WordInfo {
+  text?: string;
+  tokens?: string[];
+  warning?: string;
+  error?: string;
+}
+
+/** PatchView (widgets/patch.py). */
+export interface PatchTraits extends BaseTraits {
+  clean: string;
+  corrupt: string;
+  target: string;
+  foil: string;
+  site: string;
+  mode: PatchMode;
+  method: string;
+  tokens_clean: string[];
+  tokens_corrupt: string[];
+  n_layers: number;
+  n_heads: number;
+  n_kv_heads: number;
+  sites: SiteInfo[];
+  cells: CellTuple[];
+  receivers: Receivers;
+  receiver_site: string;
+  sweep: Maybe<SweepData>;
+  result: Maybe<PatchResult>;
+  inputs: Record<string, WordInfo>;
+  clean_lens: Maybe<PackedLens>;
+}
+
+export interface HeadPattern {
+  layer: number;
+  head: number;
+  tokens: string[];
+  data: Packed;
+}
+
+/** AttentionView (widgets/attention.py). */
+export interface AttentionTraits extends BaseTraits {
+  prompt: string;
+  tokens: string[];
+  n_layers: number;
+  n_heads: number;
+  thumbs: Maybe<Packed>;
+  pattern: Maybe<HeadPattern>;
+}
