@@ -114,8 +114,10 @@ def _trace_chunk(
     refs = [model.site_ref(name, layer) for layer, name, _ in steps]
     envoys = [model.envoy(ref) for ref in refs]
     frozen = slice(2, 2 + n)
+    nn = model.nn  # the body names only envoys, tensors and plain data: it is shipped to NDIF as it is
     top_ids = top_probs = None
-    with torch.no_grad(), model.nn.trace(batch, logits_to_keep=1, **model.trace_options()):
+    # Saved values must be bound to plain names in the body: that is what comes back (also from NDIF).
+    with torch.no_grad(), nn.trace(batch, logits_to_keep=1, **model.trace_options()):
         live: dict[tuple[str, bool], torch.Tensor] = {}  # module tensors read so far (fused q|k|v: once)
         for (_, name, work), ref, envoy in zip(steps, refs, envoys, strict=True):
             where = (ref.path, ref.use_input)
@@ -128,7 +130,7 @@ def _trace_chunk(
             else:
                 for f_row, r_row, position, head in work:
                     apply_edits(x, [(r_row, position, head, "source", None)], f_row, 1)
-        logits = model.nn.output.logits[:, -1].float()
+        logits = nn.output.logits[:, -1].float()
         metric_values = metric(logits.clone(), logits[0].clone()).save()  # the metric may edit them
         if top_k:
             top = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
