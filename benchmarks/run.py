@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -49,6 +50,21 @@ OPS = [
     dict(key="mlp_out", name="mlp_out sweep (layer x pos)", kind="sweep", site="mlp_out", by_position=True),
     dict(key="head", name="head sweep (layer, all pos)", kind="sweep", site="head", by_position=False),
     dict(key="head_by_pos", name="head sweep (layer x pos)", kind="sweep", site="head", by_position=True),
+    # q/k/v (issue 12): one head's slice of the projection output before rotary, every position at once;
+    # k and v sweep the key-value heads, as TransformerLens's hook_k / hook_v do (no ungrouping).
+    dict(key="q", name="q sweep (layer, all pos)", kind="sweep", site="q", by_position=False),
+    dict(key="k", name="k sweep (layer, kv head, all pos)", kind="sweep", site="k", by_position=False),
+    dict(key="v", name="v sweep (layer, kv head, all pos)", kind="sweep", site="v", by_position=False),
+    # Path patching (issue 12): wb.path_patch_sweep to logits, every head the sender in turn; the peer is a
+    # per-head plain-hook loop in TransformerLens (4.3 has only head-to-head direct path patching). The row
+    # runs where `wb.path_patch_sweep` exists and is skipped (with a note) elsewhere.
+    dict(
+        key="path",
+        name="path patching sweep (sender heads -> logits)",
+        kind="path",
+        site="head",
+        by_position=False,
+    ),
     dict(key="attribution", name="attribution patching (3 sites x layer x pos)", kind="attribution"),
     dict(key="lens", name="logit lens (all layers x pos, top-5)", kind="lens"),
     dict(key="single", name="single-cell patch (click, warm)", kind="single"),
@@ -56,6 +72,13 @@ OPS = [
     dict(key="path", name="path patch sweep to logits (layer, head)", kind="path"),
 ]
 
+
+# The --big group: a random model of SmolLM2-1.7B's shape (1.7B parameters, 6.8 GB float32 per copy). The
+# op rows the issue asks for there, the peers' sample per sweep (a forward is ~10x the embedded model's) and
+# the heads per layer Workbench runs in its per-head sweeps (768 cells each, all at the same cost per layer).
+BIG_OPS = ("resid_pre", "head", "q", "k", "v", "attribution", "lens", "single")
+BIG_MAX_CELLS = 12
+BIG_WB_HEADS = 4
 
 # ------------------------------------------------------------------------------------------- process facts
 
@@ -79,7 +102,7 @@ def cpu_model() -> str:
 class TLWorker:
     """TransformerLens in its own venv, one JSON request per line."""
 
-    def __init__(self, python: str, folder: str, threads: int, log: Path) -> None:
+    def __init__(self, python: str, folder: str, threads: int, log: Path, freeze: bool = False) -> None:
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS=str(threads))
         self.proc = subprocess.Popen(
             [python, str(ROOT / "benchmarks" / "tl_worker.py")],
@@ -89,7 +112,7 @@ class TLWorker:
             text=True,
             env=env,
         )
-        self.info = self.ask({"cmd": "setup", "folder": folder, "threads": threads})
+        self.info = self.ask({"cmd": "setup", "folder": folder, "threads": threads, "freeze": freeze})
 
     def ask(self, req: dict) -> dict:
         assert self.proc.stdin and self.proc.stdout
@@ -110,10 +133,25 @@ class TLWorker:
 
 
 # ------------------------------------------------------------------------------------------- the ops
+def is_sweep(op: dict) -> bool:
+    """Ops that run one patched forward per cell for the peers (sampled, extrapolated per cell)."""
+    return op["kind"] in ("sweep", "path")
+
+
+def per_head(op: dict) -> bool:
+    from workbench.engine.sites import site
+
+    return site(op["site"]).per_head
+
+
 def sweep_cells(model, op: dict, n_tokens: int) -> list[tuple[int, int | None, int | None]]:
-    L, H = model.n_layers, model.n_heads
-    if op["site"] != "head":
+    """The cells of a sweep in the order of Workbench's result grid (k/v: the key-value heads)."""
+    from workbench.engine.sites import site
+
+    L = model.n_layers
+    if not per_head(op):
         return [(lyr, p, None) for lyr in range(L) for p in range(n_tokens)]
+    H = model.n_kv_heads if site(op["site"]).heads == "kv" else model.n_heads
     if op["by_position"]:
         return [(lyr, p, h) for lyr in range(L) for p in range(n_tokens) for h in range(H)]
     return [(lyr, None, h) for lyr in range(L) for h in range(H)]
@@ -121,7 +159,7 @@ def sweep_cells(model, op: dict, n_tokens: int) -> list[tuple[int, int | None, i
 
 def tl_cell(op: dict, cell: tuple) -> list[int]:
     lyr, p, h = cell
-    if op["site"] != "head":
+    if not per_head(op):
         return [lyr, p]
     return [lyr, p, h] if op["by_position"] else [lyr, h]
 
@@ -164,11 +202,13 @@ class Bench:
         return statistics.median(ts)
 
     def token_block_cost(self, ids: torch.Tensor) -> float:
-        """Seconds per token-block evaluation of a batched forward of ~400 tokens: the best of the plain HF
-        forward and the same forward with Workbench's oneDNN linear layers (the fastest kernels we know)."""
+        """Seconds per token-block evaluation of a batched forward of ~400 tokens (--big: ~160, one timed
+        run each: a 400-token forward of the 1.7B shape takes most of a minute here): the best of the plain
+        HF forward and the same forward with Workbench's oneDNN linear layers (the fastest kernels we know)."""
         from workbench.engine.onednn import onednn_linears
 
-        n = max(1, 400 // ids.shape[1])
+        tokens, reps = (160, 1) if self.args.big else (400, 3)
+        n = max(1, tokens // ids.shape[1])
         batch = ids.expand(n, -1).contiguous()
         hf = self.model.hf
         best = float("inf")
@@ -176,7 +216,7 @@ class Bench:
             with torch.no_grad(), kernels():
                 hf(batch, logits_to_keep=1)
                 ts = []
-                for _ in range(3):
+                for _ in range(reps):
                     t0 = time.perf_counter()
                     hf(batch, logits_to_keep=1)
                     ts.append(time.perf_counter() - t0)
@@ -208,6 +248,16 @@ class Bench:
             bound = metric.bind(model)
             t, peak, out = timed(lambda: run_rows(model, ctx["c"], ctx["k"], rows, bound))
             return t, peak, {"values": out.values.numpy(), "clean": out.source, "corrupt": out.base}
+        if op["kind"] == "path":
+            if not hasattr(wb, "path_patch_sweep"):
+                return None  # not on this branch yet: the row stays empty
+            F._BASELINES.clear()
+            t, peak, res = timed(
+                lambda: wb.path_patch_sweep(
+                    model, ctx["clean"], ctx["corrupt"], metric=metric, receivers="logits"
+                )
+            )
+            return t, peak, {"values": res.values.reshape(-1), "clean": res.clean, "corrupt": res.corrupt}
         if op["kind"] == "attribution":
             return timed_attribution(model, ctx, metric)
         if op["kind"] == "path":
@@ -266,6 +316,8 @@ class Bench:
         }
         if op["kind"] == "sweep":
             req.update(kind="sweep", op=op["key"], cells=[tl_cell(op, c) for c in ctx["sample"]])
+        elif op["kind"] == "path":
+            req.update(kind="path", cells=[tl_cell(op, c) for c in ctx["sample"]])
         elif op["kind"] == "single":
             req.update(kind="single", cell=[0, 0])
         else:
@@ -299,13 +351,20 @@ def run_T(bench: Bench, n_tokens: int, ops: list[dict]) -> list[dict]:
     contexts = {}
     for op in ops:
         ctx = dict(clean=clean, corrupt=corrupt, c=c, k=k, wb_cells=None)
-        if op["kind"] == "sweep":
+        if is_sweep(op):
             cells = sweep_cells(model, op, n_tokens)
             ctx["all"] = cells
-            n_sample = min(len(cells), max_cells)
-            idx = sorted(rng.sample(range(len(cells)), n_sample))
-            ctx["sample_idx"] = idx
-            ctx["sample"] = [cells[i] for i in idx]
+            pool = cells  # the cells the peers sample from: among those Workbench runs
+            if args.wb_heads and op["kind"] == "sweep" and per_head(op) and not op["by_position"]:
+                # Workbench runs every layer at a few heads: all heads of a layer cost the same (the same
+                # rows from the same layer on), so the lower bound extrapolates the rest exactly per cell
+                n_h = max(cl[2] for cl in cells) + 1
+                if args.wb_heads < n_h:
+                    keep = set(range(0, n_h, n_h // args.wb_heads)[: args.wb_heads])
+                    pool = ctx["wb_cells"] = [cl for cl in cells if cl[2] in keep]
+            n_sample = min(len(pool), max_cells)
+            idx = sorted(rng.sample(range(len(pool)), n_sample))
+            ctx["sample"] = [pool[i] for i in idx]
             if args.wb_positions and n_tokens > 10 and op["by_position"]:
                 step = max(1, n_tokens // args.wb_positions)
                 keep = set(range(0, n_tokens, step)) | {n_tokens - 1}
@@ -337,7 +396,7 @@ def run_T(bench: Bench, n_tokens: int, ops: list[dict]) -> list[dict]:
                 if out is None:
                     continue
                 t, peak, res = out
-                if op["kind"] == "sweep" and who != "wb":  # extrapolate the per-cell part only
+                if is_sweep(op) and who != "wb":  # extrapolate the per-cell part only
                     n_run = len(ctx["sample"])
                     t = res.get("setup", 0.0) + (t - res.get("setup", 0.0)) * len(ctx["all"]) / n_run
                 times[op["key"]][who].append(t)
@@ -355,7 +414,7 @@ def run_T(bench: Bench, n_tokens: int, ops: list[dict]) -> list[dict]:
         res = results[key]
         row = dict(op=op["name"], key=key, T=n_tokens, fwd=fwd, token_block=tb, load=os.getloadavg())
         wb_vals = res.get("wb", {}).get("values")
-        if op["kind"] == "sweep":
+        if is_sweep(op):
             n_all = len(ctx["all"])
             wb_cells = ctx["wb_cells"] or ctx["all"]
             row["cells"] = n_all
@@ -391,6 +450,10 @@ def run_T(bench: Bench, n_tokens: int, ops: list[dict]) -> list[dict]:
             wb_fwd_eq=(med["wb"] / fwd) if med["wb"] else None,
         )
         rows.append(row)
+    by_key = {r["key"]: r for r in rows}
+    path, head = by_key.get("path"), by_key.get("head")
+    if path and head and path["wb"] and head["wb"]:  # the path target is relative to the head sweep
+        path["vs_head"] = path["wb"] / head["wb"]
     return rows
 
 
@@ -401,6 +464,10 @@ TARGETS = {
     "mlp_out": "TL/WB >= 10, diff <= 1e-3",
     "head": "TL/WB >= 10, diff <= 1e-3",
     "head_by_pos": "TL/WB >= 10, diff <= 1e-3",
+    "q": "TL/WB >= 10, diff <= 1e-4",
+    "k": "TL/WB >= 10, diff <= 1e-4",
+    "v": "TL/WB >= 10, diff <= 1e-4",
+    "path": "WB path / WB head sweep <= 3",
     "attribution": "<= 4 fwd",
     "lens": "<= 2 fwd",
     "single": "<= 1.3 fwd",
@@ -435,7 +502,9 @@ def table(rows: list[dict]) -> str:
             f"| {_s(r['wb_fwd_eq'], '{:.1f}')} | {_s(r.get('bound_ratio'), '{:.2f}')} "
             f"| {_s(r.get('tl_bound_ratio'), '{:.1f}')} "
             f"| {_s(r.get('diff_tl'), '{:.1e}')} | {_s(r.get('diff_naive'), '{:.1e}')} "
-            f"| {_mb(r['wb_peak'])} / {_mb(r['tl_peak'])} / {_mb(r['naive_peak'])} | {TARGETS[r['key']]} |"
+            f"| {_mb(r['wb_peak'])} / {_mb(r['tl_peak'])} / {_mb(r['naive_peak'])} | {TARGETS[r['key']]}"
+            + (f" (now {r['vs_head']:.2f})" if r.get("vs_head") else "")
+            + " |"
         )
     return head + "\n".join(lines) + "\n"
 
@@ -472,7 +541,14 @@ def header(args, model, tl: TLWorker | None, load_start, load_end, started: str,
         f"(transformers {tl_info.get('transformers', '—')}, torch {tl_info.get('torch', '—')}, own venv).",
         f"- Model: {model!r}, float32, attention {model.hf.config._attn_implementation} in Workbench "
         "(TransformerBridge forces eager). TransformerLens boots the same local folder "
-        "(`TransformerBridge.boot_transformers(folder)`) and gets the same token ids.",
+        "(`TransformerBridge.boot_transformers(folder)`) and gets the same token ids."
+        + (
+            " Weights: random, seeded (`benchmarks/big.py`: SmolLM2-1.7B's config.json shape, transformers' "
+            "own init), the embedded model's tokenizer; TransformerLens's weights frozen "
+            "(`requires_grad_(False)`, as Workbench's attribution does: weight gradients would add 6.8 GB)."
+            if args.big
+            else ""
+        ),
         "- Workbench's local fast paths run float32 linear layers through oneDNN "
         "(`workbench/ops/_fast_linear.py`; torch's default, MKL, is ~2.3x slower per matmul on this CPU) and "
         f"keep a packed copy of the linear weights ({packed_mb(model):.0f} MB for this model) from the first "
@@ -483,17 +559,27 @@ def header(args, model, tl: TLWorker | None, load_start, load_end, started: str,
         f"- {args.reps} repetitions at T=10, {args.reps_large} at larger T; contenders interleaved (order "
         "rotates every repetition); medians shown.",
         "- Sweeps: TransformerLens's own `get_act_patch_*` functions (`resid_pre`, `attn_out`, `mlp_out`, "
-        "`attn_head_out_all_pos`, `attn_head_out_by_pos`) with the clean `run_with_cache` inside the timed "
-        "region; Workbench `wb.patch_sweep` from cold (no cached runs). `~` = extrapolated: TransformerLens "
+        "`attn_head_out_all_pos`, `attn_head_out_by_pos`, `attn_head_q/k/v_all_pos`) with the clean "
+        "`run_with_cache` inside the timed region; Workbench `wb.patch_sweep` from cold (no cached runs). "
+        "q/k/v: one head's slice of the projection output before rotary (TransformerLens's `hook_q/k/v`); "
+        "k and v sweep the key-value heads in both (TransformerBridge keeps `hook_k`/`hook_v` at "
+        "n_key_value_heads, no ungrouping). `~` = extrapolated: TransformerLens "
         f"and the naive loop run at most {args.max_cells} sampled cells per sweep at T=10 and "
         f"{args.max_cells_large} at larger T (one full forward each, so "
         "time is linear in cells) and the max abs differences are over those cells; at T > 10 Workbench may "
-        "run all layers at a subset of positions and is extrapolated by the lower bound of the rest.",
+        "run all layers at a subset of positions and is extrapolated by the lower bound of the rest"
+        + (
+            f"; per-head all-position sweeps run every layer at {args.wb_heads} heads in Workbench "
+            "(every head of a layer costs the same), extrapolated by the lower bound, and TransformerLens "
+            "samples among those cells."
+            if args.wb_heads
+            else "."
+        ),
         "- fwd-eq = time / one plain forward of the corrupt prompt (HF, no grad, `logits_to_keep=1`, median "
         "over repetitions): " + ", ".join(f"T={T}: {v['fwd'] * 1e3:.0f} ms" for T, v in per_T.items()) + ".",
         "- Lower bound = sum over cells of (L - l)(T - p) token-block evaluations (p = 0 for all-position "
         "cells) times the best cost of one token-block evaluation on this machine (a batched forward of "
-        "~400 tokens / (tokens x layers), the faster of HF's own and HF's with oneDNN linear layers, median "
+        f"~{160 if args.big else 400} tokens / (tokens x layers), the faster of HF's own and HF's with oneDNN linear layers, median "
         "over repetitions: "
         + ", ".join(f"T={T}: {v['tb'] * 1e6:.1f} µs" for T, v in per_T.items())
         + "). WB / lower bound = how far Workbench is from the fastest possible exact sweep.",
@@ -511,23 +597,46 @@ def header(args, model, tl: TLWorker | None, load_start, load_end, started: str,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tokens", default="10,50,200", help="prompt lengths, comma-separated")
+    ap.add_argument(
+        "--big",
+        action="store_true",
+        help="time a randomly initialised model with SmolLM2-1.7B's shape (benchmarks/big.py) instead of "
+        f"the embedded one: defaults --tokens 10, --ops {','.join(BIG_OPS)}, --max-cells {BIG_MAX_CELLS}, "
+        f"--wb-heads {BIG_WB_HEADS}, no naive loop, TransformerLens weights frozen; writes results_big.md",
+    )
+    ap.add_argument("--tokens", default=None, help="prompt lengths, comma-separated (default 10,50,200)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions at T <= 10")
     ap.add_argument("--reps-large", type=int, default=1, help="repetitions at T > 10")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--max-cells", type=int, default=60, help="cells TL / naive run per sweep (sampled)")
+    ap.add_argument(
+        "--max-cells", type=int, default=None, help="cells TL / naive run per sweep (sampled; default 60)"
+    )
     ap.add_argument("--max-cells-large", type=int, default=12, help="the same at T > 10")
     ap.add_argument(
         "--wb-positions", type=int, default=4, help="positions Workbench runs at T > 10 (0 = all)"
+    )
+    ap.add_argument(
+        "--wb-heads",
+        type=int,
+        default=None,
+        help="heads per layer Workbench runs in per-head all-position sweeps (0 = all, the default)",
     )
     ap.add_argument("--ops", default="", help="comma-separated op keys (default: all)")
     ap.add_argument("--large-ops", default="resid_pre,attn_out,mlp_out,attribution,lens,single")
     ap.add_argument("--tl-python", default=str(ROOT / ".bench-venv" / "bin" / "python"))
     ap.add_argument("--skip-tl", action="store_true")
     ap.add_argument("--skip-naive", action="store_true")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results.md"))
+    ap.add_argument("--out", default=None, help="default benchmarks/results.md (--big: results_big.md)")
     ap.add_argument("--render", default="", help="only re-render the table of --out from this results.json")
     args = ap.parse_args()
+    big_defaults = dict(tokens="10", max_cells=BIG_MAX_CELLS, wb_heads=BIG_WB_HEADS, ops=",".join(BIG_OPS))
+    plain_defaults = dict(tokens="10,50,200", max_cells=60, wb_heads=0, ops="")
+    for name, value in (big_defaults if args.big else plain_defaults).items():
+        if getattr(args, name) in (None, ""):
+            setattr(args, name, value)
+    if args.big:
+        args.skip_naive = True
+    args.out = args.out or str(ROOT / "benchmarks" / ("results_big.md" if args.big else "results.md"))
     if args.render:
         rows = json.loads(Path(args.render).read_text())
         for r in rows:
@@ -550,12 +659,25 @@ def main() -> int:
     load_start = os.getloadavg()
     model = wb.load()
     folder = model.load_info.get("folder")
+    if args.big:  # the embedded model only lends its tokenizer
+        from benchmarks import big
+
+        folder = big.ensure(Path(folder))
+        del model
+        gc.collect()
+        model = wb.load(str(folder))
     tl = None
     if not args.skip_tl:
         if not folder or not Path(args.tl_python).exists():
             print("TransformerLens venv or model folder missing: run `make bench` (it builds .bench-venv).")
         else:
-            tl = TLWorker(args.tl_python, str(folder), args.threads, ROOT / "benchmarks" / "tl_worker.log")
+            tl = TLWorker(
+                args.tl_python,
+                str(folder),
+                args.threads,
+                ROOT / "benchmarks" / "tl_worker.log",
+                freeze=args.big,
+            )
             print(f"TransformerLens worker: {tl.info}", flush=True)
     bench = Bench(args, model, tl)
     wanted = [o for o in OPS if not args.ops or o["key"] in args.ops.split(",")]

@@ -39,6 +39,8 @@ def setup(req: dict) -> dict:
     torch.set_num_threads(int(req.get("threads", 1)))
     MODEL = TransformerBridge.boot_transformers(req["folder"], device="cpu", dtype=torch.float32)
     MODEL.eval()
+    if req.get("freeze"):  # no weight gradients in attribution (the 1.7B group: 6.8 GB more otherwise)
+        MODEL.requires_grad_(False)
     from importlib.metadata import version
 
     return {
@@ -63,6 +65,12 @@ _SWEEPS = {
     "mlp_out": ("get_act_patch_mlp_out", ("layer", "pos")),
     "head": ("get_act_patch_attn_head_out_all_pos", ("layer", "head")),
     "head_by_pos": ("get_act_patch_attn_head_out_by_pos", ("layer", "pos", "head")),
+    # hook_q / hook_k / hook_v: the projections split into heads, before rotary (hook_rot_q/k come after);
+    # on a grouped-query model the bridge keeps k and v at n_key_value_heads (no ungrouping), so k/v cells
+    # are key-value heads, as in Workbench
+    "q": ("get_act_patch_attn_head_q_all_pos", ("layer", "head")),
+    "k": ("get_act_patch_attn_head_k_all_pos", ("layer", "head")),
+    "v": ("get_act_patch_attn_head_v_all_pos", ("layer", "head")),
 }
 
 
@@ -147,6 +155,8 @@ def attribution(req: dict) -> list[float]:
     for name in wanted:  # hook.name is the canonical name; key by the name asked for
         model.add_hook(name, partial(fwd, key=name), "fwd")
         model.add_hook(name, partial(bwd, key=name), "bwd")
+    if not any(p.requires_grad for p in model.parameters()):  # frozen weights: the graph starts here
+        model.add_hook("hook_embed", lambda x, hook: x.requires_grad_(True), "fwd")
     try:
         value = metric(model(corrupt))
         value.backward()
@@ -180,7 +190,46 @@ def lens(req: dict) -> list[float]:
     return top.values.exp().flatten().tolist()
 
 
-OPS = {"sweep": sweep, "attribution": attribution, "lens": lens}
+def path(req: dict) -> list[float]:
+    """Path patching to logits (Wang et al. 2022) as a per-sender plain-hook loop: one forward of the corrupt
+    prompt per sender head with that head's hook_z set to its clean value and every other head's hook_z
+    frozen at its corrupt value (MLPs and norms recomputed). With receivers = logits the second step of
+    path patching (patch the final residual into the corrupt run) reads the same logits, so one forward
+    per sender is the whole method. TransformerLens 4.3 has no such function: its path patching,
+    `get_act_patch_direct_path`, patches one source head's write into later heads' q/k/v inputs."""
+    from functools import partial
+
+    model = MODEL
+    clean = torch.tensor([req["clean"]])
+    corrupt = torch.tensor([req["corrupt"]])
+    metric = _metric(req["target"], req["foil"])
+    L = model.cfg.n_layers
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(L)]
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        _, clean_cache = model.run_with_cache(clean, names_filter=names)
+        _, corrupt_cache = model.run_with_cache(corrupt, names_filter=names)
+        req["_setup"] = time.perf_counter() - t0  # the two cached runs, paid once per sweep
+        frozen = [corrupt_cache[n] for n in names]
+        sender = [clean_cache[n] for n in names]
+
+        def hook(z, hook, layer, send):
+            z = frozen[layer].clone()
+            if send is not None:
+                z[:, :, send] = sender[layer][:, :, send]
+            return z
+
+        out = []
+        for s_layer, s_head in req["cells"]:
+            hooks = [
+                (names[layer], partial(hook, layer=layer, send=s_head if layer == s_layer else None))
+                for layer in range(L)
+            ]
+            out.append(float(metric(model.run_with_hooks(corrupt, fwd_hooks=hooks))))
+    return out
+
+
+OPS = {"sweep": sweep, "attribution": attribution, "lens": lens, "path": path}
 
 
 def main() -> None:
