@@ -414,6 +414,8 @@ def run_T(bench: Bench, n_tokens: int, ops: list[dict]) -> list[dict]:
         res = results[key]
         row = dict(op=op["name"], key=key, T=n_tokens, fwd=fwd, token_block=tb, load=os.getloadavg())
         wb_vals = res.get("wb", {}).get("values")
+        if wb_vals is not None and len(wb_vals):  # the size of the numbers the max abs diffs compare
+            row["wb_max_abs"] = float(np.nanmax(np.abs(np.asarray(wb_vals, dtype=np.float64))))
         if is_sweep(op):
             n_all = len(ctx["all"])
             wb_cells = ctx["wb_cells"] or ctx["all"]
@@ -516,6 +518,32 @@ def packed_mb(model) -> float:
     return sum(m.weight.numel() * 4 for m in FL._eligible(model)) / 2**20
 
 
+def packing(model) -> str:
+    """What the header says about the packed copy: kept when it fits the budget, else not made at all."""
+    from workbench.engine import onednn as FL
+
+    mb, budget = packed_mb(model), FL._pack_budget() / 2**20
+    if mb <= budget:
+        return (
+            f"keep a packed copy of the linear weights ({mb:.0f} MB for this model) from the first fast-path "
+            "call on; the peak-memory column starts after it."
+        )
+    return (
+        f"would keep a packed copy of the linear weights, but {mb:.0f} MB is over the budget "
+        f"({budget:.0f} MB: a quarter of free memory, at most 2 GiB), so they run unpacked here."
+    )
+
+
+def key_ms(model) -> float:
+    """Milliseconds of one ModelKey (the content hash of every parameter each fast-path call makes)."""
+    from workbench.engine.model_key import model_key
+
+    model_key(model)
+    t0 = time.perf_counter()
+    model_key(model)
+    return (time.perf_counter() - t0) * 1e3
+
+
 def header(args, model, tl: TLWorker | None, load_start, load_end, started: str, per_T: dict) -> str:
     import nnsight
     import transformers
@@ -550,9 +578,9 @@ def header(args, model, tl: TLWorker | None, load_start, load_end, started: str,
             else ""
         ),
         "- Workbench's local fast paths run float32 linear layers through oneDNN "
-        "(`workbench/ops/_fast_linear.py`; torch's default, MKL, is ~2.3x slower per matmul on this CPU) and "
-        f"keep a packed copy of the linear weights ({packed_mb(model):.0f} MB for this model) from the first "
-        "fast-path call on; the peak-memory column starts after it.",
+        "(`workbench/engine/onednn.py`; torch's default, MKL, was ~2.3x slower per matmul on the AMD EPYC) "
+        f"and {packing(model)} Every fast-path call first hashes every parameter (`ModelKey`, the trust "
+        f"check of issue 10): {key_ms(model):.0f} ms on this model at the end of the run.",
         f"- Metric: logit_diff({TARGET!r}, {FOIL!r}) at the last position. Pair at T=10: "
         "'The Eiffel Tower is located in the city of' / 'The Colosseum is located in the city of'; longer T "
         "put a neutral preamble in front.",
