@@ -430,6 +430,8 @@ def run_T(bench: Bench, n_tokens: int, ops: list[dict]) -> list[dict]:
                 row["wb_extrapolated"] = ctx["wb_cells"] is not None
                 row["bound_ratio"] = med["wb"] / (run_bound * tb)
                 med["wb"] = med["wb"] * full_bound / run_bound
+            if op["kind"] == "path":  # frozen heads: blocks recompute MLPs and norms only, not the bound's
+                row["bound_ratio"] = row["tl_bound_ratio"] = None  # whole block, so it bounds nothing here
             scale = n_all / len(ctx["sample"])
             row["sampled"] = len(ctx["sample"]) if scale > 1 else None  # times were extrapolated per rep
             # compare on the sampled cells
