@@ -57,7 +57,7 @@ OPS = [
     dict(key="v", name="v sweep (layer, kv head, all pos)", kind="sweep", site="v", by_position=False),
     # Path patching (issue 12): wb.path_patch_sweep to logits, every head the sender in turn; the peer is a
     # per-head plain-hook loop in TransformerLens (4.3 has only head-to-head direct path patching). The row
-    # runs where `wb.path_patch_sweep` exists and is skipped (with a note) elsewhere.
+    # runs where `wb.path_patch_sweep` exists and stays empty elsewhere.
     dict(
         key="path",
         name="path patching sweep (sender heads -> logits)",
@@ -68,8 +68,6 @@ OPS = [
     dict(key="attribution", name="attribution patching (3 sites x layer x pos)", kind="attribution"),
     dict(key="lens", name="logit lens (all layers x pos, top-5)", kind="lens"),
     dict(key="single", name="single-cell patch (click, warm)", kind="single"),
-    # path patching (helper "path"): every head as sender to the logits; target <= 3x the head sweep's time
-    dict(key="path", name="path patch sweep to logits (layer, head)", kind="path"),
 ]
 
 
@@ -250,8 +248,8 @@ class Bench:
             return t, peak, {"values": out.values.numpy(), "clean": out.source, "corrupt": out.base}
         if op["kind"] == "path":
             if not hasattr(wb, "path_patch_sweep"):
-                return None  # not on this branch yet: the row stays empty
-            F._BASELINES.clear()
+                return None  # an older Workbench: the row stays empty
+            F._BASELINES.clear()  # cold, like the sweeps
             t, peak, res = timed(
                 lambda: wb.path_patch_sweep(
                     model, ctx["clean"], ctx["corrupt"], metric=metric, receivers="logits"
@@ -260,12 +258,6 @@ class Bench:
             return t, peak, {"values": res.values.reshape(-1), "clean": res.clean, "corrupt": res.corrupt}
         if op["kind"] == "attribution":
             return timed_attribution(model, ctx, metric)
-        if op["kind"] == "path":
-            F._BASELINES.clear()  # cold, like the sweeps
-            t, peak, res = timed(
-                lambda: wb.path_patch_sweep(model, ctx["clean"], ctx["corrupt"], metric=metric)
-            )
-            return t, peak, {"values": res.values.reshape(-1)}
         if op["kind"] == "lens":
             t, peak, res = timed(lambda: wb.logit_lens(model, ctx["corrupt"], top_k=5))
             return t, peak, {"values": res.top_probs[: model.n_layers].reshape(-1)}
@@ -305,7 +297,7 @@ class Bench:
         return None
 
     def run_tl(self, op, ctx):
-        if self.tl is None or op["kind"] == "path":  # no TransformerLens peer in the worker yet
+        if self.tl is None:
             return None
         req = {
             "cmd": "op",
@@ -475,7 +467,6 @@ TARGETS = {
     "attribution": "<= 4 fwd",
     "lens": "<= 2 fwd",
     "single": "<= 1.3 fwd",
-    "path": "<= 3x the head sweep's WB s",
 }
 
 
