@@ -7,8 +7,11 @@ of exact patching, max abs differences between contenders and peak memory (RSS a
 
 Cells that TransformerLens or the naive loop would take too long for are sampled: each of their patched
 runs is one full forward, so time scales with the number of cells and the table extrapolates from the
-sample (marked with ~). Workbench always runs the full sweep at T=10; at larger T it can run all layers at
-a sample of positions (--wb-positions), extrapolated by the lower bound of the cells it skipped (marked ~).
+sample (marked with ~). Workbench runs the full sweep at T=10; at larger T it can run all layers at a
+sample of positions (--wb-positions), and per-head sweeps at a few heads of every layer (--wb-heads, the
+default of --big), extrapolated by the lower bound of the cells it skipped (marked ~).
+
+--big times a randomly initialised model of SmolLM2-1.7B's shape instead (benchmarks/big.py).
 """
 
 from __future__ import annotations
