@@ -4,6 +4,8 @@ traced, and its generated code executed. Numbers: float32, max abs diff <= 1e-4.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -144,3 +146,37 @@ def test_the_result_cache_keys_the_edits(tmp_path):
     assert np.array_equal(again.top_probs, first.top_probs)
     assert not np.array_equal(other.top_probs, first.top_probs)
     assert again.to_code() == first.to_code()
+
+
+@pytest.mark.embedded
+def test_embedded_lens_of_joint_edits():
+    model = wb.load()
+    clean, corrupt = "The Eiffel Tower is located in the city of", "The Colosseum is located in the city of"
+    cells = [
+        wb.Cell("head", 14, head=3),
+        wb.Cell("mlp_out", 5, position=3),
+        wb.Cell("resid_pre", 20, position=9),
+        wb.Cell("k", 12, head=2),  # a key-value head (3 of them, 9 query heads)
+    ]
+    edits = [wb.Edit(c, "source") for c in cells] + [wb.Edit(wb.Cell("attn_out", 25, position=9), "mean")]
+    ref_edits = [(c.site, c.layer, c.position, c.head, "source", None) for c in cells]
+    ref_edits.append(("attn_out", 25, 9, None, "mean", None))
+    ref = R.reference_joint_lens(model.hf, model.tokenizer, corrupt, ref_edits, source=clean)
+    # KL reaches ~25 nats in early layers, where float32 itself is ~1e-5 relative off (as in
+    # test_embedded_model's lens test): KL is checked against the reference on a float64 copy, with a
+    # relative allowance on top of ATOL; everything else against the float32 reference at 1e-4.
+    hf64 = copy.deepcopy(model.hf).double()
+    try:
+        ref64 = R.reference_joint_lens(hf64, model.tokenizer, corrupt, ref_edits, source=clean)
+    finally:
+        del hf64
+    lens = wb.logit_lens(model, corrupt, edits=edits, source=clean)
+    with fast.disabled():
+        traced = wb.logit_lens(model, corrupt, edits=edits, source=clean)
+    for got, what in ((lens, "embedded lens of joint edits"), (traced, "embedded traced lens")):
+        assert_same_topk(got.top_ids, got.top_probs, ref["top_ids"], ref["top_probs"], what=what)
+        assert_close(got.entropy, ref["entropy"], what=f"{what} entropy")
+        assert_close(got.kl, ref64["kl"], what=f"{what} kl vs float64", rtol=5e-6)
+        assert_close(got.top_probs, ref64["top_probs"], what=f"{what} top-5 probs vs float64")
+    ids, probs = run_code(lens.to_code())["result"]  # loads the GGUF: about a minute
+    assert_same_topk(ids, probs, ref["top_ids"], ref["top_probs"], what="embedded to_code")
