@@ -347,6 +347,10 @@ describe("export of any view", () => {
     const t = texts(svgOf(model));
     expect(t).toContain("Receivers");
     expect(t).toContain("q L3 H1");
+    expect(t).not.toContain("no path (sender at or above the receiver)"); // no sweep yet: nothing is "no path"
+    const values = f32([4, 4], (i) => (i >= 12 ? NaN : i / 12));
+    model.set("sweep", { values, normalized: values, clean: 1, corrupt: 0, site: "head", mode: "path", receivers: [["q", 3, null, 1]], axes: ["layer", "head"], method: "zero" });
+    expect(texts(svgOf(model))).toContain("no path (sender at or above the receiver)");
   });
   it("lens: the heatmap and the pinned tokens' chart", () => {
     const model = new StaticModel<Record<string, unknown>>({
