@@ -1097,3 +1097,31 @@ def reference_joint(hf, tok, prompt: str, metric, edits, source: str | None = No
     }
     out.update(_summary(_final(logits), k))
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# lens of joint edits
+
+
+def joint_hooks(hf, tok, prompt: str, edits, source: str | None = None) -> list:
+    """The plain hooks of `reference_joint`'s edits (same tuples, same meaning), for another reference
+    to run with, e.g. the logit lens of the jointly edited run."""
+    specs = []
+    for site, layer, position, head, how, arg in edits:
+        value = _joint_value(hf, tok, prompt, source, site, layer, position, head, how, arg)
+        cols = _cols(hf, site, head)
+        pos = slice(None) if position is None else position
+
+        def fn(x, value=value, cols=cols, pos=pos, add=how == "add"):
+            x = x.clone()
+            v = value.to(x.dtype)
+            x[:, pos, cols] = x[:, pos, cols] + v if add else v
+            return x
+
+        specs.append((site, layer, fn))
+    return specs
+
+
+def reference_joint_lens(hf, tok, prompt: str, edits, source: str | None = None, top_k: int = 5) -> dict:
+    """`reference_logit_lens` of `prompt` run once with every edit (see `reference_joint`) applied at once."""
+    return reference_logit_lens(hf, tok, prompt, top_k, joint_hooks(hf, tok, prompt, edits, source))

@@ -8,6 +8,8 @@ import pytest
 
 import workbench as wb
 import workbench.testing
+from tests import reference as R
+from tests.conftest import run_code
 from workbench.engine.edits import Cell
 from workbench.engine.sites import SITES
 from workbench.engine.sites import site as site_record
@@ -61,16 +63,51 @@ def test_shift_clicked_set_patches_jointly_and_equals_wb_patch_cells(model):
     # the joint patch is not the sum of its parts: each cell alone gives another number
     alone = wb.patch(model, CLEAN, CORRUPT, metric=METRIC, cells=[Cell("head", 1, head=2)])
     assert float(alone) != pytest.approx(float(want), abs=1e-6)
+    # the lens of the joint run is drawn: wb.logit_lens(edits=) of the same run, whose last row is its prediction
+    lens = wb.logit_lens(
+        model, CORRUPT, top_k=5, edits=[wb.Edit(c, "source") for c in want_cells(pv)], source=CLEAN
+    )
+    check_set_lens(pv, lens, want)
+    # the Code button and the history entry: to_code() of the joint patch, which runs and gives its number
+    assert pv.code and pv.history[-1]["code"] == pv.code == want.to_code()
+    assert run_code(pv.code)["result"] == pytest.approx(float(want), abs=1e-4)
+    assert run_code(pv.to_code())["result"] == pytest.approx(float(want), abs=1e-4)
+
+
+def want_cells(pv: PatchView) -> list[Cell]:
+    return [Cell(*c) for c in pv.cells]
+
+
+def check_set_lens(pv: PatchView, lens, value) -> None:
+    """The view's lens after Apply set equals `lens`, and decodes the run `value` scored (its next token)."""
+    shown = pv.result["lens"]
+    assert shown, "no lens after Apply set"
+    assert "lens_note" not in pv.result
+    got = unpack(shown["top_probs"])
+    assert got.shape == (pv.model.n_layers, len(pv.tokens_clean), 5)
+    np.testing.assert_allclose(got, lens.top_probs, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(unpack(shown["top_ids"]), lens.top_ids)
+    np.testing.assert_allclose(got[-1, -1], value.top_probs, rtol=1e-4, atol=1e-5)
+    assert lens.top_tokens[-1][-1] == list(value.top_tokens)
+
+
+def reference_mean(model, c: Cell):
+    """The mean over the reference (corrupt) prompt's tokens at a cell's place, from plain hooks."""
+    acts = R.capture(model.hf, R.tokens(model.tokenizer, CORRUPT), c.site, [c.layer])[c.layer]
+    return acts.mean(0)[R._cols(model.hf, c.site, c.head)]
 
 
 def test_a_set_of_one_cell_equals_the_click_on_that_cell(model):
     pv = view(model, site="resid_pre")
     pv.click(1, 9).wait()
-    clicked = pv.result["value"]
+    clicked, clicked_lens = pv.result["value"], pv.result["lens"]
     pv.toggle(1, 9)  # as a shift-click does
     assert pv.cells == [["resid_pre", 1, 9, None]]
     pv.apply_set().wait()
     assert pv.result["value"] == pytest.approx(clicked, rel=1e-6)
+    np.testing.assert_allclose(
+        unpack(pv.result["lens"]["top_probs"]), unpack(clicked_lens["top_probs"]), rtol=1e-5, atol=1e-6
+    )
     pv.toggle(1, 9)
     assert pv.cells == []
 
@@ -94,6 +131,16 @@ def test_a_set_ablates_jointly_and_equals_wb_ablate_cells(model, method):
     )
     assert pv.result["value"] == pytest.approx(float(want), rel=1e-5, abs=1e-6)
     assert pv.result["label"].startswith(f"{method}-ablate set of 2")
+    # the lens of the ablated run: mean ablation takes the reference prompt's mean, resample copies from it
+    cells = want_cells(pv)
+    if method == "zero":
+        edits, source = [wb.Edit(c, "zero") for c in cells], None
+    elif method == "resample":
+        edits, source = [wb.Edit(c, "source") for c in cells], CORRUPT
+    else:
+        edits, source = [wb.Edit(c, reference_mean(model, c)) for c in cells], None
+    check_set_lens(pv, wb.logit_lens(model, CLEAN, top_k=5, edits=edits, source=source), want)
+    assert run_code(pv.code)["result"] == pytest.approx(float(want), abs=1e-4)
 
 
 def test_the_picker_offers_every_site_of_the_table(model):
@@ -264,6 +311,7 @@ def test_path_mode_picks_receivers_and_sweeps_them_by_the_contract(model, monkey
     assert pv.status == "done", pv.error
     assert calls[-1] == ("one", [Cell("head", 0, head=1)], "logits")
     assert pv.result["label"].startswith("path-patch set of 1: Cell('head', 0, head=1) → logits")
+    assert pv.result["lens"] == {} and "no lens" in pv.result["lens_note"]
 
 
 @pytest.mark.skipif(not hasattr(wb, "path_patch_sweep"), reason="wb.path_patch_sweep has not landed yet")
@@ -273,3 +321,17 @@ def test_path_sweep_in_the_view_equals_wb_path_patch_sweep(model):
     assert pv.status == "done", pv.error
     want = wb.path_patch_sweep(model, CLEAN, CORRUPT, metric=METRIC, receivers=[Cell("q", 2, head=1)])
     np.testing.assert_allclose(unpack(pv.sweep["values"]), want.values, rtol=1e-5, atol=1e-6, equal_nan=True)
+    vals = unpack(pv.sweep["values"])
+    assert np.isnan(vals[2:]).all() and np.isfinite(vals[:2]).all()  # no path from layer 2 on: NaN, not 0
+    # Apply senders: wb.path_patch of the set into those receivers, its code in the history and Code button
+    pv.toggle(0, 3)
+    pv.toggle(1, 0)
+    pv.apply_set().wait()
+    assert pv.status == "done", pv.error
+    senders = [Cell("head", 0, head=3), Cell("head", 1, head=0)]
+    one = wb.path_patch(
+        model, CLEAN, CORRUPT, metric=METRIC, senders=senders, receivers=[Cell("q", 2, head=1)]
+    )
+    assert pv.result["value"] == pytest.approx(float(one), rel=1e-5, abs=1e-6)
+    assert pv.code == pv.history[-1]["code"] == one.to_code()
+    assert run_code(pv.code)["result"] == pytest.approx(float(one), abs=1e-4)

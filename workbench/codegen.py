@@ -552,6 +552,58 @@ def _lens_code(model: Model, o: dict[str, Any]) -> str:
     )
 
 
+def _lens_edits_code(model: Model, o: dict[str, Any], edits: list[Any]) -> str:
+    """The lens of a run with edits applied jointly (logit_lens(edits=)): per layer, that layer's edits in
+    forward order, then its resid_post (the edited tensor itself when resid_post is edited) decoded."""
+    norm, unembed = "model." + model.arch.final_norm, "model." + model.arch.unembed
+    cap = model.logit_softcap
+    soft = f"        logits = torch.tanh(logits / {cap}) * {cap}\n" if cap else ""
+    tensors, values = _tensor_lines(edits)
+    source = o.get("source")
+    lowered = [
+        (e.cell.site, e.cell.layer, e.cell.position, e.cell.head, 2, e.kind, v)
+        for e, v in zip(edits, values, strict=True)
+    ]
+    by_layer: dict[int, list[Lowered]] = {}
+    for item in lowered:
+        by_layer.setdefault(item[1], []).append(item)
+    branches = ""
+    for i, layer in enumerate(sorted(by_layer)):
+        edited_post = any(site_record(item[0]).name == "resid_post" for item in by_layer[layer])
+        branches += f"        {'if' if i == 0 else 'elif'} l == {layer}:\n"
+        branches += _apply(model, _places(by_layer[layer]), "            ")
+        read = site_code(model, "resid_post", layer).read
+        branches += f"            resid = {'x  # the edited resid_post' if edited_post else read}\n"
+    resid = site_code(model, "resid_post", "l").read
+    branches += (
+        "        else:\n" if by_layer else ""
+    ) + f"            resid = {resid}  # the block's output\n"
+    return (
+        _load(model)
+        + f"prompt, source = {lit(o['prompt'])}, {lit(source)}\n"
+        + _helpers(model, [e.cell.site for e in edits])
+        + "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
+        + (
+            "source_ids = model.tokenizer(source, return_tensors='pt').input_ids  # as long as the prompt\n"
+            if source is not None
+            else "source_ids = ids  # no source prompt: row 0 is the prompt itself\n"
+        )
+        + tensors
+        + "batch = torch.cat([source_ids, ids, ids])  # row 0 the source run, row 1 the prompt as is, row 2 edited\n"
+        "top_ids, top_probs = [], []\n"
+        "with torch.no_grad(), model.trace(batch):\n"
+        f"    for l in range({model.n_layers}):\n"
+        + branches
+        + f"        logits = {unembed}({norm}(resid[2]))  # the edited run's resid_post, decoded\n"
+        + soft
+        + f"        top = torch.softmax(logits, -1).topk({lit(o['top_k'])}, dim=-1)\n"
+        "        top_ids.append(top.indices)\n"
+        "        top_probs.append(top.values)\n"
+        "    top_ids, top_probs = torch.stack(top_ids).save(), torch.stack(top_probs).save()\n"
+        "result = top_ids.numpy(), top_probs.numpy()  # [layers, tokens, k]\n"
+    )
+
+
 def _attention_code(model: Model, o: dict[str, Any]) -> str:
     wanted = o.get("layers")
     chosen = lit(sorted(set(wanted))) if wanted is not None else f"range({model.n_layers})"
@@ -632,7 +684,9 @@ def intervene_code(model: Model, metric: Any, o: dict[str, Any], edits: list[Any
     return _remote(model, _intervene_code(model, metric, plain(o), edits))
 
 
-def lens_code(model: Model, o: dict[str, Any]) -> str:
+def lens_code(model: Model, o: dict[str, Any], edits: list[Any] | None = None) -> str:
+    if o.get("edits") is not None:
+        return _remote(model, _lens_edits_code(model, plain(o), edits or []))
     return _remote(model, _lens_code(model, plain(o)))
 
 

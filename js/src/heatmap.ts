@@ -20,6 +20,8 @@ export interface Legend {
   /** Tick texts at lo and hi when the values are transformed (e.g. a log rank). */
   loText?: string;
   hiText?: string;
+  /** What a cell with no value (NaN) means, shown with its colour after the label (e.g. "no path"). */
+  nanText?: string;
 }
 
 /** An outlined cell and why it is outlined (a member of the set, or a receiver). */
@@ -329,6 +331,11 @@ export class Heatmap {
       h("span", { class: "wb-scale-tick" }, lg.hiText ?? tick(lg.hi)),
       h("span", { class: "wb-scale-label", "data-testid": "wb-legend-label" }, lg.label),
     );
+    if (lg.nanText) {
+      const swatch = h("span", { class: "wb-scale-nan-swatch" });
+      swatch.style.cssText = `display:inline-block;width:10px;height:10px;margin:0 4px 0 10px;vertical-align:middle;background:${css(this.spec.color(Number.NaN, theme))}`;
+      this.legendBox.append(h("span", { class: "wb-scale-nan", "data-testid": "wb-legend-nan" }, swatch, lg.nanText));
+    }
   }
 
   cellAt(clientX: number, clientY: number): [number, number] | null {
@@ -606,6 +613,11 @@ export class Heatmap {
       }
       svg.append(s("text", { x: padL + LEGEND_W + 4, y: y + 9, "font-size": 10, fill: fg }, lg.hiText ?? tick(lg.hi)));
       svg.append(s("text", { x: padL, y: y + 24, "font-size": 10, fill: fg, "data-testid": "wb-legend-label" }, lg.label));
+      if (lg.nanText) {
+        const nx = padL + LEGEND_W + 40;
+        svg.append(s("rect", { x: nx, y, width: 10, height: 10, fill: css(sp.color(Number.NaN, theme)), "data-testid": "wb-legend-nan" }));
+        svg.append(s("text", { x: nx + 14, y: y + 9, "font-size": 10, fill: fg }, lg.nanText));
+      }
     }
     const g = s("g", { transform: `translate(${padL},${padT})` });
     const labels = sp.cellLabel && this.cellW >= 22 && this.cellH >= 12;

@@ -87,6 +87,16 @@ export function causalCone(site: string, layer: number, position: number | null,
   return { r0, c0, r1: L - 1, c1: T - 1 };
 }
 
+/** The region a set of cells [site, layer, position, head] can change in the lens: from the earliest edited layer,
+ *  and from the earliest edited position (every position when a cell spans all of them). */
+export function setCone(cells: CellTuple[], L: number, T: number): Region {
+  const layers = cells.map((c) => Number(c[1])).filter(Number.isFinite);
+  const positions = cells.map((c) => (c[2] === null || c[2] === undefined ? 0 : Number(c[2])));
+  const r0 = layers.length ? Math.max(0, Math.min(L - 1, ...layers)) : 0;
+  const c0 = positions.length ? Math.max(0, Math.min(T - 1, ...positions)) : 0;
+  return { r0, c0, r1: L - 1, c1: T - 1 };
+}
+
 /** A text field bound to a trait: commits on Enter/blur and, debounced, while the user types (so the kernel can
  *  check it at once). The kernel's value is shown unless the user is typing in the field. */
 interface Field {
@@ -481,11 +491,13 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
     let caption = `Click a cell to patch it (or press Sweep to fill the map); shift-click adds it to the set. ${keys}`;
     if (mode === "ablate") caption = `Click a cell to ablate it (or press Sweep); shift-click adds it to the set. ${keys}`;
     if (mode === "path") caption = `Path patching: click heads to pick the receivers (or press Logits), then Sweep fills the senders' map. Shift-click heads to path-patch a set of senders.`;
+    let swept = false;
     const current = mode === "path" ? sw.mode === "path" && JSON.stringify(sw.receivers) === JSON.stringify(this.receivers()) : sw.site === this.model.get("site") && sw.mode === mode;
     if (sw.values && current) {
       const arr = maybeUnpack(sw.normalized) ?? maybeUnpack(sw.values);
       if (arr && arr.shape[0] === g.rows && arr.shape[1] === g.cols) {
         values = Float32Array.from(arr.data);
+        swept = true;
         if (mode === "ablate" && typeof sw.clean === "number") for (let i = 0; i < values.length; i++) values[i] -= sw.clean;
         const [lo, hi] = finiteRange(values);
         absMax = Math.max(Math.abs(lo), Math.abs(hi)) || 1;
@@ -496,12 +508,13 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
           mode === "ablate"
             ? `effect of ablation (metric − unablated ${fmt(clean)}). Click a cell to apply that ablation.`
             : mode === "path"
-              ? `path patching from each sender head to ${this.receiversText()}: ${sw.normalized ? "normalised effect (1 = clean, 0 = corrupt)" : "metric"}; clean ${fmt(clean)}, corrupt ${fmt(corrupt)}. Blank: a sender at or above its receiver.`
+              ? `path patching from each sender head to ${this.receiversText()}: ${sw.normalized ? "normalised effect (1 = clean, 0 = corrupt)" : "metric"}; clean ${fmt(clean)}, corrupt ${fmt(corrupt)}. Grey: no path (a sender at or above its receiver's layer cannot reach it).`
               : `${sw.normalized ? "normalised effect (1 = clean, 0 = corrupt)" : "metric"}; clean ${fmt(clean)}, corrupt ${fmt(corrupt)}. Click a cell to apply that patch.`;
       }
     }
     this.caption.textContent = caption;
     this.heatmap.outlined = this.outlines();
+    const noPath = swept && mode === "path" && values.some((v) => Number.isNaN(v));
     const perHead = info.heads !== null;
     this.heatmap.setSpec({
       rows: g.rows,
@@ -512,10 +525,16 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
       colLabels: g.colLabels,
       rowTitle: "layer",
       colTitle: mode === "path" ? "sender head" : g.colTitle,
-      legend: { lo: -absMax, hi: absMax, label: unit },
+      legend: { lo: -absMax, hi: absMax, label: unit, nanText: noPath ? "no path (sender at or above the receiver)" : undefined },
       tooltip: (r, c) => [
         `layer ${r}, ${perHead ? g.colTitle : "position"} ${perHead ? g.colLabels[c] : c}${perHead ? "" : ` (${g.colLabels[c] ?? ""})`}`,
-        Number.isFinite(values[r * g.cols + c]) ? `effect ${fmt(values[r * g.cols + c])}` : mode === "path" ? "click: receiver here; Sweep fills the map" : "click to run",
+        Number.isFinite(values[r * g.cols + c])
+          ? `effect ${fmt(values[r * g.cols + c])}`
+          : swept && mode === "path"
+            ? "no path: this sender is at or above the receiver's layer (not zero: nothing to patch)"
+            : mode === "path"
+              ? "click: receiver here; Sweep fills the map"
+              : "click to run",
         mode === "path" ? "shift-click: sender in the set" : "shift-click: add to the set / take out",
       ],
       cellW: 34,
@@ -595,8 +614,9 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
     if (d) {
       const vals = new Float32Array(d.L * d.T);
       for (let i = 0; i < vals.length; i++) vals[i] = d.topProbs.data[i * d.k];
+      const set = (res.cells ?? []).length > 1 || res.site === "set";
       const pos = res.position === null || res.position === undefined ? null : Number(res.position);
-      this.lens.shade = causalCone(String(res.site), Number(res.layer), pos, d.L, d.T);
+      this.lens.shade = set ? setCone(res.cells ?? [], d.L, d.T) : causalCone(String(res.site), Number(res.layer), pos, d.L, d.T);
       this.lens.setSpec({
         rows: d.L,
         cols: d.T,
@@ -614,9 +634,12 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
         maxWidth: 620,
         name: "logit lens of the patched run",
       });
-      this.resultBox.append(h("div", { class: "wb-subtitle" }, "Logit lens of the patched run (shaded: causal cone of the patch)"), this.lens.el);
-    } else if ((res.cells ?? []).length > 1) {
-      this.resultBox.append(h("div", { class: "wb-hint" }, "A joint edit of several cells: its prediction and metric above (the lens shows single-cell edits)."));
+      const title = set
+        ? `Logit lens of the jointly edited run (all ${(res.cells ?? []).length} cells of the set; shaded: from the earliest edited layer and position on)`
+        : "Logit lens of the patched run (shaded: causal cone of the patch)";
+      this.resultBox.append(h("div", { class: "wb-subtitle", "data-testid": "wb-lens-title" }, title), this.lens.el);
+    } else if (typeof res.lens_note === "string" && res.lens_note) {
+      this.resultBox.append(h("div", { class: "wb-hint", "data-testid": "wb-lens-note" }, `(${res.lens_note})`));
     }
     if (this.clickedAt !== null) {
       // click -> kernel -> engine -> result trait -> redrawn; compute_ms is the engine's share

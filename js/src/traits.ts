@@ -105,6 +105,8 @@ export interface PatchResult {
   top_tokens: string[];
   top_probs: Packed;
   lens: Maybe<PackedLens>;
+  /** Why no lens is drawn (path patching, or the lens of a set failed). */
+  lens_note?: string;
   compute_ms: number;
 }
 

@@ -1,7 +1,7 @@
 import { describe, expect, expectTypeOf, it } from "vitest";
 import widget from "../src/index";
 import { StaticModel } from "../src/model";
-import { cellLabel, cellOf, cellPosition, receiverCell, receiverColumns, toggleCell, toggleReceiver } from "../src/patch";
+import { cellLabel, cellOf, cellPosition, receiverCell, receiverColumns, setCone, toggleCell, toggleReceiver } from "../src/patch";
 import { KERNEL_MESSAGES } from "../src/protocol";
 import type { AnyModel } from "../src/model";
 import { LensView } from "../src/lens";
@@ -62,6 +62,12 @@ function mount(extra: Record<string, unknown> = {}) {
   widget.render({ model, el });
   const hm = el.querySelector("[data-role=sweep]") as HTMLCanvasElement;
   return { model, el, hm };
+}
+
+/** The text of the visible tooltip (the heatmap moves it into the view's scroll host). */
+function tipText(el: HTMLElement): string {
+  const tips = [...el.querySelectorAll("[data-testid=wb-tooltip]")].filter((t) => !(t as HTMLElement).hidden);
+  return tips.map((t) => t.textContent).join("|");
 }
 
 function clickAt(hm: HTMLCanvasElement, r: number, c: number, shiftKey = false) {
@@ -209,6 +215,15 @@ describe("PatchView: sites, the set, path mode", () => {
     const values = f32([4, 4], (i) => (i >= 12 ? NaN : i / 12));
     model.set("sweep", { values, normalized: values, clean: 1, corrupt: 0, site: "head", mode: "path", receivers: "logits", axes: ["layer", "head"], method: "zero" });
     expect(el.querySelector("[data-testid=wb-caption]")!.textContent).toContain("path patching from each sender head to logits");
+    // NaN (a sender at or above the receiver) is "no path": its own colour, named in the legend and on hover
+    const map = el.querySelector("[data-role=sweep]") as HTMLCanvasElement;
+    const wrap = map.closest(".wb-heatmap") as HTMLElement;
+    expect(wrap.querySelector("[data-testid=wb-legend-nan]")!.textContent).toBe("no path (sender at or above the receiver)");
+    setBox(map, 0, 0, 40, 40);
+    map.dispatchEvent(new MouseEvent("mousemove", { clientX: 5, clientY: 35, bubbles: true })); // layer 3: NaN
+    expect(tipText(el)).toContain("no path");
+    map.dispatchEvent(new MouseEvent("mousemove", { clientX: 5, clientY: 5, bubbles: true })); // layer 0: 0, a value
+    expect(tipText(el)).toContain("effect 0");
     (el.querySelector("[data-testid=wb-sweep]") as HTMLButtonElement).click();
     expect(model.sent.at(-1)!.content).toMatchObject({ kind: "sweep" });
     clickAt(el.querySelector("[data-role=sweep]") as HTMLCanvasElement, 1, 1, true);
@@ -233,11 +248,56 @@ describe("PatchView: sites, the set, path mode", () => {
       corrupt: 0,
       top_tokens: [" x"],
       top_probs: f32([1], () => 0.5),
-      lens: {},
+      lens: lensData(4, 3, 5),
       compute_ms: 1,
     });
     expect(el.querySelector("[data-testid=wb-metric]")!.getAttribute("data-value")).toBe("0.25");
-    expect(el.querySelector("[data-testid=wb-result]")!.textContent).toContain("joint edit of several cells");
+    // the lens of the joint run, shaded from the earliest edited layer (0) and position (0: the head spans all)
+    expect(el.querySelector("[data-testid=wb-lens-title]")!.textContent).toContain("jointly edited run (all 2 cells");
+    const lens = el.querySelector("[data-role=patched-lens]") as HTMLCanvasElement;
+    expect([lens.getAttribute("data-rows"), lens.getAttribute("data-cols")]).toEqual(["4", "3"]);
+    expect(
+      setCone(
+        [
+          ["head", 1, null, 2],
+          ["mlp_out", 2, 2, null],
+        ],
+        4,
+        3,
+      ),
+    ).toEqual({ r0: 1, c0: 0, r1: 3, c1: 2 });
+    expect(
+      setCone(
+        [
+          ["resid_pre", 3, 2, null],
+          ["mlp_out", 2, 1, null],
+        ],
+        4,
+        3,
+      ),
+    ).toEqual({ r0: 2, c0: 1, r1: 3, c1: 2 });
+  });
+  it("a path-patch result says why no lens is drawn", () => {
+    const { model, el } = mount({ mode: "path" });
+    model.set("result", {
+      label: "path-patch set of 1: Cell('head', 0, head=1) → logits",
+      site: "set",
+      layer: null,
+      position: null,
+      head: null,
+      cell: null,
+      cells: [["head", 0, null, 1]],
+      value: 0.5,
+      clean: 1,
+      corrupt: 0,
+      top_tokens: [" x"],
+      top_probs: f32([1], () => 0.5),
+      lens: {},
+      lens_note: "path patching: no lens",
+      compute_ms: 1,
+    });
+    expect(el.querySelector("[data-testid=wb-lens-note]")!.textContent).toBe("(path patching: no lens)");
+    expect(el.querySelector("[data-testid=wb-lens-title]")).toBeNull();
   });
 });
 
@@ -287,6 +347,10 @@ describe("export of any view", () => {
     const t = texts(svgOf(model));
     expect(t).toContain("Receivers");
     expect(t).toContain("q L3 H1");
+    expect(t).not.toContain("no path (sender at or above the receiver)"); // no sweep yet: nothing is "no path"
+    const values = f32([4, 4], (i) => (i >= 12 ? NaN : i / 12));
+    model.set("sweep", { values, normalized: values, clean: 1, corrupt: 0, site: "head", mode: "path", receivers: [["q", 3, null, 1]], axes: ["layer", "head"], method: "zero" });
+    expect(texts(svgOf(model))).toContain("no path (sender at or above the receiver)");
   });
   it("lens: the heatmap and the pinned tokens' chart", () => {
     const model = new StaticModel<Record<string, unknown>>({

@@ -92,6 +92,32 @@ def test_shift_click_two_heads_and_apply_the_set(nb):
     assert shown == pytest.approx(exp["joint"], rel=1e-5, abs=1e-5)
     assert all(shown != pytest.approx(a, abs=1e-4) for a in exp["alone"])  # jointly, not one of them
     assert pv.locator("[data-testid=wb-prediction]").get_attribute("data-top") == exp["top"]
+    # the logit lens of the joint run (wb.logit_lens(edits=)), not a note
+    title = pv.locator("[data-testid=wb-lens-title]")
+    title.wait_for(timeout=30_000)
+    assert "jointly edited run (all 2 cells" in title.text_content()
+    lens = heatmap(pv, "patched-lens")
+    assert lens.get_attribute("data-rows") == "30"
+    out = kernel(
+        page,
+        "import numpy as np\n"
+        f"edits = [wb.Edit(Cell('head', l, head=h), 'source') for l, h in {SET!r}]\n"
+        f"want = wb.logit_lens(model, {CORRUPT!r}, top_k=5, edits=edits, source={CLEAN!r})\n"
+        "got = wb.widgets.unpack(pv.result['lens']['top_probs'])\n"
+        "print(np.allclose(got, want.top_probs, rtol=1e-5, atol=1e-6), want.top_tokens[-1][-1][0] == joint.top_tokens[0])",
+    )
+    assert out.split() == ["True", "True"], out
+    # Code and history: the joint patch's to_code(), shown by the Code button and kept in the history entry
+    pv.locator("[data-testid=wb-copy-code]").click()
+    code = pv.locator("[data-testid=wb-code]").text_content()
+    assert "model.trace(batch)" in code and "edit(" in code
+    out = kernel(
+        page, "print(pv.code == joint.to_code() == pv.history[-1]['code'], pv.history[-1]['label'][:15])"
+    )
+    assert out.split() == ["True", "patch", "set", "of", "2:"], out
+    entry = pv.locator("[data-testid=wb-history-entry]").last
+    assert "patch set of 2" in entry.text_content()
+    pv.locator("[data-testid=wb-copy-code]").click()  # hide the code box again
     shot(nb, pv, "issue12-set")
 
 
@@ -199,6 +225,10 @@ def test_path_mode_picks_receivers_and_sweeps_or_says_why_not(nb):
         shot(nb, pv, "issue12-path-missing")
         pv.locator("[data-testid=wb-mode]").select_option("patch")
         return
+    # the status may still say "done" from before the click: wait for the sweep's own caption
+    pv.locator("[data-testid=wb-caption]", has_text="path patching from each sender head").wait_for(
+        timeout=600_000
+    )
     wait_status(pv, "done", timeout=600_000)
     caption = pv.locator("[data-testid=wb-caption]").text_content()
     assert caption.startswith("path patching from each sender head to q L20 H4")
@@ -210,5 +240,37 @@ def test_path_mode_picks_receivers_and_sweeps_or_says_why_not(nb):
         "print(np.allclose(got, want.values, rtol=1e-5, atol=1e-6, equal_nan=True), np.isnan(got[20:]).all())",
     )
     assert out.split() == ["True", "True"], out
+    # senders at or above the receiver's layer have no path: NaN, drawn grey and named so, not a zero effect
+    legend = pv.locator("[data-testid=wb-legend-nan]")
+    assert legend.text_content() == "no path (sender at or above the receiver)"
+    assert "Grey: no path" in caption
+    box = hm.bounding_box()
+    hm.hover(position={"x": 0.5 * box["width"] / 9, "y": 25.5 * box["height"] / 30})
+    tip = pv.locator("[data-testid=wb-tooltip]:visible")
+    tip.wait_for(timeout=5_000)
+    assert "no path" in tip.text_content()
     shot(nb, pv, "issue12-path")
+    # Apply senders: wb.path_patch of the shift-clicked set into the receiver, with its code; no lens, a note
+    clear = pv.locator("[data-testid=wb-clear-set]")
+    if clear.is_enabled():  # the heads the tests above put in the set are above the receiver
+        clear.click()
+    page.wait_for_function(
+        "() => document.querySelectorAll('[data-kind=patch] [data-testid=wb-set-cell]').length === 0"
+    )
+    for r, c in [(10, 1), (12, 3)]:
+        click_at(hm, r, c, ["Shift"])
+    pv.locator("[data-testid=wb-apply-set]").click()
+    note = pv.locator("[data-testid=wb-lens-note]")
+    note.wait_for(timeout=120_000)
+    wait_status(pv, "done")
+    out = kernel(
+        page,
+        "one = wb.path_patch(model, pv.clean, pv.corrupt, metric=metric, senders=[Cell('head', 10, head=1), "
+        "Cell('head', 12, head=3)], receivers=[Cell('q', 20, head=4)])\n"
+        "print(abs(pv.result['value'] - float(one)) < 1e-4, pv.code == one.to_code())",
+    )
+    assert out.split() == ["True", "True"], out
+    assert "no lens" in note.text_content()
+    shot(nb, pv, "issue12-path-senders")
+    pv.locator("[data-testid=wb-clear-set]").click()
     pv.locator("[data-testid=wb-mode]").select_option("patch")

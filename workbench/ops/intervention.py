@@ -36,6 +36,21 @@ def source_tokens(model: Model, source: str, ids: torch.Tensor) -> torch.Tensor:
     return src
 
 
+def edit_source(model: Model, edits: list[Edit], source: str | None, ids: torch.Tensor) -> torch.Tensor:
+    """Token ids of the run "source" edits copy from: the `source` prompt, or the prompt itself when no edit
+    copies (a "source" edit without source= is an error that says what to pass)."""
+    if source is not None:
+        return source_tokens(model, source, ids)
+    first = next((e for e in edits if e.kind == "source"), None)
+    if first is not None:
+        raise WorkbenchError(
+            f"{first!r} copies from the source run, but no source= prompt was given: pass "
+            "source='<a prompt of the same token length>' (the run to copy from), or give the edit "
+            "another value ('zero', 'mean', a tensor, or wb.Add(tensor))."
+        )
+    return ids
+
+
 def edits_options(edits: list[Edit]) -> list[tuple[str, int, int | None, int | None, str]]:
     """How the options record the edits: (site, layer, position, head, kind) each (tensors stay out)."""
     return [(e.cell.site, e.cell.layer, e.cell.position, e.cell.head, e.kind) for e in edits]
@@ -64,17 +79,7 @@ def intervene(
     m = None if metric is None else as_metric(metric)
     ids = model.to_tokens(prompt)
     checked = checked_edits(model, edits, ids.shape[1])
-    if source is None:
-        if any(e.kind == "source" for e in checked):
-            first = next(e for e in checked if e.kind == "source")
-            raise WorkbenchError(
-                f"{first!r} copies from the source run, but no source= prompt was given: pass "
-                "source='<a prompt of the same token length>' (the run to copy from), or give the edit "
-                "another value ('zero', 'mean', a tensor, or wb.Add(tensor))."
-            )
-        src = ids
-    else:
-        src = source_tokens(model, source, ids)
+    src = edit_source(model, checked, source, ids)
     top_k = check_top_k(model, top_k)
     bound = m.bind(model) if m is not None else _no_metric
     with model.lock, job_status(model, progress, cancel):

@@ -13,13 +13,14 @@ import torch
 from .. import codegen
 from ..engine import fast_lens
 from ..engine.batching import Progress, check_cancel
-from ..engine.edits import Edit
+from ..engine.edits import Edit, checked_edits
 from ..engine.kernels import apply_edits, decode, edit_pattern, read, slot
 from ..engine.traced import eager_function, plan
 from ..errors import SiteError, TokenizationError, WorkbenchError
 from ..model import Model
 from ..remote import job_status
 from ..validate import as_int, as_list
+from .intervention import edit_source, edits_options
 from .patching import check_cell, check_top_k, moved_source, pair_tokens
 from .results import LensResult
 
@@ -105,7 +106,8 @@ def _lens_trace(
     edits: list[Edit],
     chunk_layers: int,
 ) -> dict[str, torch.Tensor]:
-    """One forward pass; every statistic is computed inside the trace so only small arrays are saved."""
+    """One forward pass; every statistic is computed inside the trace so only small arrays are saved.
+    "source" edits copy from batch row 0, "mean" edits take batch row 1's mean (as the local lens's hooks)."""
     n_layers = model.n_layers
     posts = [model.site_ref("resid_post", layer) for layer in range(n_layers)]
     post_envoys = [model.envoy(ref) for ref in posts]
@@ -133,7 +135,7 @@ def _lens_trace(
                 where = (ref.path, ref.use_input)
                 if where not in live:
                     live[where] = read(envoys[id(ref)], ref.use_input)
-                apply_edits(slot(live[where], ref.layout), group, 0, row)
+                apply_edits(slot(live[where], ref.layout), group, 0, 1)
             out = live.get((posts[layer].path, False))
             if out is None:
                 out = read(post_envoys[layer], False)
@@ -177,6 +179,8 @@ def logit_lens(
     top_k: int = 5,
     tokens: Sequence[str | int] | None = None,
     intervention: Intervention | None = None,
+    edits: Sequence[Edit] | Edit | None = None,
+    source: str | None = None,
     progress: Progress = None,
     cancel: threading.Event | None = None,
 ) -> LensResult:
@@ -184,12 +188,32 @@ def logit_lens(
 
     Row l is resid_post[l]; the last row is the model's own output. `tokens` (a token, or a list of tokens
     as text or ids) are followed through the layers up front (`.prob(tok)`, `.rank(tok)`); other tokens are
-    computed on first request. `intervention` (a `wb.Intervention`) edits the run that is decoded.
+    computed on first request. `intervention` (a `wb.Intervention`) edits the run that is decoded; or
+    `edits=[wb.Edit(cell, value), ...]` (with `source=` the prompt "source" edits copy from) decodes the run
+    `wb.intervene(model, prompt, edits=..., source=...)` makes: every edit applied jointly.
     """
     top_k = check_top_k(model, top_k, lo=1)
     check_cancel(cancel)
-    edits: list[Edit] = []
-    if intervention is not None:
+    joint, edits = edits, []
+    checked: list[Edit] = []
+    if joint is not None and intervention is not None:
+        raise WorkbenchError(
+            "logit_lens takes intervention= (one edit) or edits= (a list applied jointly), not both: put "
+            "every edit in edits=[wb.Edit(cell, value), ...]."
+        )
+    if joint is None and source is not None:
+        raise WorkbenchError(
+            "source= is the prompt that 'source' edits copy from; it needs edits=[wb.Edit(cell, 'source'), "
+            "...] (for one patched cell, intervention=wb.Intervention(..., source=clean) also works)."
+        )
+    if joint is not None:
+        ids = model.to_tokens(prompt)
+        checked = checked_edits(model, joint, ids.shape[1])
+        src = edit_source(model, checked, source, ids)
+        # row 0 the source run, row 1 the prompt as is (what "mean" edits average), row 2 edited and decoded
+        batch, row, edits = torch.cat([src, ids, ids]), 2, checked
+        ivs_options = None
+    elif intervention is not None:
         intervention = _check_intervention(model, intervention)
         src, ids, kind = _source_and_mode(model, prompt, intervention)
         cell = check_cell(
@@ -247,6 +271,7 @@ def logit_lens(
         top_k=top_k,
         tokens=tokens,
         intervention=ivs_options,
+        **({"edits": edits_options(checked), "source": source} if joint is not None else {}),
     )
     return LensResult(
         tokens=model.str_tokens(ids),
@@ -260,5 +285,5 @@ def logit_lens(
         _more=more,
         _token_id=model.token_id,
         _names={t: i for t, i in zip(tokens, token_ids, strict=True) if isinstance(t, str)},
-        _code=lambda: codegen.lens_code(model, options),
+        _code=lambda: codegen.lens_code(model, options, checked),
     )

@@ -561,6 +561,18 @@ class PatchView(WorkbenchWidget):
         key = self._inputs_key()
 
         def run(progress, cancel):
+            value = run_set(progress, cancel)
+            lens, note = None, ""
+            if mode == "path":
+                note = "path patching: its prediction and metric above (no lens: its second run patches the receivers' inputs)"
+            else:
+                try:
+                    lens = self._set_lens(cells, mode, method, clean, corrupt, cancel)
+                except _errors().WorkbenchError as exc:
+                    note = f"the lens of the joint run failed: {readable(exc)}"
+            return value, lens, note
+
+        def run_set(progress, cancel):
             if mode == "path":
                 return _call(
                     path_patch,
@@ -588,15 +600,40 @@ class PatchView(WorkbenchWidget):
                 self.model, clean, corrupt, metric=metric, cells=cells, progress=progress, cancel=cancel
             )
 
-        def done(value):
+        def done(out):
+            value, lens, note = out
             what = {"patch": "patch", "ablate": f"{method}-ablate", "path": "path-patch"}[mode]
             label = f"{what} set of {len(cells)}: " + ", ".join(repr(c) for c in cells)
             if mode == "path":
                 label += f" → {receivers if receivers == 'logits' else ', '.join(map(repr, receivers))}"
             if key == self._inputs_key():
-                self._show(label[:300], value, None, "set", {}, None, {}, cells=tuples)
+                self._show(label[:300], value, lens, "set", {}, None, {}, cells=tuples)
+                if note:
+                    self.result = {**self.result, "lens_note": note}
 
         self.submit("apply set", str(content.get("id", "")), run, done, slot="click")
+
+    def _set_lens(self, cells: list, mode: str, method: str, clean: str, corrupt: str, cancel: Any) -> Any:
+        """The logit lens of the run "Apply set" scores: wb.patch(cells=)'s corrupt run with every cell from the
+        clean run, or wb.ablate(cells=)'s clean run with every cell ablated (resample: from the reference)."""
+        from ..engine.edits import Edit
+        from ..ops.ablation import _reference_means
+
+        ops = _ops()
+        if mode == "patch":
+            edits, prompt, source = [Edit(c, "source") for c in cells], corrupt, clean
+        elif method == "resample":
+            edits, prompt, source = [Edit(c, "source") for c in cells], clean, corrupt
+        elif (
+            method == "mean" and corrupt
+        ):  # the mean over the reference prompt's tokens, as wb.ablate takes it
+            means = _reference_means(self.model, [corrupt], cells)
+            values = [means[(c.site, c.layer)] for c in cells]
+            edits = [Edit(c, v if c.head is None else v[c.head]) for c, v in zip(cells, values, strict=True)]
+            prompt, source = clean, None
+        else:
+            edits, prompt, source = [Edit(c, method) for c in cells], clean, None
+        return ops.logit_lens(self.model, prompt, top_k=5, edits=edits, source=source, cancel=cancel)
 
     # ---- sweep
     def _on_sweep(self, content: dict, _buffers: list) -> None:
