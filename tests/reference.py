@@ -882,51 +882,14 @@ def kl_div(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
 # path patching
 
 
-# Where each family computes its queries, keys and values (our own table, from the transformers 5.x
-# modeling files): three projections, or one fused module whose output holds q|k|v side by side
-# ("split": [H*d | kv*d | kv*d], GPT-2 and Phi-3) or per head ("per_head": [H, 3, d], GPT-NeoX).
-_QKV: dict[str, tuple[str, ...]] = {
-    "gpt2": ("split", "attn.c_attn"),
-    "phi3": ("split", "self_attn.qkv_proj"),
-    "gpt_neox": ("per_head", "attention.query_key_value"),
-}
-_SEPARATE = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
-
-
-def qkv_module(hf, site: str, layer: int):
-    """The module whose output holds `site` (q, k or v) at `layer`."""
-    block = blocks(hf)[layer]
-    fused = _QKV.get(hf.config.model_type)
-    return _get(block, fused[1] if fused else _SEPARATE["qkv".index(site)])
-
-
-def qkv_heads(hf, site: str, out: torch.Tensor) -> torch.Tensor:
-    """The [B, T, n, d] view of `site` (q over query heads, k/v over key-value heads) in a module output."""
-    B, T = out.shape[:2]
-    H, kv, d = n_heads(hf), n_kv_heads(hf), d_head(hf)
-    fused = _QKV.get(hf.config.model_type)
-    i = "qkv".index(site)
-    if fused is None:
-        return out.view(B, T, -1, d)
-    if fused[0] == "per_head":
-        return out.view(B, T, H, 3 * d)[..., i * d : (i + 1) * d]
-    start = (0, H * d, H * d + kv * d)[i]
-    n = H if site == "q" else kv
-    return out[..., start : start + n * d].view(B, T, n, d)
-
-
 def receiver_inputs(hf, receivers) -> list[tuple[str, int, int | None, int]]:
     """A receiver list of (site, layer, position, head) as q/k/v slots: a `head` receiver is its query and its
-    key-value head's key and value (with grouped-query attention, key-value head h // (H / kv))."""
-    group = n_heads(hf) // n_kv_heads(hf)
+    key-value head's key and value (`kv_head_of`, grouped-query attention)."""
     out = []
     for site, layer, pos, head in receivers:
         if site == "head":
-            cells = [
-                ("q", layer, pos, head),
-                ("k", layer, pos, head // group),
-                ("v", layer, pos, head // group),
-            ]
+            kv = kv_head_of(hf, head)
+            cells = [("q", layer, pos, head), ("k", layer, pos, kv), ("v", layer, pos, kv)]
         else:
             cells = [(site, layer, pos, head)]
         out += [c for c in cells if c not in out]
@@ -934,18 +897,21 @@ def receiver_inputs(hf, receivers) -> list[tuple[str, int, int | None, int]]:
 
 
 def _qkv_hooks(hf, cells, fn) -> list:
-    """Forward hooks calling fn(view [B, T, n, d], cell) for each q/k/v cell (several cells per module)."""
+    """Forward hooks calling fn(module output [B, T, W], columns, cell) for each q/k/v cell (`qkv_columns`:
+    several cells per module)."""
     handles = []
     by_module: dict[int, tuple] = {}
     for cell in cells:
-        mod = qkv_module(hf, cell[0], cell[1])
-        by_module.setdefault(id(mod), (mod, []))[1].append(cell)
+        site, layer, _, head = cell
+        path, cols = qkv_columns(hf, site, head)
+        mod = _get(blocks(hf)[layer], path)
+        by_module.setdefault(id(mod), (mod, []))[1].append((cols, cell))
     for mod, group in by_module.values():
 
         def hook(_m, _a, out, group=group):
             out = out.clone()
-            for cell in group:
-                fn(qkv_heads(hf, cell[0], out), cell)
+            for cols, cell in group:
+                fn(out, cols, cell)
             return out
 
         handles.append(mod.register_forward_hook(hook))
@@ -992,9 +958,9 @@ def reference_path_patch(
     cells = [] if receivers == "logits" else receiver_inputs(hf, receivers)
     recorded: dict[tuple, torch.Tensor] = {}
 
-    def record(view, cell):
-        _, _, pos, head = cell
-        recorded[cell] = view[:, slice(None) if pos is None else pos, head].detach().clone()
+    def record(out, cols, cell):
+        pos = cell[2]
+        recorded[cell] = out[:, slice(None) if pos is None else pos, cols].detach().clone()
 
     handles = [
         _get(blocks(hf)[layer], fam.out_proj).register_forward_pre_hook(freeze(layer), with_kwargs=True)
@@ -1010,9 +976,9 @@ def reference_path_patch(
         values = metric(frozen)
     else:
 
-        def put(view, cell):
-            _, _, pos, head = cell
-            view[:, slice(None) if pos is None else pos, head] = recorded[cell].to(view.dtype)
+        def put(out, cols, cell):
+            pos = cell[2]
+            out[:, slice(None) if pos is None else pos, cols] = recorded[cell].to(out.dtype)
 
         handles = _qkv_hooks(hf, cells, put)
         try:

@@ -1,8 +1,10 @@
 """The engine against the independent reference on the real embedded model (SmolLM2-135M-Instruct),
 plus known behaviour of that model on the Eiffel Tower / Colosseum pair.
 
-One model load for the whole session; sweeps are computed once per module. Kept well under 3 minutes
-on 2 CPU cores.
+One model load for the whole session; sweeps are computed once per module. Measured (2 Dec 2026,
+`--durations`, WORKBENCH_TEST_THREADS=1): 154 s for the 20 tests on 2 CPU cores shared with other jobs
+(load about 4), 106 s of CPU; the issue-12 site tests take about 55 s of it, mostly the engine's own
+sweeps (the reference's layers cost about 1.5 s per site).
 """
 
 from __future__ import annotations

@@ -733,6 +733,17 @@ def test_to_code_reproduces(family, case):
         assert _generated(str(run_code(out.to_code())["result"]), CLEAN) == _generated(out, CLEAN)
 
 
+def test_lens_code_divides_granites_logits():
+    """Granite divides the unembedding's output by logits_scaling (2.0 in its tiny model): the generated lens
+    code must too (without it, top_probs missed by 0.006)."""
+    model = tiny("granite")
+    assert model.logit_divisor != 1.0, "the tiny granite must scale its logits, or this test checks nothing"
+    lens = wb.logit_lens(model, CLEAN)
+    top_ids, top_probs = run_code(lens.to_code())["result"]
+    assert_close(_values(top_probs), lens.top_probs, what="granite lens to_code top_probs")
+    assert np.array_equal(_values(top_ids), lens.top_ids), "granite lens to_code: top_ids differ"
+
+
 def _values(res) -> np.ndarray:
     if isinstance(res, torch.Tensor):
         return res.detach().float().cpu().numpy()

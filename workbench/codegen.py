@@ -528,7 +528,8 @@ def _intervene_code(model: Model, metric: Any, o: dict[str, Any], edits: list[An
 
 def _lens_code(model: Model, o: dict[str, Any]) -> str:
     norm, unembed = "model." + model.arch.final_norm, "model." + model.arch.unembed
-    cap = model.logit_softcap
+    div, cap = model.logit_divisor, model.logit_softcap
+    scale = f"        logits = logits / {div!r}  # the family's logits scaling\n" if div != 1.0 else ""
     soft = f"        logits = torch.tanh(logits / {cap}) * {cap}\n" if cap else ""
     resid = site_code(model, "resid_post", "l")
     return (
@@ -543,6 +544,7 @@ def _lens_code(model: Model, o: dict[str, Any]) -> str:
         "with torch.no_grad(), model.trace(ids):\n"
         f"    for l in range({model.n_layers}):\n"
         f"        logits = {unembed}({norm}({resid.read}[0]))  # resid_post: the block's output\n"
+        + scale
         + soft
         + f"        top = torch.softmax(logits, -1).topk({lit(o['top_k'])}, dim=-1)\n"
         "        top_ids.append(top.indices)\n"

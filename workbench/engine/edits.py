@@ -136,24 +136,26 @@ def _as_tensor(value: Any, cell: Cell) -> torch.Tensor:
     return t
 
 
-def as_cells(cells: Any) -> list[Cell]:
-    """A user's `cells=` as a list of Cells (a non-empty list, tuple or set of wb.Cell)."""
+def as_cells(
+    cells: Any, name: str = "cells", example: str = "wb.Cell('head', 9, head=3)", hint: str = ""
+) -> list[Cell]:
+    """A user's `cells=` (or `senders=`, `receivers=`: `name`) as a list of Cells (a non-empty list, tuple or set
+    of wb.Cell; a set in forward order); `example` and `hint` go into the messages."""
     if isinstance(cells, Cell):
         return [cells]
     if not isinstance(cells, list | tuple | set | frozenset):
         raise WorkbenchError(
-            f"cells= takes a list of wb.Cell, got {type(cells).__name__}: e.g. cells=[wb.Cell('head', 9, head=3)]."
+            f"{name}= takes a list of wb.Cell, got {type(cells).__name__}: e.g. {name}=[{example}]{hint}."
         )
     out = list(cells)
     if not out:
         raise WorkbenchError(
-            "cells= is empty: give at least one wb.Cell, e.g. cells=[wb.Cell('head', 9, head=3)]."
+            f"{name}= is empty: give a non-empty list of wb.Cell, e.g. {name}=[{example}]{hint}."
         )
     bad = [c for c in out if not isinstance(c, Cell)]
     if bad:
         raise WorkbenchError(
-            f"cells= takes wb.Cell values, got {type(bad[0]).__name__} {bad[0]!r:.60}: "
-            "e.g. wb.Cell('mlp_out', 20, position=9)."
+            f"{name}= takes wb.Cell values, got {type(bad[0]).__name__} {bad[0]!r:.60}: e.g. {example}{hint}."
         )
     if isinstance(cells, set | frozenset):
         out.sort(key=lambda c: (c.layer, site_record(c.site).order, c.position or -1, c.head or -1))

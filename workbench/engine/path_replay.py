@@ -33,20 +33,20 @@ from typing import Any
 import torch
 
 from ..model import Model, _get_path
-from .batching import BatchOutput, Progress, check_cancel
+from .batching import BatchOutput, Collected, Progress, check_cancel, report
 from .edits import Cell, Edit
 from .fast import first
 from .hooks import edit_hooks
 from .kernels import slot
 from .replay import (
-    _CACHE,
     Baseline,
-    _final_logits,
-    _probe,
-    _Recorded,
-    _ReplayCache,
-    baseline,
+    NotReplayable,
+    ReplayCache,
+    call_block,
     enabled_for,
+    final_logits,
+    prepared,
+    probe,
     rows_budget,
     session,
 )
@@ -156,8 +156,8 @@ def frozen(
     for the logits only the last position is carried through the blocks."""
     n_layers = model.n_layers
     start = base_ids.shape[1] - 1 if inputs is None else 0
-    kwargs = _probe(model, base, base_ids, 0)
-    cache = _ReplayCache(base, 0)
+    kwargs = probe(model, base, base_ids, 0)
+    cache = ReplayCache(base, 0)
     blocks = _get_path(model.hf, model.arch.layers)
     entry = [min(c.layer for c in row) for row in rows]
     order_all = sorted(range(len(rows)), key=lambda i: (entry[i], i))
@@ -185,16 +185,14 @@ def frozen(
         stand_in = _stand_in(
             model, heads, j, list(order), by_layer.get(j, []), original, record, j == top, start
         )
-        args = tuple(cache if v is _CACHE else v for v in kwargs[j][0])
-        kw = {key: cache if v is _CACHE else v for key, v in kwargs[j][1].items()}
         try:
             with swapped_forwards([(attn, stand_in)]):
-                h = first(blocks[j](h, *args, **kw))
+                h = call_block(blocks[j], h, kwargs[j], cache)
         except _Stop:
             break
     if inputs is None:
         assert h is not None
-        logits = _final_logits(model, h[:, -1])
+        logits = final_logits(model, h[:, -1])
         back = torch.empty_like(logits)
         back[torch.tensor(order)] = logits
         return back
@@ -240,21 +238,19 @@ def edited(
     """Step 2: last-position logits [n, V] of the corrupt run with each row's (set) edits at q/k/v sites;
     every row starts at the lowest edited layer from the corrupt run's block input."""
     entry = min(e.cell.layer for row in rows for e in row)
-    kwargs = _probe(model, base, base_ids, 0)
-    cache = _ReplayCache(base, 0)
+    kwargs = probe(model, base, base_ids, 0)
+    cache = ReplayCache(base, 0)
     blocks = _get_path(model.hf, model.arch.layers)
     h = base.hidden[entry][1:2].expand(len(rows), -1, -1).clone()
     handles = edit_hooks(model, dict(enumerate(rows)))
     try:
         for j in range(entry, model.n_layers):
             check_cancel(cancel)
-            args = tuple(cache if v is _CACHE else v for v in kwargs[j][0])
-            kw = {key: cache if v is _CACHE else v for key, v in kwargs[j][1].items()}
-            h = first(blocks[j](h, *args, **kw))
+            h = call_block(blocks[j], h, kwargs[j], cache)
     finally:
         for handle in handles:
             handle.remove()
-    return _final_logits(model, h[:, -1])
+    return final_logits(model, h[:, -1])
 
 
 def run(
@@ -281,21 +277,17 @@ def run(
     ):
         return None
     with session(model) as version:
-        try:
-            with torch.no_grad():
-                base = baseline(model, source_ids, base_ids, version)
-                _probe(model, base, base_ids, 0)
-                lowest = min(c.layer for row in rows for c in row)
-                heads = _heads(model, base, range(lowest, model.n_layers))
-        except _Recorded:
+        base = prepared(model, source_ids, base_ids, version)
+        if base is None:
             return None
+        lowest = min(c.layer for row in rows for c in row)
+        with torch.no_grad():
+            heads = _heads(model, base, range(lowest, model.n_layers))
         if heads is None:
             return None
         size = chunk or rows_budget(model, n_tokens)
         n = len(rows)
-        metrics = torch.empty(n)
-        top_i = torch.zeros(n, max(top_k, 1), dtype=torch.long)
-        top_p = torch.zeros(n, max(top_k, 1))
+        result = Collected(n, top_k)
         with torch.no_grad():
             for lo in range(0, n, size):
                 check_cancel(cancel)
@@ -308,20 +300,8 @@ def run(
                     else:
                         edits = [[Edit(c, v) for c, v in zip(inputs, values, strict=True)] for values in out]
                         logits = edited(model, base, base_ids, edits, cancel)
-                except _Recorded:
+                except NotReplayable:
                     return None
-                idx = torch.arange(lo, lo + len(part))
-                if top_k:  # before the metric, which may edit its logits
-                    probs = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
-                    top_i[idx], top_p[idx] = probs.indices, probs.values
-                metrics[idx] = metric(logits, base.logits[0].clone()).float()
-                if progress is not None:
-                    progress(min(1.0, (lo + len(part)) / n), f"{lo + len(part)}/{n} runs")
-            base_metrics = metric(base.logits.clone(), base.logits[0].clone()).float()
-    return BatchOutput(
-        values=metrics,
-        source=float(base_metrics[0]),
-        base=float(base_metrics[1]),
-        top_ids=top_i if top_k else None,
-        top_probs=top_p if top_k else None,
-    )
+                result.add(torch.arange(lo, lo + len(part)), logits, metric, base.logits[0])
+                report(progress, lo + len(part), n)
+            return result.output(metric, base.logits)

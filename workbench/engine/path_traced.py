@@ -20,7 +20,7 @@ import torch
 
 from ..model import Model
 from . import path_replay
-from .batching import BatchOutput, Progress, check_cancel, rows_per_chunk
+from .batching import BatchOutput, Chunk, Progress, in_chunks, rows_per_chunk
 from .edits import Cell
 from .kernels import apply_edits, read, slot
 from .sites import site as site_record
@@ -50,28 +50,13 @@ def run(
     size = chunk or (
         max(1, len(rows)) if model.remote else max(1, rows_per_chunk(model, n_tokens) // per_run)
     )
-    outs, tops, probs = [], [], []
-    source_metric = base_metric = float("nan")
-    n = len(rows)
-    for start in range(0, max(n, 1), size):
-        check_cancel(cancel)
-        part = list(rows[start : start + size])
-        values, top_i, top_p = _trace_chunk(model, source_ids, base_ids, part, inputs, metric, top_k)
-        source_metric, base_metric = float(values[0]), float(values[1])
-        answer = slice(2, 2 + len(part)) if inputs is None else slice(2 + len(part), 2 + 2 * len(part))
-        outs.append(values[answer])
-        if top_k:
-            tops.append(top_i[answer])
-            probs.append(top_p[answer])
-        if progress is not None:
-            progress(min(1.0, (start + len(part)) / max(n, 1)), f"{min(n, start + len(part))}/{n} runs")
-    return BatchOutput(
-        values=torch.cat(outs) if outs else torch.empty(0),
-        source=source_metric,
-        base=base_metric,
-        top_ids=torch.cat(tops) if top_k else None,
-        top_probs=torch.cat(probs) if top_k else None,
-    )
+
+    def one(part: list) -> Chunk:
+        n = len(part)
+        answer = slice(2, 2 + n) if inputs is None else slice(2 + n, 2 + 2 * n)
+        return (*_trace_chunk(model, source_ids, base_ids, part, inputs, metric, top_k), answer)
+
+    return in_chunks(rows, size, one, top_k=top_k, progress=progress, cancel=cancel)
 
 
 def _plan(

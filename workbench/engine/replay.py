@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from ..model import Model, _get_path
-from .batching import BatchOutput, check_cancel, rows_per_chunk
+from .batching import Collected, check_cancel, report, rows_per_chunk
 from .fast import allowed, disabled, first, has_hooks
 from .kernels import finish_logits, slot
 from .model_key import ModelKey, model_key, structure_key
@@ -162,7 +162,7 @@ def baseline(model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor, ver
         for h in handles:
             h.remove()
     if not all(a is not None for v in acts.values() for a in v):
-        raise _Recorded("a site module did not run in the baseline forward")
+        raise NotReplayable("a site module did not run in the baseline forward")
     keys, values = _cache_kv(out.past_key_values, n_layers)
     base = Baseline(hidden, acts, keys, values, out.logits[:, -1].float())
     complete = all(h is not None for h in hidden) and all(a is not None for v in acts.values() for a in v)
@@ -182,14 +182,14 @@ def _full_cache() -> Any:
     return DynamicCache()
 
 
-class _Recorded(Exception):
+class NotReplayable(Exception):
     """The probe found block arguments the replay cannot reproduce: use the general path."""
 
 
-_CACHE = object()  # stands for the model's cache object in recorded block arguments
+CACHE = object()  # stands for the model's cache object in recorded block arguments
 
 
-def _probe(model: Model, base: Baseline, base_ids: torch.Tensor, start: int) -> list[tuple[tuple, dict]]:
+def probe(model: Model, base: Baseline, base_ids: torch.Tensor, start: int) -> list[tuple[tuple, dict]]:
     """The arguments the model passes each block for positions start.. after a cache of `start` positions."""
     if start in base.probes:
         return base.probes[start]
@@ -199,8 +199,8 @@ def _probe(model: Model, base: Baseline, base_ids: torch.Tensor, start: int) -> 
     recorded: list[tuple[tuple, dict[str, Any]]] = []
 
     def recorder(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        args = tuple(_CACHE if isinstance(v, Cache) else v for v in args)
-        kwargs = {k: _CACHE if isinstance(v, Cache) else v for k, v in kwargs.items()}
+        args = tuple(CACHE if isinstance(v, Cache) else v for v in args)
+        kwargs = {k: CACHE if isinstance(v, Cache) else v for k, v in kwargs.items()}
         recorded.append((args, kwargs))
         return hidden_states
 
@@ -211,18 +211,18 @@ def _probe(model: Model, base: Baseline, base_ids: torch.Tensor, start: int) -> 
     with torch.no_grad(), swapped_forwards([(block, recorder) for block in blocks]):
         model.hf(base_ids[:, start:], past_key_values=cache, use_cache=True, logits_to_keep=1)
     if len(recorded) != model.n_layers:
-        raise _Recorded(f"recorded {len(recorded)} block calls for {model.n_layers} blocks")
+        raise NotReplayable(f"recorded {len(recorded)} block calls for {model.n_layers} blocks")
     for args, kw in recorded:
         for v in (*args, *kw.values()):
             tensors = v if isinstance(v, tuple | list) else (v,)
             for t in tensors:
                 if isinstance(t, torch.Tensor) and t.dim() >= 3 and t.shape[0] != 1:
-                    raise _Recorded("a block argument has a batch dimension")
+                    raise NotReplayable("a block argument has a batch dimension")
     base.probes[start] = recorded
     return recorded
 
 
-class _ReplayCache:
+class ReplayCache:
     """Serves the base run's keys/values of positions < start, expanded over the batch, before new ones."""
 
     def __init__(self, base: Baseline, start: int) -> None:
@@ -323,7 +323,16 @@ def _hook_edit(model: Model, site: str, layer: int, rows: list[_Row], row0: int)
 
 
 # ------------------------------------------------------------------------------------------- the sweep
-def _final_logits(model: Model, h: torch.Tensor) -> torch.Tensor:
+def call_block(block: Any, h: torch.Tensor, recorded: tuple[tuple, dict], cache: ReplayCache) -> torch.Tensor:
+    """Block `block` on hidden states `h` with its probe-recorded arguments, `cache` standing for the model's."""
+    args = tuple(cache if v is CACHE else v for v in recorded[0])
+    kwargs = {k: cache if v is CACHE else v for k, v in recorded[1].items()}
+    return first(block(h, *args, **kwargs))
+
+
+def final_logits(model: Model, h: torch.Tensor) -> torch.Tensor:
+    """Float32 logits of final hidden states `h` (the final norm, the unembedding, the family's divisor and
+    soft cap)."""
     norm = _get_path(model.hf, model.arch.final_norm)
     head = _get_path(model.hf, model.arch.unembed)
     return finish_logits(head(norm(h)), model.logit_divisor, model.logit_softcap).float()
@@ -341,8 +350,8 @@ def _run_group(
     """Last-position logits [n, V] of rows that all start at position `start` (rows sorted by entry);
     `cancel` is checked before every block."""
     n_layers = model.n_layers
-    kwargs = _probe(model, base, base_ids, start)
-    cache = _ReplayCache(base, start)
+    kwargs = probe(model, base, base_ids, start)
+    cache = ReplayCache(base, start)
     blocks = _get_path(model.hf, model.arch.layers)
     h: torch.Tensor | None = None
     i = 0
@@ -357,8 +366,6 @@ def _run_group(
             x = _join(model, base, site, joining, j, start)
             h = x if h is None else torch.cat([h, x])
         assert h is not None
-        args = tuple(cache if v is _CACHE else v for v in kwargs[j][0])
-        kw = {k: cache if v is _CACHE else v for k, v in kwargs[j][1].items()}
         handle = None
         if joining and site in _IN_BLOCK:
             mod, kind, fn = _hook_edit(model, site, j, joining, row0)
@@ -369,7 +376,7 @@ def _run_group(
                 else mod.register_forward_hook(fn)
             )
         try:
-            h = first(blocks[j](h, *args, **kw))
+            h = call_block(blocks[j], h, kwargs[j], cache)
         finally:
             if handle is not None:
                 handle.remove()
@@ -377,7 +384,7 @@ def _run_group(
         x = _join(model, base, site, rows[i:], n_layers, start)
         h = x if h is None else torch.cat([h, x])
     assert h is not None
-    return _final_logits(model, h[:, -1])
+    return final_logits(model, h[:, -1])
 
 
 def rows_budget(model: Model, n_tokens: int, limit: int = 1024) -> int:
@@ -393,6 +400,20 @@ def session(model: Model) -> Iterator[ModelKey]:
         version = model_key(model)
         with onednn_linears(model, version):
             yield version
+
+
+def prepared(
+    model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor, version: ModelKey
+) -> Baseline | None:
+    """The pair's baseline with the block arguments of a run from position 0 recorded; None when the replay
+    cannot reproduce the model's block calls (the caller takes the general path)."""
+    try:
+        with torch.no_grad():
+            base = baseline(model, source_ids, base_ids, version)
+            probe(model, base, base_ids, 0)
+    except NotReplayable:
+        return None
+    return base
 
 
 def single_site(rows: Sequence[Sequence[Any]]) -> tuple[str, str] | None:
@@ -429,11 +450,8 @@ def run(
         return None
     cells = [r[0].cell for r in rows]
     with session(model) as version:
-        try:
-            with torch.no_grad():
-                base = baseline(model, source_ids, base_ids, version)
-                _probe(model, base, base_ids, 0)
-        except _Recorded:
+        base = prepared(model, source_ids, base_ids, version)
+        if base is None:
             return None
         groups: dict[int, list[_Row]] = {}
         for idx, cell in enumerate(cells):
@@ -441,9 +459,7 @@ def run(
             start = 0 if cell.position is None else cell.position
             groups.setdefault(start, []).append(_Row(idx, cell, _entry_layer(site, cell), new, old))
         size = chunk or rows_budget(model, base_ids.shape[1])
-        metrics = torch.empty(len(cells))
-        top_i = torch.zeros(len(cells), max(top_k, 1), dtype=torch.long)
-        top_p = torch.zeros(len(cells), max(top_k, 1))
+        out = Collected(len(cells), top_k)
         done, n = 0, len(cells)
         with torch.no_grad():
             for start in sorted(groups):
@@ -453,24 +469,29 @@ def run(
                     part = rows[lo : lo + size]
                     try:
                         logits = _run_group(model, base, base_ids, site, part, start, cancel)
-                    except _Recorded:
+                    except NotReplayable:
                         return None
-                    idx = torch.tensor([r.out for r in part])
-                    if top_k:  # before the metric, which may edit its logits
-                        probs = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
-                        top_i[idx], top_p[idx] = probs.indices, probs.values
-                    metrics[idx] = metric(logits, base.logits[0].clone()).float()
+                    out.add(torch.tensor([r.out for r in part]), logits, metric, base.logits[0])
                     done += len(part)
-                    if progress is not None:
-                        progress(min(1.0, done / max(n, 1)), f"{done}/{n} runs")
-            base_metrics = metric(base.logits.clone(), base.logits[0].clone()).float()
-        return BatchOutput(
-            values=metrics,
-            source=float(base_metrics[0]),
-            base=float(base_metrics[1]),
-            top_ids=top_i if top_k else None,
-            top_probs=top_p if top_k else None,
-        )
+                    report(progress, done, n)
+            return out.output(metric, base.logits)
 
 
-__all__ = ["Baseline", "disabled", "enabled_for", "has_hooks", "run", "session", "single_site"]
+__all__ = [
+    "CACHE",
+    "Baseline",
+    "NotReplayable",
+    "ReplayCache",
+    "baseline",
+    "call_block",
+    "disabled",
+    "enabled_for",
+    "final_logits",
+    "has_hooks",
+    "prepared",
+    "probe",
+    "rows_budget",
+    "run",
+    "session",
+    "single_site",
+]

@@ -23,7 +23,7 @@ import torch
 from ..errors import SiteError
 from ..model import Model
 from . import replay
-from .batching import BatchOutput, Progress, check_cancel, rows_per_chunk
+from .batching import BatchOutput, Chunk, Progress, in_chunks, rows_per_chunk
 from .edits import Edit, lowered
 from .kernels import apply_edits, copy_positions, eager_pattern, edit_pattern, read, slot
 from .sites import site as site_record
@@ -56,27 +56,11 @@ def run_rows(
     n_tokens = base_ids.shape[1]
     # Remote: the whole sweep is one request (the server has the memory); locally, chunks that fit.
     size = chunk or (max(1, len(rows)) if model.remote else rows_per_chunk(model, n_tokens))
-    outs, tops, probs = [], [], []
-    source_metric = base_metric = float("nan")
-    n = len(rows)
-    for start in range(0, max(n, 1), size):
-        check_cancel(cancel)
-        part = list(rows[start : start + size])
-        metric_rows, top_i, top_p = _trace_chunk(model, source_ids, base_ids, part, metric, top_k)
-        source_metric, base_metric = float(metric_rows[0]), float(metric_rows[1])
-        outs.append(metric_rows[2:])
-        if top_k:
-            tops.append(top_i[2:])
-            probs.append(top_p[2:])
-        if progress is not None:
-            progress(min(1.0, (start + len(part)) / max(n, 1)), f"{min(n, start + len(part))}/{n} runs")
-    return BatchOutput(
-        values=torch.cat(outs) if outs else torch.empty(0),
-        source=source_metric,
-        base=base_metric,
-        top_ids=torch.cat(tops) if top_k else None,
-        top_probs=torch.cat(probs) if top_k else None,
-    )
+
+    def one(part: list) -> Chunk:
+        return (*_trace_chunk(model, source_ids, base_ids, part, metric, top_k), slice(2, None))
+
+    return in_chunks(rows, size, one, top_k=top_k, progress=progress, cancel=cancel)
 
 
 def check_kind(model: Model, e: Edit) -> None:

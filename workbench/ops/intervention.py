@@ -15,7 +15,7 @@ from ..errors import TokenizationError, WorkbenchError
 from ..model import Model
 from ..remote import job_status
 from .metrics import as_metric
-from .patching import MetricLike, check_top_k, prediction
+from .patching import MetricLike, check_top_k, run_value
 from .results import Value
 
 
@@ -92,11 +92,4 @@ def intervene(
         edits=edits_options(checked),
         top_k=top_k,
     )
-    return Value(
-        float(out.values[0]),
-        clean=out.source,
-        corrupt=out.base,
-        options=options,
-        _code=lambda: codegen.intervene_code(model, m, options, checked),
-        **prediction(model, out),
-    )
+    return run_value(model, out, options, lambda: codegen.intervene_code(model, m, options, checked))

@@ -119,6 +119,19 @@ def prediction(model: Model, out: BatchOutput) -> dict[str, Any]:
     }
 
 
+def run_value(model: Model, out: BatchOutput, options: dict[str, Any], code: Callable[[], str]) -> Value:
+    """An op's Value from its one-run output: the run's metric, the source and base runs' metrics as clean and
+    corrupt, the run's prediction, and `code` for to_code()."""
+    return Value(
+        float(out.values[0]),
+        clean=out.source,
+        corrupt=out.base,
+        options=options,
+        _code=code,
+        **prediction(model, out),
+    )
+
+
 def moved_source(
     model: Model,
     source_ids: torch.Tensor,
@@ -204,15 +217,7 @@ def patch(
             if value is not None:
                 edits = [Edit(targets[0], value)]
         out = run_rows(model, c, k, [edits], bound, top_k=top_k, progress=progress, cancel=cancel)
-    pred = prediction(model, out)
-    return Value(
-        float(out.values[0]),
-        clean=out.source,
-        corrupt=out.base,
-        options=options,
-        _code=lambda: codegen.patch_code(model, m, options),
-        **pred,
-    )
+    return run_value(model, out, options, lambda: codegen.patch_code(model, m, options))
 
 
 def patch_sweep(

@@ -16,14 +16,14 @@ import numpy as np
 
 from .. import codegen
 from ..engine.batching import Progress
-from ..engine.edits import Cell
+from ..engine.edits import Cell, as_cells
 from ..engine.path_traced import run
 from ..engine.sites import site as site_record
 from ..errors import SiteError, WorkbenchError
 from ..model import Model
 from ..remote import job_status
 from .metrics import as_metric
-from .patching import MetricLike, check_top_k, pair_tokens, prediction
+from .patching import MetricLike, check_top_k, pair_tokens, run_value
 from .results import SweepResult, Value
 
 RECEIVER_SITES = ("q", "k", "v", "head")
@@ -35,24 +35,9 @@ def _example(model: Model) -> str:
 
 def check_senders(model: Model, senders: Any, n_tokens: int) -> list[Cell]:
     """The senders as checked `head` cells (position None = every position, or one position)."""
-    if isinstance(senders, Cell):
-        senders = [senders]
-    if not isinstance(senders, list | tuple | set | frozenset):
-        raise WorkbenchError(
-            f"senders= takes a list of wb.Cell('head', layer, head=h), got {type(senders).__name__}: "
-            f"e.g. senders=[{_example(model)}]."
-        )
-    if not senders:
-        raise WorkbenchError(
-            f"senders= is empty: give at least one head, e.g. senders=[{_example(model)}] (every head of a "
-            "layer: [wb.Cell('head', l, head=h) for h in range(model.n_heads)])."
-        )
+    hint = " (every head of a layer: [wb.Cell('head', l, head=h) for h in range(model.n_heads)])"
     out = []
-    for s in senders:
-        if not isinstance(s, Cell):
-            raise WorkbenchError(
-                f"senders= takes wb.Cell values, got {type(s).__name__} {s!r:.60}: e.g. {_example(model)}."
-            )
+    for s in as_cells(senders, "senders", _example(model), hint):
         if s.site != "head":
             raise SiteError(
                 f"Path patching sends from attention heads: a sender must be wb.Cell('head', layer, head=h), got "
@@ -75,19 +60,9 @@ def check_receivers(model: Model, receivers: Any, n_tokens: int) -> list[Cell] |
             f"receivers={receivers!r}: use receivers='logits' (the final residual stream) or a list of "
             f"q/k/v/head cells, e.g. receivers=[wb.Cell('q', {model.n_layers - 1}, head=0)]."
         )
-    if isinstance(receivers, Cell):
-        receivers = [receivers]
-    if not isinstance(receivers, list | tuple | set | frozenset) or not receivers:
-        raise WorkbenchError(
-            "receivers= takes 'logits' or a non-empty list of wb.Cell at sites q, k, v or head, e.g. "
-            f"receivers=[wb.Cell('q', {model.n_layers - 1}, head=0)]."
-        )
+    example = f"wb.Cell('q', {model.n_layers - 1}, head=0)"
     out = []
-    for r in receivers:
-        if not isinstance(r, Cell):
-            raise WorkbenchError(
-                f"receivers= takes wb.Cell values or 'logits', got {type(r).__name__} {r!r:.60}."
-            )
+    for r in as_cells(receivers, "receivers", example, " (or receivers='logits', the final residual stream)"):
         if r.site not in RECEIVER_SITES:
             raise SiteError(
                 f"A receiver is a head's input: wb.Cell('q' | 'k' | 'v', layer, head=h) for one of its query, "
@@ -196,14 +171,7 @@ def path_patch(
     options = _options("path_patch", clean, corrupt, m, sender_cells, receiver_cells)
     with model.lock, job_status(model, progress, cancel):
         out = run(model, c, k, [sender_cells], inputs, bound, top_k=top_k, progress=progress, cancel=cancel)
-    return Value(
-        float(out.values[0]),
-        clean=out.source,
-        corrupt=out.base,
-        options=options,
-        _code=lambda: codegen.path_patch_code(model, m, options),
-        **prediction(model, out),
-    )
+    return run_value(model, out, options, lambda: codegen.path_patch_code(model, m, options))
 
 
 def path_patch_sweep(

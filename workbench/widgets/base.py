@@ -345,7 +345,7 @@ class WorkbenchWidget(anywidget.AnyWidget):
     def _on_msg(self, _widget: Any, content: Any, buffers: list) -> None:
         if not isinstance(content, dict):
             self._fail(
-                message_error(f"The view sent a request that is not an object: {str(content)[:80]!r}."), ""
+                message_error(f"The view sent a request that is not an object: {str(content)[:80]!r}.")
             )
             return
         kind = content.get("kind")
@@ -354,14 +354,12 @@ class WorkbenchWidget(anywidget.AnyWidget):
             known = ", ".join(
                 sorted(k for k in self._handlers if k not in ("attached", "detached", "export_result"))
             )
-            self._fail(
-                message_error(f"Unknown request {str(kind)[:40]!r} from the view (known: {known})."), ""
-            )
+            self._fail(message_error(f"Unknown request {str(kind)[:40]!r} from the view (known: {known})."))
             return
         try:
             handler(content, buffers or [])
         except Exception as exc:  # a bad request must show in the widget, not only in the log
-            self._fail(exc, str(content.get("id", "")))
+            self._fail(exc)
 
     def request(self, kind: str, **payload: Any) -> None:
         """Act as if the view sent `{kind, id, **payload}` (what a click does); for tests and scripts."""
@@ -438,7 +436,7 @@ class WorkbenchWidget(anywidget.AnyWidget):
             note = self._undo(job, exc)
             if job.quiet and job.failed is not None:
                 return  # a background job with its own failure display leaves the view's status alone
-            self._fail(exc, job.request_id, note)
+            self._fail(exc, note)
             return
         if job.quiet:
             return
@@ -461,7 +459,8 @@ class WorkbenchWidget(anywidget.AnyWidget):
         self.progress = 0.0
         self.progress_text = "cancelled"
 
-    def _fail(self, exc: BaseException, request_id: str, note: str = "") -> None:
+    def _fail(self, exc: BaseException, note: str = "") -> None:
+        """Show `exc` (and `note`, what was undone) as the view's error."""
         self.last_error = exc
         self.error = (readable(exc) or f"{type(exc).__name__} (no message)") + (f"\n{note}" if note else "")
         self.status = "error"

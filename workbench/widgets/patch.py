@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+from collections.abc import Callable
 from typing import Any
 
 import traitlets
@@ -549,16 +550,38 @@ class PatchView(WorkbenchWidget):
             )
         return [self._cell_of(c, "receivers") for c in self.receivers]
 
-    def _on_apply_set(self, content: dict, _buffers: list) -> None:
+    def _runner(
+        self, mode: str, clean: str, corrupt: str, metric: Any, method: str, receivers: Any, **what: Any
+    ) -> Callable[[Any, Any], Any]:
+        """run(progress, cancel) of the mode's op: on a set (`cells=`) or a sweep (`site=`, receivers for path
+        mode). A missing path op fails here, before anything is submitted."""
+        sweep = "site" in what
         ops = _ops()
+        path_op = _path_op("path_patch_sweep" if sweep else "path_patch") if mode == "path" else None
+        senders = {} if sweep else {"senders": what.get("cells")}
+        reference = (corrupt or None) if method != "zero" else None
+
+        def run(progress: Any, cancel: Any) -> Any:
+            go = {"metric": metric, "progress": progress, "cancel": cancel}
+            if mode == "path":
+                return _call(path_op, self.model, clean, corrupt, receivers=receivers, **senders, **go)
+            if mode == "ablate":
+                ablate = ops.ablate_sweep if sweep else ops.ablate
+                return ablate(self.model, clean, method=method, reference=reference, **what, **go)
+            return (ops.patch_sweep if sweep else ops.patch)(self.model, clean, corrupt, **what, **go)
+
+        return run
+
+    def _on_apply_set(self, content: dict, _buffers: list) -> None:
         self._check_ready()
         cells = self.set_cells()
         tuples = [self._tuple(c) for c in cells]
         mode, method, metric = self.mode, self.method, self.metric()
         clean, corrupt = self.clean, self.corrupt
         receivers = self.receiver_cells() if mode == "path" else None
-        path_patch = _path_op("path_patch") if mode == "path" else None
         key = self._inputs_key()
+
+        run_set = self._runner(mode, clean, corrupt, metric, method, receivers, cells=cells)
 
         def run(progress, cancel):
             value = run_set(progress, cancel)
@@ -571,34 +594,6 @@ class PatchView(WorkbenchWidget):
                 except _errors().WorkbenchError as exc:
                     note = f"the lens of the joint run failed: {readable(exc)}"
             return value, lens, note
-
-        def run_set(progress, cancel):
-            if mode == "path":
-                return _call(
-                    path_patch,
-                    self.model,
-                    clean,
-                    corrupt,
-                    metric=metric,
-                    senders=cells,
-                    receivers=receivers,
-                    progress=progress,
-                    cancel=cancel,
-                )
-            if mode == "ablate":
-                return ops.ablate(
-                    self.model,
-                    clean,
-                    metric=metric,
-                    cells=cells,
-                    method=method,
-                    reference=(corrupt or None) if method != "zero" else None,
-                    progress=progress,
-                    cancel=cancel,
-                )
-            return ops.patch(
-                self.model, clean, corrupt, metric=metric, cells=cells, progress=progress, cancel=cancel
-            )
 
         def done(out):
             value, lens, note = out
@@ -637,7 +632,6 @@ class PatchView(WorkbenchWidget):
 
     # ---- sweep
     def _on_sweep(self, content: dict, _buffers: list) -> None:
-        ops = _ops()
         self._check_ready()
         skey = self._sweep_key()
         clean, corrupt, site, mode, method, metric = (
@@ -649,35 +643,8 @@ class PatchView(WorkbenchWidget):
             self.metric(),
         )
         receivers = self.receiver_cells() if mode == "path" else None
-        path_sweep = _path_op("path_patch_sweep") if mode == "path" else None
         receivers_trait = self.receivers
-
-        def run(progress, cancel):
-            if mode == "path":
-                return _call(
-                    path_sweep,
-                    self.model,
-                    clean,
-                    corrupt,
-                    metric=metric,
-                    receivers=receivers,
-                    progress=progress,
-                    cancel=cancel,
-                )
-            if mode == "ablate":
-                return ops.ablate_sweep(
-                    self.model,
-                    clean,
-                    metric=metric,
-                    site=site,
-                    method=method,
-                    reference=(corrupt or None) if method != "zero" else None,
-                    progress=progress,
-                    cancel=cancel,
-                )
-            return ops.patch_sweep(
-                self.model, clean, corrupt, metric=metric, site=site, progress=progress, cancel=cancel
-            )
+        run = self._runner(mode, clean, corrupt, metric, method, receivers, site=site)
 
         def done(sw):
             if (clean, corrupt) != (self.clean, self.corrupt):
