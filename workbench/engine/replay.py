@@ -50,12 +50,12 @@ from .fast import allowed, disabled, first, has_hooks
 from .kernels import finish_logits, slot
 from .model_key import ModelKey, model_key, structure_key
 from .onednn import onednn_linears
+from .sites import SITE_TABLE
+from .sites import site as site_record
 from .threads import mine, swapped_forwards
 
 # Sites the replay edits: the stream itself between blocks, or a module tensor inside a block (a hook).
-_STREAM = ("resid_pre", "resid_post", "mlp_out")
-_SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head", "q", "k", "v", "resid_mid")
-_IN_BLOCK = ("attn_out", "head", "q", "k", "v", "resid_mid")
+_SITES = tuple(name for name, rec in SITE_TABLE.items() if rec.replay)  # what `Site.replay` says it edits
 _KINDS = ("source", "zero", "mean", "set", "add")
 
 _BASELINES: weakref.WeakKeyDictionary[Model, OrderedDict] = weakref.WeakKeyDictionary()
@@ -69,7 +69,7 @@ def enabled_for(model: Model, site: str, kind: str, n_tokens: int) -> bool:
         return False
     if model.arch.replay or site not in _SITES or kind not in _KINDS:
         return False
-    return site != "resid_mid" or model._sequential()
+    return not site_record(site).sequential_only or model._sequential()
 
 
 # ------------------------------------------------------------------------------------------- baselines
@@ -108,7 +108,11 @@ def baseline(model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor, ver
         return hit[1]
     n_layers = model.n_layers
     hidden: list[Any] = [None] * (n_layers + 1)
-    sites = [x for x in (*_IN_BLOCK, "mlp_out") if x != "resid_mid" or model._sequential()]
+    sites = [  # the module tensors the replay reads: in-block sites and terms added after the block
+        name
+        for name, rec in SITE_TABLE.items()
+        if rec.replay in ("hook", "added") and (not rec.sequential_only or model._sequential())
+    ]
     acts: dict[str, list[Any]] = {x: [None] * n_layers for x in sites}
     handles = []
 
@@ -244,16 +248,16 @@ class ReplayCache:
 
 # ------------------------------------------------------------------------------------------- the edits
 def _entry_layer(site: str, cell: Any) -> int:
-    return cell.layer + 1 if site in ("mlp_out", "resid_post") else cell.layer
+    return cell.layer + 1 if site_record(site).after_block else cell.layer
 
 
 def _site_value(
     model: Model, base: Baseline, cell: Any, kind: str, value: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(new value, base value) of the cell's slot: [T or 1, width]."""
-    site = cell.site
-    if site in ("resid_pre", "resid_post"):
-        act = base.hidden[cell.layer + (site == "resid_post")]
+    site, rec = cell.site, site_record(cell.site)
+    if rec.replay == "stream":
+        act = base.hidden[cell.layer + rec.after_block]
     else:
         act = slot(base.acts[site][cell.layer], model.site_ref(site, cell.layer).layout)
     if cell.head is not None:
@@ -285,13 +289,14 @@ class _Row:
 def _join(model: Model, base: Baseline, site: str, rows: list[_Row], entry: int, start: int) -> torch.Tensor:
     """Hidden states [n, T - start, D] of rows joining at block `entry` (input edits applied)."""
     x = base.hidden[entry][1:2, start:].expand(len(rows), -1, -1).clone()
-    if site in ("resid_pre", "resid_post"):
+    how = site_record(site).replay
+    if how == "stream":
         for i, r in enumerate(rows):
             if r.cell.position is None:
                 x[i] = r.new
             else:
                 x[i, 0] = r.new[0]
-    elif site == "mlp_out":  # block entry - 1 added residual_scale * mlp_out to the stream
+    elif how == "added":  # block entry - 1 added residual_scale * mlp_out to the stream
         scale = model.residual_scale(entry - 1)
         for i, r in enumerate(rows):
             if r.cell.position is None:
@@ -367,7 +372,7 @@ def _run_group(
             h = x if h is None else torch.cat([h, x])
         assert h is not None
         handle = None
-        if joining and site in _IN_BLOCK:
+        if joining and site_record(site).replay == "hook":
             mod, kind, fn = _hook_edit(model, site, j, joining, row0)
             fn = mine(fn)
             handle = (

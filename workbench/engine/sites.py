@@ -26,6 +26,11 @@ class Site:
     after_block: bool = False  # the value is a term of the block's output (mlp_out, resid_post)
     sequential_only: bool = False  # undefined for blocks whose attention and MLP read the same input
     pattern: bool = False  # attention probabilities [T_q, T_k] per head, not a hidden vector
+    # how the replay engine edits it: "stream" (the hidden state between blocks), "added" (a term added to
+    # the stream after the block), "hook" (a module tensor inside the block), "" (not replayed: the trace does)
+    replay: str = ""
+    sender: bool = False  # path patching: its output can be the sender (attention heads)
+    receiver: bool = False  # path patching: it can receive (a head's query, key, value, or all three)
 
     @property
     def per_head(self) -> bool:
@@ -38,28 +43,34 @@ SITE_TABLE: dict[str, Site] = {
         Site(
             "embed", "the token embeddings (the embedding module's output), layer 0 only", 0, embed_only=True
         ),
-        Site("resid_pre", "the residual stream entering block l", 1),
+        Site("resid_pre", "the residual stream entering block l", 1, replay="stream"),
         Site(
             "q",
             "one head's query: its slice of the query projection output (before rotary)",
             2,
             heads="query",
             needs_head=True,
-        ),  # fmt: skip
+            replay="hook",
+            receiver=True,
+        ),
         Site(
             "k",
             "one key-value head's key: its slice of the key projection output (before rotary)",
             3,
             heads="kv",
             needs_head=True,
-        ),  # fmt: skip
+            replay="hook",
+            receiver=True,
+        ),
         Site(
             "v",
             "one key-value head's value: its slice of the value projection output",
             4,
             heads="kv",
             needs_head=True,
-        ),  # fmt: skip
+            replay="hook",
+            receiver=True,
+        ),
         Site(
             "pattern",
             "one head's attention probabilities [T_q, T_k]",
@@ -67,23 +78,33 @@ SITE_TABLE: dict[str, Site] = {
             heads="query",
             needs_head=True,
             pattern=True,
-        ),  # fmt: skip
+        ),
         Site(
             "head",
             "one head's output: its slice of the attention output projection's input",
             6,
             heads="query",
             needs_head=True,
-        ),  # fmt: skip
-        Site("attn_out", "what the attention sub-block adds to the residual stream", 7),
+            replay="hook",
+            sender=True,
+            receiver=True,
+        ),
+        Site("attn_out", "what the attention sub-block adds to the residual stream", 7, replay="hook"),
         Site(
             "resid_mid",
             "the residual stream between the attention and MLP sub-blocks",
             8,
             sequential_only=True,
-        ),  # fmt: skip
-        Site("mlp_out", "what the MLP sub-block adds to the residual stream", 9, after_block=True),
-        Site("resid_post", "the residual stream leaving block l", 10, after_block=True),
+            replay="hook",
+        ),
+        Site(
+            "mlp_out",
+            "what the MLP sub-block adds to the residual stream",
+            9,
+            after_block=True,
+            replay="added",
+        ),
+        Site("resid_post", "the residual stream leaving block l", 10, after_block=True, replay="stream"),
     )
 }
 

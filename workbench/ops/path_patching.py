@@ -26,8 +26,6 @@ from .metrics import as_metric
 from .patching import MetricLike, check_top_k, pair_tokens, run_value
 from .results import SweepResult, Value
 
-RECEIVER_SITES = ("q", "k", "v", "head")
-
 
 def _example(model: Model) -> str:
     return f"wb.Cell('head', {max(model.n_layers - 2, 0)}, head=0)"
@@ -38,7 +36,7 @@ def check_senders(model: Model, senders: Any, n_tokens: int) -> list[Cell]:
     hint = " (every head of a layer: [wb.Cell('head', l, head=h) for h in range(model.n_heads)])"
     out = []
     for s in as_cells(senders, "senders", _example(model), hint):
-        if s.site != "head":
+        if not site_record(s.site).sender:
             raise SiteError(
                 f"Path patching sends from attention heads: a sender must be wb.Cell('head', layer, head=h), got "
                 f"{s!r}. For a whole attention layer list its heads, [wb.Cell('head', {s.layer}, head=h) for h "
@@ -63,7 +61,7 @@ def check_receivers(model: Model, receivers: Any, n_tokens: int) -> list[Cell] |
     example = f"wb.Cell('q', {model.n_layers - 1}, head=0)"
     out = []
     for r in as_cells(receivers, "receivers", example, " (or receivers='logits', the final residual stream)"):
-        if r.site not in RECEIVER_SITES:
+        if not site_record(r.site).receiver:
             raise SiteError(
                 f"A receiver is a head's input: wb.Cell('q' | 'k' | 'v', layer, head=h) for one of its query, "
                 f"key or value, or wb.Cell('head', layer, head=h) for all three; got {r!r}. For the effect on "
@@ -81,10 +79,11 @@ def receiver_inputs(model: Model, receivers: list[Cell]) -> list[Cell]:
     group = model.n_heads // model.n_kv_heads
     out: list[Cell] = []
     for r in receivers:
-        cells = (
-            [r]
-            if r.site != "head"
-            else [Cell(s, r.layer, r.position, r.head if s == "q" else r.head // group) for s in "qkv"]
+        rec = site_record(r.site)
+        cells = (  # a whole head (a sender's output, not one of its inputs) receives through its q, k and v
+            [Cell(s, r.layer, r.position, r.head if s == "q" else r.head // group) for s in "qkv"]
+            if rec.sender
+            else [r]
         )
         out += [c for c in cells if c not in out]
     return out

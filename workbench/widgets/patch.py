@@ -10,14 +10,17 @@ from typing import Any
 
 import traitlets
 
-from ..engine.sites import SITES
+from ..engine.sites import SITE_TABLE, SITES
 from ..engine.sites import site as site_record
 from .base import WorkbenchWidget, _errors, _ops, check_int, finite, message_error, pack, pack_lens, readable
 
 MODES = ("patch", "ablate", "path")
 METHODS = ("zero", "mean", "resample")
-# what a receiver of path patching is: a head (its q, k and v), or one of its inputs
-RECEIVER_SITES = ("head", "q", "k", "v")
+# what a receiver of path patching is: a head (its q, k and v), or one of its inputs (the Site table says)
+# (a whole head first, as the picker lists them)
+RECEIVER_SITES = tuple(
+    sorted((n for n, r in SITE_TABLE.items() if r.receiver), key=lambda n: not SITE_TABLE[n].sender)
+)
 
 
 def _cell(site: str, layer: Any, position: Any = None, head: Any = None):
