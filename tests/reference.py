@@ -1039,20 +1039,7 @@ def reference_joint(hf, tok, prompt: str, metric, edits, source: str | None = No
     or "add" (add the tensor `arg` to the live activation). Hooks on one module run in the given order.
     """
     ids = tokens(tok, prompt)
-    specs = []
-    for site, layer, position, head, how, arg in edits:
-        value = _joint_value(hf, tok, prompt, source, site, layer, position, head, how, arg)
-        cols = _cols(hf, site, head)
-        pos = slice(None) if position is None else position
-
-        def fn(x, value=value, cols=cols, pos=pos, add=how == "add"):
-            x = x.clone()
-            v = value.to(x.dtype)
-            x[:, pos, cols] = x[:, pos, cols] + v if add else v
-            return x
-
-        specs.append((site, layer, fn))
-    with hooks(hf, specs):
+    with hooks(hf, joint_hooks(hf, tok, prompt, edits, source)):
         logits = run_logits(hf, ids)
     base = float(metric(_final(run_logits(hf, ids)))[0])
     out = {

@@ -491,14 +491,11 @@ def _tensor_lines(edits: list[Any]) -> tuple[str, list[str]]:
     return "tensors = [  # the values the edits set or add (float32)\n" + items + "]\n", values
 
 
-def _intervene_code(model: Model, metric: Any, o: dict[str, Any], edits: list[Any]) -> str:
-    tensors, values = _tensor_lines(edits)
+def _edited_batch(model: Model, o: dict[str, Any], edits: list, tensors: str, metric: Any = None) -> str:
+    """The lines that build [source run, the prompt as is, the edited prompt] for a list of edits (intervene and
+    the lens of joint edits)."""
     source = o.get("source")
-    lowered = [
-        (e.cell.site, e.cell.layer, e.cell.position, e.cell.head, 2, e.kind, v)
-        for e, v in zip(edits, values, strict=True)
-    ]
-    body = (
+    return (
         f"prompt, source = {lit(o['prompt'])}, {lit(source)}\n"
         + (metric.code(model) if metric is not None else "")
         + _helpers(model, [e.cell.site for e in edits])
@@ -510,7 +507,18 @@ def _intervene_code(model: Model, metric: Any, o: dict[str, Any], edits: list[An
         )
         + tensors
         + "batch = torch.cat([source_ids, ids, ids])  # row 0 the source run, row 1 the prompt as is, row 2 edited\n"
-        "with torch.no_grad(), model.trace(batch):\n"
+    )
+
+
+def _intervene_code(model: Model, metric: Any, o: dict[str, Any], edits: list[Any]) -> str:
+    tensors, values = _tensor_lines(edits)
+    lowered = [
+        (e.cell.site, e.cell.layer, e.cell.position, e.cell.head, 2, e.kind, v)
+        for e, v in zip(edits, values, strict=True)
+    ]
+    body = (
+        _edited_batch(model, o, edits, tensors, metric)
+        + "with torch.no_grad(), model.trace(batch):\n"
         + _apply(model, _places(lowered), "    ")
         + "    logits = model.output.logits[:, -1]\n"
         + ("    values = metric(logits, logits[0]).save()\n" if metric is not None else "")
@@ -561,7 +569,6 @@ def _lens_edits_code(model: Model, o: dict[str, Any], edits: list[Any]) -> str:
     cap = model.logit_softcap
     soft = f"        logits = torch.tanh(logits / {cap}) * {cap}\n" if cap else ""
     tensors, values = _tensor_lines(edits)
-    source = o.get("source")
     lowered = [
         (e.cell.site, e.cell.layer, e.cell.position, e.cell.head, 2, e.kind, v)
         for e, v in zip(edits, values, strict=True)
@@ -581,18 +588,7 @@ def _lens_edits_code(model: Model, o: dict[str, Any], edits: list[Any]) -> str:
         "        else:\n" if by_layer else ""
     ) + f"            resid = {resid}  # the block's output\n"
     return (
-        _load(model)
-        + f"prompt, source = {lit(o['prompt'])}, {lit(source)}\n"
-        + _helpers(model, [e.cell.site for e in edits])
-        + "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
-        + (
-            "source_ids = model.tokenizer(source, return_tensors='pt').input_ids  # as long as the prompt\n"
-            if source is not None
-            else "source_ids = ids  # no source prompt: row 0 is the prompt itself\n"
-        )
-        + tensors
-        + "batch = torch.cat([source_ids, ids, ids])  # row 0 the source run, row 1 the prompt as is, row 2 edited\n"
-        "top_ids, top_probs = [], []\n"
+        _load(model) + _edited_batch(model, o, edits, tensors) + "top_ids, top_probs = [], []\n"
         "with torch.no_grad(), model.trace(batch):\n"
         f"    for l in range({model.n_layers}):\n"
         + branches
