@@ -191,7 +191,7 @@ def test_patch_view_on_a_remote_model_shows_status_results_and_errors(models, nd
     view.observe(lambda change: texts.append(change["new"]), names="progress_text")
     view.site = "mlp_out"
     view.run_sweep().wait()
-    assert view.status == "done" and view.error == ""
+    assert view.status == "done" and view.error == "", view.error
     expected = wb.patch_sweep(local, CLEAN, CORRUPT, metric=wb.logit_diff(" Paris", " Rome"), site="mlp_out")
     assert np.abs(unpack(view.sweep["values"]) - expected.values).max() <= 1e-4
     assert any(t.startswith("remote ") for t in texts), texts
@@ -203,7 +203,7 @@ def test_patch_view_on_a_remote_model_shows_status_results_and_errors(models, nd
     finally:
         nnsight.CONFIG.API.HOST = ndif_server.url
     view.click(3, 2).wait()
-    assert view.status == "done" and view.error == ""
+    assert view.status == "done" and view.error == "", view.error
 
 
 def test_interventions_as_data_match_local_one_request_each(models, requests) -> None:
@@ -234,6 +234,12 @@ def test_interventions_as_data_match_local_one_request_each(models, requests) ->
     p = wb.patch(remote, CLEAN, CORRUPT, metric=metric, site="pattern", layer=15, head=4)
     q = wb.patch(local, CLEAN, CORRUPT, metric=metric, site="pattern", layer=15, head=4)
     assert abs(float(p) - float(q)) <= 1e-4
+    # the lens of a joint run (edits, a pattern among them, travel with the request)
+    lens_edits = [wb.Edit(wb.Cell("head", 9, head=3)), wb.Edit(wb.Cell("pattern", 15, head=4))]
+    la = wb.logit_lens(remote, CORRUPT, edits=lens_edits, source=CLEAN)
+    with fast_paths_disabled():
+        lb = wb.logit_lens(local, CORRUPT, edits=lens_edits, source=CLEAN)
+    assert np.array_equal(la.top_ids, lb.top_ids) and np.abs(la.top_probs - lb.top_probs).max() <= 1e-4
 
 
 def test_path_patching_matches_local(models) -> None:

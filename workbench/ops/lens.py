@@ -113,12 +113,13 @@ def _lens_trace(
     post_envoys = [model.envoy(ref) for ref in posts]
     norm, unembed, divisor, softcap = model.decoder()
     steps = plan([edits], first_row=row) if edits else {}
+    # per layer: (site ref, its envoy, the edits there); plain lists, as the body travels to NDIF by value
     by_layer: dict[int, list] = {}
     for key, group in steps.items():
-        by_layer.setdefault(key[0], []).append((model.site_ref(key[2], key[0]), group))
-    envoys = {id(ref): model.envoy(ref) for refs in by_layer.values() for ref, _ in refs}
+        ref = model.site_ref(key[2], key[0])
+        by_layer.setdefault(key[0], []).append((ref, model.envoy(ref), group))
     eager_fn = (
-        eager_function(model) if any(r.pattern for refs in by_layer.values() for r, _ in refs) else None
+        eager_function(model) if any(r.pattern for refs in by_layer.values() for r, _, _ in refs) else None
     )
     tid = torch.tensor(token_ids, dtype=torch.long)
     # Saved values must be bound to plain names in the body: that is what comes back (also from NDIF).
@@ -126,15 +127,15 @@ def _lens_trace(
         resids = []
         for layer in range(n_layers):
             live: dict[tuple[str, bool], torch.Tensor] = {}
-            for ref, group in by_layer.get(layer, []):
+            for ref, envoy, group in by_layer.get(layer, []):
                 if ref.pattern:
-                    call = envoys[id(ref)].source.attention_interface_1
+                    call = envoy.source.attention_interface_1
                     inputs = call.inputs  # before the output: nnsight serves values in forward order
                     edit_pattern(call.output[0], inputs, group, eager_fn, 0)
                     continue
                 where = (ref.path, ref.use_input)
                 if where not in live:
-                    live[where] = read(envoys[id(ref)], ref.use_input)
+                    live[where] = read(envoy, ref.use_input)
                 apply_edits(slot(live[where], ref.layout), group, 0, 1)
             out = live.get((posts[layer].path, False))
             if out is None:
