@@ -22,7 +22,7 @@ from workbench.engine.fast import disabled
 from workbench.engine.traced import run_rows
 from workbench.errors import SiteError, WorkbenchError
 from workbench.ops.patching import pair_tokens
-from workbench.testing import FAMILIES, tiny_hf_model, tiny_tokenizer
+from workbench.testing import FAMILIES, _config, tiny_hf_model, tiny_tokenizer
 
 NEW_SITES = ("embed", "resid_mid", "q", "k", "v", "pattern")
 PER_HEAD = ("q", "k", "v", "pattern")
@@ -526,17 +526,8 @@ def test_resid_mid_on_sequential_gpt_neox():
     import transformers
 
     torch.manual_seed(3)
-    cfg = transformers.GPTNeoXConfig(
-        vocab_size=len(tiny_tokenizer()),
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        max_position_embeddings=128,
-        rotary_pct=0.5,
-        use_parallel_residual=False,
-        tie_word_embeddings=False,
-    )
+    cfg = _config("gpt_neox", len(tiny_tokenizer()))  # the tiny GPT-NeoX, made sequential
+    cfg.use_parallel_residual = False
     hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
     with torch.no_grad():
         for p in hf.parameters():
