@@ -826,3 +826,8 @@ def _path_patch_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
 
 def path_patch_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
     return _remote(model, _path_patch_code(model, metric, plain(o)))
+
+
+def dataset_code(model: Model, metric: Any, o: dict[str, Any], ds: Any, al: Any) -> str:
+    """nnsight code of an op over a Dataset (written by the datasets work; see tests/test_datasets.py)."""
+    raise NotImplementedError("dataset to_code is being written")

@@ -28,7 +28,7 @@ SWEEP_OPTIONS = ["what", "head", "template", "title", "width", "height", "colors
 
 
 def _has_normalized(result) -> bool:
-    c, k = float(result.clean), float(result.corrupt)
+    c, k = result.clean_mean, result.corrupt_mean
     return math.isfinite(c) and math.isfinite(k) and c != k
 
 
@@ -39,11 +39,11 @@ def sweep_z(result, what: str) -> tuple[np.ndarray, str]:
         if not _has_normalized(result):
             raise WorkbenchError(
                 "what='normalized' needs finite, different clean and corrupt baselines "
-                f"(clean={fmt(result.clean)}, corrupt={fmt(result.corrupt)}); use what='value' or 'change'."
+                f"(clean={fmt(result.clean_mean)}, corrupt={fmt(result.corrupt_mean)}); use what='value' or 'change'."
             )
         return result.normalized, "normalised effect"
     if what == "change":
-        return (result.values - np.float32(result.clean)).astype(np.float32), f"\u0394 {metric} vs clean"
+        return (result.values - np.float32(result.clean_mean)).astype(np.float32), f"\u0394 {metric} vs clean"
     return result.values, metric
 
 

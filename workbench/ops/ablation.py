@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .. import codegen
+from ..data.dataset import Dataset
 from ..engine.batching import BatchOutput, Progress, check_cancel
 from ..engine.edits import Cell, Edit
 from ..engine.sites import site as site_record
@@ -18,7 +19,8 @@ from ..errors import WorkbenchError
 from ..model import Model
 from ..remote import job_status
 from ..validate import as_bool
-from .metrics import as_metric
+from .metrics import Metric, as_metric
+from .over_dataset import Runner, column_rows, dataset_cells, dataset_cells_options, example_cells, is_dataset
 from .patching import (
     MetricLike,
     cells_options,
@@ -72,24 +74,22 @@ def _run(
     model: Model,
     ids: torch.Tensor,
     prompt: str,
-    cells: list[Cell],
+    groups: list[list[Cell]],
     bound,
     method: str,
     reference: str | Sequence[str] | None,
     top_k: int,
     progress: Progress,
     cancel: threading.Event | None,
-    *,
-    joint: bool,
 ) -> BatchOutput:
-    """Ablate the cells, all in one run (`joint`) or one run each; resampling averages the metric over the
+    """One run per group of cells (a group's cells ablated jointly); resampling averages the metric over the
     reference prompts."""
     refs = _references(reference)
     _check_method(method)
+    cells = [c for group in groups for c in group]
 
     def rows(value_of) -> list[list[Edit]]:
-        edits = [Edit(c, value_of(c)) for c in cells]
-        return [edits] if joint else [[e] for e in edits]
+        return [[Edit(c, value_of(c)) for c in group] for group in groups]
 
     if method == "zero" or (method == "mean" and not refs):
         return run_rows(model, ids, ids, rows(lambda c: method), bound, top_k=top_k, progress=progress,
@@ -128,7 +128,7 @@ def _run(
 
 def ablate(
     model: Model,
-    prompt: str,
+    prompt: str | Dataset,
     *,
     metric: MetricLike,
     site: str = "mlp_out",
@@ -139,6 +139,7 @@ def ablate(
     method: str = "zero",
     reference: str | Sequence[str] | None = None,
     top_k: int = 5,
+    align: str = "exact",
     progress: Progress = None,
     cancel: threading.Event | None = None,
 ) -> Value:
@@ -148,8 +149,14 @@ def ablate(
     zero: set to 0. mean: the mean over the prompt's positions (or over every token of `reference`
     prompts). resample: the activation of `reference` prompt(s) at the same position (the metric is
     averaged over references). `.clean` is the unablated metric.
+
+    Over a `wb.Dataset`: each example's clean prompt ablated the same way (a position names a column of
+    `align=`); resampling without `reference=` uses each example's corrupt prompt.
     """
     m = as_metric(metric)
+    if is_dataset(prompt):
+        cells_ = dataset_cells(cells, site, layer, position, head, "wb.ablate")
+        return _ablate_dataset(model, prompt, m, cells_, method, reference, top_k, align, progress, cancel)
     ids = model.to_tokens(prompt)
     targets = target_cells(
         model, ids.shape[1], cells=cells, site=site, layer=layer, position=position, head=head, op="wb.ablate"
@@ -158,7 +165,7 @@ def ablate(
     top_k = check_top_k(model, top_k)
     bound = m.bind(model)
     with model.lock, job_status(model, progress, cancel):
-        out = _run(model, ids, prompt, targets, bound, method, reference, top_k, progress, cancel, joint=True)
+        out = _run(model, ids, prompt, [targets], bound, method, reference, top_k, progress, cancel)
     options = dict(
         op="ablate",
         prompt=prompt,
@@ -180,28 +187,33 @@ def ablate(
 
 def ablate_sweep(
     model: Model,
-    prompt: str,
+    prompt: str | Dataset,
     *,
     metric: MetricLike,
     site: str = "mlp_out",
     method: str = "zero",
     reference: str | Sequence[str] | None = None,
     by_position: bool = False,
+    align: str = "exact",
     progress: Progress = None,
     cancel: threading.Event | None = None,
 ) -> SweepResult:
     """Ablate every (layer, position) — or (layer, head) / (layer, position, head) — one at a time, batched.
 
     `.clean` is the unablated metric; `.corrupt` is NaN (there is no corrupt run), so `.normalized` is NaN:
-    read `.values` or `.values - .clean`.
+    read `.values` or `.values - .clean`. Over a `wb.Dataset`: a DatasetSweepResult (columns by `align=`).
     """
     m = as_metric(metric)
+    if is_dataset(prompt):
+        return _ablate_sweep_dataset(
+            model, prompt, m, site, method, reference, by_position, align, progress, cancel
+        )
     ids = model.to_tokens(prompt)
     by_position = as_bool(by_position, "by_position")
     cells, shape = sweep_cells(model, site, ids.shape[1], by_position)
     bound = m.bind(model)
     with model.lock, job_status(model, progress, cancel):
-        out = _run(model, ids, prompt, cells, bound, method, reference, 0, progress, cancel, joint=False)
+        out = _run(model, ids, prompt, [[c] for c in cells], bound, method, reference, 0, progress, cancel)
     options = dict(
         op="ablate_sweep",
         prompt=prompt,
@@ -219,4 +231,88 @@ def ablate_sweep(
         tokens=model.str_tokens(ids),
         options=options,
         _code=lambda: codegen.ablate_code(model, m, options),
+    )
+
+
+def _example_reference(method: str, reference: Any, ds: Dataset, i: int) -> Any:
+    """Resampling over a Dataset without reference=: the example's own corrupt prompt."""
+    if method == "resample" and reference is None:
+        if ds[i].corrupt is None:
+            raise WorkbenchError(
+                "method='resample' over a Dataset needs reference= prompts or corrupt prompts in the Dataset "
+                "(each example resamples from its own corrupt prompt)."
+            )
+        return ds[i].corrupt
+    return reference
+
+
+def _ablate_sweep_dataset(
+    model: Model,
+    ds: Dataset,
+    m: Metric,
+    site: str,
+    method: str,
+    reference: Any,
+    by_position: Any,
+    align: str,
+    progress: Progress,
+    cancel: threading.Event | None,
+) -> SweepResult:
+    by_position = as_bool(by_position, "by_position")
+    _check_method(method)
+    model.check_site(site)
+    runner = Runner(model, ds, m, align, corrupt=False, progress=progress, cancel=cancel)
+    shapes: list[tuple[int, ...]] = []
+
+    def one(i: int, prog: Progress) -> BatchOutput:
+        ids = runner.al.clean_ids[i]
+        groups, shape = column_rows(model, site, runner.al.positions[i], by_position, ids.shape[1])
+        shapes.append(shape)
+        ref = _example_reference(method, reference, ds, i)
+        return _run(model, ids, ds[i].clean, groups, runner.bound[i], method, ref, 0, prog, cancel)
+
+    with model.lock, job_status(model, progress, cancel):
+        outs = runner.each(one)
+    options = dict(op="ablate_sweep", dataset=len(ds), metric=m.name, site=site, method=method,
+                   reference=reference, by_position=by_position)  # fmt: skip
+    return runner.sweep_result(
+        outs,
+        shapes,
+        axes=sweep_axes(site, by_position),
+        options=options,
+        code=lambda: codegen.dataset_code(model, m, options, ds, runner.al),
+        ablation=True,
+    )
+
+
+def _ablate_dataset(
+    model: Model,
+    ds: Dataset,
+    m: Metric,
+    cells: list[Cell],
+    method: str,
+    reference: Any,
+    top_k: int,
+    align: str,
+    progress: Progress,
+    cancel: threading.Event | None,
+) -> Value:
+    _check_method(method)
+    top_k = check_top_k(model, top_k)
+    runner = Runner(model, ds, m, align, corrupt=False, progress=progress, cancel=cancel)
+    per_cells = [example_cells(runner.al, i, cells, model) for i in range(len(ds))]
+
+    def one(i: int, prog: Progress) -> Value:
+        ids = runner.al.clean_ids[i]
+        ref = _example_reference(method, reference, ds, i)
+        out = _run(model, ids, ds[i].clean, [per_cells[i]], runner.bound[i], method, ref, top_k, prog, cancel)
+        return Value(float(out.values[0]), clean=out.base, corrupt=float("nan"), options={}, _code=lambda: "",
+                     **prediction(model, out))  # fmt: skip
+
+    with model.lock, job_status(model, progress, cancel):
+        values = runner.each(one)
+    options = dict(op="ablate", dataset=len(ds), metric=m.name, **dataset_cells_options(cells), method=method,
+                   reference=reference)  # fmt: skip
+    return runner.value_result(
+        values, options=options, code=lambda: codegen.dataset_code(model, m, options, ds, runner.al)
     )

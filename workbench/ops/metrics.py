@@ -31,23 +31,93 @@ class Metric:
     def __repr__(self) -> str:
         return self.name
 
+    def for_example(self, i: int, example: Any) -> Metric:
+        """This metric for example `i` of a dataset (the example's own target/foil where it reads them)."""
+        return self
+
+    @property
+    def per_example(self) -> bool:
+        """Whether the metric reads each example's answer (no tokens given, or one list per example)."""
+        return False
+
+
+Token = str | int | None | tuple[str | int, ...]  # None: the dataset's own; a tuple: one per example
+
+
+def _shown(value: Token) -> str:
+    if value is None:
+        return "each example's"
+    if isinstance(value, tuple):
+        return f"[{len(value)} tokens, one per example]"
+    return repr(value)
+
+
+def _pick(value: Token, i: int, example: Any, key: str, what: str) -> str | int:
+    """The token of example i: its own (value None) or the i-th of a per-example list."""
+    if value is None:
+        own = getattr(example, key, None)
+        if own is None:
+            raise WorkbenchError(
+                f"The metric reads each example's {key}, but example {i} has none: give the Dataset {key}=, or "
+                f"pass the {what} to the metric."
+            )
+        return own
+    if isinstance(value, tuple):
+        if i >= len(value):
+            raise WorkbenchError(
+                f"The metric has {len(value)} {what}s (one per example), but the dataset has more examples: give "
+                "one per example."
+            )
+        return value[i]
+    return value
+
+
+def _single(value: Token, key: str) -> str | int:
+    if value is None or isinstance(value, tuple):
+        fix = (
+            f"the metric has no {key} of its own: it reads each example's {key} from a wb.Dataset"
+            if value is None
+            else f"the metric has one {key} per example (a list): it needs a wb.Dataset of as many examples"
+        )
+        raise WorkbenchError(
+            f"For one prompt, give the metric its tokens, e.g. wb.logit_diff(' Paris', ' Rome'); {fix}."
+        )
+    return value
+
 
 @dataclass(frozen=True, repr=False)
 class LogitDiff(Metric):
-    target: str | int
-    foil: str | int
+    target: Token
+    foil: Token
     needs_clean = False
 
     @property
+    def per_example(self) -> bool:  # type: ignore[override]
+        return any(v is None or isinstance(v, tuple) for v in (self.target, self.foil))
+
+    def for_example(self, i: int, example: Any) -> Metric:
+        return LogitDiff(
+            _pick(self.target, i, example, "target", "target token"),
+            _pick(self.foil, i, example, "foil", "foil token"),
+        )
+
+    @property
     def name(self) -> str:  # type: ignore[override]
-        return f"logit_diff({self.target!r}, {self.foil!r})"
+        if self.target is None and self.foil is None:
+            return "logit_diff()"
+        return f"logit_diff({_shown(self.target)}, {_shown(self.foil)})"
 
     def bind(self, model: Any) -> BoundMetric:
-        t, f = model.token_id(self.target), model.token_id(self.foil)
+        t, f = model.token_id(_single(self.target, "target")), model.token_id(_single(self.foil, "foil"))
         return lambda logits, clean=None: logits[:, t] - logits[:, f]
 
     def code(self, model: Any) -> str:
-        t, f = model.token_id(self.target), model.token_id(self.foil)
+        if self.per_example:
+            return (
+                "def metric(logits, clean_logits=None):  # logit difference of each example's target - foil\n"
+                "    return logits[:, target] - logits[:, foil]  # target, foil: this example's token ids\n"
+            )
+        t, f = model.token_id(_single(self.target, "target")), model.token_id(_single(self.foil, "foil"))
         return (
             f"def metric(logits, clean_logits=None):  # logit difference {self.target!r} - {self.foil!r}\n"
             f"    return logits[:, {t}] - logits[:, {f}]\n"
@@ -56,22 +126,34 @@ class LogitDiff(Metric):
 
 @dataclass(frozen=True, repr=False)
 class Prob(Metric):
-    token: str | int
+    token: Token
     log: bool = False
 
     @property
+    def per_example(self) -> bool:  # type: ignore[override]
+        return self.token is None or isinstance(self.token, tuple)
+
+    def for_example(self, i: int, example: Any) -> Metric:
+        return Prob(_pick(self.token, i, example, "target", "token"), self.log)
+
+    @property
     def name(self) -> str:  # type: ignore[override]
-        return f"{'logprob' if self.log else 'prob'}({self.token!r})"
+        return f"{'logprob' if self.log else 'prob'}({'' if self.token is None else _shown(self.token)})"
 
     def bind(self, model: Any) -> BoundMetric:
-        t = model.token_id(self.token)
+        t = model.token_id(_single(self.token, "target"))
         if self.log:
             return lambda logits, clean=None: torch.log_softmax(logits, dim=-1)[:, t]
         return lambda logits, clean=None: torch.softmax(logits, dim=-1)[:, t]
 
     def code(self, model: Any) -> str:
-        t = model.token_id(self.token)
         fn = "log_softmax" if self.log else "softmax"
+        if self.per_example:
+            return (
+                f"def metric(logits, clean_logits=None):  # {self.name}: each example's target\n"
+                f"    return torch.{fn}(logits, dim=-1)[:, target]  # target: this example's token id\n"
+            )
+        t = model.token_id(_single(self.token, "target"))
         return (
             f"def metric(logits, clean_logits=None):  # {self.name}\n"
             f"    return torch.{fn}(logits, dim=-1)[:, {t}]\n"
@@ -168,8 +250,16 @@ class CustomMetric(Metric):
         )
 
 
-def _token(token: Any, what: str) -> str | int:
-    """A metric token as text (checked to be encodable) or a plain int id (numpy / 0-d tensor ids accepted)."""
+def _token(token: Any, what: str) -> Token:
+    """A metric token as text (checked to be encodable) or a plain int id (numpy / 0-d tensor ids accepted);
+    None (each example's own, from a Dataset) or a list (one per example) stay as None / a tuple."""
+    if token is None:
+        return None
+    if isinstance(token, list | tuple) or (hasattr(token, "tolist") and getattr(token, "ndim", 0) == 1):
+        items = token.tolist() if hasattr(token, "tolist") else list(token)
+        if not items:
+            raise WorkbenchError(f"The {what} list is empty: give one token per example.")
+        return tuple(_token(t, what) for t in items)  # type: ignore[misc]
     if isinstance(token, str):
         return check_text(token, what)
     return as_int(
@@ -180,18 +270,19 @@ def _token(token: Any, what: str) -> str | int:
     )
 
 
-def logit_diff(target: str | int, foil: str | int) -> Metric:
-    """Logit of `target` minus logit of `foil` at the last position (each exactly one token)."""
+def logit_diff(target: Any = None, foil: Any = None) -> Metric:
+    """Logit of `target` minus logit of `foil` at the last position (each exactly one token). Over a
+    Dataset, with no tokens each example's own target/foil; a list gives one token per example."""
     return LogitDiff(_token(target, "target token"), _token(foil, "foil token"))
 
 
-def prob(token: str | int) -> Metric:
-    """Probability of `token` at the last position."""
+def prob(token: Any = None) -> Metric:
+    """Probability of `token` at the last position (over a Dataset: by default each example's target)."""
     return Prob(_token(token, "metric token"))
 
 
-def logprob(token: str | int) -> Metric:
-    """Log-probability of `token` at the last position."""
+def logprob(token: Any = None) -> Metric:
+    """Log-probability of `token` at the last position (over a Dataset: by default each example's target)."""
     return Prob(_token(token, "metric token"), log=True)
 
 

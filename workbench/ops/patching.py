@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .. import codegen
+from ..data.dataset import Dataset
 from ..engine.batching import BatchOutput, Progress
 from ..engine.edits import Cell, Edit, as_cells
 from ..engine.sites import site as site_record
@@ -19,6 +20,15 @@ from ..model import Model
 from ..remote import job_status
 from ..validate import as_bool, as_int
 from .metrics import Metric, as_metric
+from .over_dataset import (
+    Runner,
+    column_rows,
+    dataset_cells,
+    dataset_cells_options,
+    example_cells,
+    is_dataset,
+    no_second_prompt,
+)
 from .results import SweepResult, Value
 
 MetricLike = Metric | Callable[[torch.Tensor], Any]
@@ -165,8 +175,8 @@ def moved_source(
 
 def patch(
     model: Model,
-    clean: str,
-    corrupt: str,
+    clean: str | Dataset,
+    corrupt: str | None = None,
     *,
     metric: MetricLike,
     site: str = "resid_pre",
@@ -177,6 +187,7 @@ def patch(
     source_layer: int | None = None,
     source_position: int | None = None,
     top_k: int = 5,
+    align: str = "exact",
     progress: Progress = None,
     cancel: threading.Event | None = None,
 ) -> Value:
@@ -185,9 +196,20 @@ def patch(
 
     `source_layer` / `source_position` take the clean activation from another layer or position of the
     same site (a drag from one cell to another); by default the source is the patched cell itself.
+
+    Over a `wb.Dataset` (in place of clean/corrupt): every example patched the same way (a position names a
+    column of `align=`, all of a role's tokens at once); the result's float is the mean, with `.per_example`.
     """
     m = as_metric(metric)
-    c, k = pair_tokens(model, clean, corrupt)
+    if is_dataset(clean):
+        no_second_prompt("wb.patch", corrupt)
+        if source_layer is not None or source_position is not None:
+            raise WorkbenchError(
+                "source_layer= / source_position= (a drag) apply to one prompt pair, not a Dataset."
+            )
+        return _patch_dataset(model, clean, m, dataset_cells(cells, site, layer, position, head, "wb.patch"),
+                              top_k, align, progress, cancel)  # fmt: skip
+    c, k = pair_tokens(model, clean, _corrupt_of(corrupt, "wb.patch"))
     targets = target_cells(
         model, k.shape[1], cells=cells, site=site, layer=layer, position=position, head=head, op="wb.patch"
     )
@@ -222,20 +244,26 @@ def patch(
 
 def patch_sweep(
     model: Model,
-    clean: str,
-    corrupt: str,
+    clean: str | Dataset,
+    corrupt: str | None = None,
     *,
     metric: MetricLike,
     site: str = "resid_pre",
     by_position: bool = False,
+    align: str = "exact",
     progress: Progress = None,
     cancel: threading.Event | None = None,
 ) -> SweepResult:
     """Patch every (layer, position) — or (layer, head), or (layer, position, head) — in batched forwards.
 
-    Per-head sites (head, q, k, v, pattern) sweep heads; k and v sweep the key-value heads."""
+    Per-head sites (head, q, k, v, pattern) sweep heads; k and v sweep the key-value heads. Over a
+    `wb.Dataset`: a DatasetSweepResult (mean grid, `.per_example`, `.sem`) whose position columns follow
+    `align=` ("exact", "right", or "roles": a role's tokens patched together)."""
     m = as_metric(metric)
-    c, k = pair_tokens(model, clean, corrupt)
+    if is_dataset(clean):
+        no_second_prompt("wb.patch_sweep", corrupt)
+        return _patch_sweep_dataset(model, clean, m, site, by_position, align, progress, cancel)
+    c, k = pair_tokens(model, clean, _corrupt_of(corrupt, "wb.patch_sweep"))
     by_position = as_bool(by_position, "by_position")
     cells, shape = sweep_cells(model, site, k.shape[1], by_position)
     bound = m.bind(model)
@@ -252,4 +280,76 @@ def patch_sweep(
         tokens=model.str_tokens(k),
         options=options,
         _code=lambda: codegen.sweep_code(model, m, options),
+    )
+
+
+def _corrupt_of(corrupt: str | None, op: str) -> str:
+    if corrupt is None:
+        raise WorkbenchError(
+            f"{op} needs a corrupt prompt: {op}(model, clean, corrupt, ...), or a wb.Dataset in place of both."
+        )
+    return corrupt
+
+
+def _patch_sweep_dataset(
+    model: Model,
+    ds: Dataset,
+    m: Metric,
+    site: str,
+    by_position: Any,
+    align: str,
+    progress: Progress,
+    cancel: threading.Event | None,
+) -> SweepResult:
+    """patch_sweep over a Dataset: each example's sweep over its columns, as one pair's sweep would run."""
+    by_position = as_bool(by_position, "by_position")
+    model.check_site(site)
+    runner = Runner(model, ds, m, align, corrupt=True, progress=progress, cancel=cancel)
+    shapes: list[tuple[int, ...]] = []
+
+    def one(i: int, prog: Progress) -> BatchOutput:
+        c, k = runner.ids(i)
+        rows, shape = column_rows(model, site, runner.al.positions[i], by_position, c.shape[1])
+        shapes.append(shape)
+        edits = [[Edit(cell) for cell in row] for row in rows]
+        return run_rows(model, c, k, edits, runner.bound[i], progress=prog, cancel=cancel)
+
+    with model.lock, job_status(model, progress, cancel):
+        outs = runner.each(one)
+    options = dict(op="patch_sweep", dataset=len(ds), metric=m.name, site=site, by_position=by_position)
+    return runner.sweep_result(
+        outs,
+        shapes,
+        axes=sweep_axes(site, by_position),
+        options=options,
+        code=lambda: codegen.dataset_code(model, m, options, ds, runner.al),
+    )
+
+
+def _patch_dataset(
+    model: Model,
+    ds: Dataset,
+    m: Metric,
+    cells: list[Cell],
+    top_k: int,
+    align: str,
+    progress: Progress,
+    cancel: threading.Event | None,
+) -> Value:
+    """patch over a Dataset: each example's corrupt run with the clean activations at the cells' columns."""
+    top_k = check_top_k(model, top_k)
+    runner = Runner(model, ds, m, align, corrupt=True, progress=progress, cancel=cancel)
+    per_cells = [example_cells(runner.al, i, cells, model) for i in range(len(ds))]
+
+    def one(i: int, prog: Progress) -> Value:
+        c, k = runner.ids(i)
+        out = run_rows(model, c, k, [[Edit(x) for x in per_cells[i]]], runner.bound[i], top_k=top_k,
+                       progress=prog, cancel=cancel)  # fmt: skip
+        return run_value(model, out, {}, lambda: "")
+
+    with model.lock, job_status(model, progress, cancel):
+        values = runner.each(one)
+    options = dict(op="patch", dataset=len(ds), metric=m.name, **dataset_cells_options(cells))
+    return runner.value_result(
+        values, options=options, code=lambda: codegen.dataset_code(model, m, options, ds, runner.al)
     )

@@ -132,6 +132,15 @@ class Value(Figured, float):
         return float(self)
 
     @property
+    def clean_mean(self) -> float:
+        """The clean baseline (over a Dataset: the mean of the examples')."""
+        return float(self.clean)
+
+    @property
+    def corrupt_mean(self) -> float:
+        return float(self.corrupt)
+
+    @property
     def normalized(self) -> float:
         """(value - corrupt) / (clean - corrupt): 1 = fully restored, 0 = no effect."""
         denom = self.clean - self.corrupt
@@ -228,6 +237,15 @@ class SweepResult(Figured):
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.values.shape)
+
+    @property
+    def clean_mean(self) -> float:
+        """The clean baseline (over a Dataset: the mean of the examples')."""
+        return float(self.clean)
+
+    @property
+    def corrupt_mean(self) -> float:
+        return float(self.corrupt)
 
     def to_code(self) -> str:
         return _code_of(self)
