@@ -170,6 +170,7 @@ def cached(op: str) -> Callable[[F], F]:
 # ------------------------------------------------------------------------------------------ keys
 def canonical(value: Any) -> Any:
     """A JSON value that equals another exactly when the two arguments mean the same (raises Uncacheable)."""
+    from .data.dataset import Dataset, Example
     from .engine.edits import Add, Cell, Edit
     from .ops.lens import Intervention
     from .ops.metrics import CustomMetric, Metric
@@ -189,6 +190,13 @@ def canonical(value: Any) -> Any:
         from .engine.model_key import digest
 
         return ["tensor", str(t.dtype), list(t.shape), digest(t)]
+    if isinstance(value, Dataset):
+        return ["Dataset", [canonical(e) for e in value]]
+    if isinstance(value, Example):
+        spans = None if value.spans is None else {k: list(v) for k, v in value.spans.items()}
+        fields = [list(f) for f in value.fields]
+        return ["Example", canonical([value.clean, value.corrupt, value.target, value.foil, spans, fields,
+                                      list(value.segments)])]  # fmt: skip
     if isinstance(value, Intervention):
         return ["Intervention", canonical(asdict(value))]
     if isinstance(value, Cell):
