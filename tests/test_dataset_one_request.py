@@ -116,12 +116,16 @@ def _ops(model, ds):
     return {
         "patch_sweep": wb.patch_sweep(model, ds, metric=metric, site="resid_pre", align="right"),
         "head_sweep": wb.patch_sweep(model, ds, metric=metric, site="head", by_position=True, align="right"),
-        "patch": wb.patch(model, ds, metric=metric, cells=[wb.Cell("resid_pre", 1, position=-2)], align="right"),
+        "patch": wb.patch(
+            model, ds, metric=metric, cells=[wb.Cell("resid_pre", 1, position=-2)], align="right"
+        ),
         "ablate_sweep": wb.ablate_sweep(model, ds, metric=metric, site="mlp_out", align="right"),
         "ablate_resample": wb.ablate(
             model, ds, metric=metric, site="attn_out", layer=1, method="resample", align="right"
         ),
-        "ablate_mean": wb.ablate(model, ds, metric=metric, site="mlp_out", layer=0, method="mean", align="right"),
+        "ablate_mean": wb.ablate(
+            model, ds, metric=metric, site="mlp_out", layer=0, method="mean", align="right"
+        ),
     }
 
 
@@ -144,11 +148,9 @@ def test_dataset_ops_in_one_batch_equal_per_example(family: str, batched) -> Non
                      np.asarray(ref.values if hasattr(ref, "values") else float(ref)), ATOL, name)  # fmt: skip
     # and per_example[i] is example i's own single-pair sweep over the last K positions (align="right")
     k = one["patch_sweep"].per_example.shape[-1]
-    metric = wb.logit_diff()
     for i, ((clean, corrupt), (target, foil)) in enumerate(zip(PAIRS, TARGETS, strict=True)):
         pair = wb.patch_sweep(model, clean, corrupt, metric=wb.logit_diff(target, foil), site="resid_pre")
         assert_close(one["patch_sweep"].per_example[i], pair.values[:, -k:], ATOL, f"{family} pair {i}")
-    assert metric is not None
 
 
 def test_predictions_in_one_padded_trace_equal_local() -> None:

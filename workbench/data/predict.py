@@ -50,15 +50,19 @@ def _remote_final_logits(model: Any, ids: list[torch.Tensor]) -> torch.Tensor:
 
     batch = left_pad(ids, pad_id(model.tokenizer))
     nn = model.nn  # the body references only the nnsight model and tensors (it runs on NDIF)
-    with model.lock, job_status(model, None, None), torch.no_grad():
-        with nn.trace(
+    with (
+        model.lock,
+        job_status(model, None, None),
+        torch.no_grad(),
+        nn.trace(
             batch.input_ids,
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
             logits_to_keep=1,
             **model.trace_options(),
-        ):
-            logits = nn.output.logits[:, -1].float().save()
+        ),
+    ):
+        logits = nn.output.logits[:, -1].float().save()
     return logits.detach()
 
 
