@@ -30,10 +30,10 @@ def batch_size_for(model: Any, n_tokens: int, limit: int = 64) -> int:
 
 
 def final_logits(model: Any, ids: list[torch.Tensor], *, batch_size: int | None = None) -> torch.Tensor:
-    """The last position's logits [N, V] of each token row, many rows per forward (left-padded)."""
-    from ..model import require_local
-
-    require_local(model, "Dataset predictions")
+    """The last position's logits [N, V] of each token row, many rows per forward (left-padded). A remote
+    model sends every row in ONE request (one nnsight trace over the padded batch)."""
+    if model.remote:
+        return _remote_final_logits(model, ids)
     width = max(t.shape[-1] for t in ids)
     size = batch_size or batch_size_for(model, width)
     out = []
@@ -43,6 +43,27 @@ def final_logits(model: Any, ids: list[torch.Tensor], *, batch_size: int | None 
             logits = model.hf(**batch.inputs(), logits_to_keep=1).logits[:, -1].float()
             out.append(logits)
     return torch.cat(out)
+
+
+def _remote_final_logits(model: Any, ids: list[torch.Tensor]) -> torch.Tensor:
+    from ..remote import job_status
+
+    batch = left_pad(ids, pad_id(model.tokenizer))
+    nn = model.nn  # the body references only the nnsight model and tensors (it runs on NDIF)
+    with (
+        model.lock,
+        job_status(model, None, None),
+        torch.no_grad(),
+        nn.trace(
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            logits_to_keep=1,
+            **model.trace_options(),
+        ),
+    ):
+        logits = nn.output.logits[:, -1].float().save()
+    return logits.detach()
 
 
 def predictions(model: Any, ds: Dataset, *, batch_size: int | None = None) -> list[Prediction]:

@@ -52,3 +52,28 @@ def pad_id(tokenizer: object) -> int:
         if isinstance(value, int):
             return value
     return 0
+
+
+# Pure torch functions for trace bodies (shipped to NDIF by value, like `kernels`): one example's share of a
+# left-padded batch, in the coordinates it has alone (row 0 its source run, row 1 its base run, position 0
+# its first real token), so the single-example kernels apply to it unchanged.
+
+
+def example_view(x: torch.Tensor, start: int, stop: int, pad: int) -> torch.Tensor:
+    """Rows start..stop of a [B, T, ...] module tensor without their `pad` leading pad slots: a view (edits go
+    through to `x`)."""
+    return x[start:stop, pad:]
+
+
+def example_attention_inputs(
+    inputs: tuple[tuple, dict], start: int, stop: int, pad: int
+) -> tuple[tuple, dict]:
+    """The inputs of an attention function (module, query, key, value [B, H, T, d], mask [B | 1, 1, T, T], ...)
+    cut to one example's rows and real positions, as that example alone would pass them."""
+    args, kwargs = inputs
+    module, query, key, value, mask = args[:5]
+    if mask is not None:
+        rows = slice(start, stop) if mask.shape[0] > 1 else slice(None)
+        mask = mask[rows, :, pad:, pad:]
+    cut = (query[start:stop, :, pad:], key[start:stop, :, pad:], value[start:stop, :, pad:])
+    return (module, *cut, mask, *args[5:]), kwargs

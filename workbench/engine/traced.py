@@ -7,7 +7,8 @@ and applies the edits of every row there, while the source row's activation at t
 computed: one forward pass serves a whole chunk of runs.
 
 `run_rows` is the entry point of every op: it uses the replay engine (`replay.run`) when that applies and
-this one otherwise.
+this one otherwise. `run_examples` runs many examples' rows (a dataset op) in left-padded forwards: on NDIF
+all of them in one request.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import torch
 from ..errors import SiteError
 from ..model import Model
 from . import replay
-from .batching import BatchOutput, Chunk, Progress, in_chunks, rows_per_chunk
+from .batching import BatchOutput, Chunk, Progress, check_cancel, in_chunks, report, rows_per_chunk
 from .edits import Edit, lowered
 from .kernels import apply_edits, copy_positions, eager_pattern, edit_pattern, read, slot
+from .padding import example_attention_inputs, example_view, left_pad, pad_id
 from .sites import site as site_record
 
 Rows = Sequence[Sequence[Edit]]
@@ -165,3 +167,156 @@ def collect(model: Model, ids: torch.Tensor, site: str, layers: Sequence[int]) -
                 acts.append(slot(read(envoy, ref.use_input), ref.layout).clone())
         stacked = torch.stack(acts).save()  # [n_layers, B, T, ...]
     return {layer: stacked[i].detach() for i, layer in enumerate(wanted)}
+
+
+# An example of a multi-example run: its source and base token ids ([1, T], equal lengths), its rows (each a
+# list of edits applied jointly, checked for length T) and its metric (bound).
+Example = tuple[torch.Tensor, torch.Tensor, Rows, Any]
+
+
+def run_examples(
+    model: Model,
+    examples: Sequence[Example],
+    *,
+    top_k: int = 0,
+    progress: Progress = None,
+    cancel: threading.Event | None = None,
+    chunk: int | None = None,
+) -> list[BatchOutput]:
+    """Every example's `run_rows` output, many examples per forward: each example's [source, base, *rows]
+    rows of one left-padded batch (attention mask and explicit position ids; example e's position p at column
+    pad[e] + p), each edit applied in its own example's coordinates, each example's metric on its own rows.
+
+    A remote model sends ONE request for all examples; locally the rows go in chunks that fit in memory (an
+    example with more rows than a chunk holds is split, its source and base rows repeated in each part)."""
+    for _, _, rows, _ in examples:
+        for row in rows:
+            for e in row:
+                check_kind(model, e)
+    for i, (source, base, _, _) in enumerate(examples):
+        if source.shape != base.shape or source.dim() != 2 or source.shape[0] != 1:
+            raise SiteError(
+                f"Example {i}: source and base ids must both be [1, T] of one length, got "
+                f"{tuple(source.shape)} and {tuple(base.shape)}."
+            )
+    if not examples:
+        return []
+    width = max(s.shape[1] for s, _, _, _ in examples)
+    total = sum(len(rows) for _, _, rows, _ in examples)
+    size = chunk or (total + 2 * len(examples) if model.remote else rows_per_chunk(model, width))
+    size = max(size, 3)
+    # Pieces (example, its rows from lo to hi), each costing 2 + hi - lo batch rows, packed greedily in order.
+    pieces = []
+    for e, (_, _, rows, _) in enumerate(examples):
+        step = size - 2
+        pieces += [(e, lo, min(lo + step, len(rows))) for lo in range(0, max(len(rows), 1), step)]
+    chunks: list[list[tuple[int, int, int]]] = [[]]
+    used = 0
+    for piece in pieces:
+        cost = 2 + piece[2] - piece[1]
+        if chunks[-1] and used + cost > size:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(piece)
+        used += cost
+    values: list[list[torch.Tensor]] = [[] for _ in examples]
+    tops: list[list[torch.Tensor]] = [[] for _ in examples]
+    probs: list[list[torch.Tensor]] = [[] for _ in examples]
+    ends: list[tuple[float, float]] = [(float("nan"), float("nan"))] * len(examples)
+    done = 0
+    for part in chunks:
+        check_cancel(cancel)
+        got, top_i, top_p, starts = _trace_examples(model, examples, part, top_k)
+        for (e, lo, hi), start in zip(part, starts, strict=True):
+            ends[e] = (float(got[start]), float(got[start + 1]))
+            values[e].append(got[start + 2 : start + 2 + hi - lo])
+            if top_k:
+                tops[e].append(top_i[start + 2 : start + 2 + hi - lo])
+                probs[e].append(top_p[start + 2 : start + 2 + hi - lo])
+            done += hi - lo
+        report(progress, done, total)
+    return [
+        BatchOutput(
+            values=torch.cat(values[e]),
+            source=ends[e][0],
+            base=ends[e][1],
+            top_ids=torch.cat(tops[e]) if top_k else None,
+            top_probs=torch.cat(probs[e]) if top_k else None,
+        )
+        for e in range(len(examples))
+    ]
+
+
+def _trace_examples(
+    model: Model, examples: Sequence[Example], part: list[tuple[int, int, int]], top_k: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, list[int]]:
+    """One forward over the pieces `part` ((example, first row, end row) each): the metric of every batch row
+    (top-k if asked) and the batch row where each piece starts (its source row; base next, then its runs)."""
+    ids: list[torch.Tensor] = []
+    spans: list[tuple[int, int]] = []
+    metrics: list[Any] = []
+    for e, lo, hi in part:
+        source, base, _, metric = examples[e]
+        start = len(ids)
+        ids += [source, base] + [base] * (hi - lo)
+        spans.append((start, len(ids)))
+        metrics.append(metric)
+    batch = left_pad(ids, pad_id(model.tokenizer))
+    pads = [batch.pad[a] for a, _ in spans]
+    # Per (layer, site), in forward order: every piece's edits in its own coordinates (rows 0 source, 1 base).
+    grouped: dict[tuple[int, int, str], list[tuple]] = defaultdict(list)
+    for (e, lo, hi), (a, b), pad in zip(part, spans, pads, strict=True):
+        for key, group in plan(list(examples[e][2][lo:hi]), first_row=2).items():
+            grouped[key].append((a, b, pad, group, _vectorised(group, site_record(key[2]).per_head)))
+    # The body reads plain lists only (the request carries a copy of them; never the Model).
+    steps = []
+    for key in sorted(grouped):
+        ref = model.site_ref(key[2], key[0])
+        steps.append((ref, model.envoy(ref), grouped[key]))
+    eager_fn = eager_function(model) if any(ref.pattern for ref, _, _ in steps) else None
+    for ref, envoy, _ in steps:
+        if ref.pattern:  # instrument the forward's source before it starts (as in _trace_chunk)
+            _ = envoy.source
+    nn = model.nn
+    top_ids = top_probs = None
+    with (
+        torch.no_grad(),
+        nn.trace(
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            logits_to_keep=1,
+            **model.trace_options(),
+        ),
+    ):
+        live: dict[tuple[str, bool], torch.Tensor] = {}
+        for ref, envoy, entries in steps:
+            if ref.pattern:
+                call = envoy.source.attention_interface_1
+                inputs = call.inputs
+                out = call.output[0]
+                for a, b, pad, group, _ in entries:
+                    edit_pattern(example_view(out, a, b, pad), example_attention_inputs(inputs, a, b, pad),
+                                 group, eager_fn, 0)  # fmt: skip
+                continue
+            where = (ref.path, ref.use_input)
+            if where not in live:
+                live[where] = read(envoy, ref.use_input)
+            x = slot(live[where], ref.layout)
+            for a, b, pad, group, fast in entries:
+                view = example_view(x, a, b, pad)
+                if fast is not None:
+                    copy_positions(view, *fast)
+                else:
+                    apply_edits(view, group, 0, 1)
+        logits = nn.output.logits[:, -1].float()
+        parts = []
+        for (a, b), metric in zip(spans, metrics, strict=True):
+            own = logits[a:b]
+            parts.append(metric(own.clone(), own[0].clone()).float().reshape(-1))  # the metric may edit them
+        metric_values = torch.cat(parts).save()
+        if top_k:
+            top = torch.softmax(logits, dim=-1).topk(top_k, dim=-1)
+            top_ids = top.indices.save()
+            top_probs = top.values.save()
+    return metric_values, top_ids, top_probs, [a for a, _ in spans]

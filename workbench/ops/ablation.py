@@ -20,7 +20,15 @@ from ..model import Model
 from ..remote import job_status
 from ..validate import as_bool
 from .metrics import Metric, as_metric
-from .over_dataset import Runner, column_rows, dataset_cells, dataset_cells_options, example_cells, is_dataset
+from .over_dataset import (
+    Job,
+    Runner,
+    column_rows,
+    dataset_cells,
+    dataset_cells_options,
+    example_cells,
+    is_dataset,
+)
 from .patching import (
     MetricLike,
     cells_options,
@@ -84,6 +92,26 @@ def _run(
 ) -> BatchOutput:
     """One run per group of cells (a group's cells ablated jointly); resampling averages the metric over the
     reference prompts."""
+    jobs = _jobs(model, ids, prompt, groups, method, reference)
+    outs = []
+    for i, (source, base, rows) in enumerate(jobs):
+        check_cancel(cancel)
+        sub = progress
+        if progress is not None and len(jobs) > 1:
+            sub = lambda f, msg, i=i: progress((i + f) / len(jobs), msg)  # noqa: E731
+        outs.append(run_rows(model, source, base, rows, bound, top_k=top_k, progress=sub, cancel=cancel))
+    return _combined(outs)
+
+
+def _jobs(
+    model: Model,
+    ids: torch.Tensor,
+    prompt: str,
+    groups: list[list[Cell]],
+    method: str,
+    reference: str | Sequence[str] | None,
+) -> list[Job]:
+    """The engine calls of an ablation (source ids, base ids, rows): one, or one per resampling reference."""
     refs = _references(reference)
     _check_method(method)
     cells = [c for group in groups for c in group]
@@ -92,8 +120,7 @@ def _run(
         return [[Edit(c, value_of(c)) for c in group] for group in groups]
 
     if method == "zero" or (method == "mean" and not refs):
-        return run_rows(model, ids, ids, rows(lambda c: method), bound, top_k=top_k, progress=progress,
-                        cancel=cancel)  # fmt: skip
+        return [(ids, ids, rows(lambda c: method))]
     if method == "mean":
         if any(site_record(c.site).pattern for c in cells):
             raise WorkbenchError(
@@ -105,18 +132,17 @@ def _run(
             mean = means[(c.site, c.layer)]
             return mean[c.head] if c.head is not None else mean
 
-        return run_rows(model, ids, ids, rows(mean_of), bound, top_k=top_k, progress=progress, cancel=cancel)
+        return [(ids, ids, rows(mean_of))]
     if not refs:
         raise WorkbenchError(
             "method='resample' needs reference= a prompt (or list) of the same token length."
         )
-    outs = []
-    for i, ref in enumerate(refs):
-        check_cancel(cancel)
-        r, _ = pair_tokens(model, ref, prompt)
-        sub = None if progress is None else (lambda f, msg, i=i: progress((i + f) / len(refs), msg))
-        outs.append(run_rows(model, r, ids, rows(lambda c: "source"), bound, top_k=top_k, progress=sub,
-                             cancel=cancel))  # fmt: skip
+    return [(pair_tokens(model, ref, prompt)[0], ids, rows(lambda c: "source")) for ref in refs]
+
+
+def _combined(outs: list[BatchOutput]) -> BatchOutput:
+    """An ablation's output from its engine calls: resampling's metric is the mean over the references; the
+    unablated prompt's metric is the base run's (a resampling source is another prompt)."""
     return BatchOutput(
         values=torch.stack([o.values for o in outs]).mean(0),
         source=outs[0].base,
@@ -264,15 +290,14 @@ def _ablate_sweep_dataset(
     runner = Runner(model, ds, m, align, corrupt=False, progress=progress, cancel=cancel)
     shapes: list[tuple[int, ...]] = []
 
-    def one(i: int, prog: Progress) -> BatchOutput:
+    def jobs(i: int) -> list[Job]:
         ids = runner.al.clean_ids[i]
         groups, shape = column_rows(model, site, runner.al.positions[i], by_position, ids.shape[1])
         shapes.append(shape)
-        ref = _example_reference(method, reference, ds, i)
-        return _run(model, ids, ds[i].clean, groups, runner.bound[i], method, ref, 0, prog, cancel)
+        return _jobs(model, ids, ds[i].clean, groups, method, _example_reference(method, reference, ds, i))
 
     with model.lock, job_status(model, progress, cancel):
-        outs = runner.each(one)
+        outs = [_combined(o) for o in runner.run_many(jobs)]
     options = dict(op="ablate_sweep", dataset=len(ds), metric=m.name, site=site, method=method,
                    reference=reference, by_position=by_position)  # fmt: skip
     return runner.sweep_result(
@@ -302,15 +327,16 @@ def _ablate_dataset(
     runner = Runner(model, ds, m, align, corrupt=False, progress=progress, cancel=cancel)
     per_cells = [example_cells(runner.al, i, cells, model) for i in range(len(ds))]
 
-    def one(i: int, prog: Progress) -> Value:
-        ids = runner.al.clean_ids[i]
+    def jobs(i: int) -> list[Job]:
         ref = _example_reference(method, reference, ds, i)
-        out = _run(model, ids, ds[i].clean, [per_cells[i]], runner.bound[i], method, ref, top_k, prog, cancel)
+        return _jobs(model, runner.al.clean_ids[i], ds[i].clean, [per_cells[i]], method, ref)
+
+    def value(out: BatchOutput) -> Value:
         return Value(float(out.values[0]), clean=out.base, corrupt=float("nan"), options={}, _code=lambda: "",
                      **prediction(model, out))  # fmt: skip
 
     with model.lock, job_status(model, progress, cancel):
-        values = runner.each(one)
+        values = [value(_combined(o)) for o in runner.run_many(jobs, top_k=top_k)]
     options = dict(op="ablate", dataset=len(ds), metric=m.name, **dataset_cells_options(cells), method=method,
                    reference=reference)  # fmt: skip
     return runner.value_result(

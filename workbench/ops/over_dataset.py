@@ -4,6 +4,9 @@ mean, the standard error and the baselines of every example.
 
 A column stands for one position (align "exact"/"right") or a role's span ("roles"): a cell over a column
 edits all of the span's positions at once, in one run.
+
+On NDIF a dataset op is one request: `Runner.run` sends every example's rows in one left-padded traced forward
+(`traced.run_examples`), each example's edits in its own coordinates and its own metric on its rows.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import torch
 from ..data.align import Alignment, alignment
 from ..data.dataset import Dataset
 from ..engine.batching import BatchOutput, Progress, check_cancel
-from ..engine.edits import Cell, as_cells
+from ..engine.edits import Cell, Edit, as_cells
 from ..engine.sites import site as site_record
+from ..engine.traced import run_examples, run_rows
 from ..errors import WorkbenchError
 from ..model import Model
 from ..validate import as_bool
@@ -27,6 +31,16 @@ from .dataset_results import DatasetSweepResult, DatasetValue
 from .metrics import Metric
 
 MANY = "columns"
+
+# One example's runs for the engine: its source and base ids ([1, T], equal lengths) and its rows (each a list
+# of checked edits applied jointly to the base run).
+Job = tuple[torch.Tensor, torch.Tensor, list[list[Edit]]]
+
+
+def one_request(model: Model) -> bool:
+    """Whether a dataset op sends all its examples in one padded batch (remote models: one NDIF request)
+    rather than one engine call per example (local: the replay engine per example, exact per-pair numbers)."""
+    return bool(model.remote)
 
 
 def is_dataset(x: Any) -> bool:
@@ -146,6 +160,49 @@ class Runner:
         if self.progress is not None:
             self.progress(1.0, f"{n}/{n} examples")
         return outs
+
+    def run(self, job: Callable[[int], Job], *, top_k: int = 0) -> list[BatchOutput]:
+        """Every example's engine output for `job(i)` (its source ids, base ids and rows), with its metric.
+
+        Locally: one `run_rows` per example, as one pair would run. Remote: every job is built (and checked)
+        first, then all examples go in ONE request (`traced.run_examples`: a left-padded traced forward)."""
+        return [outs[0] for outs in self.run_many(lambda i: [job(i)], top_k=top_k)]
+
+    def run_many(self, jobs: Callable[[int], Sequence[Job]], *, top_k: int = 0) -> list[list[BatchOutput]]:
+        """`run` for several engine calls per example (e.g. one per resampling reference)."""
+        if not one_request(self.model):
+            return self.each(lambda i, prog: self._local(jobs(i), i, top_k, prog))
+        n = len(self.ds)
+        built = []
+        for i in range(n):
+            check_cancel(self.cancel)
+            built.append(list(jobs(i)))
+        flat = [(s, b, rows, self.bound[i]) for i, js in enumerate(built) for s, b, rows in js]
+        outs = run_examples(self.model, flat, top_k=top_k, progress=self._runs_progress(), cancel=self.cancel)
+        if self.progress is not None:
+            self.progress(1.0, f"{n}/{n} examples")
+        grouped, at = [], 0
+        for js in built:
+            grouped.append(outs[at : at + len(js)])
+            at += len(js)
+        return grouped
+
+    def _local(self, jobs: Sequence[Job], i: int, top_k: int, progress: Progress) -> list[BatchOutput]:
+        outs = []
+        for j, (s, b, rows) in enumerate(jobs):
+            check_cancel(self.cancel)
+            sub = progress
+            if progress is not None and len(jobs) > 1:
+                sub = lambda f, msg, j=j: progress((j + f) / len(jobs), msg)  # noqa: E731
+            outs.append(run_rows(self.model, s, b, rows, self.bound[i], top_k=top_k, progress=sub,
+                                 cancel=self.cancel))  # fmt: skip
+        return outs
+
+    def _runs_progress(self) -> Progress:
+        if self.progress is None:
+            return None
+        n, report = len(self.ds), self.progress
+        return lambda fraction, message: report(fraction, f"{n} examples ({message})")
 
     def ids(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.al.clean_ids[i], self.al.corrupt_ids[i]

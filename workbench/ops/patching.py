@@ -21,6 +21,7 @@ from ..remote import job_status
 from ..validate import as_bool, as_int
 from .metrics import Metric, as_metric
 from .over_dataset import (
+    Job,
     Runner,
     column_rows,
     dataset_cells,
@@ -307,15 +308,14 @@ def _patch_sweep_dataset(
     runner = Runner(model, ds, m, align, corrupt=True, progress=progress, cancel=cancel)
     shapes: list[tuple[int, ...]] = []
 
-    def one(i: int, prog: Progress) -> BatchOutput:
+    def job(i: int) -> Job:
         c, k = runner.ids(i)
         rows, shape = column_rows(model, site, runner.al.positions[i], by_position, c.shape[1])
         shapes.append(shape)
-        edits = [[Edit(cell) for cell in row] for row in rows]
-        return run_rows(model, c, k, edits, runner.bound[i], progress=prog, cancel=cancel)
+        return c, k, [[Edit(cell) for cell in row] for row in rows]
 
     with model.lock, job_status(model, progress, cancel):
-        outs = runner.each(one)
+        outs = runner.run(job)
     options = dict(op="patch_sweep", dataset=len(ds), metric=m.name, site=site, by_position=by_position)
     return runner.sweep_result(
         outs,
@@ -341,14 +341,12 @@ def _patch_dataset(
     runner = Runner(model, ds, m, align, corrupt=True, progress=progress, cancel=cancel)
     per_cells = [example_cells(runner.al, i, cells, model) for i in range(len(ds))]
 
-    def one(i: int, prog: Progress) -> Value:
+    def job(i: int) -> Job:
         c, k = runner.ids(i)
-        out = run_rows(model, c, k, [[Edit(x) for x in per_cells[i]]], runner.bound[i], top_k=top_k,
-                       progress=prog, cancel=cancel)  # fmt: skip
-        return run_value(model, out, {}, lambda: "")
+        return c, k, [[Edit(x) for x in per_cells[i]]]
 
     with model.lock, job_status(model, progress, cancel):
-        values = runner.each(one)
+        values = [run_value(model, out, {}, lambda: "") for out in runner.run(job, top_k=top_k)]
     options = dict(op="patch", dataset=len(ds), metric=m.name, **dataset_cells_options(cells))
     return runner.value_result(
         values, options=options, code=lambda: codegen.dataset_code(model, m, options, ds, runner.al)
