@@ -12,6 +12,7 @@ from .errors import (
     WaitTimeoutError,
     WorkbenchError,
 )
+from .data import Dataset, Example
 from .loading import load
 from .model import SITES, Model
 from .ops import (
@@ -42,6 +43,7 @@ from .ops import (
     steer,
     steering_vector,
 )
+from .ops.dataset_results import DatasetSweepResult, DatasetValue
 from .result_cache import ResultCache, cache
 from .widgets import AttentionView, LensView, PatchView, Workbench  # noqa: E402
 
@@ -58,6 +60,10 @@ __all__ = [
     "Workbench",
     "AttentionResult",
     "CancelledError",
+    "Dataset",
+    "DatasetSweepResult",
+    "DatasetValue",
+    "Example",
     "Cell",
     "ExportError",
     "MessageError",
