@@ -105,7 +105,9 @@ def test_bad_input_names_the_fix():
     with pytest.raises(TokenizationError, match="align='right'.*align='roles'"):
         wb.patch_sweep(model, dataset(model, "right"), metric=wb.logit_diff())
     with pytest.raises(WorkbenchError, match="No column"):
-        wb.patch(model, dataset(model, "template"), metric=wb.logit_diff(), layer=0, position="{Z}", align="roles")
+        wb.patch(
+            model, dataset(model, "template"), metric=wb.logit_diff(), layer=0, position="{Z}", align="roles"
+        )
     with pytest.raises(WorkbenchError, match="source"):
         wb.intervene(model, dataset(model, "exact"), [wb.Edit(wb.Cell("resid_pre", 0, 1))], metric=wb.logit_diff(),
                      source="x")  # fmt: skip
@@ -146,7 +148,9 @@ def check_ops(model, kind: str, light: bool = False) -> None:
               for i in range(n)], "patch cells=")  # fmt: skip
     assert_close(v.clean, [wb.patch(model, ds[i].clean, ds[i].corrupt, metric=metric_of(ds, i), layer=0).clean
                            for i in range(n)], what="patch clean baselines")  # fmt: skip
-    a = wb.ablate(model, ds, metric=m, cells=[wb.Cell("head", layer, col, head=1)], method="resample", align=align)
+    a = wb.ablate(
+        model, ds, metric=m, cells=[wb.Cell("head", layer, col, head=1)], method="resample", align=align
+    )
     check(a, [float(wb.ablate(model, ds[i].clean, metric=metric_of(ds, i), cells=span_cells("head", layer, pos(i, col), 1),
                               method="resample", reference=ds[i].corrupt)) for i in range(n)], "ablate resample")  # fmt: skip
     a = wb.ablate(model, ds, metric=m, site="attn_out", layer=0, position=col, method="mean", align=align)
@@ -162,7 +166,9 @@ def check_ops(model, kind: str, light: bool = False) -> None:
     def own(i):
         out = []
         for e in edits:
-            out += [wb.Edit(c, e.value) for c in span_cells(e.cell.site, e.cell.layer, pos(i, e.cell.position))]
+            out += [
+                wb.Edit(c, e.value) for c in span_cells(e.cell.site, e.cell.layer, pos(i, e.cell.position))
+            ]
         return out
 
     check(v, [float(wb.intervene(model, ds[i].clean, own(i), metric=metric_of(ds, i), source=ds[i].corrupt))
@@ -174,39 +180,51 @@ def check_ops(model, kind: str, light: bool = False) -> None:
     check(v, [float(wb.path_patch(model, ds[i].clean, ds[i].corrupt, metric=metric_of(ds, i),
                                   senders=[senders[0]] + span_cells("head", 0, pos(i, col), 1)))
               for i in range(n)], "path_patch")  # fmt: skip
+    # light (the embedded model): the [layer, head] sweeps in one layout, embed-site sweeps in the others
+    heads = not light or kind == "right"
     receivers = [wb.Cell("q", L - 1, last, head=0)]
-    s = wb.path_patch_sweep(model, ds, metric=m, receivers=receivers, align=align)
-    check(s, [wb.path_patch_sweep(model, ds[i].clean, ds[i].corrupt, metric=metric_of(ds, i),
-                                  receivers=span_cells("q", L - 1, pos(i, last), 0)).values
-              for i in range(n)], "path_patch_sweep")  # fmt: skip
-    if light:
+    s = None if not heads else wb.path_patch_sweep(model, ds, metric=m, receivers=receivers, align=align)
+    if heads:
+        check(s, [wb.path_patch_sweep(model, ds[i].clean, ds[i].corrupt, metric=metric_of(ds, i),
+                                      receivers=span_cells("q", L - 1, pos(i, last), 0)).values
+                  for i in range(n)], "path_patch_sweep")  # fmt: skip
+    if light and heads:
         s = wb.path_patch_sweep(model, ds, metric=m, align=align)
         check(s, [wb.path_patch_sweep(model, ds[i].clean, ds[i].corrupt, metric=metric_of(ds, i)).values
                   for i in range(n)], "path_patch_sweep logits")  # fmt: skip
 
     # sweeps: [layer, column] (roles: each cell = the joint patch of the column's positions), [layer, head]
-    sw = wb.patch_sweep(model, ds, metric=m, site="resid_pre", align=align)
-    ab = wb.ablate_sweep(model, ds, metric=m, site="mlp_out", method="zero", align=align)
-    hs = wb.ablate_sweep(model, ds, metric=m, site="head", method="mean", align=align)
-    assert sw.values.shape == (L, len(al.columns)) and hs.values.shape == (L, H)
+    site_p, site_a = (
+        ("resid_pre", "mlp_out") if not light else ("resid_pre" if kind == "exact" else "embed", "embed")
+    )
+    sw = wb.patch_sweep(model, ds, metric=m, site=site_p, align=align)
+    ab = wb.ablate_sweep(model, ds, metric=m, site=site_a, method="zero", align=align)
+    assert sw.values.shape == (1 if site_p == "embed" else L, len(al.columns))
     if roles:
-        layers = [0, layer] if light else range(L)
+        layers = [0] if light else range(L)
         sub = [[[float(wb.patch(model, ds[i].clean, ds[i].corrupt, metric=metric_of(ds, i),
-                                cells=span_cells("resid_pre", lyr, pos(i, j)))) for j in range(len(al.columns))]
+                                cells=span_cells(site_p, lyr, pos(i, j)))) for j in range(len(al.columns))]
                 for lyr in layers] for i in range(n)]  # fmt: skip
-        assert_close(sw.per_example[:, list(layers)], sub, what=f"{kind} patch_sweep per_example (joint spans)")
-        sub = [[[float(wb.ablate(model, ds[i].clean, metric=metric_of(ds, i), cells=span_cells("mlp_out", lyr, pos(i, j))))
+        assert_close(
+            sw.per_example[:, list(layers)], sub, what=f"{kind} patch_sweep per_example (joint spans)"
+        )
+        sub = [[[float(wb.ablate(model, ds[i].clean, metric=metric_of(ds, i), cells=span_cells(site_a, lyr, pos(i, j))))
                  for j in range(len(al.columns))] for lyr in layers] for i in range(n)]  # fmt: skip
-        assert_close(ab.per_example[:, list(layers)], sub, what=f"{kind} ablate_sweep per_example (joint spans)")
+        assert_close(
+            ab.per_example[:, list(layers)], sub, what=f"{kind} ablate_sweep per_example (joint spans)"
+        )
         assert_close(sw.values, sw.per_example.mean(0), what="patch_sweep mean")
     else:
         cols = [[p[0] for p in al.positions[i]] for i in range(n)]
-        check(sw, [wb.patch_sweep(model, ds[i].clean, ds[i].corrupt, metric=metric_of(ds, i), site="resid_pre").values[:, cols[i]]
+        check(sw, [wb.patch_sweep(model, ds[i].clean, ds[i].corrupt, metric=metric_of(ds, i), site=site_p).values[:, cols[i]]
                    for i in range(n)], "patch_sweep")  # fmt: skip
-        check(ab, [wb.ablate_sweep(model, ds[i].clean, metric=metric_of(ds, i), site="mlp_out", method="zero").values[:, cols[i]]
+        check(ab, [wb.ablate_sweep(model, ds[i].clean, metric=metric_of(ds, i), site=site_a, method="zero").values[:, cols[i]]
                    for i in range(n)], "ablate_sweep")  # fmt: skip
-    check(hs, [wb.ablate_sweep(model, ds[i].clean, metric=metric_of(ds, i), site="head", method="mean").values
-               for i in range(n)], "ablate_sweep heads")  # fmt: skip
+    if heads:
+        hs = wb.ablate_sweep(model, ds, metric=m, site="head", method="mean", align=align)
+        assert hs.values.shape == (L, H)
+        check(hs, [wb.ablate_sweep(model, ds[i].clean, metric=metric_of(ds, i), site="head", method="mean").values
+                   for i in range(n)], "ablate_sweep heads")  # fmt: skip
     assert_close(sw.clean, [float(wb.patch(model, ds[i].clean, ds[i].corrupt, metric=metric_of(ds, i), layer=0).clean)
                             for i in range(n)], what="sweep clean")  # fmt: skip
     norm = (sw.values - sw.corrupt.mean()) / (sw.clean.mean() - sw.corrupt.mean())
@@ -215,7 +233,13 @@ def check_ops(model, kind: str, light: bool = False) -> None:
         hp = wb.patch_sweep(model, ds, metric=m, site="head", by_position=True, align=align)
         assert hp.values.shape == (L, len(al.columns), H)
         i, lyr, j, h = n - 1, L - 1, col, H - 1
-        one = wb.patch(model, ds[i].clean, ds[i].corrupt, metric=metric_of(ds, i), cells=span_cells("head", lyr, pos(i, j), h))
+        one = wb.patch(
+            model,
+            ds[i].clean,
+            ds[i].corrupt,
+            metric=metric_of(ds, i),
+            cells=span_cells("head", lyr, pos(i, j), h),
+        )
         assert_close(hp.per_example[i, lyr, j, h], float(one), what=f"{kind} head sweep by column")
 
 
@@ -245,24 +269,37 @@ def test_roles_patch_matches_plain_hooks(family, kind):
     model = tiny(family)
     ds = dataset(model, kind)
     al = alignment(model, ds, "roles")
-    col = 1
-    assert any(len(al.positions[i][col]) > 1 or len(al.positions[i][2]) > 1 for i in range(len(ds)))
+    multi = [j for j in range(len(al.columns)) if len(al.positions[0][j]) > 1]
+    assert multi, "the dataset must have a role of several tokens"
     for j in range(len(al.columns)):
         for site in ("resid_pre", "mlp_out"):
-            v = wb.patch(model, ds, metric=wb.logit_diff(), site=site, layer=1, position=al.columns[j], align="roles")
+            v = wb.patch(
+                model, ds, metric=wb.logit_diff(), site=site, layer=1, position=al.columns[j], align="roles"
+            )
             for i in range(len(ds)):
                 ref_metric = R.logit_diff(model.tokenizer, ds[i].target, ds[i].foil)
                 edits = [(site, 1, p, None, "source", None) for p in al.positions[i][j]]
-                ref = R.reference_joint(model.hf, model.tokenizer, ds[i].corrupt, ref_metric, edits, source=ds[i].clean)
-                assert_close(v.per_example[i], ref["value"], what=f"{family} {kind} {site} column {al.columns[j]!r} ex {i}")
+                ref = R.reference_joint(
+                    model.hf, model.tokenizer, ds[i].corrupt, ref_metric, edits, source=ds[i].clean
+                )
+                assert_close(
+                    v.per_example[i],
+                    ref["value"],
+                    what=f"{family} {kind} {site} column {al.columns[j]!r} ex {i}",
+                )
                 assert_close(v.clean[i], ref["clean"], what="clean baseline")
                 assert_close(v.corrupt[i], ref["corrupt"], what="corrupt baseline")
     # a head span patched jointly
-    v = wb.patch(model, ds, metric=wb.logit_diff(), site="head", layer=2, position=al.columns[2], head=1, align="roles")
+    j = multi[0]
+    v = wb.patch(
+        model, ds, metric=wb.logit_diff(), site="head", layer=2, position=al.columns[j], head=1, align="roles"
+    )
     for i in range(len(ds)):
         ref_metric = R.logit_diff(model.tokenizer, ds[i].target, ds[i].foil)
-        edits = [("head", 2, p, 1, "source", None) for p in al.positions[i][2]]
-        ref = R.reference_joint(model.hf, model.tokenizer, ds[i].corrupt, ref_metric, edits, source=ds[i].clean)
+        edits = [("head", 2, p, 1, "source", None) for p in al.positions[i][j]]
+        ref = R.reference_joint(
+            model.hf, model.tokenizer, ds[i].corrupt, ref_metric, edits, source=ds[i].clean
+        )
         assert_close(v.per_example[i], ref["value"], what=f"{family} {kind} head span ex {i}")
 
 
@@ -296,8 +333,6 @@ def code_results(model, kind):
 @pytest.mark.parametrize("kind", ("exact", "right", "template", "spans"))
 @pytest.mark.parametrize("family", ("gpt2", "llama", "gpt_neox"))
 def test_to_code_reproduces_values_and_per_example(family, kind):
-    if family != "gpt2" and kind in ("exact", "template"):
-        pytest.skip("exact / template alignment: gpt2 covers the code (right/spans cover the other layouts)")
     model = tiny(family)
     for r in code_results(model, kind):
         ns = run_code(r.to_code())
@@ -319,7 +354,11 @@ def test_figures_frames_and_reprs():
     sw = wb.patch_sweep(model, ds, metric=m, align="roles")
     fig = sw.plot()
     hover = fig.data[0].hovertext[1][1]
-    assert "(sem)" in hover and f"{sw.sem[1, 1]:.3g}"[:4] in hover.replace("\u2212", "-") and "2 examples" in hover
+    assert (
+        "(sem)" in hover
+        and f"{sw.sem[1, 1]:.3g}"[:4] in hover.replace("\u2212", "-")
+        and "2 examples" in hover
+    )
     assert "2 examples" in fig.layout.title.text and "roles" in fig.layout.title.text
     assert list(fig.layout.xaxis.ticktext)[1].startswith("{A}")
     fr = sw.to_frame()

@@ -1,5 +1,6 @@
 """Workbench: look inside language models from a notebook, and act on what you see."""
 
+from .data import Dataset, Example
 from .errors import (
     CancelledError,
     ExportError,
@@ -12,7 +13,6 @@ from .errors import (
     WaitTimeoutError,
     WorkbenchError,
 )
-from .data import Dataset, Example
 from .loading import load
 from .model import SITES, Model
 from .ops import (

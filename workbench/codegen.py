@@ -951,8 +951,17 @@ def _dataset_edit_code(model: Model, metric: Any, o: dict[str, Any], ds: Any, al
         r = o.get("reference")
         refs = [] if r is None else [r] if isinstance(r, str) else list(r)
         kind, value = {"zero": ("zero", "None"), "resample": ("source", "None")}.get(method, ("mean", "None"))
-    head += _helpers(model, sites) + _examples(model, metric, ds, al, corrupt=patching or op == "intervene"
-                                               and o.get("source") is not None or method == "resample" and not refs)
+    head += _helpers(model, sites) + _examples(
+        model,
+        metric,
+        ds,
+        al,
+        corrupt=patching
+        or op == "intervene"
+        and o.get("source") is not None
+        or method == "resample"
+        and not refs,
+    )
     by_refs = method == "mean" and bool(refs)
     top, inner = _dataset_sweep_cells(model, o["site"], o["by_position"]) if sweep else ("", "")
     head += top
@@ -965,18 +974,25 @@ def _dataset_edit_code(model: Model, metric: Any, o: dict[str, Any], ds: Any, al
     if sweep:
         if by_refs:
             kind, value = "set", "(means[l] if h is None else means[l][h])"
-        apply = "        for l in range(L):\n" + _apply(model, [(o["site"], "l", _sweep_edits(kind, value))], " " * 12)
+        apply = "        for l in range(L):\n" + _apply(
+            model, [(o["site"], "l", _sweep_edits(kind, value))], " " * 12
+        )
     else:
         if op != "intervene":
             kinds = []
             for s, layer, _p, h in cells:
                 if by_refs:
-                    kinds.append(("set", f"means[{places.index((s, layer))}]" + ("" if h is None else f"[{h}]")))
+                    kinds.append(
+                        ("set", f"means[{places.index((s, layer))}]" + ("" if h is None else f"[{h}]"))
+                    )
                 else:
                     kinds.append((kind, value))
         apply = _apply(model, _column_edits(cells, al, "2", kinds), "        ")
     pick = "values[2:].reshape(shape)" if sweep else "values[2]"
-    run = "\n\ndef run(ex):\n    cols = ex['columns']  # this example's token positions of each column\n" + inner
+    run = (
+        "\n\ndef run(ex):\n    cols = ex['columns']  # this example's token positions of each column\n"
+        + inner
+    )
     if patching:
         run += (
             "    ids = torch.tensor([ex['clean'], ex['corrupt']])\n"
@@ -1038,10 +1054,14 @@ def _dataset_path_code(model: Model, metric: Any, o: dict[str, Any], ds: Any, al
             variants.append(v)
         which.append(variants.index(v))
     code = _load(model) + metric.code(model) + _examples(model, metric, ds, al, corrupt=True)
-    code += f"placement = {lit(which)}  # per example: which function below (its senders'/receivers' positions)\n"
+    code += (
+        f"placement = {lit(which)}  # per example: which function below (its senders'/receivers' positions)\n"
+    )
     for n, v in enumerate(variants):
         body = _path_patch_code(model, metric, v, header=False)
-        code += f"\n\ndef run_{n}(ids):\n" + "".join(f"    {line}\n" if line else "\n" for line in body.splitlines())
+        code += f"\n\ndef run_{n}(ids):\n" + "".join(
+            f"    {line}\n" if line else "\n" for line in body.splitlines()
+        )
         code += "    return result, values[0], values[1]\n"
     code += (
         f"\n\nruns = [{', '.join(f'run_{n}' for n in range(len(variants)))}]\n\n\n"

@@ -23,7 +23,11 @@ def _over(result) -> str:
 def plot_dataset_sweep(result, **options: Any):
     """`plot_sweep` of the mean grid (same options), its hover adding each cell's standard error (sem) and
     the number of examples; the title says how many examples and which alignment."""
-    check_unknown("DatasetSweepResult.plot()", {k: v for k, v in options.items() if k not in SWEEP_OPTIONS}, SWEEP_OPTIONS)
+    check_unknown(
+        "DatasetSweepResult.plot()",
+        {k: v for k, v in options.items() if k not in SWEEP_OPTIONS},
+        SWEEP_OPTIONS,
+    )
     if options.get("title") is None:
         what = options.get("what")
         if what is None:
@@ -37,7 +41,6 @@ def dataset_sweep_frame(result, *, per_example: bool = False, **unknown: Any):
     """One row per cell (the SweepResult layout, value = the mean) plus `sem` and `n`; `per_example=True`:
     one row per (example, cell) with `example`, `value` (that example's), `normalized` (by its own
     baselines), `clean`, `corrupt`."""
-    pd = _pd()
     check_unknown("DatasetSweepResult.to_frame()", unknown, ["per_example"])
     if not isinstance(per_example, bool):
         raise WorkbenchError(f"per_example= must be True or False, got {per_example!r}.")

@@ -101,7 +101,9 @@ def plot_sweep(
     n_layers = values.shape[0]
     metric = escape(result.options.get("metric", "metric"))
     # Over a Dataset: the hover shows each cell's standard error (of the metric's mean, and of what is drawn)
-    err = np.asarray(result.sem, dtype=np.float64) if getattr(result, "per_example", None) is not None else None
+    err = (
+        np.asarray(result.sem, dtype=np.float64) if getattr(result, "per_example", None) is not None else None
+    )
     n_examples = int(getattr(result, "n_examples", 0) or 0)
     z_scale = 1.0
     if err is not None and what == "normalized":

@@ -157,7 +157,9 @@ def _intervene_dataset(
     def one(i: int, prog: Progress) -> Value:
         ids = runner.al.clean_ids[i]
         src = runner.al.corrupt_ids[i] if copies else ids
-        out = run_rows(model, src, ids, [per_edits[i]], runner.bound[i], top_k=top_k, progress=prog, cancel=cancel)
+        out = run_rows(
+            model, src, ids, [per_edits[i]], runner.bound[i], top_k=top_k, progress=prog, cancel=cancel
+        )
         return run_value(model, out, {}, lambda: "")
 
     with model.lock, job_status(model, progress, cancel):
@@ -171,5 +173,7 @@ def _intervene_dataset(
         top_k=top_k,
     )
     return runner.value_result(
-        values, options=options, code=lambda: codegen.dataset_code(model, m, options, ds, runner.al, edits=edits)
+        values,
+        options=options,
+        code=lambda: codegen.dataset_code(model, m, options, ds, runner.al, edits=edits),
     )

@@ -10,9 +10,8 @@ inputs patched in, and read the metric.
 from __future__ import annotations
 
 import threading
-from typing import Any
-
 import types
+from typing import Any
 
 import numpy as np
 import torch
@@ -233,7 +232,9 @@ def path_patch_sweep(
 
 
 def _dataset_cells(cells: Any, name: str, model: Model) -> list[Cell]:
-    return as_cells(cells, name, _example(model) if name == "senders" else f"wb.Cell('q', {model.n_layers - 1}, head=0)")
+    return as_cells(
+        cells, name, _example(model) if name == "senders" else f"wb.Cell('q', {model.n_layers - 1}, head=0)"
+    )
 
 
 def _example_receivers(model: Model, runner: Runner, i: int, receivers: Any) -> list[Cell] | None:
