@@ -1,5 +1,6 @@
 """Workbench: look inside language models from a notebook, and act on what you see."""
 
+from .data import Dataset, Example
 from .errors import (
     CancelledError,
     ExportError,
@@ -42,6 +43,7 @@ from .ops import (
     steer,
     steering_vector,
 )
+from .ops.dataset_results import DatasetSweepResult, DatasetValue
 from .result_cache import ResultCache, cache
 from .widgets import AttentionView, LensView, PatchView, Workbench  # noqa: E402
 
@@ -58,6 +60,10 @@ __all__ = [
     "Workbench",
     "AttentionResult",
     "CancelledError",
+    "Dataset",
+    "DatasetSweepResult",
+    "DatasetValue",
+    "Example",
     "Cell",
     "ExportError",
     "MessageError",

@@ -728,7 +728,7 @@ def _path_reads(model: Model, inputs: list[tuple], indent: str, body: Any) -> st
     return code
 
 
-def _path_patch_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
+def _path_patch_code(model: Model, metric: Any, o: dict[str, Any], header: bool = True) -> str:
     from .engine.edits import Cell
     from .ops.path_patching import receiver_inputs
 
@@ -757,11 +757,15 @@ def _path_patch_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
         f"{model.arch.layers}[0]", f"{model.arch.layers}[l]"
     )
     code = (
-        _load(model)
-        + f"clean, corrupt = {lit(o['clean'])}, {lit(o['corrupt'])}\n"
-        + metric.code(model)
-        + "ids = model.tokenizer([clean, corrupt], return_tensors='pt').input_ids  # same length\n"
-        f"L, H, D = {L}, {H}, {d}\n"
+        (
+            _load(model)
+            + f"clean, corrupt = {lit(o['clean'])}, {lit(o['corrupt'])}\n"
+            + metric.code(model)
+            + "ids = model.tokenizer([clean, corrupt], return_tensors='pt').input_ids  # same length\n"
+            if header
+            else ""
+        )
+        + f"L, H, D = {L}, {H}, {d}\n"
         f"runs = {runs}  # per run: its sender heads (layer, position or None = all, head)\n"
         "n = len(runs)\n"
         "# Step 1, the frozen runs: row 0 clean, row 1 corrupt, row 2+i the corrupt prompt with every head output\n"
@@ -828,6 +832,255 @@ def path_patch_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
     return _remote(model, _path_patch_code(model, metric, plain(o)))
 
 
-def dataset_code(model: Model, metric: Any, o: dict[str, Any], ds: Any, al: Any) -> str:
-    """nnsight code of an op over a Dataset (written by the datasets work; see tests/test_datasets.py)."""
-    raise NotImplementedError("dataset to_code is being written")
+# ------------------------------------------------------------------------------------------- over a Dataset
+
+
+def _metric_tokens(model: Model, metric: Any, i: int, example: Any) -> dict[str, int]:
+    """The token ids a per-example metric's code reads (`target`, `foil`) for example i."""
+    if not getattr(metric, "per_example", False):
+        return {}
+    m = metric.for_example(i, example)
+    if hasattr(m, "foil"):
+        return {"target": model.token_id(m.target), "foil": model.token_id(m.foil)}
+    return {"target": model.token_id(m.token)}
+
+
+def _examples(model: Model, metric: Any, ds: Any, al: Any, corrupt: bool) -> str:
+    """Lines binding `examples`: each example's token ids, its metric tokens and its columns' positions."""
+    lines = (
+        "# Per example: the clean (and corrupt) token ids, the metric's tokens (ids), and the token positions of\n"
+        f"# each column (align={al.align!r}: a column is all of its positions, edited at once).\n"
+        "examples = [\n"
+    )
+    for i in range(len(ds)):
+        d: dict[str, Any] = {"clean": al.clean_ids[i][0].tolist()}
+        if corrupt:
+            d["corrupt"] = al.corrupt_ids[i][0].tolist()
+        d.update(_metric_tokens(model, metric, i, ds[i]))
+        d["columns"] = al.positions[i]
+        lines += f"    {lit(d)},\n"
+    return lines + f"]\ncolumns = {lit(list(al.columns))}  # the column labels\n"
+
+
+def _column_edits(cells: list[tuple], al: Any, row: str, kinds: list[tuple[str, str]]) -> list[Place]:
+    """Places (forward order) whose edit code expands each cell's column to the example's positions
+    (`cols[j]`, bound in the generated code); `kinds[i]` is cell i's (kind, value code)."""
+    groups: dict[tuple[int, int, str], list[str]] = {}
+    for (site, layer, position, head), (kind, value) in zip(cells, kinds, strict=True):
+        key = (layer, site_record(site).order, site)
+        if position is None:
+            item = f"[({row}, None, {lit(head)}, {kind!r}, {value})]"
+        else:
+            j = al.column(position)
+            item = f"[({row}, p, {lit(head)}, {kind!r}, {value}) for p in cols[{j}]]"
+        groups.setdefault(key, []).append(item)
+    return [(site, layer, " + ".join(items)) for (layer, _, site), items in sorted(groups.items())]
+
+
+def _dataset_sweep_cells(model: Model, site: str, by_position: bool) -> tuple[str, str]:
+    """Top-level line binding L, H and the in-function lines binding cells/shape over columns."""
+    rec = site_record(site)
+    n_layers = 1 if rec.embed_only else model.n_layers
+    heads = model.n_kv_heads if rec.heads == "kv" else model.n_heads
+    top = f"L, H = {n_layers}, {heads}" + ("  # key-value heads\n" if rec.heads == "kv" else "\n")
+    if not rec.per_head:
+        cells, shape = "[(l, j, None) for l in range(L) for j in range(len(cols))]", "(L, len(cols))"
+    elif by_position:
+        cells = "[(l, j, h) for l in range(L) for j in range(len(cols)) for h in range(H)]"
+        shape = "(L, len(cols), H)"
+    else:
+        cells, shape = "[(l, None, h) for l in range(L) for h in range(H)]", "(L, H)"
+    inner = (
+        f"    cells = {cells}  # (layer, column or None = every position, head or None)\n"
+        f"    shape = {shape}\n"
+    )
+    return top, inner
+
+
+def _forward(model: Model, apply: str) -> str:
+    return (
+        "\n\ndef forward(source_ids, base_ids, cols, cells=None, means=None):\n"
+        '    """One forward pass: row 0 the source run, row 1 the base run as is, rows 2.. the edited runs."""\n'
+        "    batch = torch.cat([source_ids, base_ids] + [base_ids] * (1 if cells is None else len(cells)))\n"
+        "    with torch.no_grad(), model.trace(batch):\n"
+        + apply
+        + "        logits = model.output.logits[:, -1]\n"
+        "        values = metric(logits, logits[0]).save()\n"
+        "    return values\n"
+    )
+
+
+_MEAN = (
+    "\n\nper_example, clean, corrupt = [], [], []\n"
+    "for ex in examples:\n"
+    "    target, foil = ex.get('target'), ex.get('foil')  # this example's answer tokens (the metric reads them)\n"
+    "    value, c, k = run(ex)\n"
+    "    per_example.append(torch.as_tensor(value, dtype=torch.float32))\n"
+    "    clean.append(float(c))\n"
+    "    corrupt.append(float(k))\n"
+    "per_example = torch.stack(per_example)  # [N, ...]: each example's own result\n"
+    "n = len(examples)\n"
+    "sem = (per_example.std(0) / n**0.5).numpy() if n > 1 else float('nan')  # standard error of the mean\n"
+)
+
+
+def _sweep_edits(kind: str, value: str) -> str:
+    return (
+        f"[(2 + i, p, h, {kind!r}, {value}) for i, (cl, j, h) in enumerate(cells) if cl == l "
+        "for p in ([None] if j is None else cols[j])]"
+    )
+
+
+def _dataset_edit_code(model: Model, metric: Any, o: dict[str, Any], ds: Any, al: Any, edits: Any) -> str:
+    op = o["op"]
+    sweep = op.endswith("_sweep")
+    patching = op in ("patch", "patch_sweep")
+    cells = [] if sweep or op == "intervene" else _cells(o)
+    sites = [o["site"]] if sweep else [c[0] for c in cells]
+    head = _load(model) + metric.code(model)
+    kind, value = "source", "None"
+    refs: list[str] = []
+    method = o.get("method")
+    if op == "intervene":
+        tensors, values = _tensor_lines(edits)
+        cells = [(e.cell.site, e.cell.layer, e.cell.position, e.cell.head) for e in edits]
+        sites = [c[0] for c in cells]
+        kinds = [(e.kind, v) for e, v in zip(edits, values, strict=True)]
+        head += tensors
+    elif not patching:
+        r = o.get("reference")
+        refs = [] if r is None else [r] if isinstance(r, str) else list(r)
+        kind, value = {"zero": ("zero", "None"), "resample": ("source", "None")}.get(method, ("mean", "None"))
+    head += _helpers(model, sites) + _examples(
+        model,
+        metric,
+        ds,
+        al,
+        corrupt=patching
+        or op == "intervene"
+        and o.get("source") is not None
+        or method == "resample"
+        and not refs,
+    )
+    by_refs = method == "mean" and bool(refs)
+    top, inner = _dataset_sweep_cells(model, o["site"], o["by_position"]) if sweep else ("", "")
+    head += top
+    if not patching and op != "intervene":
+        head += f"references = {lit(refs)}  # mean: average over these prompts' tokens; resample: copy from each\n"
+    places = list(dict.fromkeys((c[0], c[1]) for c in cells))
+    places.sort(key=lambda p: (p[1], site_record(p[0]).order))
+    if by_refs:
+        head += _reference_means(model, places, o["site"] if sweep else None)
+    if sweep:
+        if by_refs:
+            kind, value = "set", "(means[l] if h is None else means[l][h])"
+        apply = "        for l in range(L):\n" + _apply(
+            model, [(o["site"], "l", _sweep_edits(kind, value))], " " * 12
+        )
+    else:
+        if op != "intervene":
+            kinds = []
+            for s, layer, _p, h in cells:
+                if by_refs:
+                    kinds.append(
+                        ("set", f"means[{places.index((s, layer))}]" + ("" if h is None else f"[{h}]"))
+                    )
+                else:
+                    kinds.append((kind, value))
+        apply = _apply(model, _column_edits(cells, al, "2", kinds), "        ")
+    pick = "values[2:].reshape(shape)" if sweep else "values[2]"
+    run = (
+        "\n\ndef run(ex):\n    cols = ex['columns']  # this example's token positions of each column\n"
+        + inner
+    )
+    if patching:
+        run += (
+            "    ids = torch.tensor([ex['clean'], ex['corrupt']])\n"
+            f"    values = forward(ids[:1], ids[1:], cols{', cells' if sweep else ''})\n"
+            f"    return {pick}, values[0], values[1]  # the patched run(s), clean, corrupt\n"
+        )
+    elif op == "intervene":
+        src = "ex['corrupt']" if o.get("source") is not None else "ex['clean']"
+        run += (
+            "    ids = torch.tensor([ex['clean']])\n"
+            f"    values = forward(torch.tensor([{src}]), ids, cols)  # row 0 the source run ('source' edits copy it)\n"
+            f"    return {pick}, values[0], values[1]  # the edited run, the source run, the prompt as is\n"
+        )
+    else:
+        if method == "resample":
+            sources = (
+                "[model.tokenizer(r, return_tensors='pt').input_ids for r in references]"
+                if refs
+                else "[torch.tensor([ex['corrupt']])]  # resample from the example's own corrupt prompt"
+            )
+        else:
+            sources = "[ids]"
+        run += (
+            "    ids = torch.tensor([ex['clean']])\n"
+            f"    sources = {sources}\n"
+            f"    runs = [forward(s, ids, cols{', cells' if sweep else ', None'}{', means' if by_refs else ''}) "
+            "for s in sources]\n"
+            "    values = torch.stack(runs).mean(0)  # averaged over the sources (resampling)\n"
+            f"    return {pick}, values[1], float('nan')  # the ablated run(s), the unablated run\n"
+        )
+    finish = (
+        "result = per_example.mean(0).numpy()  # the mean over examples (.values)\n"
+        if sweep
+        else "result = float(per_example.mean())  # the mean over examples\n"
+    )
+    return head + _forward(model, apply) + run + _MEAN + finish + "per_example = per_example.numpy()\n"
+
+
+def _dataset_path_code(model: Model, metric: Any, o: dict[str, Any], ds: Any, al: Any) -> str:
+    """Path patching over a Dataset: the single-pair code's body as a function of the token ids, one
+    function per distinct placement of the senders/receivers (columns resolve per example)."""
+
+    def resolve(cells: Any, i: int) -> Any:
+        if not isinstance(cells, list):
+            return cells
+        out = []
+        for site, layer, position, head in cells:
+            ps = [None] if position is None else al.positions[i][al.column(position)]
+            out += [(site, layer, p, head) for p in ps]
+        return out
+
+    variants: list[dict[str, Any]] = []
+    which: list[int] = []
+    for i in range(len(ds)):
+        v = {**o, "receivers": resolve(o["receivers"], i)}
+        if "senders" in o:
+            v["senders"] = resolve(o["senders"], i)
+        if v not in variants:
+            variants.append(v)
+        which.append(variants.index(v))
+    code = _load(model) + metric.code(model) + _examples(model, metric, ds, al, corrupt=True)
+    code += (
+        f"placement = {lit(which)}  # per example: which function below (its senders'/receivers' positions)\n"
+    )
+    for n, v in enumerate(variants):
+        body = _path_patch_code(model, metric, v, header=False)
+        code += f"\n\ndef run_{n}(ids):\n" + "".join(
+            f"    {line}\n" if line else "\n" for line in body.splitlines()
+        )
+        code += "    return result, values[0], values[1]\n"
+    code += (
+        f"\n\nruns = [{', '.join(f'run_{n}' for n in range(len(variants)))}]\n\n\n"
+        "def run(ex):\n"
+        "    return runs[placement[examples.index(ex)]](torch.tensor([ex['clean'], ex['corrupt']]))\n"
+    )
+    finish = (
+        "result = per_example.mean(0).numpy()  # the mean over examples (.values)\n"
+        if o["op"] == "path_patch_sweep"
+        else "result = float(per_example.mean())  # the mean over examples\n"
+    )
+    return code + _MEAN + finish + "per_example = per_example.numpy()\n"
+
+
+def dataset_code(model: Model, metric: Any, o: dict[str, Any], ds: Any, al: Any, edits: Any = None) -> str:
+    """nnsight code of an op over a Dataset: the examples as lists of token ids (with their metric tokens
+    and column positions), one function running the single-pair computation for one example, a loop over
+    the examples, then the mean (`result`), `per_example` and `sem`."""
+    o = plain(o)
+    if o["op"] in ("path_patch", "path_patch_sweep"):
+        return _remote(model, _dataset_path_code(model, metric, o, ds, al))
+    return _remote(model, _dataset_edit_code(model, metric, o, ds, al, edits))

@@ -100,14 +100,24 @@ def plot_sweep(
     tokens = list(result.tokens)
     n_layers = values.shape[0]
     metric = escape(result.options.get("metric", "metric"))
+    # Over a Dataset: the hover shows each cell's standard error (of the metric's mean, and of what is drawn)
+    err = (
+        np.asarray(result.sem, dtype=np.float64) if getattr(result, "per_example", None) is not None else None
+    )
+    n_examples = int(getattr(result, "n_examples", 0) or 0)
+    z_scale = 1.0
+    if err is not None and what == "normalized":
+        z_scale = 1.0 / (result.clean_mean - result.corrupt_mean)
 
     # panels: (z2d [L, C], column labels, column name, hover of one cell)
+    e = err if err is not None else np.full(values.shape, np.nan)
     if axes == ("layer", "position"):
-        panels = [(z, values, "position")]
+        panels = [(z, values, "position", e)]
     elif axes == ("layer", "head"):
-        panels = [(z[:, [heads[0]]] if heads else z, values[:, [heads[0]]] if heads else values, "head")]
+        pick = (lambda a: a[:, [heads[0]]]) if heads else (lambda a: a)
+        panels = [(pick(z), pick(values), "head", pick(e))]
     elif axes == ("layer", "position", "head"):
-        panels = [(z[:, :, h], values[:, :, h], "position") for h in heads]
+        panels = [(z[:, :, h], values[:, :, h], "position", e[:, :, h]) for h in heads]
     else:
         raise WorkbenchError(f"Unknown sweep axes {axes}.")
 
@@ -137,12 +147,14 @@ def plot_sweep(
         vertical_spacing=min(0.11, 0.36 / max(nrows, 1)) if nrows > 1 else 0.0,
     )
     col_name = panels[0][2]
-    for i, (zz, raw, cname) in enumerate(panels):
+    for i, (zz, raw, cname, ee) in enumerate(panels):
         n_cols = zz.shape[1]
         if cname == "position":
             col_labels = [label(t, 12) for t in tokens[:n_cols]]
             col_hover = [
-                f"position {c} ({label(tokens[c])})" if c < len(tokens) else f"position {c}"
+                (f"column {escape(tokens[c])}" if err is not None else f"position {c} ({label(tokens[c])})")
+                if c < len(tokens)
+                else f"position {c}"
                 for c in range(n_cols)
             ]
         else:
@@ -155,8 +167,14 @@ def plot_sweep(
             row = []
             for c in range(n_cols):
                 line = f"{prefix}layer {r}, {col_hover[c]}<br>{escape(unit)} {fmt(zz[r, c])}"
+                if err is not None:
+                    line += f" \u00b1 {fmt(abs(ee[r, c] * z_scale))} (sem)"
                 if what != "value":
                     line += f"<br>{metric} {fmt(raw[r, c])}"
+                    if err is not None:
+                        line += f" \u00b1 {fmt(ee[r, c])}"
+                if err is not None:
+                    line += f"<br>mean over {n_examples} examples"
                 row.append(line)
             hover.append(row)
         fig.add_trace(

@@ -39,6 +39,8 @@ def normalise(values: Any, clean: np.ndarray, corrupt: np.ndarray) -> Any:
 class DatasetSweepResult(SweepResult):
     """A sweep over a Dataset: `.values` the mean grid, `.per_example` [N, ...], `.sem`, per-example baselines."""
 
+    _figure_name = "dataset_sweep"
+
     per_example: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     examples: list[list[str]] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)
@@ -140,6 +142,8 @@ def _rebuild_dataset_value(value: float, state: dict[str, Any]) -> DatasetValue:
 class DatasetValue(Value):
     """A metric over a Dataset: the float is the mean over examples; `.per_example` [N], `.sem`,
     `.clean` / `.corrupt` [N], `.normalized` of the means."""
+
+    _figure_name = "dataset_value"
 
     per_example: np.ndarray
     examples: list[list[str]]

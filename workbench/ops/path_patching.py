@@ -10,11 +10,14 @@ inputs patched in, and read the metric.
 from __future__ import annotations
 
 import threading
+import types
 from typing import Any
 
 import numpy as np
+import torch
 
 from .. import codegen
+from ..data.dataset import Dataset
 from ..engine.batching import Progress
 from ..engine.edits import Cell, as_cells
 from ..engine.path_traced import run
@@ -22,7 +25,8 @@ from ..engine.sites import site as site_record
 from ..errors import SiteError, WorkbenchError
 from ..model import Model
 from ..remote import job_status
-from .metrics import as_metric
+from .metrics import Metric, as_metric
+from .over_dataset import Runner, example_cells, is_dataset, no_second_prompt
 from .patching import MetricLike, check_top_k, pair_tokens, run_value
 from .results import SweepResult, Value
 
@@ -137,13 +141,14 @@ def _options(op: str, clean: str, corrupt: str, metric: Any, senders: Any, recei
 
 def path_patch(
     model: Model,
-    clean: str,
-    corrupt: str,
+    clean: str | Dataset,
+    corrupt: str | None = None,
     *,
     metric: MetricLike,
     senders: Any,
     receivers: Any = "logits",
     top_k: int = 5,
+    align: str = "exact",
     progress: Progress = None,
     cancel: threading.Event | None = None,
 ) -> Value:
@@ -157,8 +162,14 @@ def path_patch(
     every query head of that group reads). Every receiver must be above every sender's layer. The paths run
     through MLPs and the residual stream, never through another head, so nothing moves between positions:
     to the logits only a sender's output at the last position counts.
+
+    Over a `wb.Dataset` (in place of clean/corrupt): every example path-patched alike (a position names a
+    column of `align=`); a DatasetValue (mean, `.per_example`, `.sem`).
     """
     m = as_metric(metric)
+    if is_dataset(clean):
+        no_second_prompt("wb.path_patch", corrupt)
+        return _path_patch_dataset(model, clean, m, senders, receivers, top_k, align, progress, cancel)
     c, k = pair_tokens(model, clean, corrupt)
     n_tokens = k.shape[1]
     sender_cells = check_senders(model, senders, n_tokens)
@@ -175,19 +186,23 @@ def path_patch(
 
 def path_patch_sweep(
     model: Model,
-    clean: str,
-    corrupt: str,
+    clean: str | Dataset,
+    corrupt: str | None = None,
     *,
     metric: MetricLike,
     receivers: Any = "logits",
+    align: str = "exact",
     progress: Progress = None,
     cancel: threading.Event | None = None,
 ) -> SweepResult:
     """`path_patch` with every head (all positions) as the only sender in turn: [layer, head], batched.
 
     Heads at or above the lowest receiver's layer have no path to it: their cells are NaN (for "logits" every
-    head has one)."""
+    head has one). Over a `wb.Dataset`: a DatasetSweepResult [layer, head] (mean, `.per_example`, `.sem`)."""
     m = as_metric(metric)
+    if is_dataset(clean):
+        no_second_prompt("wb.path_patch_sweep", corrupt)
+        return _path_patch_sweep_dataset(model, clean, m, receivers, align, progress, cancel)
     c, k = pair_tokens(model, clean, corrupt)
     n_tokens = k.shape[1]
     receiver_cells = check_receivers(model, receivers, n_tokens)
@@ -213,4 +228,107 @@ def path_patch_sweep(
         tokens=model.str_tokens(k),
         options=options,
         _code=lambda: codegen.path_patch_code(model, m, options),
+    )
+
+
+def _dataset_cells(cells: Any, name: str, model: Model) -> list[Cell]:
+    return as_cells(
+        cells, name, _example(model) if name == "senders" else f"wb.Cell('q', {model.n_layers - 1}, head=0)"
+    )
+
+
+def _example_receivers(model: Model, runner: Runner, i: int, receivers: Any) -> list[Cell] | None:
+    n_tokens = runner.al.clean_ids[i].shape[1]
+    if isinstance(receivers, str):
+        return check_receivers(model, receivers, n_tokens)
+    return check_receivers(model, example_cells(runner.al, i, _dataset_cells(receivers, "receivers", model), model),
+                           n_tokens)  # fmt: skip
+
+
+def _dataset_options(op: str, n: int, m: Metric, senders: Any, receivers: Any) -> dict[str, Any]:
+    def cells(cs: list[Cell]) -> list[tuple]:
+        return [(c.site, c.layer, c.position, c.head) for c in cs]
+
+    options: dict[str, Any] = dict(op=op, dataset=n, metric=m.name, site="head")
+    if senders is not None:
+        options["senders"] = cells(senders)
+    options["receivers"] = "logits" if receivers is None else cells(receivers)
+    return options
+
+
+def _path_patch_dataset(
+    model: Model,
+    ds: Dataset,
+    m: Metric,
+    senders: Any,
+    receivers: Any,
+    top_k: int,
+    align: str,
+    progress: Progress,
+    cancel: threading.Event | None,
+) -> Value:
+    top_k = check_top_k(model, top_k)
+    runner = Runner(model, ds, m, align, corrupt=True, progress=progress, cancel=cancel)
+    given = _dataset_cells(senders, "senders", model)
+    given_receivers = None if isinstance(receivers, str) else _dataset_cells(receivers, "receivers", model)
+    per: list[tuple[list[Cell], list[Cell] | None]] = []
+    for i in range(len(ds)):
+        n_tokens = runner.al.clean_ids[i].shape[1]
+        s = check_senders(model, example_cells(runner.al, i, given, model), n_tokens)
+        r = _example_receivers(model, runner, i, receivers)
+        check_paths(model, s, r)
+        per.append((s, r))
+
+    def one(i: int, prog: Progress) -> Value:
+        c, k = runner.ids(i)
+        s, r = per[i]
+        inputs = None if r is None else receiver_inputs(model, r)
+        out = run(model, c, k, [s], inputs, runner.bound[i], top_k=top_k, progress=prog, cancel=cancel)
+        return run_value(model, out, {}, lambda: "")
+
+    with model.lock, job_status(model, progress, cancel):
+        values = runner.each(one)
+    options = _dataset_options("path_patch", len(ds), m, given, given_receivers)
+    return runner.value_result(
+        values, options=options, code=lambda: codegen.dataset_code(model, m, options, ds, runner.al)
+    )
+
+
+def _path_patch_sweep_dataset(
+    model: Model,
+    ds: Dataset,
+    m: Metric,
+    receivers: Any,
+    align: str,
+    progress: Progress,
+    cancel: threading.Event | None,
+) -> SweepResult:
+    runner = Runner(model, ds, m, align, corrupt=True, progress=progress, cancel=cancel)
+    given_receivers = None if isinstance(receivers, str) else _dataset_cells(receivers, "receivers", model)
+    per = [_example_receivers(model, runner, i, receivers) for i in range(len(ds))]
+    below = model.n_layers if per[0] is None else min(r.layer for r in per[0])
+    if below == 0:
+        raise WorkbenchError(
+            f"No head lies below receivers at layer 0 ({per[0][0]!r}), so the sweep would be all NaN: "
+            "pick receivers at layer 1 or above, or receivers='logits'."
+        )
+    senders = [Cell("head", layer, None, h) for layer in range(below) for h in range(model.n_heads)]
+
+    def one(i: int, prog: Progress) -> Any:
+        c, k = runner.ids(i)
+        inputs = None if per[i] is None else receiver_inputs(model, per[i])
+        out = run(model, c, k, [[s] for s in senders], inputs, runner.bound[i], progress=prog, cancel=cancel)
+        values = torch.full((model.n_layers, model.n_heads), float("nan"))
+        values[:below] = out.values.float().reshape(below, model.n_heads)
+        return types.SimpleNamespace(values=values, source=out.source, base=out.base)
+
+    with model.lock, job_status(model, progress, cancel):
+        outs = runner.each(one)
+    options = _dataset_options("path_patch_sweep", len(ds), m, None, given_receivers)
+    return runner.sweep_result(
+        outs,
+        [(model.n_layers, model.n_heads)] * len(outs),
+        axes=("layer", "head"),
+        options=options,
+        code=lambda: codegen.dataset_code(model, m, options, ds, runner.al),
     )
