@@ -42,6 +42,7 @@ from .ops import (
     steer,
     steering_vector,
 )
+from .ops.dataset_results import DatasetLensResult  # noqa: E402
 from .result_cache import ResultCache, cache
 from .widgets import AttentionView, LensView, PatchView, Workbench  # noqa: E402
 
@@ -63,6 +64,7 @@ __all__ = [
     "MessageError",
     "Intervention",
     "LensResult",
+    "DatasetLensResult",
     "Metric",
     "Model",
     "ModelLoadError",
