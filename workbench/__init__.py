@@ -43,7 +43,7 @@ from .ops import (
     steer,
     steering_vector,
 )
-from .ops.dataset_results import DatasetSweepResult, DatasetValue
+from .ops.dataset_results import DatasetLensResult, DatasetSweepResult, DatasetValue
 from .result_cache import ResultCache, cache
 from .widgets import AttentionView, LensView, PatchView, Workbench  # noqa: E402
 
@@ -69,6 +69,7 @@ __all__ = [
     "MessageError",
     "Intervention",
     "LensResult",
+    "DatasetLensResult",
     "Metric",
     "Model",
     "ModelLoadError",

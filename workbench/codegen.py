@@ -700,6 +700,150 @@ def steer_code(model: Model, o: dict[str, Any], vec: torch.Tensor) -> str:
     return _remote(model, _steer_code(model, plain(o), vec))
 
 
+# ------------------------------------------------------------------- the lens and attribution over a Dataset
+
+
+def _answer_ids(model: Model, metric: Any, i: int, example: Any) -> dict[str, int]:
+    """The token ids a per-example metric's code reads (`target`, `foil`) for example i."""
+    if not getattr(metric, "per_example", False):
+        return {}
+    m = metric.for_example(i, example)
+    if hasattr(m, "foil"):
+        return {"target": model.token_id(m.target), "foil": model.token_id(m.foil)}
+    return {"target": model.token_id(m.token)}
+
+
+def _example_list(model: Model, metric: Any, ds: Any, al: Any, corrupt: bool) -> str:
+    """Lines binding `examples`: each example's token ids, its metric's tokens and its columns' positions."""
+    lines = (
+        "# Per example: the clean (and corrupt) token ids, the metric's token ids, and the token positions of\n"
+        f"# each column (align={al.align!r}).\n"
+        "examples = [\n"
+    )
+    for i in range(len(ds)):
+        d: dict[str, Any] = {"clean": al.clean_ids[i][0].tolist()}
+        if corrupt:
+            d["corrupt"] = al.corrupt_ids[i][0].tolist()
+        d.update(_answer_ids(model, metric, i, ds[i]))
+        d["columns"] = al.positions[i]
+        lines += f"    {lit(d)},\n"
+    return lines + f"]\ncolumns = {lit(list(al.columns))}  # the column labels\n"
+
+
+_OVER_EXAMPLES = (
+    "\n\nper_example = []\n"
+    "for ex in examples:\n"
+    "    target, foil = ex.get('target'), ex.get('foil')  # this example's answer tokens (the metric reads them)\n"
+    "    per_example.append(run(ex))\n"
+    "per_example = torch.stack(per_example)  # [N, ...]: each example's own result\n"
+    "n = len(examples)\n"
+    "sem = (per_example.std(0) / n**0.5).numpy() if n > 1 else float('nan')  # standard error of the mean\n"
+    "result = per_example.mean(0).numpy()  # the mean over examples (.values)\n"
+    "per_example = per_example.numpy()\n"
+)
+
+
+def _dataset_lens_code(model: Model, metric: Any, o: dict[str, Any], ds: Any, al: Any) -> str:
+    norm, unembed = "model." + model.arch.final_norm, "model." + model.arch.unembed
+    div, cap = model.logit_divisor, model.logit_softcap
+    finish = ""
+    if div != 1.0:
+        finish += f"    logits = logits / {div!r}  # the family's logits scaling\n"
+    if cap:
+        finish += f"    logits = torch.tanh(logits / {cap}) * {cap}\n"
+    resid = site_code(model, "resid_post", "l")
+    if getattr(metric, "needs_clean", False):  # compared with the model's own output at each position
+        apply = "torch.cat([metric(logits[r : r + 1], final[r]) for r in range(len(picks))])"
+    else:
+        apply = "metric(logits, final[0])"
+    return (
+        _load(model)
+        + metric.code(model)
+        + _example_list(model, metric, ds, al, corrupt=False)
+        + f"L = {model.n_layers}\n"
+        "\n\ndef decode(resid):\n"
+        '    """Residual vectors -> logits, through the final norm and the unembedding."""\n'
+        f"    logits = {unembed}({norm}(resid))\n" + finish + "    return logits.float()\n"
+        "\n\ndef run(ex):\n"
+        '    """The metric through the lens at every layer and column of one example: [L, C]."""\n'
+        "    picks = sorted({p for col in ex['columns'] for p in col})  # the positions read\n"
+        "    ids = torch.tensor([ex['clean']])\n"
+        "    with torch.no_grad(), model.trace(ids):\n"
+        f"        resids = [{resid.read}[0][picks] for l in range(L)]  # resid_post: each block's output\n"
+        "        final = decode(resids[-1])  # the model's own output at those positions\n"
+        "        values = []\n"
+        "        for l in range(L):\n"
+        "            logits = decode(resids[l])\n"
+        f"            values.append({apply})\n"
+        "        values = torch.stack(values).save()  # [L, positions]\n"
+        "    where = {p: j for j, p in enumerate(picks)}\n"
+        "    # a column of several positions averages them\n"
+        "    return torch.stack([values[:, [where[p] for p in col]].mean(1) for col in ex['columns']], dim=1)\n"
+        + _OVER_EXAMPLES
+    )
+
+
+def _dataset_attribution_code(model: Model, metric: Any, o: dict[str, Any], ds: Any, al: Any) -> str:
+    site = o["site"]
+    rec = site_record(site)
+    if rec.pattern:
+        from .errors import WorkbenchError
+
+        raise WorkbenchError(
+            "to_code() of pattern attribution over a Dataset is not written; site='head' (or the single-pair "
+            "result of one example) has code."
+        )
+    sc = site_code(model, site, "l")
+    reduce = f"    est = {sc.view('est')}.sum(-1)"
+    if rec.per_head:
+        reduce += "  # per head: [L, T, heads]\n"
+        if not o["by_position"]:
+            reduce += "    return est.sum(1) + base[1]  # [L, heads]: every position of a head at once\n"
+    else:
+        reduce += "  # [L, T]\n"
+    columns = (
+        "    # a column that spans several positions gets the SUM of their estimates (patching them jointly)\n"
+        "    est = torch.stack([est[:, col].sum(1) for col in ex['columns']], dim=1)\n"
+        "    return est + base[1]  # estimated metric after each patch\n"
+    )
+    if rec.per_head and not o["by_position"]:
+        columns = ""
+    return (
+        _load(model)
+        + metric.code(model)
+        + _example_list(model, metric, ds, al, corrupt=True)
+        + f"L = {1 if rec.embed_only else model.n_layers}\n"
+        "\n\ndef run(ex):\n"
+        '    """(clean - corrupt) . d metric / d act of one example, over its columns."""\n'
+        "    ids = torch.tensor([ex['clean'], ex['corrupt']])\n"
+        "    with model.trace(ids):\n"
+        f"        acts = [{sc.read} for l in range(L)]  # {site}: {rec.doc}\n"
+        "        logits = model.output.logits[:, -1]\n"
+        "        values = metric(logits, logits[0])\n"
+        "        base = values.detach().save()\n"
+        "        grads = [None] * L\n"
+        "        with values[1].backward():\n"
+        "            for l in reversed(range(L)):\n"
+        "                grads[l] = acts[l].grad[1]\n"
+        "        est = torch.stack([(acts[l][0] - acts[l][1]).detach() * grads[l] for l in range(L)]).save()\n"
+        + reduce
+        + columns
+        + _OVER_EXAMPLES
+    )
+
+
+def dataset_lens_code(model: Model, metric: Any, o: dict[str, Any], ds: Any, al: Any) -> str:
+    """nnsight code of `wb.logit_lens` over a Dataset: a loop over the examples, each decoded at every layer
+    at its columns' positions, the metric averaged over a column's positions; `result` the mean [L, C]."""
+    return _remote(model, _dataset_lens_code(model, metric, plain(o), ds, al))
+
+
+def dataset_attribution_code(model: Model, metric: Any, o: dict[str, Any], ds: Any, al: Any) -> str:
+    """nnsight code of `wb.attribution_patch` over a Dataset: a loop over the examples, each one pair's
+    attribution summed over its columns' positions; `result` the mean over examples."""
+    return _remote(model, _dataset_attribution_code(model, metric, plain(o), ds, al))
+
+
 # ------------------------------------------------------------------------------------------- path patching
 def _path_view(model: Model, site: str, layer: int) -> str:
     """Code that cuts the [B, T, n, d] view of a q/k/v site out of its module tensor `x`."""

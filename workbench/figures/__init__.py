@@ -9,6 +9,7 @@ views' whitespace markers) and all user or model text is escaped for plotly (`es
 from __future__ import annotations
 
 from .attention import plot_attention
+from .dataset_lens import dataset_lens_frame, plot_dataset_lens
 from .datasets import dataset_sweep_frame, dataset_value_frame, plot_dataset_sweep, plot_dataset_value
 from .export import figure_bytes, find_browser, save_figure, save_result_figure
 from .frames import attention_frame, lens_frame, steer_frame, sweep_frame, value_frame
@@ -21,6 +22,7 @@ __all__ = [
     "attention_frame",
     "dataset_sweep_frame",
     "dataset_value_frame",
+    "dataset_lens_frame",
     "escape",
     "figure_bytes",
     "find_browser",
@@ -28,6 +30,7 @@ __all__ = [
     "plot_attention",
     "plot_dataset_sweep",
     "plot_dataset_value",
+    "plot_dataset_lens",
     "plot_lens",
     "plot_steer",
     "plot_sweep",

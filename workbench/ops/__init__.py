@@ -8,6 +8,7 @@ from ..result_cache import cached
 from .ablation import ablate, ablate_sweep
 from .attention import attention
 from .attribution import attribution_patch
+from .dataset_results import DatasetLensResult
 from .intervention import intervene
 from .lens import Intervention, logit_lens
 from .metrics import Metric, kl_to_clean, logit_diff, logprob, prob
@@ -39,6 +40,7 @@ __all__ = [
     "Add",
     "AttentionResult",
     "Cell",
+    "DatasetLensResult",
     "Edit",
     "Intervention",
     "LensResult",

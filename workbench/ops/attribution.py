@@ -14,17 +14,21 @@ from collections.abc import Sequence
 import torch
 
 from .. import codegen
+from ..data.dataset import Dataset
+from ..data.predict import batch_size_for
 from ..engine import fast_attribution
-from ..engine.batching import Progress, check_cancel
+from ..engine.batching import BatchOutput, Progress, check_cancel
 from ..engine.kernels import eager_pattern, pattern_grad, pattern_sums, read, site_sums
 from ..engine.sites import SITE_TABLE
 from ..engine.sites import site as site_record
 from ..engine.traced import eager_function
-from ..errors import SiteError
+from ..errors import SiteError, WorkbenchError
 from ..model import Model
 from ..remote import job_status
 from ..validate import as_bool, as_list
-from .metrics import as_metric
+from .dataset_results import DatasetSweepResult
+from .metrics import Metric, as_metric
+from .over_dataset import Runner, is_dataset, no_second_prompt
 from .patching import MetricLike, pair_tokens, sweep_axes
 from .results import SweepResult
 
@@ -105,20 +109,8 @@ def _trace(model: Model, batch: torch.Tensor, sites: list[str], bound) -> tuple[
     return products, baselines
 
 
-def attribution_patch(
-    model: Model,
-    clean: str,
-    corrupt: str,
-    *,
-    metric: MetricLike,
-    site: str | Sequence[str] = "resid_pre",
-    by_position: bool = False,
-    progress: Progress = None,
-    cancel: threading.Event | None = None,
-) -> SweepResult | dict[str, SweepResult]:
-    """Gradient estimate of `patch_sweep` (same shapes); a list of sites gives {site: result} from one pass."""
-    m = as_metric(metric)
-    c, k = pair_tokens(model, clean, corrupt)
+def _check_sites(model: Model, site: str | Sequence[str]) -> tuple[list[str], list[str]]:
+    """The requested sites (each once, in the order given) and the same in forward order."""
     example = "site='resid_pre' or site=['resid_pre', 'attn_out', 'mlp_out']"
     sites = [site] if isinstance(site, str) else as_list(site, "site=", example)
     for s in sites:
@@ -129,37 +121,86 @@ def attribution_patch(
                 f"which {model.config.model_type!r} does not define: estimate the heads with site='head'."
             )
     sites = list(dict.fromkeys(sites))  # a site listed twice is computed once
+    return sites, [s for s in _ORDER if s in sites]
+
+
+def _products(
+    model: Model, c: torch.Tensor, k: torch.Tensor, ordered: list[str], bound
+) -> tuple[dict[tuple[str, int], torch.Tensor], torch.Tensor]:
+    """One pair's (clean - corrupt) * grad per (site, layer), summed to [T] (or [T, n_heads]), and the
+    [clean, corrupt] metrics: the local fast path, else one traced forward and backward."""
+    fast = fast_attribution.attribution(model, c, k, ordered, bound)  # local models: no graph for clean
+    if fast is None:
+        return _trace(model, torch.cat([c, k]), ordered, bound)
+    return _summed(model, fast[0]), fast[1]
+
+
+def _summed(model: Model, full: dict[tuple[str, int], torch.Tensor]) -> dict[tuple[str, int], torch.Tensor]:
+    return {
+        key: pattern_sums(p)
+        if site_record(key[0]).pattern
+        else site_sums(p, model.site_ref(*key).layout, model.n_heads)
+        for key, p in full.items()
+    }
+
+
+def _grid(
+    model: Model, products: dict[tuple[str, int], torch.Tensor], s: str, by_position: bool
+) -> torch.Tensor:
+    """The estimates of site `s`: [L, T] or, per head, [L, T, H] (by_position) or [L, H]."""
+    rec = site_record(s)
+    per_layer = []
+    for layer in range(1 if rec.embed_only else model.n_layers):
+        prod = products[(s, layer)].float()  # [T] or [T, n_heads] (padded)
+        if rec.per_head:
+            per_head = prod[:, : model.n_kv_heads if rec.heads == "kv" else model.n_heads]  # [T, H]
+            per_layer.append(per_head if by_position else per_head.sum(0))
+        else:
+            per_layer.append(prod)
+    return torch.stack(per_layer)
+
+
+def attribution_patch(
+    model: Model,
+    clean: str | Dataset,
+    corrupt: str | None = None,
+    *,
+    metric: MetricLike,
+    site: str | Sequence[str] = "resid_pre",
+    by_position: bool = False,
+    align: str = "exact",
+    batched: bool | None = None,
+    progress: Progress = None,
+    cancel: threading.Event | None = None,
+) -> SweepResult | dict[str, SweepResult]:
+    """Gradient estimate of `patch_sweep` (same shapes); a list of sites gives {site: result} from one pass.
+
+    Over a `wb.Dataset` (in place of clean/corrupt): each example's estimate as one pair's, with its own
+    metric; a column of `align=` that spans several positions (a role) gets the SUM of their estimates (the
+    first-order estimate of patching the span jointly). A DatasetSweepResult (mean, `.per_example`, `.sem`)
+    per site. Local models run the examples in left-padded batches (`batched=False`: one at a time)."""
+    m = as_metric(metric)
+    if is_dataset(clean):
+        no_second_prompt("wb.attribution_patch", corrupt)
+        return _attribution_dataset(model, clean, m, site, by_position, align, batched, progress, cancel)
+    if corrupt is None:
+        raise WorkbenchError(
+            "wb.attribution_patch needs a corrupt prompt: wb.attribution_patch(model, clean, corrupt, ...), "
+            "or a wb.Dataset in place of both."
+        )
+    c, k = pair_tokens(model, clean, corrupt)
+    sites, ordered = _check_sites(model, site)
     by_position = as_bool(by_position, "by_position")
-    ordered = [s for s in _ORDER if s in sites]
     bound = m.bind(model)
     check_cancel(cancel)
     with model.lock, job_status(model, progress, cancel):
-        fast = fast_attribution.attribution(model, c, k, ordered, bound)  # local models: no graph for clean
-        if fast is not None:
-            full, baselines = fast
-            products = {
-                key: pattern_sums(p)
-                if site_record(key[0]).pattern
-                else site_sums(p, model.site_ref(*key).layout, model.n_heads)
-                for key, p in full.items()
-            }
-        else:
-            products, baselines = _trace(model, torch.cat([c, k]), ordered, bound)
+        products, baselines = _products(model, c, k, ordered, bound)
     if progress is not None:
         progress(1.0, "attribution done")
     results: dict[str, SweepResult] = {}
     tokens = model.str_tokens(k)
     for s in sites:
-        per_layer = []
-        for layer in range(1 if site_record(s).embed_only else model.n_layers):
-            prod = products[(s, layer)].float()  # [T] or [T, n_heads] (padded)
-            rec = site_record(s)
-            if rec.per_head:
-                per_head = prod[:, : model.n_kv_heads if rec.heads == "kv" else model.n_heads]  # [T, H]
-                per_layer.append(per_head if by_position else per_head.sum(0))
-            else:
-                per_layer.append(prod)
-        values = torch.stack(per_layer)
+        values = _grid(model, products, s, by_position)
         options = dict(
             op="attribution_patch",
             clean=clean,
@@ -179,3 +220,78 @@ def attribution_patch(
             _code=lambda options=options: codegen.attribution_code(model, m, options),
         )
     return results[sites[0]] if isinstance(site, str) else results
+
+
+def _columns(grid: torch.Tensor, s: str, by_position: bool, columns: list[list[int]]) -> torch.Tensor:
+    """An example's estimates over the dataset's columns: a column's value is the SUM of its positions'
+    estimates (the first-order estimate of patching them jointly). [L, H] grids have no positions."""
+    if site_record(s).per_head and not by_position:
+        return grid
+    return torch.stack([grid[:, col].sum(1) for col in columns], dim=1)  # [L, C] or [L, C, H]
+
+
+def _attribution_dataset(
+    model: Model,
+    ds: Dataset,
+    m: Metric,
+    site: str | Sequence[str],
+    by_position: object,
+    align: str,
+    batched: bool | None,
+    progress: Progress,
+    cancel: threading.Event | None,
+) -> DatasetSweepResult | dict[str, DatasetSweepResult]:
+    sites, ordered = _check_sites(model, site)
+    by_position = as_bool(by_position, "by_position")
+    if batched is not None:
+        batched = as_bool(batched, "batched")
+    runner = Runner(model, ds, m, align, corrupt=True, progress=progress, cancel=cancel)
+    n = len(ds)
+    with model.lock, job_status(model, progress, cancel):
+        if batched is not False and fast_attribution.applies(model, ordered):
+            outs = _padded(model, runner, ordered, progress, cancel)
+        else:
+            if batched:
+                raise WorkbenchError(
+                    "batched=True needs the local attribution path (a local CPU model without hooks, a family "
+                    "the fast engine covers); leave batched= unset to run one example at a time."
+                )
+            outs = runner.each(lambda i, _p: _products(model, *runner.ids(i), ordered, runner.bound[i]))
+    results: dict[str, DatasetSweepResult] = {}
+    for s in sites:
+        rows, shapes = [], []
+        for i, (products, baselines) in enumerate(outs):
+            grid = _columns(_grid(model, products, s, by_position), s, by_position, runner.al.positions[i])
+            corrupt_m = float(baselines[1])
+            rows.append(BatchOutput(grid + corrupt_m, float(baselines[0]), corrupt_m, None, None))
+            shapes.append(tuple(grid.shape))
+        options = dict(op="attribution_patch", dataset=n, metric=m.name, site=s, by_position=by_position)
+        results[s] = runner.sweep_result(
+            rows,
+            shapes,
+            axes=sweep_axes(s, by_position),
+            options=options,
+            code=lambda options=options: codegen.dataset_attribution_code(model, m, options, ds, runner.al),
+        )
+    return results[sites[0]] if isinstance(site, str) else results
+
+
+def _padded(
+    model: Model, runner: Runner, ordered: list[str], progress: Progress, cancel: threading.Event | None
+) -> list[tuple[dict[tuple[str, int], torch.Tensor], torch.Tensor]]:
+    """Every example's products and baselines, many examples per left-padded forward and backward."""
+    n = len(runner.ds)
+    width = max(runner.al.clean_ids[i].shape[1] for i in range(n))
+    # a backward keeps every layer's activations: a quarter of the lens/prediction batch
+    size = max(1, batch_size_for(model, width) // 4)
+    outs: list = []
+    for start in range(0, n, size):
+        check_cancel(cancel)
+        part = range(start, min(n, start + size))
+        examples = [(*runner.ids(i), runner.bound[i]) for i in part]
+        got = fast_attribution.attribution_padded(model, examples, ordered)
+        assert got is not None  # `applies` was checked
+        outs += [(_summed(model, full), baselines) for full, baselines in got]
+        if progress is not None:
+            progress(len(outs) / n, f"{len(outs)}/{n} examples")
+    return outs

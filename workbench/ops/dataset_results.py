@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .results import SweepResult, Value, _num, _picklable
+from .results import Figured, SweepResult, Value, _code_of, _num, _picklable
 
 
 def sem(per_example: np.ndarray) -> np.ndarray:
@@ -183,3 +183,83 @@ class DatasetValue(Value):
         if np.isfinite(self.normalized):
             text += f", normalized={self.normalized:.3g}"
         return text + f" | {o.get('op', '')}, metric {o.get('metric', '?')})"
+
+
+@dataclass(repr=False)
+class DatasetLensResult(Figured):
+    """The logit lens over a Dataset: a metric of each layer's decoded residual at every column, averaged.
+
+    `.values` [L, C] the mean over examples of the metric read through the lens (default: each example's
+    target probability) at layer l and column c (a column spanning several positions averages them),
+    `.per_example` [N, L, C], `.sem` [L, C], `.examples` each example's tokens, `.columns` the column labels,
+    `.lens(i)` example i's own single-pair LensResult (computed on request)."""
+
+    _figure_name = "dataset_lens"
+
+    values: np.ndarray  # float32 [L, C]
+    per_example: np.ndarray  # float32 [N, L, C]
+    examples: list[list[str]]
+    columns: list[str]
+    options: dict[str, Any]
+    dataset: Any = None
+    _code: Callable[[], str] | str = field(default="", repr=False)
+    _lens: Callable[[int], Any] | None = field(default=None, repr=False)
+    _lenses: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def sem(self) -> np.ndarray:
+        return sem(self.per_example)
+
+    @property
+    def n_examples(self) -> int:
+        return int(self.per_example.shape[0])
+
+    @property
+    def layers(self) -> list[str]:
+        return [str(i) for i in range(self.values.shape[0])]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.values.shape)
+
+    def lens(self, i: int) -> Any:
+        """Example i's single-pair lens (`wb.logit_lens(model, ds[i].clean, ...)`), computed on first request."""
+        from ..errors import WorkbenchError
+        from ..validate import as_int
+
+        i = as_int(i, "example", lo=-self.n_examples, hi=self.n_examples - 1) % self.n_examples
+        if i not in self._lenses:
+            if self._lens is None:
+                raise WorkbenchError(
+                    "This DatasetLensResult was unpickled without its model, so it cannot compute an example's "
+                    "lens: recompute with wb.logit_lens(model, dataset[i].clean)."
+                )
+            self._lenses[i] = self._lens(i)
+        return self._lenses[i]
+
+    def to_code(self) -> str:
+        return _code_of(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = _picklable(self.__dict__, self)
+        state["_lens"] = None
+        return state
+
+    def __repr__(self) -> str:
+        o = self.options
+        n_layers, n_cols = self.values.shape
+        head = (
+            f"DatasetLensResult logit_lens [{n_layers} layers x {n_cols} columns] over {self.n_examples} examples "
+            f"(align={o.get('align', 'exact')!r}), metric {o.get('metric', '?')}"
+        )
+        lines = [head, "  .values mean, .sem, .per_example [N, L, C], .lens(i) one example's LensResult"]
+        if self.values.size:
+            err = self.sem
+            last = self.values[:, -1]
+            best = int(np.nanargmax(last)) if np.isfinite(last).any() else 0
+            pm = f" ± {err[best, -1]:.2g}" if np.isfinite(err[best, -1]) else ""
+            lines.append(
+                f"  column {self.columns[-1]!r}: output {_num(last[-1])}; highest at layer {best} "
+                f"({_num(last[best])}{pm})"
+            )
+        return "\n".join(lines)

@@ -6,21 +6,28 @@ import dataclasses
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from .. import codegen
-from ..engine import fast_lens
+from ..data.dataset import Dataset
+from ..data.predict import batch_size_for
+from ..engine import fast_lens, padded_lens
 from ..engine.batching import Progress, check_cancel
 from ..engine.edits import Edit, checked_edits
 from ..engine.kernels import apply_edits, decode, edit_pattern, read, slot
+from ..engine.padding import left_pad, pad_id
 from ..engine.traced import eager_function, plan
 from ..errors import SiteError, TokenizationError, WorkbenchError
 from ..model import Model
 from ..remote import job_status
 from ..validate import as_int, as_list
+from .dataset_results import DatasetLensResult
 from .intervention import edit_source, edits_options
+from .metrics import as_metric, prob
+from .over_dataset import Runner
 from .patching import check_cell, check_top_k, moved_source, pair_tokens
 from .results import LensResult
 
@@ -175,16 +182,18 @@ def _lens_trace(
 
 def logit_lens(
     model: Model,
-    prompt: str,
+    prompt: str | Dataset,
     *,
     top_k: int = 5,
     tokens: Sequence[str | int] | None = None,
     intervention: Intervention | None = None,
     edits: Sequence[Edit] | Edit | None = None,
     source: str | None = None,
+    metric: Any = None,
+    align: str = "exact",
     progress: Progress = None,
     cancel: threading.Event | None = None,
-) -> LensResult:
+) -> LensResult | DatasetLensResult:
     """Top-k, entropy and KL-to-final of every layer's resid_post decoded by the final norm + unembedding.
 
     Row l is resid_post[l]; the last row is the model's own output. `tokens` (a token, or a list of tokens
@@ -192,8 +201,25 @@ def logit_lens(
     computed on first request. `intervention` (a `wb.Intervention`) edits the run that is decoded; or
     `edits=[wb.Edit(cell, value), ...]` (with `source=` the prompt "source" edits copy from) decodes the run
     `wb.intervene(model, prompt, edits=..., source=...)` makes: every edit applied jointly.
+
+    Over a `wb.Dataset` (in place of the prompt): a DatasetLensResult, `.values` [L, C] the mean over
+    examples of `metric` (default `wb.prob()`: each example's target probability; a metric takes the lens
+    logits [B, V]) read through the lens at every layer and column of `align=` (a column of several positions
+    averages them), with `.per_example`, `.sem` and `.lens(i)`. Many examples per forward (left-padded).
     """
     top_k = check_top_k(model, top_k, lo=1)
+    if isinstance(prompt, Dataset):
+        if intervention is not None or edits is not None or source is not None:
+            raise WorkbenchError(
+                "wb.logit_lens over a Dataset decodes each example's clean run as is: intervention= / edits= / "
+                "source= apply to one prompt (wb.logit_lens(model, ds[i].clean, intervention=...))."
+            )
+        return _lens_dataset(model, prompt, metric, align, top_k, _pinned(tokens), progress, cancel)
+    if metric is not None:
+        raise WorkbenchError(
+            "metric= applies to wb.logit_lens over a wb.Dataset; for one prompt, follow tokens with "
+            "tokens=[' Paris'] and read result.prob(' Paris')."
+        )
     check_cancel(cancel)
     joint, edits = edits, []
     checked: list[Edit] = []
@@ -287,4 +313,90 @@ def logit_lens(
         _token_id=model.token_id,
         _names={t: i for t, i in zip(tokens, token_ids, strict=True) if isinstance(t, str)},
         _code=lambda: codegen.lens_code(model, options, checked),
+    )
+
+
+def _lens_dataset(
+    model: Model,
+    ds: Dataset,
+    metric: Any,
+    align: str,
+    top_k: int,
+    tokens: list[str | int],
+    progress: Progress,
+    cancel: threading.Event | None,
+) -> DatasetLensResult:
+    """The metric through the lens at every layer and column of every example, in left-padded batches."""
+    if metric is None:
+        if ds[0].target is None:
+            raise WorkbenchError(
+                "wb.logit_lens over a Dataset reads each example's target probability by default "
+                "(metric=wb.prob()), but this dataset has no targets: give the Dataset target=[...] (or "
+                "target='{A}' in Dataset.from_template), or pass metric=wb.prob(' Paris') or any "
+                "callable(logits [B, V]) -> [B]."
+            )
+        m = prob()
+    else:
+        m = as_metric(metric)
+    runner = Runner(model, ds, m, align, corrupt=False, progress=progress, cancel=cancel)
+    al = runner.al
+    n = len(ds)
+    # each example's positions read: the union of its columns' positions
+    picks = [sorted({p for col in al.positions[i] for p in col}) for i in range(n)]
+    per_row = [bool(getattr(x, "needs_clean", False)) for x in runner.metrics]
+    width = max(ids.shape[1] for ids in al.clean_ids)
+    fast = fast_lens.enabled(model)
+    size = n if model.remote else batch_size_for(model, width)
+    per_example: list[np.ndarray] = []
+    check_cancel(cancel)
+    with model.lock, job_status(model, progress, cancel):
+        for start in range(0, n, size):
+            check_cancel(cancel)
+            part = list(range(start, min(n, start + size)))
+            batch = left_pad([al.clean_ids[i] for i in part], pad_id(model.tokenizer))
+            rows, cols, segments, at = [], [], [], 0
+            for b, i in enumerate(part):
+                rows += [b] * len(picks[i])
+                cols += [batch.pad[b] + p for p in picks[i]]
+                segments.append((at, at + len(picks[i])))
+                at += len(picks[i])
+            args = (
+                batch,
+                torch.tensor(rows, dtype=torch.long),
+                torch.tensor(cols, dtype=torch.long),
+                segments,
+                [runner.bound[i] for i in part],
+                [per_row[i] for i in part],
+            )
+            values = (padded_lens.local if fast else padded_lens.traced)(model, *args).float()  # [L, R]
+            for (a, _), i in zip(segments, part, strict=True):
+                where = {p: a + j for j, p in enumerate(picks[i])}
+                per_example.append(
+                    torch.stack(
+                        [values[:, [where[p] for p in col]].mean(1) for col in al.positions[i]], dim=1
+                    ).numpy()
+                )
+            if progress is not None:
+                progress(len(per_example) / n, f"{len(per_example)}/{n} examples")
+    per = np.stack(per_example).astype(np.float32)  # [N, L, C]
+    options = dict(op="logit_lens", dataset=n, metric=m.name, align=al.align, top_k=top_k, n_examples=n)
+    if tokens:
+        options["tokens"] = tokens
+
+    def one(i: int) -> LensResult:
+        follow = list(tokens)
+        target = ds[i].target
+        if target is not None and target not in follow:
+            follow.append(target)
+        return logit_lens(model, ds[i].clean, top_k=top_k, tokens=follow)
+
+    return DatasetLensResult(
+        values=per.mean(0).astype(np.float32),
+        per_example=per,
+        examples=al.tokens,
+        columns=list(al.columns),
+        options=options,
+        dataset=ds,
+        _code=lambda: codegen.dataset_lens_code(model, m, options, ds, al),
+        _lens=one,
     )
