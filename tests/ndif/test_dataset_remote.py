@@ -94,3 +94,14 @@ def test_filter_correct_on_a_remote_model_is_one_request(models, requests) -> No
     kept = ds.filter_correct(remote)
     assert len(requests) == 2
     assert [e.clean for e in kept] == [e.clean for e in ds.filter_correct(local)]
+
+
+def test_dataset_logit_lens_matches_local_in_one_request(models, requests) -> None:  # noqa: F811
+    remote, local = models
+    ds = _dataset()
+    before = len(requests)
+    lens = wb.logit_lens(remote, ds, align="right")  # each example's target probability, padded batch
+    assert len(requests) == before + 1  # every example in one request
+    want = wb.logit_lens(local, ds, align="right")
+    diff = float(np.abs(lens.per_example - want.per_example).max())
+    assert diff <= TOL, f"dataset lens: max abs diff {diff:.3g}"
