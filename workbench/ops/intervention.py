@@ -154,16 +154,12 @@ def _intervene_dataset(
     runner = Runner(model, ds, m, align, corrupt=copies, progress=progress, cancel=cancel)
     per_edits = [example_edits(model, runner.al, i, edits) for i in range(len(ds))]
 
-    def one(i: int, prog: Progress) -> Value:
+    def job(i: int) -> tuple[Any, Any, list[list[Edit]]]:
         ids = runner.al.clean_ids[i]
-        src = runner.al.corrupt_ids[i] if copies else ids
-        out = run_rows(
-            model, src, ids, [per_edits[i]], runner.bound[i], top_k=top_k, progress=prog, cancel=cancel
-        )
-        return run_value(model, out, {}, lambda: "")
+        return (runner.al.corrupt_ids[i] if copies else ids), ids, [per_edits[i]]
 
-    with model.lock, job_status(model, progress, cancel):
-        values = runner.each(one)
+    with model.lock, job_status(model, progress, cancel):  # remote: every example in one request
+        values = [run_value(model, out, {}, lambda: "") for out in runner.run(job, top_k=top_k)]
     options = dict(
         op="intervene",
         dataset=len(ds),
