@@ -1,5 +1,6 @@
 """Workbench: look inside language models from a notebook, and act on what you see."""
 
+from .data import Dataset  # noqa: E402
 from .errors import (
     CancelledError,
     ExportError,
@@ -43,7 +44,7 @@ from .ops import (
     steering_vector,
 )
 from .result_cache import ResultCache, cache
-from .widgets import AttentionView, LensView, PatchView, Workbench  # noqa: E402
+from .widgets import AttentionView, DatasetView, LensView, PatchView, Workbench  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,8 @@ __all__ = [
     "Cell",
     "Edit",
     "AttentionView",
+    "Dataset",
+    "DatasetView",
     "LensView",
     "PatchView",
     "Workbench",
