@@ -712,7 +712,9 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
       colTitle: mode === "path" ? "sender head" : g.colTitle,
       legend: { lo: -absMax, hi: absMax, label: unit, nanText: noPath ? "no path (sender at or above the receiver)" : undefined },
       tooltip: (r, c) => [
-        `layer ${r}, ${perHead ? g.colTitle : "position"} ${perHead ? g.colLabels[c] : c}${perHead ? "" : ` (${g.colLabels[c] ?? ""})`}`,
+        this.overDataset() && !perHead
+          ? `layer ${r}, ${g.colTitle} ${g.colLabels[c] ?? c}`
+          : `layer ${r}, ${perHead ? g.colTitle : "position"} ${perHead ? g.colLabels[c] : c}${perHead ? "" : ` (${g.colLabels[c] ?? ""})`}`,
         Number.isFinite(values[r * g.cols + c])
           ? `effect ${fmt(values[r * g.cols + c])}`
           : swept && mode === "path"
