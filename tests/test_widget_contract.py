@@ -10,15 +10,16 @@ from pathlib import Path
 import anywidget
 import pytest
 
+import workbench as wb
 import workbench.testing
-from workbench.widgets import AttentionView, LensView, PatchView, WorkbenchWidget
+from workbench.widgets import AttentionView, DatasetView, LensView, PatchView, WorkbenchWidget
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "js" / "src"
 WIDGETS = ROOT / "workbench" / "widgets"
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
-VIEWS = {"Lens": LensView, "Patch": PatchView, "Attention": AttentionView}
+VIEWS = {"Lens": LensView, "Patch": PatchView, "Attention": AttentionView, "Dataset": DatasetView}
 
 
 def _interfaces() -> dict[str, set[str]]:
@@ -76,6 +77,7 @@ def views():
         "lens": LensView(model, CLEAN),
         "patch": PatchView(model, CLEAN, CORRUPT, target=" Mary", foil=" John"),
         "attention": AttentionView(model, CLEAN),
+        "dataset": DatasetView(wb.Dataset([CLEAN, CORRUPT], target=" Mary"), model),
     }
     for v in out.values():
         v.wait()

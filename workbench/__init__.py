@@ -45,7 +45,7 @@ from .ops import (
 )
 from .ops.dataset_results import DatasetLensResult, DatasetSweepResult, DatasetValue
 from .result_cache import ResultCache, cache
-from .widgets import AttentionView, LensView, PatchView, Workbench  # noqa: E402
+from .widgets import AttentionView, DatasetView, LensView, PatchView, Workbench  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -55,12 +55,13 @@ __all__ = [
     "Cell",
     "Edit",
     "AttentionView",
+    "Dataset",
+    "DatasetView",
     "LensView",
     "PatchView",
     "Workbench",
     "AttentionResult",
     "CancelledError",
-    "Dataset",
     "DatasetSweepResult",
     "DatasetValue",
     "Example",

@@ -1,10 +1,11 @@
 // anywidget entry point: one shared ES module for every Workbench view.
 import { AttentionView } from "./attention";
+import { DatasetView } from "./dataset";
 import { LensView } from "./lens";
 import type { AnyModel } from "./model";
 import { PatchView } from "./patch";
 import { injectStyles } from "./style";
-import type { AttentionTraits, BaseTraits, LensTraits, PatchTraits } from "./traits";
+import type { AttentionTraits, BaseTraits, DatasetTraits, LensTraits, PatchTraits } from "./traits";
 
 export { StaticModel } from "./model";
 
@@ -14,6 +15,7 @@ const VIEWS: Record<string, (m: AnyModel, el: HTMLElement) => { destroy(): void;
   lens: (m, el) => new LensView(m as unknown as AnyModel<LensTraits>, el),
   patch: (m, el) => new PatchView(m as unknown as AnyModel<PatchTraits>, el),
   attention: (m, el) => new AttentionView(m as unknown as AnyModel<AttentionTraits>, el),
+  dataset: (m, el) => new DatasetView(m as unknown as AnyModel<DatasetTraits>, el),
 };
 
 // Not exported by name: anywidget >= 0.9 reads `default` ({ initialize?, render }) and warns

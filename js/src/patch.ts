@@ -1,6 +1,7 @@
 // PatchView: clean/corrupt token strips, site picker, sweep heatmap, click/drag to patch or ablate, a set of cells
 // applied jointly (shift-click), and path patching (pick receivers, sweep the senders).
 import { finiteRange, maybeUnpack } from "./arrays";
+import { cellColumn, type Distribution, distributionFigure, distributionPanel, exampleText, type FilterRow, filterRow, meanSem, shown, unitsOf } from "./dataset";
 import { diverging, sequential } from "./colors";
 import { button, clear, debounce, fmt, h, select } from "./dom";
 import { type Figure, textFigure } from "./export";
@@ -146,6 +147,16 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
   private receiverSel: HTMLSelectElement;
   private receiverField: HTMLElement;
   private siteKey = "";
+  private pairRow: HTMLElement;
+  private dsBox: HTMLElement;
+  private dsSummary: HTMLElement;
+  private alignSel: HTMLSelectElement;
+  private filter: FilterRow;
+  private exampleBar: HTMLElement;
+  private distBox: HTMLElement;
+  private listBox: HTMLElement;
+  /** The swept cell whose distribution is shown (over a dataset). */
+  private drill: [number, number] | null = null;
 
   constructor(model: AnyModel<PatchTraits>, el: HTMLElement) {
     super(model, el, "Activation patching");
@@ -210,10 +221,39 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
       h("label", { class: "wb-field" }, h("span", {}, "receivers"), this.receiverSel),
       button("Logits", () => this.setTrait("receivers", "logits"), { "data-testid": "wb-receivers-logits", title: "Receive at the logits (the final residual stream)" }),
     );
+    this.alignSel = select(
+      [
+        ["exact", "exact (same length)"],
+        ["right", "right (from the end)"],
+        ["roles", "roles (template fields)"],
+      ],
+      String(m.get("align") ?? "exact"),
+      (v) => this.setTrait("align", v),
+      { "data-testid": "wb-align", title: "How the examples' positions line up into the map's columns" },
+    );
+    this.filter = filterRow(
+      (v) => {
+        if (String(this.model.get("filter_text") ?? "") !== v) this.setTrait("filter_text", v);
+      },
+      (v) => this.setTrait("correct_only", v),
+    );
+    this.dsSummary = h("span", { class: "wb-subtitle", "data-testid": "wb-ds-summary" });
+    this.dsBox = h(
+      "div",
+      { class: "wb-dsbox", "data-testid": "wb-ds-controls", hidden: true },
+      h("div", { class: "wb-row" }, this.dsSummary, h("label", { class: "wb-field" }, h("span", {}, "align"), this.alignSel)),
+      this.filter.el,
+    );
+    this.exampleBar = h("div", { class: "wb-row wb-example-bar", "data-testid": "wb-example-bar", hidden: true });
+    this.distBox = h("div", { class: "wb-distbox", "data-testid": "wb-distbox" });
+    this.listBox = h("div", { class: "wb-ds-list", "data-testid": "wb-ds-list" });
     this.words = h("div", { class: "wb-words", "data-testid": "wb-words" });
     this.warnings = h("div", { class: "wb-warn", "data-testid": "wb-warning", role: "status", hidden: true });
+    this.pairRow = h("div", { class: "wb-row" }, this.fields.clean.label, this.fields.corrupt.label);
     this.controls.append(
-      h("div", { class: "wb-row" }, this.fields.clean.label, this.fields.corrupt.label),
+      this.exampleBar,
+      this.dsBox,
+      this.pairRow,
       h(
         "div",
         { class: "wb-row" },
@@ -228,8 +268,35 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
       this.words,
       this.warnings,
     );
-    this.body.append(this.controls, this.strips, this.caption, h("div", { class: "wb-panes" }, h("div", { class: "wb-pane" }, this.heatmap.el, this.setBox, this.sourceBox), this.resultBox));
-    const all = ["clean", "corrupt", "target", "foil", "site", "sites", "mode", "method", "tokens_clean", "tokens_corrupt", "inputs", "n_layers", "n_heads", "n_kv_heads", "receiver_site"] as const;
+    this.body.append(
+      this.controls,
+      this.strips,
+      this.caption,
+      h("div", { class: "wb-panes" }, h("div", { class: "wb-pane" }, this.heatmap.el, this.setBox, this.sourceBox), h("div", { class: "wb-pane" }, this.resultBox, this.distBox)),
+      this.listBox,
+    );
+    const all = [
+      "clean",
+      "corrupt",
+      "target",
+      "foil",
+      "site",
+      "sites",
+      "mode",
+      "method",
+      "tokens_clean",
+      "tokens_corrupt",
+      "inputs",
+      "n_layers",
+      "n_heads",
+      "n_kv_heads",
+      "receiver_site",
+      "dataset",
+      "align",
+      "filter_text",
+      "correct_only",
+      "example",
+    ] as const;
     for (const t of all) this.listen(t, () => this.renderAll());
     this.listen("sweep", () => this.renderHeatmap());
     this.listen("clean_lens", () => this.renderHeatmap());
@@ -243,6 +310,11 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
   private mode(): PatchMode {
     const mode = this.model.get("mode");
     return mode === "ablate" || mode === "path" ? mode : "patch";
+  }
+
+  /** Whether the view shows a dataset's mean map (not one pair, nor one of its examples). */
+  overDataset(): boolean {
+    return Number(this.model.get("dataset")?.n ?? 0) > 0 && Number(this.model.get("example") ?? -1) < 0;
   }
 
   private sites(): SiteInfo[] {
@@ -268,6 +340,7 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
 
   /** The metric as the kernel scores it (target and foil shown as tokens, with their spaces). */
   private metricName(): string {
+    if (this.overDataset()) return "each example's logit_diff(target, foil)";
     return `logit_diff(${visibleToken(String(this.model.get("target") ?? ""))}, ${visibleToken(String(this.model.get("foil") ?? ""))})`;
   }
 
@@ -281,7 +354,8 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
     const site = String(this.model.get("site"));
     const clean = String(this.model.get("clean"));
     const corrupt = String(this.model.get("corrupt"));
-    const prompts = mode === "ablate" ? `prompt "${clean}"` : `clean "${clean}" → corrupt "${corrupt}"`;
+    const n = Number(this.model.get("dataset")?.shown?.length ?? 0);
+    const prompts = this.overDataset() ? `mean over ${n} examples (align ${String(this.model.get("align"))})` : mode === "ablate" ? `prompt "${clean}"` : `clean "${clean}" → corrupt "${corrupt}"`;
     const what =
       mode === "path"
         ? `Path patching · senders: heads → receivers: ${this.receiversText()}`
@@ -311,6 +385,8 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
       figs.push(textFigure(String(res.label ?? ""), [`metric ${fmt(res.value ?? NaN)} (clean ${fmt(res.clean ?? NaN)}, corrupt/unablated ${fmt(res.corrupt ?? NaN)})`, `prediction: ${pred}`]));
       if (decodeLens(res.lens)) figs.push(this.lens.figure("Logit lens of the patched run (shaded: causal cone of the patch)"));
     }
+    const d = this.distribution();
+    if (d) figs.push(distributionFigure(d, this.model.get("dataset")?.examples ?? [], document.body.getAttribute("data-jp-theme-light") === "false"));
     return figs;
   }
 
@@ -327,6 +403,13 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
       this.setTrait("receivers", toggleReceiver(this.receivers(), receiverCell(this.sites(), site, r, c, Number(this.model.get("n_heads") ?? 0), Number(this.model.get("n_kv_heads") ?? 0))));
       return;
     }
+    if (this.overDataset() && this.sweptPerExample()) {
+      // the sweep holds every example's map: the distribution at this cell needs no kernel call
+      this.drill = [r, c];
+      this.renderDistribution();
+      return;
+    }
+    this.drill = null;
     const [, layer, position, head] = cellOf(this.siteInfo(), r, c);
     const payload: Record<string, unknown> = { layer, position, head, cell: [r, c] };
     if (from) {
@@ -370,11 +453,103 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
     this.receiverField.hidden = mode !== "path";
     this.receiverSel.value = String(m.get("receiver_site") ?? "head");
     this.renderWords();
+    const over = this.overDataset();
+    this.renderDataset();
+    this.pairRow.hidden = over;
+    this.fields.target.label.hidden = over;
+    this.fields.foil.label.hidden = over;
     clear(this.strips);
-    this.strips.append(tokenStrip(m.get("tokens_clean") ?? [], { label: "clean:", testid: "wb-tokens-clean" }));
-    if (mode !== "ablate") this.strips.append(tokenStrip(m.get("tokens_corrupt") ?? [], { label: "corrupt:", testid: "wb-tokens-corrupt" }));
+    if (!over) {
+      this.strips.append(tokenStrip(m.get("tokens_clean") ?? [], { label: "clean:", testid: "wb-tokens-clean" }));
+      if (mode !== "ablate") this.strips.append(tokenStrip(m.get("tokens_corrupt") ?? [], { label: "corrupt:", testid: "wb-tokens-corrupt" }));
+    }
     this.renderHeatmap();
     this.renderResult();
+  }
+
+  /** The dataset's controls (align, filter), the bar of an opened example, and the list of kept examples. */
+  private renderDataset(): void {
+    const d = this.model.get("dataset");
+    const n = Number(d?.n ?? 0);
+    const ex = Number(this.model.get("example") ?? -1);
+    const over = this.overDataset();
+    this.dsBox.hidden = !over;
+    this.exampleBar.hidden = !(n > 0 && ex >= 0);
+    clear(this.exampleBar);
+    clear(this.listBox);
+    if (!n || !d) return;
+    const shownIds = d.shown ?? [];
+    if (ex >= 0) {
+      this.exampleBar.append(
+        button(`← back to the dataset (${shownIds.length} examples)`, () => this.setTrait("example", -1), { "data-testid": "wb-back", class: "wb-btn wb-primary" }),
+        h("span", { class: "wb-subtitle", "data-testid": "wb-example-title", "data-example": ex }, `Example #${ex} of ${n}`),
+      );
+      return;
+    }
+    this.dsSummary.textContent = `Dataset${d.name ? ` ${d.name}` : ""}: mean over ${shownIds.length} of ${n} examples`;
+    for (const o of Array.from(this.alignSel.options)) {
+      const why = d.aligns?.[o.value] ?? "";
+      o.disabled = Boolean(why);
+      o.title = why;
+    }
+    this.alignSel.value = String(this.model.get("align") ?? "exact");
+    this.filter.sync(String(this.model.get("filter_text") ?? ""), Boolean(this.model.get("correct_only")), shownIds.length, n);
+    const list = h("ol", { class: "wb-ex-list", "data-testid": "wb-ds-examples" });
+    const preds = d.predictions;
+    const correct = maybeUnpack(preds?.correct);
+    for (const i of shownIds.slice(0, 200)) {
+      const li = h(
+        "li",
+        { class: "wb-ex", "data-testid": "wb-ds-example", "data-example": i, tabindex: 0, title: "open this example as a single pair" },
+        h("span", { class: "wb-ex-val" }, `#${i}${correct ? (correct.data[i] ? " ✓" : " ✗") : ""}`),
+        h("span", { class: "wb-ex-text" }, exampleText(d.examples?.[i])),
+      );
+      li.addEventListener("click", () => this.setTrait("example", i));
+      li.addEventListener("keydown", (ev) => {
+        if (ev.key === "Enter") this.setTrait("example", i);
+      });
+      list.append(li);
+    }
+    this.listBox.append(h("div", { class: "wb-subtitle" }, `Examples (${shownIds.length} kept${shownIds.length > 200 ? ", first 200 listed" : ""}) — click one to open it as a single pair`), list);
+  }
+
+  /** The sweep shown holds every example's map (a dataset sweep of the current settings). */
+  private sweptPerExample(): boolean {
+    const sw = this.model.get("sweep") ?? {};
+    return Boolean(sw.per_example) && sw.site === this.model.get("site") && sw.mode === this.mode();
+  }
+
+  /** The per-example values behind the drilled cell (from the sweep), or behind the last click (from the result). */
+  private distribution(): Distribution | null {
+    if (!this.overDataset()) return null;
+    const sw = this.model.get("sweep") ?? {};
+    const g = this.grid();
+    if (this.drill && this.sweptPerExample()) {
+      const per = maybeUnpack(sw.per_example);
+      const ids = maybeUnpack(sw.ids);
+      if (!per || !ids || per.shape[1] !== g.rows || per.shape[2] !== g.cols) return null;
+      const [r, c] = this.drill;
+      const units = unitsOf(this.mode(), sw.clean, sw.corrupt, maybeUnpack(sw.clean_each)?.data ?? null);
+      return { title: `Per-example effects at layer ${r}, ${this.colName(c)}`, values: shown(units, cellColumn(per, r * g.cols + c)), ids: ids.data as Int32Array, units };
+    }
+    const res = this.model.get("result");
+    const per = maybeUnpack(res?.per_example);
+    const ids = maybeUnpack(res?.ids);
+    if (!res || !per || !ids) return null;
+    const units = unitsOf(this.mode(), res.clean, res.corrupt, maybeUnpack(res.clean_each)?.data ?? null);
+    return { title: `Per-example effects: ${String(res.label ?? "")}`, values: shown(units, per.data), ids: ids.data as Int32Array, units };
+  }
+
+  private colName(c: number): string {
+    const g = this.grid();
+    return this.siteInfo().heads ? (g.colLabels[c] ?? String(c)) : `column ${g.colLabels[c] ?? c}`;
+  }
+
+  private renderDistribution(): void {
+    clear(this.distBox);
+    const d = this.distribution();
+    if (!d) return;
+    this.distBox.append(distributionPanel(d, this.model.get("dataset")?.examples ?? [], (id) => this.setTrait("example", id)));
   }
 
   /** Target and foil as the model sees them (␣ = the leading space), and a warning when that may surprise. */
@@ -403,6 +578,10 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
       const kv = info.heads === "kv";
       const H = Number(this.model.get(kv ? "n_kv_heads" : "n_heads") ?? 0);
       return { rows, cols: H, colLabels: Array.from({ length: H }, (_, i) => `${kv ? "KV" : "H"}${i}`), colTitle: kv ? "key-value head" : "head" };
+    }
+    if (this.overDataset()) {
+      const cols = this.model.get("dataset")?.columns ?? [];
+      return { rows, cols: cols.length, colLabels: cols.map(visibleToken), colTitle: String(this.model.get("align")) === "roles" ? "role" : "column" };
     }
     const toks = this.tokens();
     return { rows, cols: toks.length, colLabels: toks.map(visibleToken), colTitle: "position" };
@@ -512,6 +691,12 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
               : `${sw.normalized ? "normalised effect (1 = clean, 0 = corrupt)" : "metric"}; clean ${fmt(clean)}, corrupt ${fmt(corrupt)}. Click a cell to apply that patch.`;
       }
     }
+    if (this.overDataset()) {
+      const n = Number(this.model.get("dataset")?.shown?.length ?? 0);
+      caption = swept
+        ? `Mean over ${n} examples (each scored on its own target and foil): ${caption} Hover a cell for mean ± sem; click it for every example's value.`
+        : `Over ${n} examples: press Sweep for the mean map (hover: mean ± sem; click a cell: every example's value), or click a cell to patch it in every example.`;
+    }
     this.caption.textContent = caption;
     this.heatmap.outlined = this.outlines();
     const noPath = swept && mode === "path" && values.some((v) => Number.isNaN(v));
@@ -527,7 +712,9 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
       colTitle: mode === "path" ? "sender head" : g.colTitle,
       legend: { lo: -absMax, hi: absMax, label: unit, nanText: noPath ? "no path (sender at or above the receiver)" : undefined },
       tooltip: (r, c) => [
-        `layer ${r}, ${perHead ? g.colTitle : "position"} ${perHead ? g.colLabels[c] : c}${perHead ? "" : ` (${g.colLabels[c] ?? ""})`}`,
+        this.overDataset() && !perHead
+          ? `layer ${r}, ${g.colTitle} ${g.colLabels[c] ?? c}`
+          : `layer ${r}, ${perHead ? g.colTitle : "position"} ${perHead ? g.colLabels[c] : c}${perHead ? "" : ` (${g.colLabels[c] ?? ""})`}`,
         Number.isFinite(values[r * g.cols + c])
           ? `effect ${fmt(values[r * g.cols + c])}`
           : swept && mode === "path"
@@ -535,6 +722,7 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
             : mode === "path"
               ? "click: receiver here; Sweep fills the map"
               : "click to run",
+        ...this.spreadLines(r, c, swept),
         mode === "path" ? "shift-click: sender in the set" : "shift-click: add to the set / take out",
       ],
       cellW: 34,
@@ -544,6 +732,20 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
     });
     this.renderSet();
     this.renderSource(g.rows);
+    this.renderDistribution();
+  }
+
+  /** Over a dataset: the cell's mean ± sem over the examples (in the map's units), and what a click does. */
+  private spreadLines(r: number, c: number, swept: boolean): string[] {
+    if (!this.overDataset()) return [];
+    if (!swept || !this.sweptPerExample()) return ["over the dataset: click for the mean and every example's value"];
+    const sw = this.model.get("sweep") ?? {};
+    const per = maybeUnpack(sw.per_example);
+    if (!per) return [];
+    const g = this.grid();
+    const units = unitsOf(this.mode(), sw.clean, sw.corrupt, maybeUnpack(sw.clean_each)?.data ?? null);
+    const st = meanSem(shown(units, cellColumn(per, r * g.cols + c)));
+    return [`mean ± sem: ${fmt(st.mean)} ± ${fmt(st.sem)}, n = ${st.n}`, "click: the distribution over the examples"];
   }
 
   /** The clean run's cells, draggable onto the corrupt run's map (patch across positions or layers); drawn as the
@@ -586,6 +788,7 @@ export class PatchView extends View<PatchTraits, PatchRequest> {
   }
 
   private renderResult(): void {
+    this.renderDistribution();
     clear(this.resultBox);
     const res = this.model.get("result");
     if (!res || res.value === undefined) {

@@ -23,6 +23,7 @@ export const VIEW_REQUESTS = {
   lens: [],
   patch: ["patch", "ablate", "sweep", "apply_set"],
   attention: ["head"],
+  dataset: [],
 } as const;
 
 export type CommonRequest = (typeof VIEW_REQUESTS.common)[number];

@@ -75,6 +75,26 @@ export const CSS = `
 .wb-hv-tok.wb-hl{background:var(--wb-accent);color:var(--jp-ui-inverse-font-color1,#fff)}
 .wb-hv-lines{width:140px}
 .wb-tabs{display:flex;gap:2px;border-bottom:1px solid var(--wb-border);margin-bottom:4px}
+.wb-dsbox{border:1px solid var(--wb-border);border-radius:3px;padding:2px 6px;margin:4px 0;background:var(--wb-bg2)}
+.wb-example-bar{gap:12px}
+.wb-dist{margin-top:8px;max-width:640px}
+.wb-strip-plot{display:block;overflow:visible}
+.wb-dist-axis{stroke:var(--wb-fg);stroke-width:1;opacity:.6}
+.wb-dist-mean{stroke:var(--wb-fg);stroke-width:2}
+.wb-dist-band{fill:var(--jp-warn-color3,rgba(255,170,0,.25));opacity:.6}
+.wb-dist-text{fill:var(--wb-fg);font-size:10px}
+.wb-dist-dot{fill:var(--wb-accent);fill-opacity:.75;stroke:var(--wb-bg);stroke-width:1;cursor:pointer}
+.wb-dist-dot:hover,.wb-dist-dot:focus{fill-opacity:1;stroke:var(--wb-fg);outline:none}
+.wb-ex-head{font-weight:600;margin:6px 0 2px;font-size:12px}
+.wb-ex-list{margin:2px 0;padding-left:0;list-style:none;font-size:12px;max-height:320px;overflow:auto}
+.wb-ex{display:flex;gap:8px;padding:1px 4px;border-radius:3px;cursor:pointer}
+.wb-ex:hover,.wb-ex:focus{background:var(--wb-bg2);outline:1px solid var(--wb-accent)}
+.wb-ex-val{font-family:var(--jp-code-font-family,monospace);white-space:pre;min-width:90px;opacity:.85}
+.wb-ex-text{white-space:pre-wrap;word-break:break-word}
+.wb-ds td{vertical-align:top;white-space:normal}
+.wb-ds-tok{font-family:var(--jp-code-font-family,monospace);white-space:pre}
+.wb-ds-bad{color:var(--wb-err)}
+.wb-ds-tokens .wb-strip{margin:1px 0}
 `;
 
 function addStyle(root: Document | ShadowRoot): void {

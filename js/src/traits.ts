@@ -86,6 +86,14 @@ export interface SweepData {
   mode: PatchMode;
   method: string;
   receivers: Receivers | null;
+  /** Over a dataset: every kept example's grid [n, ...grid] and baselines [n], which examples (indices into
+   *  the dataset, int32 [n]), the alignment and its column labels. */
+  per_example?: Packed;
+  clean_each?: Packed;
+  corrupt_each?: Packed;
+  ids?: Packed;
+  align?: string;
+  columns?: string[];
 }
 
 export interface PatchResult {
@@ -108,6 +116,47 @@ export interface PatchResult {
   /** Why no lens is drawn (path patching, or the lens of a set failed). */
   lens_note?: string;
   compute_ms: number;
+  /** Over a dataset (a click before a sweep): each kept example's value and baselines [n], and which examples. */
+  per_example?: Packed;
+  clean_each?: Packed;
+  corrupt_each?: Packed;
+  ids?: Packed;
+}
+
+/** One example of a dataset as the views show it (text: it goes into the DOM as text). */
+export interface ExampleRow {
+  clean: string;
+  corrupt: string;
+  target: string;
+  foil: string;
+  /** DatasetView: the clean (and corrupt) prompt's tokens. */
+  tokens?: string[];
+  corrupt_tokens?: string[];
+}
+
+/** Each example's clean prediction (workbench/data/predict.py) as binary arrays. */
+export interface PredictionState {
+  top_token: string[];
+  top_prob: Packed;
+  target_prob: Packed;
+  /** int32 [N]: 1 when the top-1 token is the target. */
+  correct: Packed;
+  /** Why there are none (a remote model). */
+  note?: string;
+}
+
+/** PatchView's `dataset` trait: {} for one prompt pair. */
+export interface DatasetState {
+  n: number;
+  name: string;
+  examples: ExampleRow[];
+  /** align -> "" when it works for this dataset, else why not. */
+  aligns: Record<string, string>;
+  columns: string[];
+  /** The examples the filter keeps (indices). */
+  shown: number[];
+  predictions: Maybe<PredictionState>;
+  has_corrupt: boolean;
 }
 
 export interface WordInfo {
@@ -139,6 +188,21 @@ export interface PatchTraits extends BaseTraits {
   result: Maybe<PatchResult>;
   inputs: Record<string, WordInfo>;
   clean_lens: Maybe<PackedLens>;
+  dataset: Maybe<DatasetState>;
+  align: string;
+  filter_text: string;
+  correct_only: boolean;
+  /** The example shown as a single pair, or -1: the dataset. */
+  example: number;
+}
+
+/** DatasetView (widgets/dataset.py). */
+export interface DatasetTraits extends BaseTraits {
+  dataset: Maybe<{ n: number; name: string; examples: ExampleRow[] }>;
+  predictions: Maybe<PredictionState>;
+  filter_text: string;
+  correct_only: boolean;
+  shown: number[];
 }
 
 export interface HeadPattern {

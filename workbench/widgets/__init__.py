@@ -2,8 +2,18 @@
 
 from .attention import AttentionView
 from .base import WorkbenchWidget, pack, unpack
+from .dataset import DatasetView
 from .lens import LensView
 from .patch import PatchView
 from .workbench import Workbench
 
-__all__ = ["AttentionView", "LensView", "PatchView", "Workbench", "WorkbenchWidget", "pack", "unpack"]
+__all__ = [
+    "AttentionView",
+    "DatasetView",
+    "LensView",
+    "PatchView",
+    "Workbench",
+    "WorkbenchWidget",
+    "pack",
+    "unpack",
+]

@@ -8,11 +8,13 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import traitlets
 
 from ..engine.sites import SITE_TABLE, SITES
 from ..engine.sites import site as site_record
 from .base import WorkbenchWidget, _errors, _ops, check_int, finite, message_error, pack, pack_lens, readable
+from .dataset import answer_text, example_rows, is_dataset, matching, offered_aligns, prediction_state
 
 MODES = ("patch", "ablate", "path")
 METHODS = ("zero", "mean", "resample")
@@ -66,6 +68,12 @@ class PatchView(WorkbenchWidget):
     cell of the set jointly, in one run. mode="path": click heads to pick the receivers (or "logits") and Sweep
     fills the senders' map with `wb.path_patch_sweep`; "Apply set" runs `wb.path_patch` with the set as senders.
     The metric is logit_diff(target, foil), or logprob(target) without a foil, or `metric=` any metric.
+
+    `PatchView(model, ds)` with a wb.Dataset: the map is the mean over the examples (each scored on its own
+    target/foil), with mean ± sem in the hover; clicking a swept cell shows the distribution of the per-example
+    effects with the best and worst examples; clicking an example opens its single-pair view (`example=i`; -1 is
+    the dataset). `filter_text` / `correct_only` narrow the examples and the mean recomputes; `align=` picks the
+    columns ("exact", "right", "roles").
     """
 
     _view_kind = traitlets.Unicode("patch").tag(sync=True)
@@ -96,11 +104,19 @@ class PatchView(WorkbenchWidget):
     inputs = traitlets.Dict().tag(sync=True)
     # the clean run's logit lens, drawn in the drag-source grid
     clean_lens = traitlets.Dict().tag(sync=True)
+    # over a dataset ({} for one pair): {"n", "name", "examples": [{clean, corrupt, target, foil}], "aligns":
+    # {align: "" or why not}, "columns": [...], "shown": [indices the filter keeps], "predictions": {...}}
+    dataset = traitlets.Dict().tag(sync=True)
+    align = traitlets.Unicode("exact").tag(sync=True)
+    filter_text = traitlets.Unicode("").tag(sync=True)
+    correct_only = traitlets.Bool(False).tag(sync=True)
+    # the example shown as a single pair, or -1: the dataset
+    example = traitlets.Int(-1).tag(sync=True)
 
     def __init__(
         self,
         model: Any,
-        clean: str,
+        clean: Any,
         corrupt: str = "",
         target: str | None = None,
         foil: str | None = None,
@@ -111,8 +127,39 @@ class PatchView(WorkbenchWidget):
         metric: Any = None,
         cells: list | None = None,
         receivers: str | list = "logits",
+        align: str | None = None,
         **kwargs: Any,
     ):
+        ds = clean if is_dataset(clean) else None
+        if ds is not None:
+            if corrupt:
+                raise _errors().WorkbenchError(
+                    "PatchView got a wb.Dataset and a corrupt prompt: a Dataset carries each example's corrupt "
+                    "prompt; call PatchView(model, ds, ...) without it."
+                )
+            clean, target, foil = "", None, None
+            aligns = offered_aligns(model, ds, corrupt=ds.corrupt is not None)
+            if align is None:  # the first that works: exact, then roles, then right
+                align = next((a for a in ("exact", "roles", "right") if not aligns[a]), "exact")
+            kwargs["dataset"] = {
+                "n": len(ds),
+                "name": ds.name,
+                "examples": example_rows(model, ds),
+                "aligns": aligns,
+                "columns": [],
+                "shown": list(range(len(ds))),
+                "predictions": {},
+                "has_corrupt": ds.corrupt is not None,
+            }
+            if ds.corrupt is None and mode == "patch":
+                mode = "ablate"
+        self._ds = ds
+        self._correct: list[bool] | None = None
+        self._ids: list[int] = list(range(len(ds))) if ds is not None else []
+        self._al: Any = None
+        # dataset sweeps: (sweep key, align) -> (the examples it covers, DatasetSweepResult)
+        self._ds_sweeps: dict[tuple, tuple[tuple[int, ...], Any]] = {}
+        self._ds_wanted: set[tuple] = set()  # keys the user swept: a filter change recomputes them
         super().__init__(
             model,
             clean=clean,
@@ -128,6 +175,7 @@ class PatchView(WorkbenchWidget):
             sites=self._offered_sites(model),
             cells=[self._tuple(c) for c in (cells or [])],
             receivers=receivers if isinstance(receivers, str) else [self._tuple(c) for c in receivers],
+            align=align or "exact",
             **kwargs,
         )
         self._metric = metric
@@ -142,6 +190,9 @@ class PatchView(WorkbenchWidget):
         self.observe(self._prompts_changed, names=["clean", "corrupt"])
         self.observe(self._setup_changed, names=["target", "foil", "site", "mode", "method", "receivers"])
         self.observe(lambda _change: self._validate(), names=["receiver_site"])
+        if ds is not None:
+            self.observe(lambda _change: self._ds_changed(), names=["align", "filter_text", "correct_only"])
+            self.observe(self._open_example, names=["example"])
         self._validate()
         self._compute_clean_lens()
 
@@ -201,6 +252,9 @@ class PatchView(WorkbenchWidget):
 
         Problems show at once in the error box; when the input becomes valid the error goes away.
         """
+        if self.over_dataset:
+            self._validate_dataset()
+            return
         problems: list[str] = []
         kinds: list[str] = []  # which WorkbenchError class each problem is
         tokens: dict[str, list[str]] = {"clean": [], "corrupt": []}
@@ -241,6 +295,15 @@ class PatchView(WorkbenchWidget):
             if self.foil and inputs["foil"]["error"]:
                 problems.append(f"foil: {inputs['foil']['error']}")
                 kinds.append("TokenizationError")
+        self._setting_problems(problems, kinds)
+        with self.hold_trait_notifications():
+            self.tokens_clean = tokens["clean"]
+            self.tokens_corrupt = tokens["corrupt"]
+            self.inputs = inputs
+        self._report(problems, kinds)
+
+    def _setting_problems(self, problems: list[str], kinds: list[str]) -> None:
+        """What is wrong with the site, mode, method and receivers (one pair or a dataset alike)."""
         offered = [s["name"] for s in self.sites]
         if self.site not in offered:
             try:  # the model's own reason (e.g. resid_mid in a block with parallel attention and MLP)
@@ -261,16 +324,215 @@ class PatchView(WorkbenchWidget):
         if self.mode == "path" and not (self.receivers == "logits" or isinstance(self.receivers, list)):
             problems.append(f"receivers={self.receivers!r}: use 'logits' or a list of head cells.")
             kinds.append("WorkbenchError")
+
+    def _report(self, problems: list[str], kinds: list[str]) -> None:
         self._problems = problems
         self._problem_kind = kinds[0] if kinds else "WorkbenchError"
-        with self.hold_trait_notifications():
-            self.tokens_clean = tokens["clean"]
-            self.tokens_corrupt = tokens["corrupt"]
-            self.inputs = inputs
         if problems:
             self._set_error(f"{self._problem_kind}: " + "\n".join(problems))
         elif self.status == "error" or self.error:
             self._clear_error()
+
+    # ---- over a dataset
+    @property
+    def over_dataset(self) -> bool:
+        """Whether the view shows a dataset (not one pair: no dataset, or one of its examples opened)."""
+        return self._ds is not None and self.example < 0
+
+    @property
+    def dataset_examples(self) -> Any:
+        """The wb.Dataset this view was given (None for one pair)."""
+        return self._ds
+
+    def subset(self) -> Any:
+        """The examples the filter keeps, as a Dataset (what the map's mean is over)."""
+        if self._ds is None:
+            raise _errors().WorkbenchError("This PatchView shows one prompt pair, not a wb.Dataset.")
+        if not self._ids:
+            raise _errors().WorkbenchError(self._no_match())
+        return self._ds[list(self._ids)]
+
+    def _no_match(self) -> str:
+        what = [f"text {self.filter_text.strip()!r}"] if self.filter_text.strip() else []
+        if self.correct_only:
+            what.append("correct only")
+        return (
+            f"No example of the {len(self._ds)} matches the filter ({', '.join(what)}): loosen it (clear the "
+            "filter box or untick correct only)."
+        )
+
+    def _validate_dataset(self) -> None:
+        """Over a dataset: the filter keeps some examples, `align` works for them, the mode needs what the
+        dataset has; the site/mode checks are one pair's."""
+        from ..data.align import alignment
+
+        problems: list[str] = []
+        kinds: list[str] = []
+        ds = self._ds
+        if self.mode == "path":
+            problems.append(
+                "Path patching over a dataset is not available yet: open one example (click it in the list) or "
+                "switch mode to patch or ablate."
+            )
+            kinds.append("WorkbenchError")
+        needs_corrupt = self.mode == "patch" or (self.mode == "ablate" and self.method == "resample")
+        if needs_corrupt and ds.corrupt is None:
+            problems.append(
+                f"{'Patching' if self.mode == 'patch' else 'Resample ablation'} needs corrupt prompts and this "
+                "dataset has none: give corrupt=[...] (or a corrupt template) to the Dataset, or use ablate mode."
+            )
+            kinds.append("WorkbenchError")
+        self._setting_problems(problems, kinds)
+        columns: list[str] = []
+        self._al = None
+        if not self._ids:
+            problems.append(self._no_match())
+            kinds.append("WorkbenchError")
+        else:
+            try:
+                self._al = alignment(
+                    self.model, ds[list(self._ids)], self.align, corrupt=ds.corrupt is not None
+                )
+                columns = list(self._al.columns)
+            except Exception as exc:  # noqa: BLE001 - shown in the widget
+                problems.append(str(exc))
+                kinds.append(
+                    type(exc).__name__ if isinstance(exc, _errors().WorkbenchError) else "WorkbenchError"
+                )
+        with self.hold_trait_notifications():
+            self.tokens_clean = []
+            self.tokens_corrupt = []
+            self.inputs = {}
+            self.dataset = {**self.dataset, "columns": columns, "shown": list(self._ids)}
+        self._report(problems, kinds)
+
+    def _ds_changed(self) -> None:
+        """The filter or the alignment changed: new subset, new columns, and the mean over the kept examples (from
+        the sweep already computed when it covers them, else recomputed if the user had swept)."""
+        if self._ds is None:
+            return
+        if self.correct_only and self._correct is None:
+            self._predict()
+            return
+        self._ids = matching(self._ds, self.filter_text, self._correct if self.correct_only else None)
+        if not self.over_dataset:
+            return
+        self._stale()
+        self.selected = []
+        self._validate()
+        self._restore_sweep()
+
+    def _restore_sweep(self) -> None:
+        """Show the dataset sweep of the current settings over the kept examples, if there is one."""
+        key = self._ds_key()
+        cached = self._ds_sweeps.get(key)
+        self.sweep = {}
+        if self._problems:
+            return
+        if cached is not None:
+            sub = self._sub_sweep(cached)
+            if sub is not None:
+                self.last_result = sub
+                self.sweep = self._pack_sweep(sub, self.mode, self.site, self.method, None)
+                return
+        if key in self._ds_wanted:
+            self.request("sweep")
+
+    def _sub_sweep(self, cached: tuple[tuple[int, ...], Any]) -> Any:
+        """The cached sweep's examples that the filter keeps, as a DatasetSweepResult of their own (each
+        example's sweep does not depend on the others), or None when it does not cover them or its columns
+        differ (align="right" over a subset of other lengths)."""
+        from ..ops.dataset_results import DatasetSweepResult
+
+        ids, r = cached
+        if self._al is None or list(r.columns) != list(self._al.columns):
+            return None
+        where = {e: j for j, e in enumerate(ids)}
+        if any(i not in where for i in self._ids):
+            return None
+        if tuple(self._ids) == tuple(ids):
+            return r
+        rows = [where[i] for i in self._ids]
+        per = r.per_example[rows]
+        return DatasetSweepResult(
+            values=per.mean(0).astype(np.float32),
+            clean=np.asarray(r.clean)[rows],
+            corrupt=np.asarray(r.corrupt)[rows],
+            axes=r.axes,
+            tokens=list(r.tokens),
+            options={**r.options, "n_examples": len(rows), "dataset": len(rows)},
+            _code=r._code,
+            per_example=per,
+            examples=[r.examples[j] for j in rows],
+            columns=list(r.columns),
+            dataset=self._ds[list(self._ids)],
+        )
+
+    def _ds_key(self) -> tuple:
+        """A dataset sweep's settings (each example scores its own target and foil)."""
+        return (self.mode, self.site, self.method if self.mode == "ablate" else "", self.align)
+
+    def _predict(self) -> None:
+        """Each example's clean prediction (workbench.data.predict, as ds.filter_correct uses), then refilter."""
+        if getattr(self.model, "remote", False):
+            self._set_error(
+                "WorkbenchError: correct only needs each example's prediction, not computed for remote models."
+            )
+            return
+        ds = self._ds
+
+        def run(progress, cancel):
+            from ..data.predict import predictions
+
+            progress(0.0, f"predicting {len(ds)} examples")
+            return predictions(self.model, ds)
+
+        def done(preds):
+            self._correct = [bool(p.correct) for p in preds]
+            self.dataset = {**self.dataset, "predictions": prediction_state(preds)}
+            self._ds_changed()
+
+        def failed(exc):
+            self.correct_only = False
+            return "correct only is off again."
+
+        self.submit("predictions", "", run, done, slot="predictions", failed=failed)
+
+    def _open_example(self, change: Any) -> None:
+        """Open example i as a single pair (its clean/corrupt prompts, target and foil), or go back (-1)."""
+        i = change["new"]
+        if i >= 0:
+            if i >= len(self._ds):
+                self.example = -1
+                raise _errors().WorkbenchError(
+                    f"Example {i} does not exist: the dataset has {len(self._ds)}."
+                )
+            e = self._ds[i]
+            cached = self._ds_sweeps.get(self._ds_key())
+            with self.hold_trait_notifications():
+                self.clean = e.clean
+                self.corrupt = e.corrupt or ""
+                self.target = answer_text(self.model, e.target)
+                self.foil = answer_text(self.model, e.foil)
+            self._stale()
+            self.selected = []
+            self._validate()
+            if not self.clean_lens:
+                self._compute_clean_lens()
+            self.sweep = self._sweeps.get(self._sweep_key(), {})
+            # the dataset sweep holds this example's own sweep (per_example[i] is the single-pair result): with
+            # align="exact" its columns are the example's positions, so its map is filled at once
+            if cached is not None and self.align == "exact" and i in cached[0]:
+                one = cached[1].example(cached[0].index(i))
+                one.tokens = self.model.to_str_tokens(e.corrupt or e.clean)
+                packed = self._pack_sweep(one, self.mode, self.site, self.method, None)
+                self._sweeps[self._sweep_key()] = packed
+                self.sweep = packed
+        else:
+            self._stale()
+            self.selected = []
+            self._validate()
+            self._restore_sweep()
 
     def _check_ready(self) -> None:
         """Refuse a click or sweep on invalid input, with the same message the inputs show."""
@@ -299,7 +561,10 @@ class PatchView(WorkbenchWidget):
         self._stale()
         self.selected = []
         self._validate()
-        self.sweep = self._sweeps.get(self._sweep_key(), {})
+        if self.over_dataset:
+            self._restore_sweep()
+        else:
+            self.sweep = self._sweeps.get(self._sweep_key(), {})
 
     def _sweep_key(self) -> tuple:
         if self.mode == "path":
@@ -307,7 +572,9 @@ class PatchView(WorkbenchWidget):
         return (self.mode, self.site, self.method if self.mode == "ablate" else "", self.target, self.foil)
 
     def _inputs_key(self) -> tuple:
-        return (self.clean, self.corrupt, *self._sweep_key())
+        if self.over_dataset:
+            return ("dataset", tuple(self._ids), *self._ds_key())
+        return (self.example, self.clean, self.corrupt, *self._sweep_key())
 
     def _compute_clean_lens(self) -> None:
         """The clean run's lens for the drag-source grid (a background job: no progress, no status)."""
@@ -337,6 +604,8 @@ class PatchView(WorkbenchWidget):
         ops = _ops()
         if self._metric is not None:
             return self._metric
+        if self.over_dataset:  # each example's own target and foil
+            return ops.logit_diff() if self._ds.foil is not None else ops.logprob()
         if not self.target:
             from ..errors import WorkbenchError
 
@@ -367,6 +636,8 @@ class PatchView(WorkbenchWidget):
             pos = None
         else:
             toks = self.tokens_clean if self.mode == "ablate" else self.tokens_corrupt
+            if self.over_dataset:
+                toks = self.dataset.get("columns") or []  # a column of the alignment
             if not toks:
                 raise message_error("No tokens to patch: fix the prompts first.")
             pos = check_int(content, "position", 0, len(toks) - 1)
@@ -392,6 +663,13 @@ class PatchView(WorkbenchWidget):
         ops = _ops()
         self._check_ready()
         cell = self._cell(content)
+        if self.over_dataset:
+            if content.get("source_layer") is not None:
+                raise _errors().WorkbenchError(
+                    "A drag (patch from another cell) works on one prompt pair: open an example first."
+                )
+            self._dataset_click("patch", content, cell)
+            return
         extra = {}
         if content.get("source_layer") is not None:
             extra = {
@@ -438,6 +716,9 @@ class PatchView(WorkbenchWidget):
         ops = _ops()
         self._check_ready()
         cell = self._cell(content)
+        if self.over_dataset:
+            self._dataset_click("ablate", content, cell)
+            return
         key = self._inputs_key()
         prompt, ref, site, method, metric = (
             self.clean,
@@ -476,6 +757,41 @@ class PatchView(WorkbenchWidget):
 
         self.submit("ablate", str(content.get("id", "")), run, done, slot="click")
 
+    def _dataset_click(self, mode: str, content: dict, cell: dict) -> None:
+        """A click on the mean map before a sweep: wb.patch / wb.ablate over the kept examples at that cell (a
+        position is a column); the result carries every example's value for the distribution."""
+        ops = _ops()
+        ds, align, site, method, metric = self.subset(), self.align, self.site, self.method, self.metric()
+        ids = list(self._ids)
+        ui_cell = self._ui_cell(content, cell)
+        key = self._inputs_key()
+
+        def run(progress, cancel):
+            go = dict(metric=metric, site=site, **cell, align=align, progress=progress, cancel=cancel)
+            if mode == "ablate":
+                return ops.ablate(self.model, ds, method=method, **go)
+            return ops.patch(self.model, ds, **go)
+
+        def done(value):
+            if key != self._inputs_key():
+                return
+            label = f"{'patch' if mode == 'patch' else method + '-ablate'} {site} {self._where(cell)} over {len(ids)} examples"
+            self._show(label, value, None, site, cell, ui_cell, {})
+            self.result = {
+                **self.result,
+                "top_tokens": [],
+                "top_probs": pack(np.zeros(0, np.float32)),
+                "per_example": pack(np.asarray(value.per_example, np.float32)),
+                "clean_each": pack(np.asarray(value.clean, np.float32)),
+                "corrupt_each": pack(np.asarray(value.corrupt, np.float32)),
+                "ids": pack(np.asarray(ids, np.int32)),
+                "clean": finite(value.clean_mean),
+                "corrupt": finite(value.corrupt_mean),
+                "lens_note": "over a dataset: open an example (click it below) for its prediction and logit lens",
+            }
+
+        self.submit(mode, str(content.get("id", "")), run, done, slot="click")
+
     def _show(
         self,
         label: str,
@@ -498,8 +814,8 @@ class PatchView(WorkbenchWidget):
             "cell": None if ui_cell is None else [int(ui_cell[0]), int(ui_cell[1])],
             "cells": cells if cells is not None else [[site, cell["layer"], cell["position"], cell["head"]]],
             "value": finite(value),
-            "clean": finite(getattr(value, "clean", None)),
-            "corrupt": finite(getattr(value, "corrupt", None)),
+            "clean": finite(getattr(value, "clean_mean", getattr(value, "clean", None))),
+            "corrupt": finite(getattr(value, "corrupt_mean", getattr(value, "corrupt", None))),
             "top_tokens": [str(t) for t in getattr(value, "top_tokens", [])],
             "top_probs": pack(getattr(value, "top_probs", [])),
             "lens": pack_lens(lens) if lens is not None else {},
@@ -511,6 +827,19 @@ class PatchView(WorkbenchWidget):
         self._record(label, value, args=args)
 
     def _args(self) -> dict[str, Any]:
+        if self.over_dataset:
+            args: dict[str, Any] = {
+                "dataset": f"{len(self._ids)}/{len(self._ds)} examples",
+                "align": self.align,
+            }
+            if self.filter_text.strip():
+                args["filter"] = self.filter_text.strip()
+            if self.correct_only:
+                args["correct_only"] = True
+            args.update(site=self.site, mode=self.mode)
+            if self.mode == "ablate":
+                args["method"] = self.method
+            return args
         args = {"clean": self.clean, "corrupt": self.corrupt, "target": self.target, "foil": self.foil}
         args.update(site=self.site, mode=self.mode)
         if self.mode == "ablate":
@@ -563,6 +892,9 @@ class PatchView(WorkbenchWidget):
         path_op = _path_op("path_patch_sweep" if sweep else "path_patch") if mode == "path" else None
         senders = {} if sweep else {"senders": what.get("cells")}
         reference = (corrupt or None) if method != "zero" else None
+        if is_dataset(clean):  # each example's own corrupt prompt (resample: its own reference)
+            what = {**what, "align": self.align}
+            corrupt, reference = None, None  # type: ignore[assignment]
 
         def run(progress: Any, cancel: Any) -> Any:
             go = {"metric": metric, "progress": progress, "cancel": cancel}
@@ -571,6 +903,8 @@ class PatchView(WorkbenchWidget):
             if mode == "ablate":
                 ablate = ops.ablate_sweep if sweep else ops.ablate
                 return ablate(self.model, clean, method=method, reference=reference, **what, **go)
+            if is_dataset(clean):
+                return (ops.patch_sweep if sweep else ops.patch)(self.model, clean, **what, **go)
             return (ops.patch_sweep if sweep else ops.patch)(self.model, clean, corrupt, **what, **go)
 
         return run
@@ -580,7 +914,7 @@ class PatchView(WorkbenchWidget):
         cells = self.set_cells()
         tuples = [self._tuple(c) for c in cells]
         mode, method, metric = self.mode, self.method, self.metric()
-        clean, corrupt = self.clean, self.corrupt
+        clean, corrupt = (self.subset(), "") if self.over_dataset else (self.clean, self.corrupt)
         receivers = self.receiver_cells() if mode == "path" else None
         key = self._inputs_key()
 
@@ -589,7 +923,9 @@ class PatchView(WorkbenchWidget):
         def run(progress, cancel):
             value = run_set(progress, cancel)
             lens, note = None, ""
-            if mode == "path":
+            if is_dataset(clean):
+                note = f"the mean over {len(clean)} examples (open an example for its prediction and lens)"
+            elif mode == "path":
                 note = "path patching: its prediction and metric above (no lens: its second run patches the receivers' inputs)"
             else:
                 try:
@@ -647,37 +983,73 @@ class PatchView(WorkbenchWidget):
         )
         receivers = self.receiver_cells() if mode == "path" else None
         receivers_trait = self.receivers
+        if self.over_dataset:
+            self._dataset_sweep(content, mode, site, method, metric)
+            return
         run = self._runner(mode, clean, corrupt, metric, method, receivers, site=site)
 
         def done(sw):
-            if (clean, corrupt) != (self.clean, self.corrupt):
+            if (clean, corrupt) != (self.clean, self.corrupt) or self.over_dataset:
                 return  # the prompts changed while it ran: the sweep is of prompts no longer shown
             self.last_result = sw
-            normalized = None
-            if (
-                mode != "ablate"
-                and finite(sw.clean) is not None
-                and finite(sw.corrupt) is not None
-                and sw.clean != sw.corrupt
-            ):
-                normalized = pack(sw.normalized)
-            packed = {
-                "values": pack(sw.values),
-                "normalized": normalized,
-                "clean": finite(sw.clean),
-                "corrupt": finite(sw.corrupt),
-                "axes": list(sw.axes),
-                "site": "head" if mode == "path" else site,
-                "mode": mode,
-                "method": method,
-                "receivers": receivers_trait if mode == "path" else None,
-            }
+            packed = self._pack_sweep(sw, mode, site, method, receivers_trait)
             self._sweeps[skey] = packed
             if skey == self._sweep_key():
                 self.sweep = packed
             label = {"patch": "patch", "ablate": f"{method}-ablate", "path": "path-patch"}[mode]
             label += f" sweep {site}" if mode != "path" else f" sweep → {receivers_trait}"
             self._record(label[:300], sw, args=self._args())
+
+        self.submit("sweep", str(content.get("id", "")), run, done, slot="sweep")
+
+    def _pack_sweep(self, sw: Any, mode: str, site: str, method: str, receivers: Any) -> dict[str, Any]:
+        """A sweep as the `sweep` trait: the (mean) grid and, over a dataset, every example's grid [N, ...] and
+        baselines [N] as float32 buffers, and which examples they are."""
+        clean, corrupt = sw.clean_mean, sw.corrupt_mean
+        normalized = None
+        if (
+            mode != "ablate"
+            and finite(clean) is not None
+            and finite(corrupt) is not None
+            and clean != corrupt
+        ):
+            normalized = pack(sw.normalized)
+        packed: dict[str, Any] = {
+            "values": pack(sw.values),
+            "normalized": normalized,
+            "clean": finite(clean),
+            "corrupt": finite(corrupt),
+            "axes": list(sw.axes),
+            "site": "head" if mode == "path" else site,
+            "mode": mode,
+            "method": method,
+            "receivers": receivers if mode == "path" else None,
+        }
+        if hasattr(sw, "per_example"):
+            packed.update(
+                per_example=pack(sw.per_example),
+                clean_each=pack(np.asarray(sw.clean, np.float32)),
+                corrupt_each=pack(np.asarray(sw.corrupt, np.float32)),
+                ids=pack(np.asarray(self._ids, np.int32)),
+                align=self.align,
+                columns=list(sw.columns),
+            )
+        return packed
+
+    def _dataset_sweep(self, content: dict, mode: str, site: str, method: str, metric: Any) -> None:
+        """Sweep over the kept examples (progress: "k/N examples"); kept per (settings, align) so that a filter
+        that keeps fewer of them is answered from it."""
+        ds, ids, key = self.subset(), tuple(self._ids), self._ds_key()
+        self._ds_wanted.add(key)
+        run = self._runner(mode, ds, "", metric, method, None, site=site)
+
+        def done(sw):
+            self._ds_sweeps[key] = (ids, sw)
+            if self.over_dataset and key == self._ds_key() and ids == tuple(self._ids):
+                self.last_result = sw
+                self.sweep = self._pack_sweep(sw, mode, site, method, None)
+            label = {"patch": "patch", "ablate": f"{method}-ablate"}.get(mode, mode)
+            self._record(f"{label} sweep {site} over {len(ids)} examples", sw, args=self._args())
 
         self.submit("sweep", str(content.get("id", "")), run, done, slot="sweep")
 
@@ -732,4 +1104,9 @@ class PatchView(WorkbenchWidget):
 
     def run_sweep(self) -> PatchView:
         self.request("sweep")
+        return self
+
+    def open_example(self, i: int) -> PatchView:
+        """Show example i of the dataset as a single pair (clicking it in the list); -1 goes back."""
+        self.example = int(i)
         return self
