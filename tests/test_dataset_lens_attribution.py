@@ -345,3 +345,32 @@ def test_embedded_model_lens_and_attribution():
     assert "{B}#2" in lens.columns
     _check_attribution(model, ds, "roles", "embedded", sites=["resid_pre", "head"])
     _check_attribution(model, ds, "right", "embedded right", sites=["mlp_out"])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2", "gpt_neox"])
+def test_attribution_traced_padded_path_equals_one_example_at_a_time(family, monkeypatch):
+    """The one-request path of remote models (one traced forward and backward over every example, left-padded)
+    forced locally: each example's estimate is its single-pair one, residual, head and pattern sites."""
+    from workbench.ops import attribution, over_dataset
+
+    model = tiny(family)
+    monkeypatch.setattr(over_dataset, "one_request", lambda m: True)
+    monkeypatch.setattr("workbench.ops.attribution.one_request", lambda m: True)
+    calls = []
+    real = attribution._trace_examples
+    monkeypatch.setattr(attribution, "_trace_examples", lambda *a: calls.append(1) or real(*a))
+    sites = ["resid_pre", "mlp_out", "head", "pattern"]
+    ds = _pairs()
+    got = wb.attribution_patch(
+        model, ds, metric=wb.logit_diff(), site=sites, by_position=True, align="right", batched=False
+    )
+    assert calls == [1]  # every example in one traced forward and backward
+    for s in sites:
+        ref = _single_attribution(model, ds, "right", s, True)
+        assert_close(got[s].per_example, ref, ATOL, f"{family} {s} per_example (traced, padded)")
+    monkeypatch.undo()
+    one = wb.attribution_patch(
+        model, ds, metric=wb.logit_diff(), site="resid_pre", align="right", batched=False
+    )
+    assert_close(got["resid_pre"].clean, one.clean, ATOL, f"{family} clean baselines")
+    assert_close(got["resid_pre"].corrupt, one.corrupt, ATOL, f"{family} corrupt baselines")

@@ -105,3 +105,19 @@ def test_dataset_logit_lens_matches_local_in_one_request(models, requests) -> No
     want = wb.logit_lens(local, ds, align="right")
     diff = float(np.abs(lens.per_example - want.per_example).max())
     assert diff <= TOL, f"dataset lens: max abs diff {diff:.3g}"
+
+
+def test_dataset_attribution_and_intervene_match_local_in_one_request_each(models, requests) -> None:  # noqa: F811
+    remote, local = models
+    ds = _dataset()
+    before = len(requests)
+    got = wb.attribution_patch(remote, ds, metric=wb.logit_diff(), site=["resid_pre", "head"], align="right")
+    assert len(requests) == before + 1  # every example's forward and backward in one request
+    want = wb.attribution_patch(local, ds, metric=wb.logit_diff(), site=["resid_pre", "head"], align="right")
+    for s in ("resid_pre", "head"):
+        _same(got[s], want[s], f"attribution {s}")
+    edits = [wb.Edit(wb.Cell("resid_pre", 4, position=-1)), wb.Edit(wb.Cell("mlp_out", 10), "zero")]
+    before = len(requests)
+    v = wb.intervene(remote, ds, edits, metric=wb.logit_diff(), align="right")
+    assert len(requests) == before + 1
+    _same(v, wb.intervene(local, ds, edits, metric=wb.logit_diff(), align="right"), "intervene")

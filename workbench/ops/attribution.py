@@ -19,6 +19,7 @@ from ..data.predict import batch_size_for
 from ..engine import fast_attribution
 from ..engine.batching import BatchOutput, Progress, check_cancel
 from ..engine.kernels import eager_pattern, pattern_grad, pattern_sums, read, site_sums
+from ..engine.padding import left_pad, pad_id
 from ..engine.sites import SITE_TABLE
 from ..engine.sites import site as site_record
 from ..engine.traced import eager_function
@@ -28,7 +29,7 @@ from ..remote import job_status
 from ..validate import as_bool, as_list
 from .dataset_results import DatasetSweepResult
 from .metrics import Metric, as_metric
-from .over_dataset import Runner, is_dataset, no_second_prompt
+from .over_dataset import Runner, is_dataset, no_second_prompt, one_request
 from .patching import MetricLike, pair_tokens, sweep_axes
 from .results import SweepResult
 
@@ -107,6 +108,109 @@ def _trace(model: Model, batch: torch.Tensor, sites: list[str], bound) -> tuple[
         products[key] = (head_products if head else resid_products)[counts[head]]
         counts[head] += 1
     return products, baselines
+
+
+def _trace_examples(
+    model: Model, pairs: list[tuple[torch.Tensor, torch.Tensor, object]], sites: list[str]
+) -> list[tuple[dict, torch.Tensor]]:
+    """`_trace` for many pairs in one traced forward and backward (one NDIF request): rows 2i / 2i + 1 are
+    pair i's clean / corrupt prompt, left-padded with an attention mask and explicit position ids; each pair's
+    metric on its own rows, and the backward of the sum of the corrupt rows' metrics gives each pair its own
+    gradient (the examples do not interact). Returns each pair's products ([T_i] / [T_i, H]) and baselines."""
+    keys = [
+        (site, layer)
+        for layer in range(model.n_layers)
+        for site in sites
+        if layer == 0 or not site_record(site).embed_only
+    ]
+    refs = [model.site_ref(site, layer) for site, layer in keys]
+    read_refs = [model.site_ref("head", ref.layer) if ref.pattern else ref for ref in refs]
+    envoys = [model.envoy(ref) for ref in read_refs]
+    attn_envoys = [model.envoy(ref) if ref.pattern else None for ref in refs]
+    eager_fn = eager_function(model) if any(ref.pattern for ref in refs) else None
+    wheres = [(ref.path, ref.use_input) for ref in read_refs]
+    layouts = [ref.layout for ref in refs]
+    is_head = [site_record(site).per_head for site, _ in keys]
+    n_heads = model.n_heads
+    batch = left_pad([t for c, k, _ in pairs for t in (c, k)], pad_id(model.tokenizer))
+    pads = [batch.pad[2 * i] for i in range(len(pairs))]
+    metrics = [bound for _, _, bound in pairs]
+    nn = model.nn
+    embed = model.embed()
+    embed_where = (model.site_ref("embed", 0).path, False)
+    with (
+        torch.enable_grad(),
+        nn.trace(
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            logits_to_keep=1,
+            **model.trace_options(),
+        ),
+    ):
+        embedded = embed.output
+        if not embedded.requires_grad:
+            embedded.requires_grad_(True)
+        live = {embed_where: embedded}
+        acts = []
+        patterns = {}
+        for i, (envoy, where) in enumerate(zip(envoys, wheres, strict=True)):
+            if attn_envoys[i] is not None:
+                inputs = attn_envoys[i].source.attention_interface_1.inputs
+                probs = eager_pattern(inputs, eager_fn).detach()  # [B, H, T, T], padded keys masked
+                patterns[i] = (probs, inputs[0][3].detach())
+            if where not in live:
+                live[where] = read(envoy, where[1])
+                if layouts[i] is not None and not where[1] and attn_envoys[i] is None:
+                    envoy.output = live[where].clone()
+            acts.append(live[where])
+        logits = nn.output.logits[:, -1].float()
+        parts = []
+        for j, metric in enumerate(metrics):
+            own = logits[2 * j : 2 * j + 2]
+            parts.append(metric(own.clone(), own[0].clone()).float().reshape(-1))
+        values = torch.cat(parts)  # [clean_0, corrupt_0, clean_1, ...]
+        baselines = values.detach().save()
+        grads = [None] * len(acts)
+        with values[1::2].sum().backward():
+            for i in reversed(range(len(acts))):
+                grads[i] = acts[i].grad
+        resid_rows, head_rows = [], []
+        for j, pad in enumerate(pads):
+            c, k = 2 * j, 2 * j + 1
+            per_resid, per_head = [], []
+            for i in range(len(acts)):
+                g = grads[i][k, pad:]
+                if i in patterns:
+                    probs, value = patterns[i]
+                    dprobs = probs[c, :, pad:, pad:] - probs[k, :, pad:, pad:]
+                    gh = g.view(g.shape[0], n_heads, -1)
+                    prod = pattern_sums(dprobs * pattern_grad(gh, value[k, :, pad:]))
+                else:
+                    diff = (acts[i][c, pad:] - acts[i][k, pad:]).detach()
+                    prod = site_sums(diff * g, layouts[i], n_heads)
+                (per_head if is_head[i] else per_resid).append(prod)
+            if per_resid:
+                resid_rows.append(torch.stack(per_resid))  # [n_resid_keys, T_j]
+            if per_head:
+                head_rows.append(torch.stack(per_head))  # [n_head_keys, T_j, H]
+        # one tensor each (what comes back from a request): examples side by side along positions
+        empty = torch.zeros(0)
+        resid_all = (torch.cat(resid_rows, dim=1) if resid_rows else empty).save()
+        head_all = (torch.cat(head_rows, dim=1) if head_rows else empty).save()
+    lengths = [int(c.shape[-1]) for c, _, _ in pairs]
+    out = []
+    at = 0
+    for j, n in enumerate(lengths):
+        products: dict[tuple[str, int], torch.Tensor] = {}
+        counts = {False: 0, True: 0}
+        for key, head in zip(keys, is_head, strict=True):
+            stack = head_all if head else resid_all
+            products[key] = stack[counts[head], at : at + n]
+            counts[head] += 1
+        at += n
+        out.append((products, baselines[2 * j : 2 * j + 2]))
+    return out
 
 
 def _check_sites(model: Model, site: str | Sequence[str]) -> tuple[list[str], list[str]]:
@@ -256,7 +360,11 @@ def _attribution_dataset(
                     "batched=True needs the local attribution path (a local CPU model without hooks, a family "
                     "the fast engine covers); leave batched= unset to run one example at a time."
                 )
-            outs = runner.each(lambda i, _p: _products(model, *runner.ids(i), ordered, runner.bound[i]))
+            if one_request(model):  # remote: every example in one traced forward and backward
+                check_cancel(cancel)
+                outs = _trace_examples(model, [(*runner.ids(i), runner.bound[i]) for i in range(n)], ordered)
+            else:
+                outs = runner.each(lambda i, _p: _products(model, *runner.ids(i), ordered, runner.bound[i]))
     results: dict[str, DatasetSweepResult] = {}
     for s in sites:
         rows, shapes = [], []
