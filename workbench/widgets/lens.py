@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import traitlets
-
 import numpy as np
+import traitlets
 
 from .base import WorkbenchWidget, _errors, _ops, pack, pack_lens
 from .dataset import answer_text, example_rows, is_dataset, offered_aligns
@@ -114,7 +113,9 @@ class LensView(WorkbenchWidget):
             return
 
         def run(progress, cancel):
-            return _ops().logit_lens(self.model, ds, top_k=top_k, align=align, progress=progress, cancel=cancel)
+            return _ops().logit_lens(
+                self.model, ds, top_k=top_k, align=align, progress=progress, cancel=cancel
+            )
 
         def done(r):
             self._ds_results[align] = r
@@ -133,7 +134,9 @@ class LensView(WorkbenchWidget):
             "sem": pack(np.asarray(r.sem, np.float32)),
             "columns": list(r.columns),
             "align": r.options.get("align", self.align),
-            "metric": "target probability" if str(r.options.get("metric", "prob()")) == "prob()" else str(r.options["metric"]),
+            "metric": "target probability"
+            if str(r.options.get("metric", "prob()")) == "prob()"
+            else str(r.options["metric"]),
         }
 
     def _open_example(self, change: Any) -> None:
@@ -194,7 +197,9 @@ class LensView(WorkbenchWidget):
     def _changed(self, change: Any) -> None:
         if self._quiet:
             return
-        if self.over_dataset:  # the mean map: top_k is part of its computation, pins and prompt are an example's
+        if (
+            self.over_dataset
+        ):  # the mean map: top_k is part of its computation, pins and prompt are an example's
             if change["name"] == "top_k":
                 self._ds_results.clear()
                 self.recompute_dataset()
