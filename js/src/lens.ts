@@ -393,7 +393,11 @@ export class LensView extends View<LensTraits> {
       cols: C,
       values,
       color: (v, th) => sequential(th, lo, hi)(v),
-      cellLabel: (r, c) => fmt(at(g.mean, r, c), 2),
+      // probabilities to two decimals (a column of "7.72e-…" reads worse than 0.00; the hover has the value)
+      cellLabel: (r, c) => {
+        const v = at(g.mean, r, c);
+        return !Number.isFinite(v) ? "" : lo >= 0 && hi <= 1 ? v.toFixed(2) : fmt(v, 2);
+      },
       rowLabels: Array.from({ length: L }, (_, i) => `L${i}`),
       colLabels: g.columns.map((x) => visibleToken(x)),
       rowTitle: "layer",
