@@ -94,3 +94,16 @@ def test_align_roles_recomputes_the_mean_map(model, ds, lv):
 def test_align_needs_a_dataset(model):
     with pytest.raises(wb.WorkbenchError, match="align= applies to LensView over a wb.Dataset"):
         LensView(model, "Hello world", align="roles")
+
+
+def test_an_align_that_fails_goes_back_to_the_map_shown(model):
+    ds = wb.Dataset(["When Mary and John went", "Mary gave a drink to John and"], target=[" John", " Mary"])
+    v = LensView(model, ds)
+    v.wait()
+    assert v.dataset["aligns"]["exact"] and v.align == "right" and v.status == "done", v.error
+    columns = v.ds_lens["columns"]
+    v.align = "exact"
+    v.wait()
+    assert v.status == "error" and "align is back to 'right'" in v.error
+    assert v.align == "right" and v.ds_lens["columns"] == columns
+    assert v.to_code() == v.dataset_result.to_code() and "per_example.mean(0)" in v.to_code()

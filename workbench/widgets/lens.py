@@ -86,7 +86,7 @@ class LensView(WorkbenchWidget):
             self.recompute(wait=True)
             return
         self.observe(self._open_example, names=["example"])
-        self.observe(lambda _change: self.recompute_dataset(), names=["align"])
+        self.observe(lambda _change: self._quiet or self.recompute_dataset(), names=["align"])
         self.recompute_dataset(wait=True)
 
     # ---- over a dataset
@@ -123,7 +123,15 @@ class LensView(WorkbenchWidget):
                 self._show_dataset(r)
             self._record(f"lens over {len(ds)} examples (align {align})", r, args={"align": align})
 
-        self.submit("lens", "", run, done, slot="lens", wait=wait)
+        def failed(exc):
+            # the align picker goes back to the map shown (if any), so it never names another alignment
+            shown = self.ds_lens.get("align") if self.ds_lens else None
+            if shown and shown != self.align:
+                self._set_quietly(align=shown)
+                return f"align is back to {shown!r}, the map shown."
+            return ""
+
+        self.submit("lens", "", run, done, slot="lens", wait=wait, failed=failed)
 
     def _show_dataset(self, r: Any) -> None:
         if self.over_dataset:
