@@ -98,6 +98,14 @@ export interface Distribution {
   values: Float32Array;
   ids: Int32Array | number[];
   units: Units;
+  /** What the values are, when not one of the patching units (e.g. the lens's "target probability"). */
+  label?: string;
+  /** The noun of the best/worst lists ("effect" unless given). */
+  noun?: string;
+}
+
+function labelOf(d: Distribution): string {
+  return d.label ?? unitsLabel(d.units);
 }
 
 const W = 460;
@@ -156,7 +164,7 @@ function stripItems(d: Distribution, dot: string, band: string): Item[] {
     const y = jitter(i);
     items.push({ t: "rect", x: x - 3, y: y - 3, w: 6, h: 6, fill: dot });
   }
-  items.push({ t: "text", x: W / 2, y: H - 1, text: unitsLabel(d.units), size: 10, anchor: "middle" });
+  items.push({ t: "text", x: W / 2, y: H - 1, text: labelOf(d), size: 10, anchor: "middle" });
   return items;
 }
 
@@ -191,7 +199,7 @@ export function stripPlot(d: Distribution, onOpen: (id: number) => void): SVGSVG
     });
     svg.append(dot);
   }
-  svg.append(s("text", { x: W / 2, y: H - 1, "text-anchor": "middle", class: "wb-dist-text" }, unitsLabel(d.units)));
+  svg.append(s("text", { x: W / 2, y: H - 1, "text-anchor": "middle", class: "wb-dist-text" }, labelOf(d)));
   return svg;
 }
 
@@ -227,14 +235,14 @@ export function distributionPanel(d: Distribution, examples: ExampleRow[], onOpe
     h(
       "div",
       { class: "wb-hint", "data-testid": "wb-dist-summary", "data-mean": String(st.mean), "data-sem": String(st.sem), "data-n": String(st.n) },
-      `${fmt(st.mean)} ± ${fmt(st.sem)} (mean ± sem), n = ${st.n} · ${unitsLabel(d.units)}`,
+      `${fmt(st.mean)} ± ${fmt(st.sem)} (mean ± sem), n = ${st.n} · ${labelOf(d)}`,
     ),
     stripPlot(d, onOpen),
   );
   const r = ranked(d.values, d.ids);
   for (const [label, list, testid] of [
-    ["Highest effect", r.best, "wb-best"],
-    ["Lowest effect", r.worst, "wb-worst"],
+    [`Highest ${d.noun ?? "effect"}`, r.best, "wb-best"],
+    [`Lowest ${d.noun ?? "effect"}`, r.worst, "wb-worst"],
   ] as const) {
     const ol = h("ol", { class: "wb-ex-list", "data-testid": testid });
     for (const [id, v] of list) {

@@ -2,6 +2,7 @@
 import { at, finiteRange, maybeUnpack, type NDArray } from "./arrays";
 import { sequential } from "./colors";
 import { chartFigure, lineChart, type Series } from "./chart";
+import { cellColumn, type Distribution, distributionFigure, distributionPanel, exampleText, meanSem, unitsOf } from "./dataset";
 import { button, clear, debounce, fmt, h, select } from "./dom";
 import { Heatmap, type Legend } from "./heatmap";
 import type { Figure } from "./export";
@@ -92,6 +93,14 @@ export class LensView extends View<LensTraits> {
   private chartBox: HTMLElement;
   private pins: HTMLElement;
   private pinInput: HTMLInputElement;
+  private single: HTMLElement;
+  private dsBox: HTMLElement;
+  private listBox: HTMLElement;
+  private distBox: HTMLElement;
+  private exampleBar: HTMLElement;
+  private alignSel: HTMLSelectElement;
+  /** Over a dataset: the cell whose per-example values are shown. */
+  private drill: [number, number] | null = null;
 
   constructor(model: AnyModel<LensTraits>, el: HTMLElement) {
     super(model, el, "Logit lens");
@@ -109,13 +118,34 @@ export class LensView extends View<LensTraits> {
     const sendSel = debounce((r: number, c: number) => this.setTrait("selected", [r, c]), 120);
     this.heatmap.onSelect = (r, c) => {
       sendSel(r, c);
+      if (this.overDataset()) {
+        this.drill = [r, c];
+        this.renderDistribution();
+        return;
+      }
       this.renderChart();
       this.renderStrip();
     };
-    this.heatmap.onApply = (r, c) => this.pin(tokText(this.data!, at(this.data!.topIds, r, c, 0)));
+    this.heatmap.onApply = (r, c) => this.overDataset() || this.pin(tokText(this.data!, at(this.data!.topIds, r, c, 0)));
     const sendHover = debounce((cell: [number, number] | null) => this.setTrait("hover", cell ?? []), 150);
     this.heatmap.onHover = sendHover;
-    this.body.append(
+    this.alignSel = select(
+      [
+        ["exact", "exact (same positions)"],
+        ["right", "right (aligned at the end)"],
+        ["roles", "roles (template fields)"],
+      ],
+      "exact",
+      (v) => this.setTrait("align", v),
+      { "data-testid": "wb-align", title: "How the examples' positions line up into the map's columns" },
+    );
+    this.exampleBar = h("div", { class: "wb-row wb-example-bar", "data-testid": "wb-example-bar", hidden: true });
+    this.dsBox = h("div", { class: "wb-row", "data-testid": "wb-ds-controls", hidden: true }, h("label", { class: "wb-field" }, h("span", {}, "align"), this.alignSel));
+    this.listBox = h("div", { "data-testid": "wb-ds-list" });
+    this.distBox = h("div");
+    this.single = h(
+      "div",
+      {},
       this.promptRow(),
       this.controls,
       h(
@@ -126,15 +156,24 @@ export class LensView extends View<LensTraits> {
         this.pins,
       ),
       this.strip,
-      this.heatmap.el,
-      this.chartBox,
     );
-    for (const t of ["data", "mode", "focus"] as const) this.listen(t, () => this.render());
+    this.body.append(this.exampleBar, this.dsBox, this.single, this.heatmap.el, this.chartBox, this.distBox, this.listBox);
+    for (const t of ["data", "mode", "focus", "dataset", "ds_lens", "align", "example"] as const) this.listen(t, () => this.render());
     this.followSelection(this.heatmap);
     this.render();
   }
 
+  /** Whether the view shows a dataset's mean lens (not one prompt, nor one of its examples). */
+  overDataset(): boolean {
+    return Number(this.model.get("dataset")?.n ?? 0) > 0 && Number(this.model.get("example") ?? -1) < 0;
+  }
+
   title(): string {
+    if (this.overDataset()) {
+      const dl = this.model.get("ds_lens");
+      const n = Number(this.model.get("dataset")?.n ?? 0);
+      return `Logit lens · mean ${dl?.metric ?? "target probability"} over ${n} examples (align ${String(this.model.get("align") ?? "exact")})`;
+    }
     // the prompt of the data drawn (the box may hold an edit that has not run yet)
     const raw = this.model.get("data");
     const shown = raw && typeof raw.prompt === "string" ? raw.prompt : String(this.model.get("prompt") ?? "");
@@ -144,6 +183,12 @@ export class LensView extends View<LensTraits> {
   }
   /** Export: the lens heatmap, and the pinned tokens' chart at the selected position. */
   figures(): Figure[] {
+    if (this.overDataset()) {
+      const figs = this.model.get("ds_lens")?.values ? [this.heatmap.figure()] : [];
+      const d = this.distribution();
+      if (d) figs.push(distributionFigure(d, this.model.get("dataset")?.examples ?? [], document.body.getAttribute("data-jp-theme-light") === "false"));
+      return figs;
+    }
     if (!this.data) return [];
     const figs = [this.heatmap.figure()];
     const chart = this.chartSeries();
@@ -167,6 +212,13 @@ export class LensView extends View<LensTraits> {
   }
 
   render(): void {
+    this.renderDataset();
+    if (this.overDataset()) {
+      this.renderMean();
+      return;
+    }
+    this.drill = null;
+    clear(this.distBox);
     this.data = decodeLens(this.model.get("data"));
     const mode = String(this.model.get("mode") ?? "prob");
     const pinned = this.model.get("pinned") ?? [];
@@ -268,5 +320,124 @@ export class LensView extends View<LensTraits> {
       return;
     }
     this.chartBox.append(h("div", { class: "wb-subtitle" }, chart.heading), lineChart(chart.series, "layer", "probability"));
+  }
+
+  /** The dataset's controls, the bar of an opened example (back), and the list of examples. */
+  private renderDataset(): void {
+    const d = this.model.get("dataset");
+    const n = Number(d?.n ?? 0);
+    const ex = Number(this.model.get("example") ?? -1);
+    const over = this.overDataset();
+    this.single.hidden = over;
+    this.chartBox.hidden = over;
+    this.dsBox.hidden = !over;
+    this.exampleBar.hidden = !(n > 0 && ex >= 0);
+    clear(this.exampleBar);
+    clear(this.listBox);
+    if (!n || !d) return;
+    if (ex >= 0) {
+      this.exampleBar.append(
+        button(`← back to the dataset (${n} examples)`, () => this.setTrait("example", -1), { "data-testid": "wb-back", class: "wb-btn wb-primary" }),
+        h("span", { class: "wb-subtitle", "data-testid": "wb-example-title", "data-example": ex }, `Example #${ex} of ${n}`),
+      );
+      return;
+    }
+    for (const o of Array.from(this.alignSel.options)) {
+      const why = d.aligns?.[o.value] ?? "";
+      o.disabled = Boolean(why);
+      o.title = why;
+    }
+    this.alignSel.value = String(this.model.get("align") ?? "exact");
+    const list = h("ol", { class: "wb-ex-list", "data-testid": "wb-ds-examples" });
+    for (let i = 0; i < Math.min(n, 200); i++) {
+      const li = h(
+        "li",
+        { class: "wb-ex", "data-testid": "wb-ds-example", "data-example": i, tabindex: 0, title: "open this example's own logit lens" },
+        h("span", { class: "wb-ex-val" }, `#${i}`),
+        h("span", { class: "wb-ex-text" }, exampleText(d.examples?.[i])),
+      );
+      li.addEventListener("click", () => this.setTrait("example", i));
+      li.addEventListener("keydown", (ev) => {
+        if (ev.key === "Enter") this.setTrait("example", i);
+      });
+      list.append(li);
+    }
+    this.listBox.append(h("div", { class: "wb-subtitle" }, `Examples (${n}${n > 200 ? ", first 200 listed" : ""}) — click one to open its own lens`), list);
+  }
+
+  /** The dataset lens decoded (null until computed, or when its arrays disagree). */
+  private dsLens(): { mean: NDArray; per: NDArray; columns: string[]; metric: string } | null {
+    const dl = this.model.get("ds_lens");
+    const mean = maybeUnpack(dl?.values);
+    const per = maybeUnpack(dl?.per_example);
+    if (!dl || !mean || !per || per.shape[1] !== mean.shape[0] || per.shape[2] !== mean.shape[1]) return null;
+    return { mean, per, columns: dl.columns ?? [], metric: dl.metric ?? "target probability" };
+  }
+
+  /** Over a dataset: the mean map (layers x columns), mean ± sem and n on hover. */
+  private renderMean(): void {
+    const g = this.dsLens();
+    if (!g) {
+      this.heatmap.setSpec({ rows: 0, cols: 0, values: new Float32Array(0), color: () => [0, 0, 0] });
+      clear(this.distBox);
+      return;
+    }
+    const [L, C] = g.mean.shape;
+    const values = Float32Array.from(g.mean.data);
+    let [lo, hi] = finiteRange(values);
+    if (lo >= 0 && hi <= 1) [lo, hi] = [0, 1];
+    const spread = (r: number, c: number) => meanSem(cellColumn(g.per, r * C + c));
+    const n = g.per.shape[0];
+    this.heatmap.setSpec({
+      rows: L,
+      cols: C,
+      values,
+      color: (v, th) => sequential(th, lo, hi)(v),
+      // probabilities to two decimals (a column of "7.72e-…" reads worse than 0.00; the hover has the value)
+      cellLabel: (r, c) => {
+        const v = at(g.mean, r, c);
+        return !Number.isFinite(v) ? "" : lo >= 0 && hi <= 1 ? v.toFixed(2) : fmt(v, 2);
+      },
+      rowLabels: Array.from({ length: L }, (_, i) => `L${i}`),
+      colLabels: g.columns.map((x) => visibleToken(x)),
+      rowTitle: "layer",
+      colTitle: "column",
+      legend: { lo, hi, label: `mean ${g.metric} over ${n} examples` },
+      tooltip: (r, c) => {
+        const st = spread(r, c);
+        return [`layer ${r}, column ${visibleToken(g.columns[c] ?? String(c))}`, `mean ± sem: ${fmt(st.mean)} ± ${fmt(st.sem)}, n = ${st.n}`, "click: every example's value"];
+      },
+      cellW: 56,
+      minCellW: 44,
+      cellH: L > 40 ? undefined : 18,
+      maxWidth: Math.max(600, (this.el.clientWidth || 900) - 80),
+      name: "logit lens (mean over the dataset)",
+    });
+    if (this.drill && (this.drill[0] >= L || this.drill[1] >= C)) this.drill = null;
+    this.renderDistribution();
+  }
+
+  /** The per-example values at the drilled cell. */
+  private distribution(): Distribution | null {
+    const g = this.dsLens();
+    if (!g || !this.drill) return null;
+    const [r, c] = this.drill;
+    const C = g.mean.shape[1];
+    const n = g.per.shape[0];
+    return {
+      title: `Per-example ${g.metric} at layer ${r}, column ${visibleToken(g.columns[c] ?? String(c))}`,
+      values: cellColumn(g.per, r * C + c),
+      ids: Int32Array.from({ length: n }, (_, i) => i),
+      units: unitsOf("metric", null, null, null),
+      label: g.metric,
+      noun: g.metric,
+    };
+  }
+
+  private renderDistribution(): void {
+    clear(this.distBox);
+    const d = this.distribution();
+    if (!d) return;
+    this.distBox.append(distributionPanel(d, this.model.get("dataset")?.examples ?? [], (id) => this.setTrait("example", id)));
   }
 }

@@ -58,6 +58,23 @@ export interface LensTraits extends BaseTraits {
   focus: string;
   data: Maybe<PackedLens>;
   hover: number[];
+  /** Over a dataset ({} for one prompt). */
+  dataset: Maybe<{ n: number; name: string; examples: ExampleRow[]; aligns: Record<string, string> }>;
+  /** The dataset lens: the mean [L, C], every example's [N, L, C], the sem [L, C] (float32 buffers). */
+  ds_lens: Maybe<DatasetLens>;
+  align: string;
+  /** The example shown as a single prompt, or -1: the dataset. */
+  example: number;
+}
+
+/** `wb.logit_lens(model, ds)` (a DatasetLensResult) as LensView sends it. */
+export interface DatasetLens {
+  values: Packed;
+  per_example: Packed;
+  sem: Packed;
+  columns: string[];
+  align: string;
+  metric: string;
 }
 
 export type PatchMode = "patch" | "ablate" | "path";

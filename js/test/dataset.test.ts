@@ -3,7 +3,7 @@ import { cellColumn, meanSem, ranked, shown, unitsOf } from "../src/dataset";
 import widget from "../src/index";
 import { StaticModel } from "../src/model";
 import type { SiteInfo } from "../src/traits";
-import { f32, i32, setBox } from "./helpers";
+import { f32, i32, lensData, setBox } from "./helpers";
 
 const SITES: SiteInfo[] = [{ name: "resid_pre", doc: "the stream into block l", heads: null, layers: 2 }];
 const HOSTILE = "<img src=x onerror=alert(1)> went";
@@ -121,6 +121,79 @@ describe("PatchView over a dataset", () => {
     expect(el.querySelector("[data-testid=wb-example-title]")?.textContent).toBe("Example #2 of 3");
     (el.querySelector("[data-testid=wb-back]") as HTMLButtonElement).click();
     expect(model.get("example")).toBe(-1);
+    cleanup();
+  });
+});
+
+function mountLens(extra: Record<string, unknown> = {}) {
+  const model = new StaticModel<Record<string, unknown>>({
+    _view_kind: "lens",
+    status: "done",
+    error: "",
+    progress: 0,
+    progress_text: "",
+    code: "",
+    selected: [],
+    history: [],
+    prompt: "",
+    top_k: 5,
+    mode: "prob",
+    pinned: [],
+    focus: "",
+    data: {},
+    hover: [],
+    dataset: { n: 3, name: "", examples: EXAMPLES, aligns: { exact: "", right: "", roles: "no fields" } },
+    align: "exact",
+    example: -1,
+    ds_lens: {
+      values: f32([2, 3], (i) => (PER[i] + PER[6 + i] + PER[12 + i]) / 6),
+      per_example: f32([3, 2, 3], (i) => PER[i] / 2),
+      sem: f32([2, 3], () => 0),
+      columns: ["<b>x</b>", " 1", "2"],
+      align: "exact",
+      metric: "target probability",
+    },
+    ...extra,
+  });
+  const el = document.createElement("div");
+  document.body.append(el);
+  const cleanup = widget.render({ model, el });
+  return { model, el, cleanup };
+}
+
+describe("LensView over a dataset", () => {
+  it("draws the mean map, hover says mean ± sem, a click shows every example's value, an example opens", () => {
+    const { el, model, cleanup } = mountLens();
+    const hm = el.querySelector("[data-role=lens]") as HTMLCanvasElement;
+    expect([hm.getAttribute("data-rows"), hm.getAttribute("data-cols")]).toEqual(["2", "3"]);
+    expect(el.querySelector("[data-testid=wb-prompt]")?.closest("[hidden]")).not.toBeNull();
+    expect((el.querySelector("[data-testid=wb-align] option[value=roles]") as HTMLOptionElement).disabled).toBe(true);
+    expect(el.querySelectorAll("[data-testid=wb-ds-example]").length).toBe(3);
+    setBox(hm, 0, 0, 168, 36);
+    hm.dispatchEvent(new MouseEvent("mousemove", { clientX: 5, clientY: 5, bubbles: true }));
+    const tip = el.querySelector("[data-testid=wb-tooltip]")!.textContent ?? "";
+    expect(tip).toContain("mean ± sem: 0.500 ± 0.289, n = 3");
+    expect(tip).toContain("column <b>x</b>"); // a column label as text
+    hm.dispatchEvent(new MouseEvent("click", { clientX: 5, clientY: 5, bubbles: true }));
+    expect(el.querySelectorAll("[data-testid=wb-dist-point]").length).toBe(3);
+    expect(el.querySelector("[data-testid=wb-dist-summary]")?.textContent).toContain("target probability");
+    const best = el.querySelectorAll("[data-testid=wb-best] [data-testid=wb-example]");
+    expect(best[0].getAttribute("data-example")).toBe("1");
+    expect(best[0].textContent).toContain(HOSTILE); // as text
+    expect(el.querySelectorAll("img, b").length).toBe(0);
+    (best[0] as HTMLElement).click();
+    expect(model.get("example")).toBe(1);
+    cleanup();
+  });
+  it("an opened example is the single-prompt lens with a way back", () => {
+    const { el, model, cleanup } = mountLens({ example: 2, prompt: "prompt 2", data: lensData(2, 4, 2, ["a", "b", "c", "d"]) });
+    expect(el.querySelector("[data-testid=wb-ds-controls]")?.hasAttribute("hidden")).toBe(true);
+    expect(el.querySelector("[data-testid=wb-example-title]")?.textContent).toBe("Example #2 of 3");
+    expect(el.querySelector("[data-role=lens]")?.getAttribute("data-cols")).toBe("4");
+    expect(el.querySelectorAll("[data-testid=wb-ds-example]").length).toBe(0);
+    (el.querySelector("[data-testid=wb-back]") as HTMLButtonElement).click();
+    expect(model.get("example")).toBe(-1);
+    expect(el.querySelector("[data-role=lens]")?.getAttribute("data-cols")).toBe("3");
     cleanup();
   });
 });

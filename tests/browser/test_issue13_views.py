@@ -1,6 +1,7 @@
 """Issue 13, views over a dataset, clicked in a real JupyterLab on the embedded model: PatchView(model, ds)'s mean
 map with mean ± sem on hover, a cell's distribution over the examples with the best and worst ones, an example
-opened as its single pair and back, the filter and its recomputed mean, cancel; DatasetView's rows."""
+opened as its single pair and back, the filter and its recomputed mean, cancel; DatasetView's rows; LensView(model,
+ds)'s mean lens map with mean ± sem on hover and an example opened as its single-prompt lens."""
 
 from __future__ import annotations
 
@@ -40,7 +41,12 @@ _ = pathlib.Path("expected13.json").write_text(json.dumps({{"full": summary(full
     "clean": ds.clean, "tokens": [model.to_str_tokens(c) for c in ds.clean]}}))
 """
 
-CELLS = [SETUP, 'pv = wb.PatchView(model, ds, site="embed")\npv', "dv = wb.DatasetView(ds, model)\ndv"]
+CELLS = [
+    SETUP,
+    'pv = wb.PatchView(model, ds, site="embed")\npv',
+    "dv = wb.DatasetView(ds, model)\ndv",
+    "lv = wb.LensView(model, ds[:3])\nlv",
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +54,7 @@ def nb(browser_context):
     server = start_server("lab", make_notebook(CELLS), "issue13.ipynb")
     page = browser_context.new_page()
     try:
-        run_notebook(page, server, "issue13.ipynb", 2)
+        run_notebook(page, server, "issue13.ipynb", 3)
         yield {"app": "lab", "page": page, "server": server}
     finally:
         page.close()
@@ -219,3 +225,66 @@ def test_a_dataset_sweep_reports_examples_and_cancels(nb):
         "() => document.querySelector('[data-kind=patch] [data-role=sweep]').getAttribute('data-rows') === '1'"
     )
     assert tooltip_spread(page, pv, *CELL)[2] == 4
+
+
+def test_lens_view_over_a_dataset_hover_and_open_an_example(nb):
+    page = nb["page"]
+    lv = view(page, "lens")
+    out = kernel(
+        page,
+        "r = wb.logit_lens(model, ds[:3])\n"
+        "print(json.dumps({'L': r.values.shape[0], 'C': r.values.shape[1], 'mean': float(r.values[-1, -1]),"
+        " 'sem': float(r.sem[-1, -1]), 'per': r.per_example[:, -1, -1].tolist()}))",
+    )
+    exp = json.loads(out)
+    hm = heatmap(lv, "lens")
+    page.wait_for_function(
+        "(c) => document.querySelector('[data-kind=lens] [data-role=lens]').getAttribute('data-cols') === c",
+        arg=str(exp["C"]),
+    )
+    assert hm.get_attribute("data-rows") == str(exp["L"])
+    assert lv.locator("[data-testid=wb-prompt]").is_hidden()
+    assert lv.locator("[data-testid=wb-ds-example]").count() == 3
+    x, y = cell_center(hm, exp["L"] - 1, exp["C"] - 1)
+    page.mouse.move(x, y - 1)
+    page.mouse.move(x, y)
+    tip = lv.locator("[data-testid=wb-tooltip]:visible")
+    tip.wait_for(timeout=5_000)
+    m = re.search(r"mean ± sem: (\S+) ± (\S+), n = (\d+)", tip.text_content())
+    assert m, tip.text_content()
+    assert int(m.group(3)) == 3
+    assert float(m.group(1)) == pytest.approx(exp["mean"], abs=2e-3)
+    assert float(m.group(2)) == pytest.approx(exp["sem"], abs=2e-3)
+    shot(nb, lv, "issue13-lens-mean")
+    page.mouse.click(x, y)  # the cell's per-example values, as the strip plot
+    lv.locator("[data-testid=wb-distribution]").wait_for(timeout=10_000)
+    got = sorted(
+        float(p.get_attribute("data-value")) for p in lv.locator("[data-testid=wb-dist-point]").all()
+    )
+    assert got == pytest.approx(sorted(exp["per"]), abs=1e-4)
+    shot(nb, lv, "issue13-lens-distribution")
+    # open example 1: its own single-prompt lens, its target pinned
+    lv.locator("[data-testid=wb-ds-example][data-example='1']").click()
+    lv.locator("[data-testid=wb-example-title][data-example='1']").wait_for(timeout=10_000)
+    clean = expected(nb)["clean"][1]
+    page.wait_for_function(
+        "(v) => document.querySelector('[data-kind=lens] [data-testid=wb-prompt]').value === v", arg=clean
+    )
+    wait_status(lv, "done", timeout=60_000)
+    assert lv.locator("[data-testid=wb-prompt]").is_visible()
+    assert hm.get_attribute("data-cols") == str(len(expected(nb)["tokens"][1]))
+    assert lv.locator("[data-testid=wb-pinned]").text_content().startswith("\u2423Anna")
+    out = kernel(
+        page,
+        "one = wb.LensView(model, ds[1].clean, pinned=[ds[1].target])\n"
+        "print(lv.prompt == one.prompt, lv.pinned == one.pinned, lv.data['tokens'] == one.data['tokens'],"
+        " lv.data['top_ids'] == one.data['top_ids'])",
+    )
+    assert out.split() == ["True", "True", "True", "True"], out
+    shot(nb, lv, "issue13-lens-example")
+    lv.locator("[data-testid=wb-back]").click()
+    lv.locator("[data-testid=wb-ds-controls]").wait_for(timeout=10_000)
+    page.wait_for_function(
+        "(c) => document.querySelector('[data-kind=lens] [data-role=lens]').getAttribute('data-cols') === c",
+        arg=str(exp["C"]),
+    )
