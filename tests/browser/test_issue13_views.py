@@ -256,6 +256,7 @@ def test_lens_view_over_a_dataset_hover_and_open_an_example(nb):
     assert float(m.group(1)) == pytest.approx(exp["mean"], abs=2e-3)
     assert float(m.group(2)) == pytest.approx(exp["sem"], abs=2e-3)
     shot(nb, lv, "issue13-lens-mean")
+    x, y = cell_center(hm, exp["L"] - 1, exp["C"] - 1)  # the screenshot may have scrolled the page
     page.mouse.click(x, y)  # the cell's per-example values, as the strip plot
     lv.locator("[data-testid=wb-distribution]").wait_for(timeout=10_000)
     got = sorted(
