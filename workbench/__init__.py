@@ -43,6 +43,7 @@ from .ops import (
     steering_vector,
 )
 from .result_cache import ResultCache, cache
+from . import datasets  # noqa: E402
 from .widgets import AttentionView, LensView, PatchView, Workbench  # noqa: E402
 
 __version__ = "0.1.0"
@@ -81,6 +82,7 @@ __all__ = [
     "attention",
     "attribution_patch",
     "cache",
+    "datasets",
     "intervene",
     "kl_to_clean",
     "load",
