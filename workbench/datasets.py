@@ -67,7 +67,13 @@ def ioi(n: int = 32, seed: int = 0, template: int | None = None) -> Dataset:
     examples = []
     for k in chosen:
         a, b, c = rng.sample(data["names"], 3)
-        row = {"A": a, "B": b, "C": c, "PLACE": rng.choice(data["places"]), "OBJECT": rng.choice(data["objects"])}
+        row = {
+            "A": a,
+            "B": b,
+            "C": c,
+            "PLACE": rng.choice(data["places"]),
+            "OBJECT": rng.choice(data["objects"]),
+        }
         t = templates[k]["text"]
         one = Dataset.from_template(t, rows=[row], corrupt=_corrupt_template(t), target="{A}", foil="{B}")[0]
         spans = {role: tuple(span) for role, span in templates[k]["spans"].items()}
@@ -75,17 +81,26 @@ def ioi(n: int = 32, seed: int = 0, template: int | None = None) -> Dataset:
     return Dataset._of(examples, "ioi" if template is None else f"ioi (template {template})")
 
 
-def facts() -> Dataset:
-    """Subject -> attribute facts the embedded model gets right ("The Eiffel Tower is located in the
-    city of" -> " Paris"), each with a counterfactual corrupt prompt: the same relation with another
-    subject of the same token length whose answer differs (the foil is that answer).
+def facts(relation: str | None = None) -> Dataset:
+    """Subject -> attribute facts the embedded model gets right ("The Eiffel Tower is located in the city
+    of" -> " Paris"), in six relations: landmark_city, company_country, person_field, country_capital,
+    country_language, city_country (`relation=` keeps one). The target is the answer's first token.
 
-    `spans=[{"subject": (start, end)}]` marks the subject's tokens (end exclusive), so
-    `align="roles"` gives the columns subject and final (the causal-tracing picture of Meng et al. 2022).
-    Every fact was kept only if the embedded model's clean top-1 next token is the target; the json
-    (`workbench/data/facts.json`) records how many candidates were tried.
+    Each fact has a counterfactual corrupt prompt: the same relation with another subject of the same
+    token length (and the same subject positions) whose answer differs; the foil is that answer.
+    `spans=[{"subject": (start, end)}]` marks the subject's tokens (end exclusive, without a leading
+    "The"), so `align="roles"` gives the columns subject and final (the causal-tracing picture of Meng et
+    al. 2022). Facts were kept only if the embedded model's clean top-1 next token is the target: the
+    json (`workbench/data/facts.json`) records how many candidates were tried (233; 120 kept).
     """
     data = _load("facts.json")
+    rows = data["facts"]
+    if relation is not None:
+        if relation not in data["relations"]:
+            raise WorkbenchError(
+                f"facts(relation=) is one of {', '.join(map(repr, data['relations']))}, got {relation!r}."
+            )
+        rows = [f for f in rows if f["relation"] == relation]
     return Dataset.from_records(
         [
             {
@@ -95,7 +110,7 @@ def facts() -> Dataset:
                 "foil": f["foil"],
                 "spans": {"subject": tuple(f["subject"])},
             }
-            for f in data["facts"]
+            for f in rows
         ],
-        name="facts",
+        name="facts" if relation is None else f"facts ({relation})",
     )
