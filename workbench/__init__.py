@@ -1,5 +1,6 @@
 """Workbench: look inside language models from a notebook, and act on what you see."""
 
+from . import datasets
 from .errors import (
     CancelledError,
     ExportError,
@@ -43,7 +44,6 @@ from .ops import (
     steering_vector,
 )
 from .result_cache import ResultCache, cache
-from . import datasets  # noqa: E402
 from .widgets import AttentionView, LensView, PatchView, Workbench  # noqa: E402
 
 __version__ = "0.1.0"
