@@ -101,8 +101,9 @@ def _ioi_scores(model, ds):
 def test_ioi_accuracy_on_the_embedded_model(model):
     ds = wb.datasets.ioi(100)
     top1, ld, ld_corrupt = _ioi_scores(model, ds)
-    # Measured (ioi(100), seed 0): top-1 is the IO name in 96% of the prompts, the logit difference IO - S
-    # is positive in 99%, mean 4.91; after the ABC corruption it is near zero (mean -0.03).
+    # Measured (ioi(100), seed 0): top-1 is the IO name in 97% of the prompts, the logit difference IO - S
+    # is positive in 99%, mean 5.01; after the ABC corruption it is near zero (mean -0.10). Per template
+    # (100 prompts each, seed 1): top-1 100%, 99%, 92%, 92%, 99%.
     assert top1 >= 0.93
     assert (ld > 0).mean() >= 0.96 and ld.mean() > 4
     assert abs(ld_corrupt.mean()) < 0.5
