@@ -136,6 +136,7 @@ def test_wheel_and_sdist_carry_the_bundle(built):
         meta = z.read(f"interp_workbench-{version}.dist-info/METADATA").decode()
     assert f"\nVersion: {version}\n" in meta  # the version has one source: workbench/__init__.py
     assert "workbench/__init__.py" in names and "workbench/widgets/lens.py" in names
+    assert "workbench/data/ioi.json" in names and "workbench/data/facts.json" in names  # wb.datasets
     assert not [n for n in names if n.startswith(("tests/", "js/", "notebooks/"))]
 
     with tarfile.open(built["sdist"]) as t:

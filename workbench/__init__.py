@@ -1,5 +1,6 @@
 """Workbench: look inside language models from a notebook, and act on what you see."""
 
+from . import datasets
 from .data import Dataset, Example
 from .errors import (
     CancelledError,
@@ -89,6 +90,7 @@ __all__ = [
     "attention",
     "attribution_patch",
     "cache",
+    "datasets",
     "intervene",
     "kl_to_clean",
     "load",
