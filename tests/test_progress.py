@@ -48,3 +48,20 @@ def test_own_progress_and_switch_off(monkeypatch):
     monkeypatch.setattr(P, "bar", no_bar)
     monkeypatch.setenv("WORKBENCH_PROGRESS", "0")
     wb.patch_sweep(model, CLEAN, CORRUPT, **kw)
+
+
+def test_progress_false_means_no_bar_and_a_bad_value_is_named(monkeypatch):
+    model = tiny_model("llama", seed=2)
+    kw = dict(metric=wb.logit_diff(TARGET, FOIL), site="resid_pre")
+
+    def no_bar(_name):
+        raise AssertionError("a bar was made")
+
+    monkeypatch.setattr(P, "bar", no_bar)
+    want = wb.patch_sweep(model, CLEAN, CORRUPT, progress=lambda f, m: None, **kw)
+    got = wb.patch_sweep(model, CLEAN, CORRUPT, progress=False, **kw)  # no bar, no callback
+    assert (got.values == want.values).all()
+    ds = wb.Dataset(clean=[CLEAN], corrupt=[CORRUPT], target=TARGET, foil=FOIL)
+    assert wb.patch_sweep(model, ds, metric=wb.logit_diff(), site="resid_pre", progress=False).values.shape
+    with pytest.raises(wb.WorkbenchError, match="progress= takes a callable"):
+        wb.patch_sweep(model, CLEAN, CORRUPT, progress="yes", **kw)

@@ -49,7 +49,16 @@ def with_bar(name: str) -> Callable[[F], F]:
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            if kwargs.get("progress") is not None or not enabled():
+            given = kwargs.get("progress")
+            if given is False:  # progress=False: no bar (and no callback)
+                return fn(*args, **{**kwargs, "progress": None})
+            if given is not None and not callable(given):
+                from .errors import WorkbenchError
+
+                raise WorkbenchError(
+                    f"progress= takes a callable(fraction, message), or False for no bar; got {given!r:.40}."
+                )
+            if given is not None or not enabled():
                 return fn(*args, **kwargs)
             with bar(name) as update:
                 return fn(*args, **{**kwargs, "progress": update})
