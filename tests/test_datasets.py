@@ -387,3 +387,25 @@ def test_figures_frames_and_reprs():
     assert len(fig.data[0].x) == 2 and "2 examples" in fig.layout.title.text
     with pytest.raises(WorkbenchError, match="per_example"):
         v.to_frame(per_example="yes")
+
+
+def test_roles_a_field_after_a_space_and_a_final_only_literal():
+    """A field whose first token carries the template's space (" park" for "the {PLACE}") is the field's; a
+    trailing literal that is only the final token ("... a{OBJ} to") is the final column, not an empty one."""
+    model = wb.load()
+    ds = wb.Dataset.from_template(
+        "Then,{A} and{B} went to the {PLACE}.{B} gave a{OBJ} to",
+        corrupt="Then,{A} and{B} went to the {PLACE}.{C} gave a{OBJ} to",
+        rows=[{"A": " Mary", "B": " John", "C": " Tom", "PLACE": "park", "OBJ": " ball"}],
+        target="{A}",
+        foil="{B}",
+    )
+    from workbench.data.align import alignment
+
+    al = alignment(model, ds, "roles")
+    cols = dict(zip(al.columns, al.positions[0], strict=True))
+    toks = al.tokens[0]
+    assert [toks[p] for p in cols["{PLACE}"]] == [" park"]
+    assert [toks[p] for p in cols["{OBJ}"]] == [" ball"]
+    assert al.columns[-1] == "final" and cols["final"] == [len(toks) - 1]
+    assert all(cols.values()), "no empty column"

@@ -177,19 +177,25 @@ def _template_roles(model: Any, e: Example, i: int, toks: list[str]) -> list[tup
     if cursor < len(e.clean):
         pieces.append((_literal_name(e.clean[cursor:]), cursor, len(e.clean)))
     final = n - 1
-    roles: list[tuple[str, list[int]]] = []
+    # Fields claim every token that overlaps them first (" park" belongs to {PLACE} even when its space is
+    # the template's), then each literal piece the tokens that start inside it; the final token is its own.
     claimed: set[int] = set()
-    for name, s, end in pieces:
-        is_field = name.startswith("{")
-        pos = []
-        for t, (a, b) in enumerate(offsets):
-            if t == final or t in claimed or a == b:
+    found: dict[int, list[int]] = {}
+    for order in (True, False):
+        for j, (name, s, end) in enumerate(pieces):
+            if name.startswith("{") != order:
                 continue
-            inside = (a < end and b > s) if is_field else (s <= a < end)
-            if inside:
-                pos.append(t)
-        claimed.update(pos)
-        roles.append((name, pos))
+            pos = []
+            for t, (a, b) in enumerate(offsets):
+                if t == final or t in claimed or a == b:
+                    continue
+                if (a < end and b > s) if order else (s <= a < end):
+                    pos.append(t)
+            claimed.update(pos)
+            found[j] = pos
+    roles = [(name, found[j]) for j, (name, _, _) in enumerate(pieces)]
+    if pieces and not pieces[-1][0].startswith("{") and not roles[-1][1]:
+        roles.pop()  # a trailing literal that is only the final token ("... a{OBJECT} to") is the final role
     roles.append((FINAL, [final]))
     if len(offsets) != len(toks):
         raise WorkbenchError(
