@@ -14,7 +14,7 @@ from ..data.dataset import Dataset
 from ..engine.batching import BatchOutput, Progress
 from ..engine.edits import Cell, Edit, as_cells
 from ..engine.sites import site as site_record
-from ..engine.traced import collect, run_rows
+from ..engine.traced import collect, run_examples, run_rows
 from ..errors import SiteError, TokenizationError, WorkbenchError
 from ..model import Model
 from ..remote import job_status
@@ -306,16 +306,15 @@ def _patch_sweep_dataset(
     model.check_site(site)
     runner = Runner(model, ds, m, align, corrupt=True, progress=progress, cancel=cancel)
     shapes: list[tuple[int, ...]] = []
-
-    def one(i: int, prog: Progress) -> BatchOutput:
+    pairs, edits = [], []
+    for i in range(len(ds)):
         c, k = runner.ids(i)
         rows, shape = column_rows(model, site, runner.al.positions[i], by_position, c.shape[1])
         shapes.append(shape)
-        edits = [[Edit(cell) for cell in row] for row in rows]
-        return run_rows(model, c, k, edits, runner.bound[i], progress=prog, cancel=cancel)
-
-    with model.lock, job_status(model, progress, cancel):
-        outs = runner.each(one)
+        pairs.append((c, k))
+        edits.append([[Edit(cell) for cell in row] for row in rows])
+    with model.lock, job_status(model, progress, cancel):  # examples of one length share forwards
+        outs = run_examples(model, pairs, edits, runner.bound, progress=progress, cancel=cancel)
     options = dict(op="patch_sweep", dataset=len(ds), metric=m.name, site=site, by_position=by_position)
     return runner.sweep_result(
         outs,
@@ -341,14 +340,11 @@ def _patch_dataset(
     runner = Runner(model, ds, m, align, corrupt=True, progress=progress, cancel=cancel)
     per_cells = [example_cells(runner.al, i, cells, model) for i in range(len(ds))]
 
-    def one(i: int, prog: Progress) -> Value:
-        c, k = runner.ids(i)
-        out = run_rows(model, c, k, [[Edit(x) for x in per_cells[i]]], runner.bound[i], top_k=top_k,
-                       progress=prog, cancel=cancel)  # fmt: skip
-        return run_value(model, out, {}, lambda: "")
-
-    with model.lock, job_status(model, progress, cancel):
-        values = runner.each(one)
+    pairs = [runner.ids(i) for i in range(len(ds))]
+    edits = [[[Edit(x) for x in per_cells[i]]] for i in range(len(ds))]
+    with model.lock, job_status(model, progress, cancel):  # examples of one length share forwards
+        outs = run_examples(model, pairs, edits, runner.bound, top_k=top_k, progress=progress, cancel=cancel)
+    values = [run_value(model, out, {}, lambda: "") for out in outs]
     options = dict(op="patch", dataset=len(ds), metric=m.name, **dataset_cells_options(cells))
     return runner.value_result(
         values, options=options, code=lambda: codegen.dataset_code(model, m, options, ds, runner.al)
