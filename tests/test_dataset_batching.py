@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +16,7 @@ from tests.conftest import ATOL, CLEAN, CORRUPT, FOIL, OTHER, TARGET, assert_clo
 from tests.test_trust import EDITS, apply_edit
 from workbench.data.dataset import Dataset
 from workbench.engine import replay as F
-from workbench.engine.edits import Cell, Edit
+from workbench.engine.edits import Add, Cell, Edit
 from workbench.engine.fast import switched_off
 from workbench.ops.patching import pair_tokens
 from workbench.testing import tiny_model
@@ -128,7 +129,7 @@ def test_role_runs_are_replayed_exactly(family, monkeypatch):
 
 def test_replay_declines_repeated_places():
     """Two edits of one place in a run (an 'add' applied twice) or of two layers stay with the traced path."""
-    add = Edit(Cell("resid_pre", 1, 2), "add", np.ones(1))
+    add = Edit(Cell("resid_pre", 1, 2), Add(torch.ones(4)))
     assert F.one_site([[add, add]]) is None
     assert F.one_site([[Edit(Cell("resid_pre", 1, 2)), Edit(Cell("resid_pre", 2, 3))]]) is None
     assert F.one_site([[Edit(Cell("head", 1, 2, 0)), Edit(Cell("head", 1, 2, 1))]]) == ("head", "source")

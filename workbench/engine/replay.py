@@ -25,6 +25,13 @@ calling thread (`_threads`), under `model.lock`; metrics get copies of cached lo
 
 The runs use oneDNN's float32 linear layers (`onednn`, about 2x MKL's on AMD CPUs).
 
+A run may edit several positions of one site and layer (a role's tokens, align="roles"): it starts at the
+first of them. Several prompt pairs of one length replay together (`run_many`, a dataset's examples): one
+batched forward gives every example's baseline, the rows of all examples that start at one position share
+each block call (each row gets its own example's block input and its own keys and values of positions <
+start), and the probe, run once per start over the whole stack, must find the same block arguments for
+every example (else NotReplayable and the examples run one by one).
+
 Applies to: local models of the families whose `Arch.replay` is "" (transformers 5 decoder blocks that
 return the hidden state and take the cache as a keyword; each is tested exact on its tiny model) with no
 user hooks (`has_hooks`), no grad. Sliding-window layers (Gemma-3, Mistral) are exact too: the runs keep
