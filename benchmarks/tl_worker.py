@@ -4,6 +4,8 @@ One JSON request per line in, one JSON answer per line out. Timing happens here,
 the runner's own work never counts against TransformerLens. Requests:
   {"cmd": "setup", "folder": ..., "threads": 1}
   {"cmd": "op", "op": ..., "clean": [ids], "corrupt": [ids], "target": id, "foil": id, "cells": [[...]]|null}
+  {"cmd": "op", "kind": "dataset", "clean": [[ids], ...], "corrupt": [[ids], ...], "targets": [id, ...],
+   "foils": [id, ...], "cells": [[layer, pos], ...]|null}  (issue 13: a batch of pairs, batch-mean metric)
 Answers: {"ok": true, "time": s, "peak": bytes, "values": [...]} or {"ok": false, "error": "..."}.
 """
 
@@ -229,7 +231,38 @@ def path(req: dict) -> list[float]:
     return out
 
 
-OPS = {"sweep": sweep, "attribution": attribution, "lens": lens, "path": path}
+def dataset(req: dict) -> list[float]:
+    """Issue 13: TransformerLens's batched `get_act_patch_resid_pre` over a batch of equal-length pairs with a
+    batch-mean logit difference (each example's own target and foil), the clean cache of the batch
+    included; `cells` (layer, pos) samples the grid."""
+    import pandas as pd
+    from transformer_lens import patching
+
+    model = MODEL
+    clean = torch.tensor(req["clean"])  # [N, T]
+    corrupt = torch.tensor(req["corrupt"])
+    rows = torch.arange(clean.shape[0])
+    target, foil = torch.tensor(req["targets"]), torch.tensor(req["foils"])
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        last = logits[:, -1].float()
+        return (last[rows, target] - last[rows, foil]).mean()
+
+    with torch.no_grad():
+        t0, c0 = time.perf_counter(), time.process_time()
+        _, clean_cache = model.run_with_cache(clean)
+        req["_setup"] = time.perf_counter() - t0
+        req["_setup_cpu"] = time.process_time() - c0
+        if req.get("cells") is None:
+            return patching.get_act_patch_resid_pre(model, corrupt, clean_cache, metric).flatten().tolist()
+        index_df = pd.DataFrame(req["cells"], columns=["layer", "pos"])
+        out = patching.get_act_patch_resid_pre(
+            model, corrupt, clean_cache, metric, index_axis_names=None, index_df=index_df
+        )
+        return out.flatten().tolist()
+
+
+OPS = {"sweep": sweep, "attribution": attribution, "lens": lens, "path": path, "dataset": dataset}
 
 
 def main() -> None:
@@ -253,14 +286,17 @@ def main() -> None:
                 else:
                     fn = OPS[kind]
                 base = rss_reset()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 values = fn(req)
                 dt = time.perf_counter() - t0
+                cpu = time.process_time() - c0
                 peak = peak_since(base)
                 ans = {
                     "ok": True,
                     "time": dt,
                     "setup": req.get("_setup", 0.0),
+                    "cpu": cpu,  # CPU seconds of this process (less sensitive to a busy machine)
+                    "setup_cpu": req.get("_setup_cpu", 0.0),
                     "peak": peak,
                     "values": values,
                 }

@@ -25,6 +25,13 @@ calling thread (`_threads`), under `model.lock`; metrics get copies of cached lo
 
 The runs use oneDNN's float32 linear layers (`onednn`, about 2x MKL's on AMD CPUs).
 
+A run may edit several positions of one site and layer (a role's tokens, align="roles"): it starts at the
+first of them. Several prompt pairs of one length replay together (`run_many`, a dataset's examples): one
+batched forward gives every example's baseline, the rows of all examples that start at one position share
+each block call (each row gets its own example's block input and its own keys and values of positions <
+start), and the probe, run once per start over the whole stack, must find the same block arguments for
+every example (else NotReplayable and the examples run one by one).
+
 Applies to: local models of the families whose `Arch.replay` is "" (transformers 5 decoder blocks that
 return the hidden state and take the cache as a keyword; each is tested exact on its tiny model) with no
 user hooks (`has_hooks`), no grad. Sliding-window layers (Gemma-3, Mistral) are exact too: the runs keep
@@ -87,14 +94,16 @@ class Baseline:
     probes: dict[int, list[tuple[tuple, dict[str, Any]]]] = field(default_factory=dict)  # start -> block args
 
 
-def _cache_kv(cache: Any, n_layers: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    cache = getattr(cache, "self_attention_cache", cache)
-    keys, values = [], []
-    for j in range(n_layers):
-        layer = cache.layers[j]
-        keys.append(layer.keys[1:2].detach())
-        values.append(layer.values[1:2].detach())
-    return keys, values
+def replay_sites(model: Model, only: str | None = None) -> list[str]:
+    """The module tensors a baseline keeps: in-block sites and terms added after the block (all of them, or
+    only site `only`'s, which a stack of examples needs)."""
+    return [
+        name
+        for name, rec in SITE_TABLE.items()
+        if rec.replay in ("hook", "added")
+        and (not rec.sequential_only or model._sequential())
+        and (only is None or name == only)
+    ]
 
 
 def baseline(model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor, version: ModelKey) -> Baseline:
@@ -106,13 +115,24 @@ def baseline(model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor, ver
     if hit is not None and hit[0] == version:
         per_model.move_to_end(key)
         return hit[1]
+    bases, complete = forward_baselines(model, source_ids, base_ids, replay_sites(model))
+    base = bases[0]
+    if not complete or structure_key(model) != version.structure:
+        return base  # something else ran or changed the model meanwhile: use it once, never cache it
+    per_model[key] = (version, base)
+    while len(per_model) > _MAX_BASELINES:
+        per_model.popitem(last=False)
+    return base
+
+
+def forward_baselines(
+    model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor, sites: Sequence[str]
+) -> tuple[list[Baseline], bool]:
+    """The baselines of N equal-length pairs (`source_ids`, `base_ids` [N, T]) from one forward of the 2N
+    rows (source i, base i, ...), keeping the module tensors of `sites`; and whether every block ran."""
     n_layers = model.n_layers
+    n = base_ids.shape[0]
     hidden: list[Any] = [None] * (n_layers + 1)
-    sites = [  # the module tensors the replay reads: in-block sites and terms added after the block
-        name
-        for name, rec in SITE_TABLE.items()
-        if rec.replay in ("hook", "added") and (not rec.sequential_only or model._sequential())
-    ]
     acts: dict[str, list[Any]] = {x: [None] * n_layers for x in sites}
     handles = []
 
@@ -157,7 +177,7 @@ def baseline(model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor, ver
         handles.append(blocks[n_layers - 1].register_forward_hook(mine(grab_out(hidden, n_layers))))
         with torch.no_grad():
             out = model.hf(
-                torch.cat([source_ids, base_ids]),
+                torch.stack([source_ids, base_ids], dim=1).reshape(2 * n, -1),  # source i, base i, ...
                 past_key_values=_full_cache(),
                 use_cache=True,
                 logits_to_keep=1,
@@ -167,15 +187,23 @@ def baseline(model: Model, source_ids: torch.Tensor, base_ids: torch.Tensor, ver
             h.remove()
     if not all(a is not None for v in acts.values() for a in v):
         raise NotReplayable("a site module did not run in the baseline forward")
-    keys, values = _cache_kv(out.past_key_values, n_layers)
-    base = Baseline(hidden, acts, keys, values, out.logits[:, -1].float())
-    complete = all(h is not None for h in hidden) and all(a is not None for v in acts.values() for a in v)
-    if not complete or structure_key(model) != version.structure:
-        return base  # something else ran or changed the model meanwhile: use it once, never cache it
-    per_model[key] = (version, base)
-    while len(per_model) > _MAX_BASELINES:
-        per_model.popitem(last=False)
-    return base
+    cache = getattr(out.past_key_values, "self_attention_cache", out.past_key_values)
+    logits = out.logits[:, -1].float()
+    bases = []
+    for i in range(n):
+        two = slice(2 * i, 2 * i + 2)
+        keys = [cache.layers[j].keys[2 * i + 1 : 2 * i + 2].detach() for j in range(n_layers)]
+        values = [cache.layers[j].values[2 * i + 1 : 2 * i + 2].detach() for j in range(n_layers)]
+        bases.append(
+            Baseline(
+                [None if h is None else h[two] for h in hidden],
+                {name: [a[two] for a in v] for name, v in acts.items()},
+                keys,
+                values,
+                logits[two],
+            )
+        )
+    return bases, all(h is not None for h in hidden)
 
 
 def _full_cache() -> Any:
@@ -193,10 +221,14 @@ class NotReplayable(Exception):
 CACHE = object()  # stands for the model's cache object in recorded block arguments
 
 
-def probe(model: Model, base: Baseline, base_ids: torch.Tensor, start: int) -> list[tuple[tuple, dict]]:
-    """The arguments the model passes each block for positions start.. after a cache of `start` positions."""
-    if start in base.probes:
-        return base.probes[start]
+def _record(
+    model: Model,
+    base_ids: torch.Tensor,
+    keys: Sequence[torch.Tensor],
+    values: Sequence[torch.Tensor],
+    start: int,
+) -> list[tuple[tuple, dict[str, Any]]]:
+    """The block arguments of a forward of `base_ids[:, start:]` after a cache of the given keys/values."""
     from transformers import Cache
 
     blocks = _get_path(model.hf, model.arch.layers)
@@ -211,11 +243,19 @@ def probe(model: Model, base: Baseline, base_ids: torch.Tensor, start: int) -> l
     cache = _full_cache()
     if start:
         for j in range(model.n_layers):
-            cache.update(base.keys[j][..., :start, :], base.values[j][..., :start, :], j)
+            cache.update(keys[j][..., :start, :], values[j][..., :start, :], j)
     with torch.no_grad(), swapped_forwards([(block, recorder) for block in blocks]):
         model.hf(base_ids[:, start:], past_key_values=cache, use_cache=True, logits_to_keep=1)
     if len(recorded) != model.n_layers:
         raise NotReplayable(f"recorded {len(recorded)} block calls for {model.n_layers} blocks")
+    return recorded
+
+
+def probe(model: Model, base: Baseline, base_ids: torch.Tensor, start: int) -> list[tuple[tuple, dict]]:
+    """The arguments the model passes each block for positions start.. after a cache of `start` positions."""
+    if start in base.probes:
+        return base.probes[start]
+    recorded = _record(model, base_ids, base.keys, base.values, start)
     for args, kw in recorded:
         for v in (*args, *kw.values()):
             tensors = v if isinstance(v, tuple | list) else (v,)
@@ -226,20 +266,86 @@ def probe(model: Model, base: Baseline, base_ids: torch.Tensor, start: int) -> l
     return recorded
 
 
-class ReplayCache:
-    """Serves the base run's keys/values of positions < start, expanded over the batch, before new ones."""
+def _one_row(v: Any, n: int) -> Any:
+    """A block argument recorded for a stack of n examples as the one-row argument every example shares:
+    tensors with a batch dimension must hold the same row n times (else the examples differ: NotReplayable)."""
+    if isinstance(v, tuple | list):
+        return type(v)(_one_row(x, n) for x in v)
+    if not isinstance(v, torch.Tensor) or v.dim() < 2 or v.shape[0] == 1:
+        return v
+    if v.shape[0] != n or not bool((v == v[:1]).all()):
+        raise NotReplayable("a block argument differs between the examples of a stack")
+    return v[:1]
 
-    def __init__(self, base: Baseline, start: int) -> None:
-        self.base, self.start = base, start
+
+class Stack:
+    """Equal-length prompt pairs replayed together: each example's baseline, and their base rows stacked
+    (block inputs, keys and values) for the rows of many examples in one block call. One pair is a stack of
+    one, served exactly as before (its base rows expanded over the batch)."""
+
+    def __init__(self, bases: Sequence[Baseline], base_ids: torch.Tensor) -> None:
+        self.bases, self.base_ids, self.n = list(bases), base_ids, len(bases)
+        self._hidden: dict[int, torch.Tensor] = {}
+        self._keys: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.probes: dict[int, list[tuple[tuple, dict]]] = {}
+
+    def hidden(self, entry: int, examples: Sequence[int], start: int) -> torch.Tensor:
+        """The base runs' input of block `entry` at positions start.. for rows of these examples (a copy)."""
+        if self.n == 1:
+            return self.bases[0].hidden[entry][1:2, start:].expand(len(examples), -1, -1).clone()
+        if entry not in self._hidden:
+            self._hidden[entry] = torch.cat([b.hidden[entry][1:2] for b in self.bases])
+        return self._hidden[entry][torch.tensor(examples), start:]
+
+    def kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The base runs' keys and values of block `layer`, [n, kv_heads, T, d_head]."""
+        if layer not in self._keys:
+            self._keys[layer] = (
+                torch.cat([b.keys[layer] for b in self.bases]),
+                torch.cat([b.values[layer] for b in self.bases]),
+            )
+        return self._keys[layer]
+
+    def prefix(
+        self, layer: int, start: int, n: int, rows: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of positions < start for a batch of n rows (of examples `rows`)."""
+        if self.n == 1:
+            base = self.bases[0]
+            k, v = base.keys[layer][..., :start, :], base.values[layer][..., :start, :]
+            return k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)
+        assert rows is not None and len(rows) == n
+        k, v = self.kv(layer)
+        return k[rows, :, :start], v[rows, :, :start]
+
+    def probe(self, model: Model, start: int) -> list[tuple[tuple, dict]]:
+        if self.n == 1:
+            return probe(model, self.bases[0], self.base_ids, start)
+        if start not in self.probes:
+            keys, values = zip(*(self.kv(j) for j in range(model.n_layers)), strict=True)
+            recorded = _record(model, self.base_ids, keys, values, start)
+            self.probes[start] = [
+                (_one_row(args, self.n), {k: _one_row(v, self.n) for k, v in kw.items()})
+                for args, kw in recorded
+            ]
+        return self.probes[start]
+
+
+class ReplayCache:
+    """Serves the base run's keys/values of positions < start, expanded over the batch, before new ones
+    (for a stack of examples, each row gets its own example's: `rows` holds them, set before a block call)."""
+
+    def __init__(self, base: Baseline | Stack, start: int) -> None:
+        self.stack = base if isinstance(base, Stack) else Stack([base], torch.empty(0))
+        self.start = start
+        self.rows: torch.Tensor | None = None
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *a, **kw):
         if self.start == 0:
             return key_states, value_states
-        n = key_states.shape[0]
-        k = self.base.keys[layer_idx][..., : self.start, :].to(key_states.dtype)
-        v = self.base.values[layer_idx][..., : self.start, :].to(value_states.dtype)
-        k = torch.cat([k.expand(n, -1, -1, -1), key_states], dim=-2)
-        v = torch.cat([v.expand(n, -1, -1, -1), value_states], dim=-2)
+        k, v = self.stack.prefix(layer_idx, self.start, key_states.shape[0], self.rows)
+        k = torch.cat([k.to(key_states.dtype), key_states], dim=-2)
+        v = torch.cat([v.to(value_states.dtype), value_states], dim=-2)
         return k, v
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -278,31 +384,42 @@ def _site_value(
 
 
 @dataclass
-class _Row:
-    out: int  # index in the result
-    cell: Any
-    entry: int  # the block the row joins at (L: after the last block)
+class _Part:
+    """One edit of a run: its position relative to the run's start (None: every position), its head."""
+
+    position: int | None
+    head: int | None
     new: torch.Tensor  # value put in the slot [P, width] (P = 1, or T - start for all positions)
     old: torch.Tensor
 
 
-def _join(model: Model, base: Baseline, site: str, rows: list[_Row], entry: int, start: int) -> torch.Tensor:
+@dataclass
+class _Row:
+    out: int  # index in its example's result
+    ex: int  # its example in the stack
+    entry: int  # the block the row joins at (L: after the last block)
+    parts: list[_Part]
+
+
+def _join(model: Model, stack: Stack, site: str, rows: list[_Row], entry: int, start: int) -> torch.Tensor:
     """Hidden states [n, T - start, D] of rows joining at block `entry` (input edits applied)."""
-    x = base.hidden[entry][1:2, start:].expand(len(rows), -1, -1).clone()
+    x = stack.hidden(entry, [r.ex for r in rows], start)
     how = site_record(site).replay
     if how == "stream":
         for i, r in enumerate(rows):
-            if r.cell.position is None:
-                x[i] = r.new
-            else:
-                x[i, 0] = r.new[0]
+            for part in r.parts:
+                if part.position is None:
+                    x[i] = part.new
+                else:
+                    x[i, part.position] = part.new[0]
     elif how == "added":  # block entry - 1 added residual_scale * mlp_out to the stream
         scale = model.residual_scale(entry - 1)
         for i, r in enumerate(rows):
-            if r.cell.position is None:
-                x[i] += (r.new - r.old) * scale
-            else:
-                x[i, 0] += (r.new[0] - r.old[0]) * scale
+            for part in r.parts:
+                if part.position is None:
+                    x[i] += (part.new - part.old) * scale
+                else:
+                    x[i, part.position] += (part.new[0] - part.old[0]) * scale
     return x
 
 
@@ -313,10 +430,11 @@ def _hook_edit(model: Model, site: str, layer: int, rows: list[_Row], row0: int)
     def edit(x: torch.Tensor) -> None:
         x = slot(x, ref.layout)
         for i, r in enumerate(rows):
-            at: tuple = (row0 + i, slice(None) if r.cell.position is None else 0)
-            if r.cell.head is not None:
-                at += (r.cell.head,)
-            x[at] = r.new if r.cell.position is None else r.new[0]
+            for part in r.parts:
+                at: tuple = (row0 + i, slice(None) if part.position is None else part.position)
+                if part.head is not None:
+                    at += (part.head,)
+                x[at] = part.new if part.position is None else part.new[0]
 
     if ref.use_input:
         return (
@@ -345,8 +463,7 @@ def final_logits(model: Model, h: torch.Tensor) -> torch.Tensor:
 
 def _run_group(
     model: Model,
-    base: Baseline,
-    base_ids: torch.Tensor,
+    stack: Stack,
     site: str,
     rows: list[_Row],
     start: int,
@@ -355,10 +472,11 @@ def _run_group(
     """Last-position logits [n, V] of rows that all start at position `start` (rows sorted by entry);
     `cancel` is checked before every block."""
     n_layers = model.n_layers
-    kwargs = probe(model, base, base_ids, start)
-    cache = ReplayCache(base, start)
+    kwargs = stack.probe(model, start)
+    cache = ReplayCache(stack, start)
     blocks = _get_path(model.hf, model.arch.layers)
     h: torch.Tensor | None = None
+    examples: list[int] = []
     i = 0
     for j in range(rows[0].entry, n_layers):
         check_cancel(cancel)
@@ -368,8 +486,10 @@ def _run_group(
             i += 1
         row0 = 0 if h is None else h.shape[0]
         if joining:
-            x = _join(model, base, site, joining, j, start)
+            x = _join(model, stack, site, joining, j, start)
             h = x if h is None else torch.cat([h, x])
+            examples += [r.ex for r in joining]
+            cache.rows = torch.tensor(examples) if stack.n > 1 else None
         assert h is not None
         handle = None
         if joining and site_record(site).replay == "hook":
@@ -386,7 +506,7 @@ def _run_group(
             if handle is not None:
                 handle.remove()
     if i < len(rows):  # rows that join after the last block (mlp_out / resid_post of the last layer)
-        x = _join(model, base, site, rows[i:], n_layers, start)
+        x = _join(model, stack, site, rows[i:], n_layers, start)
         h = x if h is None else torch.cat([h, x])
     assert h is not None
     return final_logits(model, h[:, -1])
@@ -422,14 +542,73 @@ def prepared(
 
 
 def single_site(rows: Sequence[Sequence[Any]]) -> tuple[str, str] | None:
-    """(site, kind) when every run is one edit and all share a site and kind (what the replay serves)."""
+    """(site, kind) when every run is one edit and all share a site and kind."""
     if not rows or any(len(r) != 1 for r in rows):
         return None
-    first_edit = rows[0][0]
-    site, kind = first_edit.cell.site, first_edit.kind
-    if any(r[0].cell.site != site or r[0].kind != kind for r in rows):
+    return one_site(rows)
+
+
+def one_site(rows: Sequence[Sequence[Any]]) -> tuple[str, str] | None:
+    """(site, kind) when all runs edit one site with one kind and each run edits one layer: one edit, or
+    several at distinct (position, head) places of that layer (a role's tokens), which the replay serves
+    by starting the run at the first edited position. None otherwise."""
+    if not rows or any(len(r) == 0 for r in rows):
         return None
+    site, kind = rows[0][0].cell.site, rows[0][0].kind
+    for row in rows:
+        layer = row[0].cell.layer
+        seen = set()
+        for e in row:
+            if e.cell.site != site or e.kind != kind or e.cell.layer != layer:
+                return None
+            if len(row) > 1:
+                place = (e.cell.position, e.cell.head)
+                if e.cell.position is None or place in seen:
+                    return None
+                seen.add(place)
     return site, kind
+
+
+def _make_row(
+    model: Model, base: Baseline, kind: str, ex: int, out: int, edits: Sequence[Any]
+) -> tuple[int, _Row]:
+    """(start position, row) of one run: it starts at its first edited position (0 for all positions)."""
+    cells = [e.cell for e in edits]
+    start = 0 if cells[0].position is None else min(c.position for c in cells)
+    parts = []
+    for e in edits:
+        new, old = _site_value(model, base, e.cell, kind, e.tensor())
+        parts.append(
+            _Part(None if e.cell.position is None else e.cell.position - start, e.cell.head, new, old)
+        )
+    return start, _Row(out, ex, _entry_layer(cells[0].site, cells[0]), parts)
+
+
+def _stack(
+    model: Model, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], site: str, version: ModelKey
+) -> Stack | None:
+    """The stack of these pairs' baselines (one pair: its cached baseline), None when not replayable."""
+    base_ids = torch.cat([b for _, b in pairs])
+    if len(pairs) == 1:
+        base = prepared(model, pairs[0][0], pairs[0][1], version)
+        return None if base is None else Stack([base], base_ids)
+    sources = torch.cat([s for s, _ in pairs])
+    per = max(1, rows_per_chunk(model, base_ids.shape[1]) // 2)  # pairs per baseline forward
+    bases: list[Baseline] = []
+    try:
+        with torch.no_grad():
+            for lo in range(0, len(pairs), per):
+                part, complete = forward_baselines(
+                    model, sources[lo : lo + per], base_ids[lo : lo + per], replay_sites(model, site)
+                )
+                if not complete:
+                    return None
+                bases += part
+            stack = Stack(bases, base_ids)
+            stack.probe(model, 0)
+    except NotReplayable:
+        return None
+    return stack
 
 
 def run(
@@ -444,42 +623,80 @@ def run(
     cancel: threading.Event | None = None,
     chunk: int | None = None,
 ) -> Any:
-    """The fast path of `traced.run_rows` (same arguments, same BatchOutput) for runs of one edit each at one
-    site; None when it does not apply."""
-    n_tokens = base_ids.shape[1]
-    shared = single_site(rows)
-    if shared is None or source_ids.shape != base_ids.shape or base_ids.shape[0] != 1:
+    """The fast path of `traced.run_rows` (same arguments, same BatchOutput) for runs that edit one site
+    (`one_site`); None when it does not apply."""
+    outs = run_many(
+        model, [(source_ids, base_ids)], [rows], [metric], top_k=top_k, progress=progress, cancel=cancel,
+        chunk=chunk,
+    )  # fmt: skip
+    return None if outs is None else outs[0]
+
+
+# Positions one block call of a stack carries at most (rows x positions from the start): past a few
+# thousand the matmuls gain nothing, and the calls' activations stay ~100s of MB on a small model.
+STACK_TOKENS = 4096
+
+
+def run_many(
+    model: Model,
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    rows: Sequence[Sequence[Sequence[Any]]],
+    metrics: Sequence[Any],
+    *,
+    top_k: int = 0,
+    progress: Any = None,
+    cancel: threading.Event | None = None,
+    chunk: int | None = None,
+) -> list[Any] | None:
+    """`run` for several prompt pairs of one length at once (example i: `pairs[i]`, its runs `rows[i]`, its
+    metric `metrics[i]`): the runs of every example that start at one position share each block call, so
+    a dataset sweep costs what one long batch does. One BatchOutput per example (each equals its own `run`
+    within float32 reordering); None when the replay does not apply (the caller runs them one by one)."""
+    if not pairs:
         return None
-    site, kind = shared
+    n_tokens = pairs[0][1].shape[1]
+    if any(s.shape != b.shape or b.shape != (1, n_tokens) for s, b in pairs):
+        return None
+    shared = {one_site(r) for r in rows}
+    if len(shared) != 1 or None in shared:
+        return None
+    site, kind = shared.pop()  # type: ignore[misc]
     if not enabled_for(model, site, kind, n_tokens):
         return None
-    cells = [r[0].cell for r in rows]
     with session(model) as version:
-        base = prepared(model, source_ids, base_ids, version)
-        if base is None:
+        stack = _stack(model, pairs, site, version)
+        if stack is None:
             return None
         groups: dict[int, list[_Row]] = {}
-        for idx, cell in enumerate(cells):
-            new, old = _site_value(model, base, cell, kind, rows[idx][0].tensor())
-            start = 0 if cell.position is None else cell.position
-            groups.setdefault(start, []).append(_Row(idx, cell, _entry_layer(site, cell), new, old))
-        size = chunk or rows_budget(model, base_ids.shape[1])
-        out = Collected(len(cells), top_k)
-        done, n = 0, len(cells)
+        for ex, (base, ex_rows) in enumerate(zip(stack.bases, rows, strict=True)):
+            for idx, edits in enumerate(ex_rows):
+                start, row = _make_row(model, base, kind, ex, idx, edits)
+                groups.setdefault(start, []).append(row)
+        size = chunk or rows_budget(model, n_tokens)
+        outs = [Collected(len(r), top_k) for r in rows]
+        done, n = 0, sum(len(r) for r in rows)
         with torch.no_grad():
             for start in sorted(groups):
-                rows = sorted(groups[start], key=lambda r: (r.entry, r.out))
-                for lo in range(0, len(rows), size):
+                group = sorted(groups[start], key=lambda r: (r.entry, r.ex, r.out))
+                per_call = size
+                if stack.n > 1:  # a stack's block calls: at most STACK_TOKENS rows x positions
+                    per_call = min(size, max(1, STACK_TOKENS // (n_tokens - start)))
+                for lo in range(0, len(group), per_call):
                     check_cancel(cancel)
-                    part = rows[lo : lo + size]
+                    part = group[lo : lo + per_call]
                     try:
-                        logits = _run_group(model, base, base_ids, site, part, start, cancel)
+                        logits = _run_group(model, stack, site, part, start, cancel)
                     except NotReplayable:
                         return None
-                    out.add(torch.tensor([r.out for r in part]), logits, metric, base.logits[0])
+                    exs = torch.tensor([r.ex for r in part])
+                    for e in exs.unique().tolist():
+                        sel = (exs == e).nonzero().flatten()
+                        part_logits = logits if len(sel) == len(part) else logits[sel]
+                        idx = torch.tensor([part[k].out for k in sel.tolist()])
+                        outs[e].add(idx, part_logits, metrics[e], stack.bases[e].logits[0])
                     done += len(part)
                     report(progress, done, n)
-            return out.output(metric, base.logits)
+            return [o.output(m, b.logits) for o, m, b in zip(outs, metrics, stack.bases, strict=True)]
 
 
 __all__ = [
@@ -487,16 +704,20 @@ __all__ = [
     "Baseline",
     "NotReplayable",
     "ReplayCache",
+    "Stack",
     "baseline",
     "call_block",
     "disabled",
     "enabled_for",
     "final_logits",
+    "forward_baselines",
     "has_hooks",
+    "one_site",
     "prepared",
     "probe",
     "rows_budget",
     "run",
+    "run_many",
     "session",
     "single_site",
 ]

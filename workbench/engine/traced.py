@@ -65,6 +65,65 @@ def run_rows(
     return in_chunks(rows, size, one, top_k=top_k, progress=progress, cancel=cancel)
 
 
+def run_stacked(
+    model: Model,
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    rows: Sequence[Rows],
+    metrics: Sequence[Any],
+    *,
+    top_k: int = 0,
+    progress: Progress = None,
+    cancel: threading.Event | None = None,
+) -> list[BatchOutput]:
+    """`run_rows` for many prompt pairs (example i: `pairs[i]`, its runs `rows[i]`, its bound metric
+    `metrics[i]`), one BatchOutput each. Examples of one length replay together (`replay.run_many`: their
+    runs share block calls); the rest, and everything the replay does not serve, run one by one."""
+    for ex_rows in rows:
+        for row in ex_rows:
+            for e in row:
+                check_kind(model, e)
+    n_examples = len(pairs)
+    total = max(1, sum(len(r) for r in rows))
+    by_length: dict[tuple, list[int]] = defaultdict(list)
+    for i, (c, k) in enumerate(pairs):
+        by_length[(tuple(c.shape), tuple(k.shape))].append(i)
+    outs: list[Any] = [None] * n_examples
+    done = finished = 0
+
+    def share(runs: int, label: str) -> Progress:
+        if progress is None:
+            return None
+        before = done
+
+        def report(fraction: float, message: str) -> None:
+            frac = (before + min(max(fraction, 0.0), 1.0) * runs) / total
+            progress(min(1.0, frac), f"{finished}/{n_examples} examples ({label}{message})")
+
+        return report
+
+    for idx in by_length.values():
+        runs = sum(len(rows[i]) for i in idx)
+        fast = None
+        if len(idx) > 1:
+            fast = replay.run_many(model, [pairs[i] for i in idx], [rows[i] for i in idx],
+                                   [metrics[i] for i in idx], top_k=top_k,
+                                   progress=share(runs, f"{len(idx)} at once: "), cancel=cancel)  # fmt: skip
+        if fast is not None:
+            for i, out in zip(idx, fast, strict=True):
+                outs[i] = out
+            done += runs
+            finished += len(idx)
+            continue
+        for i in idx:
+            outs[i] = run_rows(model, *pairs[i], rows[i], metrics[i], top_k=top_k,
+                               progress=share(len(rows[i]), ""), cancel=cancel)  # fmt: skip
+            done += len(rows[i])
+            finished += 1
+    if progress is not None:
+        progress(1.0, f"{n_examples}/{n_examples} examples")
+    return outs
+
+
 def check_kind(model: Model, e: Edit) -> None:
     """Edits the engines cannot apply: the mean of an attention pattern, patterns without an eager function."""
     rec = site_record(e.cell.site)

@@ -23,7 +23,7 @@ from ..data.dataset import Dataset
 from ..engine.batching import BatchOutput, Progress, check_cancel
 from ..engine.edits import Cell, Edit, as_cells
 from ..engine.sites import site as site_record
-from ..engine.traced import run_examples, run_rows
+from ..engine.traced import run_examples, run_rows, run_stacked
 from ..errors import WorkbenchError
 from ..model import Model
 from ..validate import as_bool
@@ -164,14 +164,20 @@ class Runner:
     def run(self, job: Callable[[int], Job], *, top_k: int = 0) -> list[BatchOutput]:
         """Every example's engine output for `job(i)` (its source ids, base ids and rows), with its metric.
 
-        Locally: one `run_rows` per example, as one pair would run. Remote: every job is built (and checked)
+        Locally: `traced.run_stacked` (examples of one length replay together, exactly as each would alone;
+        the rest one `run_rows` each). Remote: every job is built (and checked)
         first, then all examples go in ONE request (`traced.run_examples`: a left-padded traced forward)."""
         return [outs[0] for outs in self.run_many(lambda i: [job(i)], top_k=top_k)]
 
     def run_many(self, jobs: Callable[[int], Sequence[Job]], *, top_k: int = 0) -> list[list[BatchOutput]]:
         """`run` for several engine calls per example (e.g. one per resampling reference)."""
         if not one_request(self.model):
-            return self.each(lambda i, prog: self._local(jobs(i), i, top_k, prog))
+            built = [list(jobs(i)) for i in range(len(self.ds))]
+            if all(len(js) == 1 for js in built):  # examples of one length replay together
+                outs = run_stacked(self.model, [js[0][:2] for js in built], [js[0][2] for js in built],
+                                   self.bound, top_k=top_k, progress=self.progress, cancel=self.cancel)  # fmt: skip
+                return [[o] for o in outs]
+            return self.each(lambda i, prog: self._local(built[i], i, top_k, prog))
         n = len(self.ds)
         built = []
         for i in range(n):
