@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -37,12 +38,11 @@ from .results import SweepResult
 _ORDER = tuple(sorted(SITE_TABLE, key=lambda name: SITE_TABLE[name].order))
 
 
-def _trace(model: Model, batch: torch.Tensor, sites: list[str], bound) -> tuple[dict, torch.Tensor]:
-    """(clean - corrupt) * grad for every (site, layer), summed per position ([T]) or per head ([T, H],
-    zero-padded to n_heads for key-value heads), from one traced forward and backward.
-
-    A pattern's gradient is read at its heads' outputs (the head site: output = probabilities @ values),
-    d metric / d P = d metric / d O_h @ V_h^T, with the probabilities and values of the attention function."""
+def _reads(model: Model, sites: list[str]) -> tuple[list, list, list, Any, list, list, list[bool]]:
+    """What an attribution trace reads, per (site, layer) in forward order: the keys, the envoys read (a
+    pattern's gradient is read at its head outputs), the attention envoys of patterns, the eager attention
+    function, (path, input?) of each read, the head layouts and whether each site is per head. Plain lists
+    only: they go into trace bodies that run on NDIF too."""
     keys = [
         (site, layer)
         for layer in range(model.n_layers)
@@ -57,6 +57,16 @@ def _trace(model: Model, batch: torch.Tensor, sites: list[str], bound) -> tuple[
     wheres = [(ref.path, ref.use_input) for ref in read_refs]
     layouts = [ref.layout for ref in refs]
     is_head = [site_record(site).per_head for site, _ in keys]
+    return keys, envoys, attn_envoys, eager_fn, wheres, layouts, is_head
+
+
+def _trace(model: Model, batch: torch.Tensor, sites: list[str], bound) -> tuple[dict, torch.Tensor]:
+    """(clean - corrupt) * grad for every (site, layer), summed per position ([T]) or per head ([T, H],
+    zero-padded to n_heads for key-value heads), from one traced forward and backward.
+
+    A pattern's gradient is read at its heads' outputs (the head site: output = probabilities @ values),
+    d metric / d P = d metric / d O_h @ V_h^T, with the probabilities and values of the attention function."""
+    keys, envoys, attn_envoys, eager_fn, wheres, layouts, is_head = _reads(model, sites)
     n_heads = model.n_heads
     nn = model.nn
     embed = model.embed()
@@ -117,20 +127,7 @@ def _trace_examples(
     pair i's clean / corrupt prompt, left-padded with an attention mask and explicit position ids; each pair's
     metric on its own rows, and the backward of the sum of the corrupt rows' metrics gives each pair its own
     gradient (the examples do not interact). Returns each pair's products ([T_i] / [T_i, H]) and baselines."""
-    keys = [
-        (site, layer)
-        for layer in range(model.n_layers)
-        for site in sites
-        if layer == 0 or not site_record(site).embed_only
-    ]
-    refs = [model.site_ref(site, layer) for site, layer in keys]
-    read_refs = [model.site_ref("head", ref.layer) if ref.pattern else ref for ref in refs]
-    envoys = [model.envoy(ref) for ref in read_refs]
-    attn_envoys = [model.envoy(ref) if ref.pattern else None for ref in refs]
-    eager_fn = eager_function(model) if any(ref.pattern for ref in refs) else None
-    wheres = [(ref.path, ref.use_input) for ref in read_refs]
-    layouts = [ref.layout for ref in refs]
-    is_head = [site_record(site).per_head for site, _ in keys]
+    keys, envoys, attn_envoys, eager_fn, wheres, layouts, is_head = _reads(model, sites)
     n_heads = model.n_heads
     batch = left_pad([t for c, k, _ in pairs for t in (c, k)], pad_id(model.tokenizer))
     pads = [batch.pad[2 * i] for i in range(len(pairs))]

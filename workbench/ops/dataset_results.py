@@ -87,15 +87,6 @@ class DatasetSweepResult(SweepResult):
             _code=self._code,
         )
 
-    def top_cells(self, n: int = 3) -> list[tuple[tuple[int, ...], float]]:
-        base = self.corrupt_mean if np.isfinite(self.corrupt_mean) else self.clean_mean
-        values = np.asarray(self.values, dtype=np.float64)
-        effect = np.nan_to_num(np.abs(values - base), nan=-1.0)
-        order = np.argsort(effect, axis=None)[::-1][:n]
-        return [
-            (tuple(int(i) for i in np.unravel_index(j, values.shape)), float(values.flat[j])) for j in order
-        ]
-
     def _label(self, index: tuple[int, ...]) -> str:
         parts = []
         for axis, i in zip(self.axes, index, strict=False):

@@ -267,7 +267,9 @@ class SweepResult(Figured):
 
     def top_cells(self, n: int = 3) -> list[tuple[tuple[int, ...], float]]:
         """The n cells that move the metric most from the unintervened run (corrupt; clean for ablation)."""
-        base = self.corrupt if np.isfinite(self.corrupt) else self.clean
+        base = (
+            self.corrupt_mean if np.isfinite(self.corrupt_mean) else self.clean_mean
+        )  # a Dataset: the means
         values = np.asarray(self.values, dtype=np.float64)
         effect = np.nan_to_num(np.abs(values - base), nan=-1.0)
         order = np.argsort(effect, axis=None)[::-1][:n]
