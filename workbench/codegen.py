@@ -703,33 +703,6 @@ def steer_code(model: Model, o: dict[str, Any], vec: torch.Tensor) -> str:
 # ------------------------------------------------------------------- the lens and attribution over a Dataset
 
 
-def _answer_ids(model: Model, metric: Any, i: int, example: Any) -> dict[str, int]:
-    """The token ids a per-example metric's code reads (`target`, `foil`) for example i."""
-    if not getattr(metric, "per_example", False):
-        return {}
-    m = metric.for_example(i, example)
-    if hasattr(m, "foil"):
-        return {"target": model.token_id(m.target), "foil": model.token_id(m.foil)}
-    return {"target": model.token_id(m.token)}
-
-
-def _example_list(model: Model, metric: Any, ds: Any, al: Any, corrupt: bool) -> str:
-    """Lines binding `examples`: each example's token ids, its metric's tokens and its columns' positions."""
-    lines = (
-        "# Per example: the clean (and corrupt) token ids, the metric's token ids, and the token positions of\n"
-        f"# each column (align={al.align!r}).\n"
-        "examples = [\n"
-    )
-    for i in range(len(ds)):
-        d: dict[str, Any] = {"clean": al.clean_ids[i][0].tolist()}
-        if corrupt:
-            d["corrupt"] = al.corrupt_ids[i][0].tolist()
-        d.update(_answer_ids(model, metric, i, ds[i]))
-        d["columns"] = al.positions[i]
-        lines += f"    {lit(d)},\n"
-    return lines + f"]\ncolumns = {lit(list(al.columns))}  # the column labels\n"
-
-
 _OVER_EXAMPLES = (
     "\n\nper_example = []\n"
     "for ex in examples:\n"
@@ -759,7 +732,7 @@ def _dataset_lens_code(model: Model, metric: Any, o: dict[str, Any], ds: Any, al
     return (
         _load(model)
         + metric.code(model)
-        + _example_list(model, metric, ds, al, corrupt=False)
+        + _examples(model, metric, ds, al, corrupt=False)
         + f"L = {model.n_layers}\n"
         "\n\ndef decode(resid):\n"
         '    """Residual vectors -> logits, through the final norm and the unembedding."""\n'
@@ -811,7 +784,7 @@ def _dataset_attribution_code(model: Model, metric: Any, o: dict[str, Any], ds: 
     return (
         _load(model)
         + metric.code(model)
-        + _example_list(model, metric, ds, al, corrupt=True)
+        + _examples(model, metric, ds, al, corrupt=True)
         + f"L = {1 if rec.embed_only else model.n_layers}\n"
         "\n\ndef run(ex):\n"
         '    """(clean - corrupt) . d metric / d act of one example, over its columns."""\n'
