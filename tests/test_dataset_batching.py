@@ -157,3 +157,24 @@ def test_stacked_replay_sees_every_edit(family, kind, seed, site):
     assert_close(fast.clean, plain.clean, ATOL, what + " clean")
     assert_close(fast.corrupt, plain.corrupt, ATOL, what + " corrupt")
     assert_close(roles.per_example, plain_roles.per_example, ATOL, what + " roles")
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_stacked_replay_with_an_in_place_metric_equals_traced(family, monkeypatch):
+    """A metric that edits its logits in place (and reads them after) gives the same numbers on the stacked
+    replay as on the traced path: every example's metric receives its own copy."""
+    model = tiny_model(family)
+    t, f = model.token_id(TARGET), model.token_id(FOIL)
+
+    def metric(logits):
+        logits.mul_(0.5)  # in place: must not leak into another example's or the baseline's logits
+        return logits[:, t] - logits[:, f]
+
+    seen = spy_many(monkeypatch)
+    fast = wb.patch_sweep(model, dataset(), metric=metric, site="resid_pre")
+    assert seen and all(seen), "the stacked replay did not run"
+    with F.disabled():
+        plain = wb.patch_sweep(model, dataset(), metric=metric, site="resid_pre")
+    np.testing.assert_allclose(fast.per_example, plain.per_example, atol=1e-4)
+    np.testing.assert_allclose(fast.clean, plain.clean, atol=1e-4)
+    np.testing.assert_allclose(fast.corrupt, plain.corrupt, atol=1e-4)
