@@ -1201,3 +1201,140 @@ def dataset_code(model: Model, metric: Any, o: dict[str, Any], ds: Any, al: Any,
     if o["op"] in ("path_patch", "path_patch_sweep"):
         return _remote(model, _dataset_path_code(model, metric, o, ds, al))
     return _remote(model, _dataset_edit_code(model, metric, o, ds, al, edits))
+
+
+# ------------------------------------------------------------------------------------------ causal tracing
+_TRACE_ORDER = ("attn_out", "mlp_out", "resid_post")  # forward order inside a block
+
+
+def _trace_function(model: Model, o: dict[str, Any]) -> str:
+    """`trace(ids, a, b, noise, target)`: ROME's trace_with_patch for every (layer, position), one nnsight
+    forward per layer: row 0 clean, rows 1..S noised, then S noised rows per position with that state restored."""
+    kind, sever = o["kind"], o.get("sever")
+    site = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}[kind]
+    frozen = {"mlp": "mlp_out", "attn": "attn_out"}.get(sever or "")
+    embed = site_code(model, "embed", 0)
+    if kind == "resid":
+        layers = "[layer]  # the block output at one layer"
+    else:
+        layers = "range(max(0, layer - window // 2), min(L, layer - (-window // 2)))  # ROME's window"
+    body = ""
+    for name in _TRACE_ORDER:
+        if name not in (site, frozen):
+            continue
+        sc = site_code(model, name, "j")
+        body += f"                    x = {sc.read}  # {sc.doc}\n"
+        if name == site:
+            body += (
+                "                    if j in restored:\n"
+                "                        for t in range(T):  # restore from the clean row\n"
+                "                            x[1 + S * (1 + t) : 1 + S * (2 + t), t] = x[0, t]\n"
+            )
+        else:
+            body += (
+                "                    for t in range(T):  # severed: frozen at its noised value (each sample's row)\n"
+                "                        x[1 + S * (1 + t) : 1 + S * (2 + t), t] = x[1 : 1 + S, t]\n"
+            )
+    if frozen is not None and site == frozen:
+        raise AssertionError("sever and kind name one site")
+    return (
+        f"L, window = {model.n_layers}, {o['window']}\n"
+        "\n\ndef trace(ids, a, b, noise, target=None):\n"
+        '    """p(target) with the state at each (layer, position) restored: [L, T], with p on the clean prompt\n'
+        "    and on the noised one (nothing restored). `noise` [S, b - a, d_model] is added to the embeddings\n"
+        '    of the subject tokens a..b-1 in every noised row."""\n'
+        "    S, T = noise.shape[0], ids.shape[1]\n"
+        "    values = torch.zeros(L, T)\n"
+        "    for layer in range(L):\n"
+        f"        restored = {layers}\n"
+        "        batch = ids.repeat(1 + S * (1 + T), 1)  # clean, S noised, then S rows per restored position\n"
+        "        with torch.no_grad():\n"
+        "            with model.trace(batch):\n"
+        f"                emb = {embed.read}  # the token embeddings\n"
+        "                emb[1:, a:b] += noise.repeat(1 + T, 1, 1).to(emb.dtype)\n"
+        "                for j in range(L):\n"
+        + body
+        + "                probs = torch.softmax(model.output.logits[:, -1].float(), dim=-1).save()\n"
+        "        if target is None:\n"
+        "            target = int(probs[0].argmax())  # the clean top-1\n"
+        "        values[layer] = probs[1 + S :, target].reshape(T, S).mean(1)\n"
+        "    return values, float(probs[0, target]), float(probs[1 : 1 + S, target].mean()), target\n"
+    )
+
+
+def _trace_noise(noise: torch.Tensor) -> str:
+    """The line binding `noise` when noise= was a tensor: as a literal (or, when huge, the user's tensor)."""
+    if noise.numel() > 50_000:
+        return (
+            "# noise= was a tensor too large to print here: set `noise` to it first (e.g. noise = trace.noise)\n"
+            "noise = globals()['noise']\n"
+        )
+    return f"noise = torch.tensor({lit(noise)})  # the noise tensor given, [S, n, d_model]\n"
+
+
+def causal_trace_code(model: Model, o: dict[str, Any], noise: torch.Tensor) -> str:
+    """nnsight code of one causal trace: the noise, then ROME's trace_with_patch at every cell."""
+    o = plain(o)
+    embed = site_code(model, "embed", 0)
+    a, b = o["subject"]
+    if o.get("noise_given"):
+        make = _trace_noise(noise)
+    else:
+        make = (
+            f"S, level = {o['samples']}, {o['noise']!r}\n"
+            f"unit = torch.randn(S, b - a, {model.d_model}, generator=torch.Generator().manual_seed({o['seed']}))\n"
+            "with torch.no_grad(), model.trace(ids):  # the noise scale: level x the std of the subject embeddings\n"
+            f"    std = {embed.read}[0, a:b].float().std().save()\n"
+            "noise = unit * (level * float(std))  # Gaussian noise [S, b - a, d_model]\n"
+        )
+    target = o.get("target_id") if o.get("target") is not None else None
+    return _remote(
+        model,
+        _load(model) + f"prompt = {lit(o['prompt'])}\n"
+        "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
+        f"a, b = {a}, {b}  # the subject's token positions, end exclusive\n"
+        + make
+        + _trace_function(model, o)
+        + f"\n\nresult, high, low, target = trace(ids, a, b, noise, target={lit(target)})\n"
+        "result = result.numpy()  # [L, T]: .values\n",
+    )
+
+
+def dataset_causal_trace_code(
+    model: Model,
+    o: dict[str, Any],
+    prompts: list[str],
+    spans: list[tuple[int, int]],
+    targets: list[int | None],
+) -> str:
+    """nnsight code of a causal trace over facts: one noise scale (the std of every subject token's
+    embedding), each fact's trace, then ROME's six position groups (`result` [L, 6], `sem`)."""
+    o = plain(o)
+    embed = site_code(model, "embed", 0)
+    return _remote(
+        model,
+        _load(model)
+        + f"facts = {lit([[p, list(s), t] for p, s, t in zip(prompts, spans, targets, strict=True)])}"
+        "  # prompt, subject span, target id (None: the clean top-1)\n"
+        "ids = [model.tokenizer(p, return_tensors='pt').input_ids for p, _, _ in facts]\n"
+        "subjects = torch.cat([x[0, a:b] for x, (_, (a, b), _) in zip(ids, facts)])[None]\n"
+        "with torch.no_grad(), model.trace(subjects):  # ROME's noise scale: the std over all subject tokens\n"
+        f"    std = {embed.read}[0].float().std().save()\n"
+        f"S, level = {o['samples']}, {o['noise']!r}\n"
+        f"gen = torch.Generator().manual_seed({o['seed']})\n"
+        f"units = [torch.randn(S, b - a, {model.d_model}, generator=gen) for _, (a, b), _ in facts]\n"
+        + _trace_function(model, o)
+        + "\n\ngroups = [[] for _ in range(6)]  # ROME's groups: first/middle/last subject, first/further after, last\n"
+        "per_example = []\n"
+        "for x, (_, (a, b), target), unit in zip(ids, facts, units):\n"
+        "    values, high, low, _ = trace(x, a, b, unit * (level * float(std)), target)\n"
+        "    per_example.append(values.numpy())\n"
+        "    last = x.shape[1] - 1\n"
+        "    columns = [[a], range(a + 1, b - 1), [b - 1], [b] if b <= last else [], range(b + 1, last), [last]]\n"
+        "    for k, cols in enumerate(columns):\n"
+        "        groups[k] += [values[:, c] for c in cols]\n"
+        "nan = torch.full((L,), float('nan'), dtype=torch.float64)  # a group no fact has\n"
+        "result = torch.stack([torch.stack(g).double().mean(0) if g else nan for g in groups], 1).float().numpy()\n"
+        "sem = torch.stack([torch.stack(g).double().std(0) / len(g) ** 0.5 if len(g) > 1 else nan for g in groups], 1)\n"
+        "sem = sem.float().numpy()  # [L, 6]: standard errors of the group means\n",
+    )

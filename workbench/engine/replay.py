@@ -130,8 +130,45 @@ def forward_baselines(
 ) -> tuple[list[Baseline], bool]:
     """The baselines of N equal-length pairs (`source_ids`, `base_ids` [N, T]) from one forward of the 2N
     rows (source i, base i, ...), keeping the module tensors of `sites`; and whether every block ran."""
-    n_layers = model.n_layers
     n = base_ids.shape[0]
+    run = capture(model, torch.stack([source_ids, base_ids], dim=1).reshape(2 * n, -1), sites)
+    bases = []
+    for i in range(n):
+        two = slice(2 * i, 2 * i + 2)
+        bases.append(run.baseline(two, 2 * i + 1))
+    return bases, run.complete
+
+
+@dataclass
+class Captured:
+    """One forward of a batch with everything a replay reads: block inputs, module tensors, keys and
+    values, last-position logits (each with the batch's rows)."""
+
+    hidden: list[Any]  # L + 1 entries [B, T, D] (None where a block did not run)
+    acts: dict[str, list[torch.Tensor]]
+    keys: list[torch.Tensor]  # [B, kv_heads, T, d_head] per block
+    values: list[torch.Tensor]
+    logits: torch.Tensor  # [B, V] float32
+    complete: bool  # every block ran
+
+    def baseline(self, rows: Any, base_row: int) -> Baseline:
+        """The Baseline of source/base rows `rows` (two rows: source first), base row `base_row`'s cache."""
+        one = slice(base_row, base_row + 1)
+        return Baseline(
+            [None if h is None else h[rows] for h in self.hidden],
+            {name: [a[rows] for a in v] for name, v in self.acts.items()},
+            [k[one] for k in self.keys],
+            [v[one] for v in self.values],
+            self.logits[rows],
+        )
+
+
+def capture(
+    model: Model, batch: torch.Tensor, sites: Sequence[str], hooks: Sequence[tuple[Any, Any]] = ()
+) -> Captured:
+    """One forward of `batch` [B, T] keeping what a replay reads (the module tensors of `sites`); `hooks`
+    are (module, forward hook) pairs active during it (this thread only), e.g. noise on the embeddings."""
+    n_layers = model.n_layers
     hidden: list[Any] = [None] * (n_layers + 1)
     acts: dict[str, list[Any]] = {x: [None] * n_layers for x in sites}
     handles = []
@@ -160,6 +197,8 @@ def forward_baselines(
 
     blocks = _get_path(model.hf, model.arch.layers)
     try:
+        for mod, fn in hooks:
+            handles.append(mod.register_forward_hook(mine(fn)))
         for j in range(n_layers):
             handles.append(blocks[j].register_forward_pre_hook(mine(grab_in(j)), with_kwargs=True))
             where: dict[tuple[str, bool], list[str]] = {}
@@ -176,34 +215,21 @@ def forward_baselines(
                 )
         handles.append(blocks[n_layers - 1].register_forward_hook(mine(grab_out(hidden, n_layers))))
         with torch.no_grad():
-            out = model.hf(
-                torch.stack([source_ids, base_ids], dim=1).reshape(2 * n, -1),  # source i, base i, ...
-                past_key_values=_full_cache(),
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            out = model.hf(batch, past_key_values=_full_cache(), use_cache=True, logits_to_keep=1)
     finally:
         for h in handles:
             h.remove()
     if not all(a is not None for v in acts.values() for a in v):
         raise NotReplayable("a site module did not run in the baseline forward")
     cache = getattr(out.past_key_values, "self_attention_cache", out.past_key_values)
-    logits = out.logits[:, -1].float()
-    bases = []
-    for i in range(n):
-        two = slice(2 * i, 2 * i + 2)
-        keys = [cache.layers[j].keys[2 * i + 1 : 2 * i + 2].detach() for j in range(n_layers)]
-        values = [cache.layers[j].values[2 * i + 1 : 2 * i + 2].detach() for j in range(n_layers)]
-        bases.append(
-            Baseline(
-                [None if h is None else h[two] for h in hidden],
-                {name: [a[two] for a in v] for name, v in acts.items()},
-                keys,
-                values,
-                logits[two],
-            )
-        )
-    return bases, all(h is not None for h in hidden)
+    return Captured(
+        hidden,
+        acts,  # type: ignore[arg-type]
+        [cache.layers[j].keys.detach() for j in range(n_layers)],
+        [cache.layers[j].values.detach() for j in range(n_layers)],
+        out.logits[:, -1].float(),
+        all(h is not None for h in hidden),
+    )
 
 
 def _full_cache() -> Any:
@@ -707,6 +733,7 @@ __all__ = [
     "Stack",
     "baseline",
     "call_block",
+    "capture",
     "disabled",
     "enabled_for",
     "final_logits",

@@ -16,6 +16,7 @@ from .patching import patch, patch_sweep
 from .path_patching import path_patch, path_patch_sweep
 from .results import AttentionResult, LensResult, SteerResult, SweepResult, Value
 from .steering import steer, steering_vector
+from .tracing import CausalTrace, DatasetCausalTrace, causal_trace
 
 
 def _public(name: str, fn: Any) -> Any:
@@ -35,11 +36,14 @@ logit_lens = _public("logit_lens", logit_lens)
 attention = _public("attention", attention)
 steer = _public("steer", steer)
 intervene = _public("intervene", intervene)
+causal_trace = _public("causal_trace", causal_trace)
 
 __all__ = [
     "Add",
     "AttentionResult",
+    "CausalTrace",
     "Cell",
+    "DatasetCausalTrace",
     "DatasetLensResult",
     "Edit",
     "Intervention",
@@ -52,6 +56,7 @@ __all__ = [
     "ablate_sweep",
     "attention",
     "attribution_patch",
+    "causal_trace",
     "intervene",
     "kl_to_clean",
     "logit_diff",
