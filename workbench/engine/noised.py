@@ -30,6 +30,7 @@ from . import replay
 from .batching import Progress, check_cancel, report, rows_per_chunk
 from .edits import Edit
 from .kernels import read, slot
+from .padding import left_pad, pad_id
 from .sites import site as site_record
 from .threads import mine
 
@@ -64,6 +65,21 @@ class Traced:
     noise: torch.Tensor  # [S, n, D]: the noise added
 
 
+@dataclass(frozen=True)
+class Fact:
+    """One prompt's runs over its noised base (a dataset op traces many): token ids [1, T], its noise, its
+    runs (lists of restoring edits) and its target (None: its clean top-1)."""
+
+    ids: torch.Tensor
+    noise: Noise
+    rows: Sequence[Sequence[Edit]]
+    target: int | None = None
+
+
+# Batch rows one NDIF request carries at most (a dataset of facts may need several requests).
+REMOTE_ROWS = 8192
+
+
 def run(
     model: Model,
     ids: torch.Tensor,
@@ -81,7 +97,50 @@ def run(
     fast = _replayed(model, ids, noise, rows, target, freeze, progress, cancel)
     if fast is not None:
         return fast
-    return _traced(model, ids, noise, rows, target, freeze, progress, cancel)
+    return _traced(model, [Fact(ids, noise, rows, target)], freeze, progress, cancel)[0]
+
+
+def run_many(
+    model: Model,
+    facts: Sequence[Fact],
+    *,
+    freeze: str | None = None,
+    progress: Progress = None,
+    cancel: threading.Event | None = None,
+) -> list[Traced]:
+    """`run` for many prompts: locally one after another (each on the replay when it applies); on NDIF the
+    facts' rows go in left-padded batches, all in one request up to REMOTE_ROWS batch rows."""
+    if model.remote:
+        return _traced(model, facts, freeze, progress, cancel)
+    out = []
+    for i, f in enumerate(facts):
+        share = _share(progress, i, len(facts))
+        out.append(
+            run(model, f.ids, f.noise, f.rows, target=f.target, freeze=freeze, progress=share, cancel=cancel)
+        )
+    return out
+
+
+def _share(progress: Progress, i: int, n: int) -> Progress:
+    """Fact i's share of a many-fact run's progress."""
+    if progress is None or n == 1:
+        return progress
+
+    def report(fraction: float, message: str) -> None:
+        progress((i + min(max(fraction, 0.0), 1.0)) / n, f"fact {i + 1}/{n} ({message})")
+
+    return report
+
+
+def subject_std(model: Model, facts: Sequence[tuple[torch.Tensor, tuple[int, int]]]) -> float:
+    """The std of the embedding vectors of every fact's subject tokens, pooled (ROME's noise scale): one
+    traced forward of the subjects' token ids laid end to end (the embeddings do not depend on position)."""
+    ids = torch.cat([ids[0, a:b] for ids, (a, b) in facts])[None]
+    embed = model.envoy(model.site_ref("embed", 0))
+    nn = model.nn
+    with torch.no_grad(), nn.trace(ids, logits_to_keep=1, **model.trace_options()):
+        std = read(embed, False)[0].float().std().save()
+    return float(std)
 
 
 def frozen(row: Sequence[Edit], freeze: str | None, n_layers: int) -> list[tuple[int, int]]:
@@ -95,106 +154,145 @@ def frozen(row: Sequence[Edit], freeze: str | None, n_layers: int) -> list[tuple
 
 
 # ------------------------------------------------------------------------------------------- the trace
+# A piece of a chunk: (fact index, first run, end run).
+Piece = tuple[int, int, int]
+
+
 def _traced(
     model: Model,
-    ids: torch.Tensor,
-    noise: Noise,
-    rows: Sequence[Sequence[Edit]],
-    target: int | None,
+    facts: Sequence[Fact],
     freeze: str | None,
     progress: Progress,
     cancel: threading.Event | None,
-) -> Traced:
-    n_samples, n_tokens = noise.samples, ids.shape[1]
-    base = 1 + n_samples  # batch rows before the runs: clean, then the noised samples
-    # Remote: every run in one request (the server has the memory); locally, chunks that fit.
-    per = max(1, len(rows)) if model.remote else max(1, rows_per_chunk(model, n_tokens) // n_samples - 1)
-    values: list[torch.Tensor] = []
-    high = low = std = float("nan")
-    tgt = -1
+) -> list[Traced]:
+    """Every fact's runs on the traced path, packed into forwards of at most a chunk's batch rows (remote:
+    REMOTE_ROWS per request), each piece of a fact carrying its clean and noised rows."""
+    width = max(f.ids.shape[1] for f in facts)
+    budget = REMOTE_ROWS if model.remote else rows_per_chunk(model, width)
+    pieces: list[Piece] = []
+    for k, f in enumerate(facts):
+        step = max(1, budget // f.noise.samples - 1)
+        pieces += [(k, lo, min(lo + step, len(f.rows))) for lo in range(0, max(1, len(f.rows)), step)]
+    chunks: list[list[Piece]] = [[]]
+    used = 0
+    for piece in pieces:
+        cost = (1 + piece[2] - piece[1]) * facts[piece[0]].noise.samples + 1
+        if chunks[-1] and used + cost > budget:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(piece)
+        used += cost
+    values: list[list[torch.Tensor]] = [[] for _ in facts]
+    ends: list[tuple[float, float, int, float]] = [(float("nan"),) * 3 + (float("nan"),)] * len(facts)  # type: ignore[list-item]
+    total = max(1, sum(len(f.rows) for f in facts))
     done = 0
-    for lo in range(0, max(1, len(rows)), per):
+    for part in chunks:
         check_cancel(cancel)
-        part = list(rows[lo : lo + per])
-        got, ends, tgt, std = _trace_chunk(model, ids, noise, part, target, freeze)
-        high, low = ends
-        values.append(got[base:].reshape(len(part), n_samples).mean(dim=1))
-        done += len(part)
-        report(progress, done, len(rows))
-    scale = std * noise.scale if noise.scale is not None else 1.0
-    return Traced(
-        torch.cat(values).float() if values else torch.zeros(0),
-        high,
-        low,
-        int(tgt),
-        std if noise.scale is not None else float("nan"),
-        noise.noise * scale,
-    )
+        for (k, lo, hi), (got, end) in zip(part, _trace_chunk(model, facts, part, freeze), strict=True):
+            values[k].append(got)
+            ends[k] = end
+            done += hi - lo
+        report(progress, done, total)
+    out = []
+    for k, f in enumerate(facts):
+        high, low, tgt, std = ends[k]
+        scale = f.noise.scale
+        out.append(
+            Traced(
+                torch.cat(values[k]).float() if values[k] else torch.zeros(0),
+                high,
+                low,
+                int(tgt),
+                std if scale is not None else float("nan"),
+                f.noise.noise.float() * (scale * std if scale is not None else 1.0),
+            )
+        )
+    return out
 
 
 def _trace_chunk(
-    model: Model,
-    ids: torch.Tensor,
-    noise: Noise,
-    rows: list[Sequence[Edit]],
-    target: int | None,
-    freeze: str | None,
-) -> tuple[torch.Tensor, tuple[float, float], int, float]:
-    """One forward of [clean, S noised, S rows per run]: p(target) of every batch row, (high, low), the
-    target and the std the noise was scaled by."""
-    n_samples = noise.samples
-    base = 1 + n_samples
-    # (layer, forward order, site) -> (destination rows, source rows, positions): restores copy from row 0,
-    # freezes from the row's own sample's unrestored row.
+    model: Model, facts: Sequence[Fact], part: list[Piece], freeze: str | None
+) -> list[tuple[torch.Tensor, tuple[float, float, int, float]]]:
+    """One forward of every piece's [clean, S noised, S rows per run] (left-padded when there are several):
+    per piece, p(target) of each of its runs (mean over the samples) and (high, low, target, std)."""
+    ids: list[torch.Tensor] = []
+    layout = []  # per piece: (first batch row, batch rows, samples)
+    for k, lo, hi in part:
+        f = facts[k]
+        n_rows = (1 + hi - lo) * f.noise.samples + 1
+        layout.append((len(ids), n_rows, f.noise.samples))
+        ids += [f.ids] * n_rows
+    padded = left_pad(ids, pad_id(model.tokenizer)) if len(part) > 1 else None
+    pads = [0] * len(part) if padded is None else [padded.pad[o] for o, _, _ in layout]
+    # (layer, forward order, site) -> (destination rows, source rows, columns): restores copy from the clean
+    # row, freezes from the run's own sample's noised row.
     moves: dict[tuple[int, int, str], tuple[list[int], list[int], list[int]]] = defaultdict(
         lambda: ([], [], [])
     )
-    for r, row in enumerate(rows):
-        first = base + r * n_samples
-        places = [(e.cell.layer, e.cell.site, e.cell.position, 0) for e in row]
-        places += [(j, freeze, p, 1) for j, p in frozen(row, freeze, model.n_layers)]
-        for layer, site, position, from_sample in places:
-            dst, src, pos = moves[(layer, site_record(site).order, site)]
-            for s in range(n_samples):
-                dst.append(first + s)
-                src.append(1 + s if from_sample else 0)
-                pos.append(position)
+    specs = []  # per piece, for the noise: (first row, rows, first subject column, end column, noise, scale)
+    wants = []
+    for (k, lo, hi), (o, n_rows, n_samples), pad in zip(part, layout, pads, strict=True):
+        f = facts[k]
+        a, b = f.noise.span
+        specs.append((o, n_rows, pad + a, pad + b, f.noise.noise.float(), f.noise.scale))
+        wants.append(-1 if f.target is None else int(f.target))
+        for r, row in enumerate(f.rows[lo:hi]):
+            first = o + 1 + n_samples * (1 + r)
+            places = [(e.cell.layer, e.cell.site, e.cell.position, False) for e in row]
+            places += [(j, freeze, p, True) for j, p in frozen(row, freeze, model.n_layers)]
+            for layer, site, position, own in places:
+                dst, src, col = moves[(layer, site_record(site).order, site)]
+                for s in range(n_samples):
+                    dst.append(first + s)
+                    src.append(o + 1 + s if own else o)
+                    col.append(pad + position)
     steps = []
     for key in sorted(moves):
         ref = model.site_ref(key[2], key[0])
-        dst, src, pos = moves[key]
+        dst, src, col = moves[key]
         steps.append((model.envoy(ref), ref.use_input, ref.layout, torch.tensor(dst), torch.tensor(src),
-                      torch.tensor(pos)))  # fmt: skip
+                      torch.tensor(col)))  # fmt: skip
     embed = model.envoy(model.site_ref("embed", 0))
-    a, b = noise.span
-    z = noise.noise.float()
-    scale = noise.scale
-    repeats = 1 + len(rows)
-    batch = ids.expand(base + len(rows) * n_samples, -1)
-    want = -1 if target is None else int(target)
+    clean_rows = torch.tensor([o for o, _, _ in layout])
+    want = torch.tensor(wants)
+    counts = torch.tensor([n for _, n, _ in layout])
+    inputs = (
+        {"input_ids": torch.cat(ids)}
+        if padded is None
+        else {"input_ids": padded.input_ids, "attention_mask": padded.attention_mask,
+              "position_ids": padded.position_ids}
+    )  # fmt: skip
     nn = model.nn
     # The body reads plain values only (a request carries a copy of them; never the Model).
-    with torch.no_grad(), nn.trace(batch, logits_to_keep=1, **model.trace_options()):
+    with torch.no_grad(), nn.trace(**inputs, logits_to_keep=1, **model.trace_options()):
         emb = read(embed, False)
-        if scale is None:
-            std = torch.full((), float("nan"))
-            added = z.to(emb.dtype)
-        else:
-            std = emb[0, a:b].float().std()
-            added = (z * (scale * std)).to(emb.dtype)
-        emb[1:, a:b] += added.repeat(repeats, 1, 1)
-        for envoy, use_input, layout, dst, src, pos in steps:
-            x = slot(read(envoy, use_input), layout)
-            x[dst, pos] = x[src, pos]
+        stds = []
+        for o, n_rows, a, b, z, scale in specs:
+            if scale is None:
+                stds.append(torch.full((), float("nan")))
+                added = z.to(emb.dtype)
+            else:
+                std = emb[o, a:b].float().std()
+                stds.append(std)
+                added = (z * (scale * std)).to(emb.dtype)
+            emb[o + 1 : o + n_rows, a:b] += added.repeat((n_rows - 1) // z.shape[0], 1, 1)
+        for envoy, use_input, layout_, dst, src, col in steps:
+            x = slot(read(envoy, use_input), layout_)
+            x[dst, col] = x[src, col]
         logits = nn.output.logits[:, -1].float()
-        tgt = logits[0].argmax() if want < 0 else torch.tensor(want)
-        probs = torch.softmax(logits, dim=-1)[:, tgt]
-        got = probs.save()
-        chosen = tgt.save()
-        std_used = std.save()
-    got = got.detach().float()
-    ends = (float(got[0]), float(got[1:base].mean()))
-    return got, ends, int(chosen), float(std_used)
+        chosen = torch.where(want < 0, logits[clean_rows].argmax(dim=-1), want)
+        rows_target = chosen.repeat_interleave(counts)
+        picked = logits.gather(1, rows_target[:, None])[:, 0]
+        probs = torch.exp(picked - torch.logsumexp(logits, dim=-1)).save()
+        targets = chosen.save()
+        std_used = torch.stack(stds).save()
+    probs = probs.detach().float()
+    out = []
+    for i, ((_, lo, hi), (o, _, n_samples)) in enumerate(zip(part, layout, strict=True)):
+        runs = probs[o + 1 + n_samples : o + 1 + n_samples * (1 + hi - lo)].reshape(hi - lo, n_samples)
+        high, low = float(probs[o]), float(probs[o + 1 : o + 1 + n_samples].mean())
+        out.append((runs.mean(dim=1), (high, low, int(targets[i]), float(std_used[i]))))
+    return out
 
 
 # ------------------------------------------------------------------------------------------- the replay
@@ -411,4 +509,4 @@ def _hook(model: Model, site: str, layer: int, edits: list[tuple[int, int, torch
     )
 
 
-__all__ = ["SITES", "Noise", "Traced", "frozen", "run"]
+__all__ = ["REMOTE_ROWS", "SITES", "Fact", "Noise", "Traced", "frozen", "run", "run_many", "subject_std"]

@@ -22,9 +22,8 @@ import torch
 from .. import codegen
 from ..data.dataset import Dataset
 from ..engine import noised
-from ..engine.batching import Progress, check_cancel
+from ..engine.batching import Progress
 from ..engine.edits import Cell, Edit
-from ..engine.kernels import read
 from ..errors import TokenizationError, WorkbenchError
 from ..model import Model
 from ..remote import job_status
@@ -273,8 +272,6 @@ def _checked(
             f"sever={sever!r} freezes the very outputs kind={kind!r} restores: sever a different sub-block, "
             "e.g. kind='resid', sever='mlp' (ROME's Fig. 2)."
         )
-    if sever is not None and not model._sequential() and kind == "resid":
-        pass  # parallel blocks: the MLP output is still a term of the stream, freezing it is well defined
     return kind, window, samples, sever
 
 
@@ -394,10 +391,17 @@ def _trace_one(
     progress: Progress,
     cancel: threading.Event | None,
 ) -> CausalTrace:
-    n_layers, n_tokens = model.n_layers, ids.shape[1]
-    rows = trace_rows(kind, window, n_layers, n_tokens)
+    rows = trace_rows(kind, window, model.n_layers, ids.shape[1])
     out = noised.run(model, ids, spec, rows, target=target, freeze=SEVER_SITES.get(sever or ""),
                      progress=progress, cancel=cancel)  # fmt: skip
+    return _result(model, ids, spec.span, out, options)
+
+
+def _result(
+    model: Model, ids: torch.Tensor, span: tuple[int, int], out: noised.Traced, options: dict[str, Any]
+) -> CausalTrace:
+    """A CausalTrace from the engine's output (values in row-major [layer, position] order)."""
+    n_layers, n_tokens = model.n_layers, ids.shape[1]
     values = out.values.numpy().reshape(n_layers, n_tokens).astype(np.float32)
     options = dict(options, target_id=out.target)
     result = CausalTrace(
@@ -405,7 +409,7 @@ def _trace_one(
         high=out.high,
         low=out.low,
         noise=out.noise,
-        subject=spec.span,
+        subject=span,
         tokens=model.str_tokens(ids),
         target=model.str_tokens([out.target])[0],
         target_id=out.target,
@@ -467,21 +471,30 @@ def _trace_dataset(
         facts.append((ex.clean, ids, (int(a), int(b)), tgt))
     gen = torch.Generator().manual_seed(int(seed))
     units = [torch.randn(samples, b - a, model.d_model, generator=gen) for _, _, (a, b), _ in facts]
-    with model.lock, job_status(model, progress, cancel):
-        std = subject_std(model, [(ids, span) for _, ids, span, _ in facts])
-        per: list[CausalTrace] = []
-        for i, (text, ids, span, tgt) in enumerate(facts):
-            check_cancel(cancel)
-            spec = noised.Noise(units[i] * (level * std), span, None)
-            options = dict(
-                op="causal_trace", prompt=text, subject=list(span), subject_text=None,
-                target=None if tgt is None else int(tgt), kind=kind, window=window, noise=None,
-                noise_given=True, samples=samples, seed=seed, sever=sever,
-            )  # fmt: skip
-            part = _share(progress, i, len(facts))
-            per.append(_trace_one(model, ids, spec, tgt, kind, window, sever, options, part, cancel))
-        if progress is not None:
-            progress(1.0, f"{len(facts)}/{len(facts)} facts")
+    freeze = SEVER_SITES.get(sever or "")
+    with model.lock, job_status(model, progress, cancel):  # remote: the std, then every fact in one request
+        std = noised.subject_std(model, [(ids, span) for _, ids, span, _ in facts])
+        specs = [
+            noised.Fact(
+                ids,
+                noised.Noise(unit * (level * std), span, None),
+                trace_rows(kind, window, model.n_layers, ids.shape[1]),
+                tgt,
+            )
+            for unit, (_, ids, span, tgt) in zip(units, facts, strict=True)
+        ]
+        outs = noised.run_many(model, specs, freeze=freeze, progress=progress, cancel=cancel)
+    per = []
+    for (text, ids, span, tgt), out in zip(facts, outs, strict=True):
+        options = dict(
+            op="causal_trace", prompt=text, subject=list(span), subject_text=None,
+            target=None if tgt is None else int(tgt), kind=kind, window=window, noise=None,
+            noise_given=True, samples=samples, seed=seed, sever=sever,
+        )  # fmt: skip
+        per.append(_result(model, ids, span, out, options))
+        per[-1].noise_std = std  # the pooled std the given noise was scaled by
+    if progress is not None:
+        progress(1.0, f"{len(facts)}/{len(facts)} facts")
     values, sem, counts = grouped(per)
     options = dict(op="causal_trace", dataset=len(ds), kind=kind, window=window, noise=level,
                    samples=samples, seed=seed, sever=sever)  # fmt: skip
@@ -489,26 +502,6 @@ def _trace_dataset(
     result._code = lambda: codegen.dataset_causal_trace_code(model, options, [f[0] for f in facts],
                                                              [f[2] for f in facts], [f[3] for f in facts])  # fmt: skip
     return result
-
-
-def _share(progress: Progress, i: int, n: int) -> Progress:
-    if progress is None:
-        return None
-
-    def report(fraction: float, message: str) -> None:
-        progress((i + min(max(fraction, 0.0), 1.0)) / n, f"fact {i + 1}/{n} ({message})")
-
-    return report
-
-
-def subject_std(model: Model, facts: Sequence[tuple[torch.Tensor, tuple[int, int]]]) -> float:
-    """The std of the embedding vectors of every fact's subject tokens, pooled (ROME's noise scale): one
-    traced forward of the subjects' token ids laid end to end (embeddings do not depend on position)."""
-    ids = torch.cat([ids[0, a:b] for ids, (a, b) in facts])[None]
-    embed = model.envoy(model.site_ref("embed", 0))
-    with torch.no_grad(), model.nn.trace(ids, logits_to_keep=1, **model.trace_options()):
-        std = read(embed, False)[0].float().std().save()
-    return float(std)
 
 
 def group_columns(span: tuple[int, int], n_tokens: int) -> list[list[int]]:
@@ -554,7 +547,6 @@ __all__ = [
     "group_columns",
     "grouped",
     "subject_span",
-    "subject_std",
     "trace_rows",
     "window_layers",
 ]
