@@ -1078,3 +1078,76 @@ def joint_hooks(hf, tok, prompt: str, edits, source: str | None = None) -> list:
 def reference_joint_lens(hf, tok, prompt: str, edits, source: str | None = None, top_k: int = 5) -> dict:
     """`reference_logit_lens` of `prompt` run once with every edit (see `reference_joint`) applied at once."""
     return reference_logit_lens(hf, tok, prompt, top_k, joint_hooks(hf, tok, prompt, edits, source))
+
+
+# ----------------------------------------------------------------------------------------------
+# patchscope and the generation lens (issue 15)
+
+
+def reference_patchscope(
+    hf,
+    tok,
+    prompt: str,
+    target_prompt: str,
+    target_position: int = -1,
+    target_layer: int | None = None,
+    layers: Sequence[int] | None = None,
+    positions: Sequence[int] | None = None,
+    top_k: int = 5,
+) -> dict:
+    """Source run with a forward hook recording each block's output; then one target run per source
+    state, with a forward hook overwriting the block output at the target position and layer. The target's
+    next-token top-k and entropy at its last position. Arrays [n_layers, n_positions(, k)]."""
+    ids, target = tokens(tok, prompt), tokens(tok, target_prompt)
+    L, T = n_layers(hf), ids.shape[1]
+    layers = list(range(L)) if layers is None else list(layers)
+    positions = list(range(T)) if positions is None else [p % T for p in positions]
+    tpos = target_position % target.shape[1]
+    states: dict[int, torch.Tensor] = {}
+
+    def record(layer):
+        def fn(_mod, _args, out):
+            states[layer] = _first(out)[0].detach().clone()
+
+        return fn
+
+    handles = [blocks(hf)[layer].register_forward_hook(record(layer)) for layer in layers]
+    try:
+        run_logits(hf, ids)
+    finally:
+        for h in handles:
+            h.remove()
+    top_ids = torch.zeros(len(layers), len(positions), top_k, dtype=torch.long)
+    top_probs = torch.zeros(len(layers), len(positions), top_k)
+    entropy = torch.zeros(len(layers), len(positions))
+    for i, layer in enumerate(layers):
+        for j, t in enumerate(positions):
+            state = states[layer][t]
+
+            def overwrite(_mod, _args, out, state=state):
+                h = _first(out).clone()
+                h[:, tpos] = state
+                return _replace_first(out, h)
+
+            into = layer if target_layer is None else target_layer
+            handle = blocks(hf)[into].register_forward_hook(overwrite)
+            try:
+                logits = run_logits(hf, target)[0, -1]
+            finally:
+                handle.remove()
+            logp = torch.log_softmax(logits, -1)
+            top = logp.exp().topk(top_k)
+            top_ids[i, j], top_probs[i, j] = top.indices, top.values
+            entropy[i, j] = -(logp.exp() * logp).sum()
+    return {
+        "top_ids": top_ids.numpy().astype("int32"),
+        "top_probs": top_probs.numpy().astype("float32"),
+        "entropy": entropy.numpy().astype("float32"),
+    }
+
+
+def reference_token_probs(hf, ids: torch.Tensor, n_prompt: int) -> torch.Tensor:
+    """Each token after the prompt's probability under the model (one plain forward on all of `ids`)."""
+    logp = torch.log_softmax(run_logits(hf, ids)[0], -1)
+    new = ids[0, n_prompt:]
+    return logp[torch.arange(n_prompt - 1, ids.shape[1] - 1), new].exp()

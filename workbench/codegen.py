@@ -1338,3 +1338,123 @@ def dataset_causal_trace_code(
         "sem = torch.stack([torch.stack(g).double().std(0) / len(g) ** 0.5 if len(g) > 1 else nan for g in groups], 1)\n"
         "sem = sem.float().numpy()  # [L, 6]: standard errors of the group means\n",
     )
+
+
+# ------------------------------------------------------------------- decoding hidden states (issue 15)
+
+
+def _decode_lines(model: Model, indent: str) -> str:
+    """The family's logits scaling and soft cap after an unembedding (`logits = ...`), as code lines."""
+    div, cap = model.logit_divisor, model.logit_softcap
+    out = f"{indent}logits = logits / {div!r}  # the family's logits scaling\n" if div != 1.0 else ""
+    if cap:
+        out += f"{indent}logits = torch.tanh(logits / {cap}) * {cap}\n"
+    return out
+
+
+def _patched_generation_code(model: Model, resid: str, n_new: int) -> str:
+    """Greedy continuation of every patched target run (the patch on the prompt pass, step 0, only)."""
+    eos = sorted(_eos_of(model))
+    return (
+        "mask = torch.ones_like(batch)\n"
+        f"with torch.no_grad(), model.generate(batch, attention_mask=mask, max_new_tokens={n_new}, do_sample=False) as tracer:\n"
+        "    for step in tracer.iter[:1]:  # the prompt pass: patch; later steps read its keys and values\n"
+        "        for l in into:\n"
+        f"            x = {resid}\n"
+        "            for r, (i, sl, t) in enumerate(places):\n"
+        "                if (sl if target_layer is None else target_layer) == l:\n"
+        "                    x[r, target_position] = states[i, t]\n"
+        "    out = tracer.result.save()\n"
+        f"eos = {lit(eos)}\n"
+        "texts = []\n"
+        "for row in out[:, target.shape[1]:].tolist():\n"
+        "    cut = next((i + 1 for i, tok in enumerate(row) if tok in eos), len(row))  # stop at EOS\n"
+        "    texts.append(model.tokenizer.decode(row[:cut], skip_special_tokens=True))\n"
+        "generations = [texts[i * len(positions):(i + 1) * len(positions)] for i in range(len(layers))]\n"
+    )
+
+
+def _eos_of(model: Model) -> set[int]:
+    eos = getattr(getattr(model.hf, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = model.tokenizer.eos_token_id
+    return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+
+def patchscope_code(model: Model, o: dict[str, Any]) -> str:
+    """nnsight code of a patchscope: the source states in one trace, then one trace over a batch of copies
+    of the target prompt, each with one state written into its resid_post at the target position."""
+    o = plain(o)
+    resid = site_code(model, "resid_post", "l").read
+    n_new = int(o.get("max_new_tokens") or 0)
+    code = (
+        _load(model) + f"prompt = {lit(o['prompt'])}\n"
+        f"target_prompt = {lit(o['target_prompt'])}  # the inspection prompt\n"
+        f"layers, positions = {lit(o['layers'])}, {lit(o['positions'])}  # the source states (layer, position)\n"
+        f"target_layer, target_position = {lit(o['target_layer'])}, {lit(o['target_position'])}"
+        "  # target_layer None: each state goes into its own layer\n"
+        "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
+        "target = model.tokenizer(target_prompt, return_tensors='pt').input_ids\n"
+        "with torch.no_grad(), model.trace(ids):\n"
+        f"    states = torch.stack([{resid}[0] for l in layers]).save()  # resid_post: each block's output\n"
+        "places = [(i, l, t) for i, l in enumerate(layers) for t in positions]\n"
+        "batch = target.repeat(len(places), 1)  # one copy of the target prompt per source state\n"
+        "into = sorted({l if target_layer is None else target_layer for _, l, _ in places})\n"
+        "with torch.no_grad(), model.trace(batch):\n"
+        "    for l in into:\n"
+        f"        x = {resid}  # the target runs' resid_post at layer l\n"
+        "        for r, (i, sl, t) in enumerate(places):\n"
+        "            if (sl if target_layer is None else target_layer) == l:\n"
+        "                x[r, target_position] = states[i, t]  # run r carries source state (layers[i], t)\n"
+        "    logp = torch.log_softmax(model.output.logits[:, -1].float(), -1)  # the target's next token\n"
+        f"    top = logp.exp().topk({lit(o['top_k'])}, dim=-1)\n"
+        "    top_ids, top_probs = top.indices.save(), top.values.save()\n"
+        "    entropy = (-(logp.exp() * logp).sum(-1)).save()\n"
+        "shape = (len(layers), len(positions))\n"
+        + (_patched_generation_code(model, resid, n_new) if n_new else "")
+        + "result = top_ids.reshape(*shape, -1).numpy(), top_probs.reshape(*shape, -1).numpy(), "
+        "entropy.reshape(shape).numpy()  # [layers, positions, k], [layers, positions]\n"
+    )
+    return _remote(model, code)
+
+
+def lens_ids_code(model: Model, o: dict[str, Any], ids: list[int]) -> str:
+    """The plain lens code of given token ids (e.g. a prompt and its generated continuation)."""
+    o = plain(o)
+    code = _lens_code(model, o)
+    given = f"prompt = {lit(o['prompt'])}\nids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
+    assert given in code
+    code = code.replace(given, f"ids = torch.tensor([{lit(list(ids))}])  # the token ids read\n")
+    return _remote(model, code)
+
+
+def generation_lens_code(model: Model, o: dict[str, Any]) -> str:
+    """nnsight code of the generation lens: greedy generation, then each generated token's probability and
+    rank at every layer, read at the position that predicts it."""
+    o = plain(o)
+    norm, unembed = "model." + model.arch.final_norm, "model." + model.arch.unembed
+    resid = site_code(model, "resid_post", "l").read
+    code = (
+        _load(model) + f"prompt = {lit(o['prompt'])}\n"
+        "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
+        f"with torch.no_grad(), model.generate(ids, max_new_tokens={lit(o['max_new_tokens'])}, do_sample=False) as tracer:\n"
+        "    out = tracer.result.save()\n"
+        "new = out[0, ids.shape[1]:].tolist()\n"
+        f"eos = {lit(sorted(_eos_of(model)))}\n"
+        "new = new[: next((i + 1 for i, t in enumerate(new) if t in eos), len(new))]  # greedy stops at EOS\n"
+        "full = torch.cat([ids, torch.tensor([new])], 1)\n"
+        "P, n = ids.shape[1], len(new)\n"
+        "rows, picked = torch.arange(n), torch.tensor(new)\n"
+        "probs, ranks = [], []\n"
+        "with torch.no_grad(), model.trace(full):\n"
+        f"    for l in range({model.n_layers}):\n"
+        f"        logits = {unembed}({norm}({resid}[0, P - 1 : P - 1 + n])).float()"
+        "  # the positions that predict each generated token\n"
+        + _decode_lines(model, "        ")
+        + "        "
+        "probs.append(torch.softmax(logits, -1)[rows, picked])\n"
+        "        ranks.append((logits > logits[rows, picked][:, None]).sum(-1))\n"
+        "    probs, ranks = torch.stack(probs).save(), torch.stack(ranks).save()\n"
+        "result = probs.numpy(), ranks.numpy()  # [layers, generated tokens]\n"
+    )
+    return _remote(model, code)

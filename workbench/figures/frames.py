@@ -65,6 +65,12 @@ def sweep_frame(result, **unknown: Any):
     return _finish(df, result)
 
 
+def _ids(result, name: str, index: np.ndarray) -> np.ndarray:
+    """Grid indices as the model's layers / positions: a patchscope over chosen ones names them in `name`."""
+    chosen = getattr(result, name, None)
+    return np.asarray(chosen)[index] if chosen else index
+
+
 def lens_frame(result, *, what: str = "cells", token: str | int | None = None, **unknown: Any):
     pd = _pd()
     check_unknown("LensResult.to_frame()", unknown, ["what", "token"])
@@ -78,8 +84,8 @@ def lens_frame(result, *, what: str = "cells", token: str | int | None = None, *
         li, ti, ki = _grid((n_l, n_t, k))
         df = pd.DataFrame(
             {
-                "layer": li,
-                "position": ti,
+                "layer": _ids(result, "layer_ids", li),
+                "position": _ids(result, "positions", ti),
                 "token": pd.array([tokens[t] for t in ti], dtype="string"),
                 "k": ki + 1,
                 "pred_token": pd.array(
@@ -92,8 +98,8 @@ def lens_frame(result, *, what: str = "cells", token: str | int | None = None, *
         return _finish(df, result)
     li, ti = _grid((n_l, n_t))
     cols: dict[str, Any] = {
-        "layer": li,
-        "position": ti,
+        "layer": _ids(result, "layer_ids", li),
+        "position": _ids(result, "positions", ti),
         "token": pd.array([tokens[t] for t in ti], dtype="string"),
         "top_token": pd.array(
             [result.top_tokens[a][b][0] for a, b in zip(li, ti, strict=True)], dtype="string"

@@ -149,6 +149,12 @@ def plot_lens(
         zeroline=False,
         dtick=1 if n_layers <= 16 else (2 if n_layers <= 36 else 5),
     )
+    rows = getattr(result, "layer_ids", None)  # a grid over chosen layers / positions (a patchscope)
+    if rows and list(rows) != list(range(n_layers)):
+        fig.update_yaxes(tickmode="array", tickvals=list(range(n_layers)), ticktext=[str(r) for r in rows])
+    cols = getattr(result, "positions", None)
+    if cols and list(cols) != list(range(n_pos)):
+        fig.update_xaxes(ticktext=[f"{p} {label(t, 10)}" for p, t in zip(cols, tokens[:n_pos], strict=False)])
     what_text = {"prob": "top-1 probability", "rank": "rank", "entropy": "entropy", "kl": "KL"}[what]
     if tok_name is not None:
         what_text = f"{what} of {visible_token(tok_name)}"

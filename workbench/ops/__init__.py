@@ -12,7 +12,9 @@ from .dataset_results import DatasetLensResult
 from .intervention import intervene
 from .lens import Intervention, logit_lens
 from .metrics import Metric, kl_to_clean, logit_diff, logprob, prob
+from .generation_lens import GenerationLens, generation_lens
 from .patching import patch, patch_sweep
+from .patchscope import PatchscopeResult, patchscope
 from .path_patching import path_patch, path_patch_sweep
 from .results import AttentionResult, LensResult, SteerResult, SweepResult, Value
 from .steering import steer, steering_vector
@@ -37,6 +39,8 @@ attention = _public("attention", attention)
 steer = _public("steer", steer)
 intervene = _public("intervene", intervene)
 causal_trace = _public("causal_trace", causal_trace)
+patchscope = _public("patchscope", patchscope)
+generation_lens = _public("generation_lens", generation_lens)
 
 __all__ = [
     "Add",
@@ -46,9 +50,11 @@ __all__ = [
     "DatasetCausalTrace",
     "DatasetLensResult",
     "Edit",
+    "GenerationLens",
     "Intervention",
     "LensResult",
     "Metric",
+    "PatchscopeResult",
     "SteerResult",
     "SweepResult",
     "Value",
@@ -57,6 +63,7 @@ __all__ = [
     "attention",
     "attribution_patch",
     "causal_trace",
+    "generation_lens",
     "intervene",
     "kl_to_clean",
     "logit_diff",
@@ -66,6 +73,7 @@ __all__ = [
     "patch_sweep",
     "path_patch",
     "path_patch_sweep",
+    "patchscope",
     "prob",
     "steer",
     "steering_vector",

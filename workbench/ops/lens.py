@@ -265,6 +265,49 @@ def logit_lens(
         ids = model.to_tokens(prompt)
         batch, row, ivs_options = ids, 0, None
     tokens = _pinned(tokens)
+    options = dict(
+        op="logit_lens",
+        prompt=prompt,
+        top_k=top_k,
+        tokens=tokens,
+        intervention=ivs_options,
+        **({"edits": edits_options(checked), "source": source} if joint is not None else {}),
+    )
+    return lens_result(
+        model,
+        ids,
+        batch,
+        row,
+        edits,
+        top_k=top_k,
+        tokens=tokens,
+        options=options,
+        code=lambda: codegen.lens_code(model, options, checked),
+        progress=progress,
+        cancel=cancel,
+    )
+
+
+def lens_result(
+    model: Model,
+    ids: torch.Tensor,
+    batch: torch.Tensor | None = None,
+    row: int = 0,
+    edits: list[Edit] | None = None,
+    *,
+    top_k: int,
+    tokens: list[str | int],
+    options: dict[str, Any],
+    code: Any,
+    progress: Progress = None,
+    cancel: threading.Event | None = None,
+) -> LensResult:
+    """The LensResult of token ids `ids` [1, T] (an ids-level entry point: `wb.logit_lens` tokenizes its prompt
+    and calls this; `wb.generation_lens` calls it on prompt + generated ids). `batch` / `row` / `edits`: the
+    rows run and the one decoded (default: `ids` itself, unedited); `tokens` are followed up front."""
+    edits = list(edits or [])
+    if batch is None:
+        batch, row = ids, 0
     token_ids = [model.token_id(t) for t in tokens]
     chunk = max(1, min(model.n_layers, int(2e8 // max(1, ids.shape[1] * model.vocab_size * 4))))
 
@@ -292,14 +335,6 @@ def logit_lens(
     top_ids = saved["ids"].to(torch.int32).numpy()
     vocab = model.str_tokens(np.unique(top_ids).tolist())
     lookup = dict(zip(np.unique(top_ids).tolist(), vocab, strict=True))
-    options = dict(
-        op="logit_lens",
-        prompt=prompt,
-        top_k=top_k,
-        tokens=tokens,
-        intervention=ivs_options,
-        **({"edits": edits_options(checked), "source": source} if joint is not None else {}),
-    )
     return LensResult(
         tokens=model.str_tokens(ids),
         top_ids=top_ids,
@@ -312,7 +347,7 @@ def logit_lens(
         _more=more,
         _token_id=model.token_id,
         _names={t: i for t, i in zip(tokens, token_ids, strict=True) if isinstance(t, str)},
-        _code=lambda: codegen.lens_code(model, options, checked),
+        _code=code,
     )
 
 
