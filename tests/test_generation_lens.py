@@ -150,7 +150,9 @@ def test_embedded_last_row_and_tokens():
 @pytest.mark.embedded
 def test_embedded_commit_layers_agree_with_logit_lens():
     model = wb.load()
-    g = wb.generation_lens(model, "The Eiffel Tower is located in the city of", max_new_tokens=6, progress=False)
+    g = wb.generation_lens(
+        model, "The Eiffel Tower is located in the city of", max_new_tokens=6, progress=False
+    )
     full = _full(model, g)
     text = model.tokenizer.decode(full[0], skip_special_tokens=True)
     # a generated EOS is not text; the lens's last position still predicts it

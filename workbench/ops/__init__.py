@@ -9,10 +9,10 @@ from .ablation import ablate, ablate_sweep
 from .attention import attention
 from .attribution import attribution_patch
 from .dataset_results import DatasetLensResult
+from .generation_lens import GenerationLens, generation_lens
 from .intervention import intervene
 from .lens import Intervention, logit_lens
 from .metrics import Metric, kl_to_clean, logit_diff, logprob, prob
-from .generation_lens import GenerationLens, generation_lens
 from .patching import patch, patch_sweep
 from .patchscope import PatchscopeResult, patchscope
 from .path_patching import path_patch, path_patch_sweep
