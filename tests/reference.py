@@ -30,6 +30,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -1151,3 +1152,114 @@ def reference_token_probs(hf, ids: torch.Tensor, n_prompt: int) -> torch.Tensor:
     logp = torch.log_softmax(run_logits(hf, ids)[0], -1)
     new = ids[0, n_prompt:]
     return logp[torch.arange(n_prompt - 1, ids.shape[1] - 1), new].exp()
+
+
+# causal tracing (ROME)
+
+
+def trace_window(layer: int, window: int, L: int) -> range:
+    """ROME's `trace_important_window` layers for a centre `layer`: max(0, l - w//2) .. min(L, l - (-w//2)) - 1."""
+    return range(max(0, layer - window // 2), min(L, layer - (-window // 2)))
+
+
+def reference_causal_trace(
+    hf,
+    ids: torch.Tensor,
+    span: tuple[int, int],
+    noise: torch.Tensor,
+    target: int | None = None,
+    kind: str = "resid",
+    window: int = 10,
+    sever: str | None = None,
+    batch: int = 1,
+    cells: Sequence[tuple[int, int]] | None = None,
+) -> tuple[np.ndarray, float, float]:
+    """ROME's causal trace (experiments/causal_trace.py `trace_with_patch`; severed paths: the frozen-MLP
+    notebook's `trace_with_repatch` / `trace_important_states_3`), with plain forward hooks.
+
+    Per (layer, position) cell one batch of S+1 copies of `ids` [1, T]: row 0 clean, rows 1..S get
+    `noise` [S, b - a, d_model] ADDED to the embedding module's output at the subject positions a..b-1
+    (`span`). The state restored from row 0 into rows 1..S at the cell's position is the block output
+    (kind "resid") or the MLP / attention output (`Family.mlp_out` / `attn_out`, what the block adds to the
+    stream) in every layer of ROME's window (`trace_window`). sever="mlp"/"attn" additionally freezes that
+    sub-block's output at the cell's position, in ALL layers, at its value in a first pass with the noise
+    only (ROME draws fresh noise in that pass; here the same noise tensor, so both passes see the same
+    corruption). p(target) = softmax(last-position logits)[target], averaged over rows 1..S.
+
+    Returns (values float32 [L, T], high = p(target) of row 0, low = rows 1..S with nothing restored).
+    target None: the clean top-1. cells: only these (layer, position) cells (NaN elsewhere; to keep the
+    embedded model's tests short). batch > 1 stacks that many cells' (S+1)-row batches into one forward
+    (each with its own clean row: the same numbers up to float noise; only for speed on big models)."""
+    L, T = n_layers(hf), ids.shape[1]
+    a, b = span
+    S = noise.shape[0]
+    site = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}[kind]
+    sever_site = None if sever is None else {"mlp": "mlp_out", "attn": "attn_out"}[sever]
+    rows = S + 1
+
+    def add_noise(x):
+        x = x.clone()
+        n = x.shape[0] // rows
+        x.view(n, rows, *x.shape[1:])[:, 1:, a:b] += noise.to(x.dtype).unsqueeze(0)
+        return x
+
+    def probs(specs, n_groups):
+        """softmax(last logits) [n_groups, S+1, V] of n_groups stacked (S+1)-row batches."""
+        with hooks(hf, [("embed", 0, add_noise), *specs]):
+            logits = run_last_logits(hf, ids.expand(n_groups * rows, -1))
+        return torch.softmax(logits.float(), -1).view(n_groups, rows, -1)
+
+    p0 = probs([], 1)[0]  # nothing restored
+    if target is None:
+        target = int(p0[0].argmax())
+    high, low = float(p0[0, target]), float(p0[1:, target].mean())
+
+    frozen: dict[int, torch.Tensor] = {}
+    if sever_site is not None:  # the first pass: noise only, keep the severed sub-block's outputs
+
+        def keep(layer):
+            def fn(x):
+                frozen[layer] = x.detach().clone()  # [S+1, T, D]
+
+            return fn
+
+        with hooks(hf, [("embed", 0, add_noise)] + [(sever_site, j, keep(j)) for j in range(L)]):
+            run_last_logits(hf, ids.expand(rows, -1))
+
+    cells = [(layer, t) for layer in range(L) for t in range(T)] if cells is None else list(cells)
+    values = torch.full((L, T), float("nan"))
+    for start in range(0, len(cells), batch):
+        group = cells[start : start + batch]
+        n = len(group)
+        restore: dict[int, list[tuple[int, int]]] = {}  # layer -> [(group index, position)]
+        for g, (layer, t) in enumerate(group):
+            for j in [layer] if kind == "resid" else trace_window(layer, window, L):
+                restore.setdefault(j, []).append((g, t))
+
+        def restorer(cells_here, n=n):
+            def fn(x):
+                x = x.clone()
+                v = x.view(n, rows, *x.shape[1:])
+                for g, t in cells_here:
+                    v[g, 1:, t] = v[g, 0, t]  # h[1:, t] = h[0, t]
+                return x
+
+            return fn
+
+        def freezer(layer, n=n, group=group):
+            def fn(x):
+                x = x.clone()
+                v = x.view(n, rows, *x.shape[1:])
+                for g, (_, t) in enumerate(group):
+                    v[g, 1:, t] = frozen[layer][1:, t].to(x.dtype)
+                return x
+
+            return fn
+
+        specs = [(site, j, restorer(c)) for j, c in restore.items()]
+        if sever_site is not None:
+            specs += [(sever_site, j, freezer(j)) for j in range(L)]
+        p = probs(specs, n)
+        for g, (layer, t) in enumerate(group):
+            values[layer, t] = p[g, 1:, target].mean()
+    return values.numpy().astype("float32"), high, low
