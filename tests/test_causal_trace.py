@@ -438,3 +438,16 @@ def test_embedded_equals_reference(embedded, kw):
 def test_embedded_equals_reference_every_cell(embedded, kw):
     tr = wb.causal_trace(embedded, SHORT, subject="Eiffel Tower", samples=2, progress=False, **kw)
     check_against_reference(embedded, tr, f"embedded {kw} every cell", batch=6, min_spread=0.02)
+
+
+def test_a_noise_tensor_sets_the_sample_count() -> None:
+    """noise=<an earlier trace's .noise> replays it without repeating samples= (10 is only the default)."""
+    model = tiny_model("llama")
+    first = wb.causal_trace(model, "The Eiffel Tower is in", subject=(1, 3), samples=3, progress=False)
+    again = wb.causal_trace(
+        model, "The Eiffel Tower is in", subject=(1, 3), noise=first.noise, progress=False
+    )
+    assert again.noise.shape[0] == 3
+    assert np.abs(again.values - first.values).max() <= 1e-6
+    with pytest.raises(wb.WorkbenchError, match="shape"):
+        wb.causal_trace(model, "The Eiffel Tower is in", subject=(1, 3), noise=first.noise, samples=4)

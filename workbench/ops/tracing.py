@@ -5,8 +5,10 @@ from the clean run, and read how much of p(answer) comes back, averaged over the
 `kind="resid"` restores the block output (resid_post) at one (layer, position); `"mlp"`/`"attn"` restore that
 sub-block's output at the position over a window of layers centred on the layer (ROME's convention);
 `sever="mlp"`/`"attn"` freezes that sub-block's output at the restored position, in every layer, at its
-noised value (ROME's severed paths, Fig. 2). Over a Dataset of facts with a `subject` span each, the grids
-are averaged in ROME's six position groups.
+noised value (ROME's severed paths, Fig. 2; the frozen values come from the very noise sample of the run,
+where ROME's trace_with_repatch draws fresh noise for its first pass). Over a Dataset of facts with a
+`subject` span each, the grids are averaged in ROME's six position groups (pooling a group's tokens as
+ROME's averages do; `.sem` is the pooled std with ddof=1 over the square root of the pooled count).
 """
 
 from __future__ import annotations
@@ -324,7 +326,7 @@ def causal_trace(
     kind: str = "resid",
     window: int = 10,
     noise: Any = 3.0,
-    samples: int = 10,
+    samples: int | None = None,
     seed: int = 0,
     sever: str | None = None,
     progress: Progress = None,
@@ -335,7 +337,8 @@ def causal_trace(
     `.low`, `.effect`, `.noise`, `.subject`.
 
     `noise=` a float is a multiple of the std of the subject tokens' embeddings (ROME's "s3" is 3.0), drawn
-    reproducibly from `seed`; a tensor [samples, n_subject_tokens, d_model] is added as given. `kind` is the
+    reproducibly from `seed`; a tensor [samples, n_subject_tokens, d_model] is added as given (`samples`
+    defaults to 10, or to the tensor's first dimension). `kind` is the
     state restored ("resid" block outputs; "mlp"/"attn" sub-block outputs over `window` layers); `sever`
     freezes MLP or attention outputs at the restored position at their noised values.
 
@@ -343,6 +346,9 @@ def causal_trace(
     the std over all the facts' subject tokens, each fact's target is its own (else its clean top-1), and the
     grids are averaged in ROME's six position groups: a DatasetCausalTrace (`.values` [L, 6], `.sem`,
     `.per_example`)."""
+    if samples is None:  # 10, or as many as a given noise tensor has
+        given = isinstance(noise, torch.Tensor | np.ndarray) and np.ndim(noise) == 3
+        samples = int(np.shape(noise)[0]) if given else 10
     kind, window, samples, sever = _checked(model, kind, window, samples, sever)
     if is_dataset(prompt):
         if subject is not None:
