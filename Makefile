@@ -11,7 +11,7 @@ PORT ?= 8888
 DEMO_DIR ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint js js-test browser-deps bench bench-remote install clean ndif-test docs wheel
+.PHONY: demo test lint js js-test browser-deps bench bench-trace bench-remote install clean ndif-test docs wheel
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -71,6 +71,12 @@ $(BENCH_VENV)/.installed: $(STAMP)
 
 bench: install $(BENCH_VENV)/.installed
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+# Causal tracing (issue 14): wb.causal_trace vs ROME's per-cell hook loop on the same HF model, in this
+# process (no TransformerLens venv); writes benchmarks/results_trace.md. E.g. TRACE_ARGS="--cells 30".
+TRACE_ARGS ?=
+bench-trace: install
+	$(PY) benchmarks/causal_trace.py $(TRACE_ARGS)
 
 clean:
 	rm -rf $(VENV) js/node_modules workbench/static site dist
