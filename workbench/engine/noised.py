@@ -11,6 +11,7 @@ Two engines give the same numbers:
   every block input, the sites' module tensors and the keys and values; each run then starts at the first
   block its edits change, from its own sample's cached state, and computes only positions from the restored
   one on (earlier positions and layers cannot change), the runs of all samples and cells sharing block calls;
+  a run that restores only positions before the subject is the noised run itself (p = low, nothing to run);
 - the trace (everything else, remote included): [clean, S noised, S rows per run...] in one nnsight forward
   per chunk (on NDIF one request), the noise added in the trace body, the edits applied in forward order.
 """
@@ -338,14 +339,18 @@ def _replayed(
             return None
         probs_all = torch.softmax(run_.logits, dim=-1)
         tgt = int(probs_all[0].argmax()) if target is None else int(target)
+        sums = torch.zeros(len(rows), dtype=torch.float64)
         groups: dict[int, list[_Row]] = defaultdict(list)
         for r, row in enumerate(rows):
+            if max(e.cell.position for e in row) < noise.span[0]:  # type: ignore[type-var]
+                # Before the subject the clean and noised runs are one (causal attention): nothing to restore.
+                sums[r] = probs_all[1:, tgt].double().sum()
+                continue
             start = min(e.cell.position for e in row)  # type: ignore[type-var]
             for s in range(n_samples):
                 groups[start].append(_make_row(model, bases[s], r, s, row, freeze, start))
-        sums = torch.zeros(len(rows), dtype=torch.float64)
         size = replay.rows_budget(model, n_tokens)
-        done, total = 0, len(rows) * n_samples
+        done, total = 0, sum(len(g) for g in groups.values())
         with torch.no_grad():
             for start in sorted(groups):
                 group = sorted(groups[start], key=lambda x: (x.entry, x.run, x.sample))
