@@ -130,7 +130,8 @@ def test_trace_frame_is_tidy(traces):
     df = tr.to_frame()
     n_layers, n_tokens = tr.values.shape
     assert len(df) == n_layers * n_tokens
-    assert list(df.columns) == ["layer", "position", "token", "is_subject", "value", "effect", "kind", "target"]
+    columns = ["layer", "position", "token", "is_subject", "value", "effect", "kind", "target"]
+    assert list(df.columns) == columns
     np.testing.assert_array_equal(df["value"].to_numpy(), tr.values.reshape(-1))
     np.testing.assert_array_equal(df["effect"].to_numpy(), tr.effect.reshape(-1))
     row = df[(df.layer == 1) & (df.position == 2)].iloc[0]
