@@ -5,8 +5,8 @@ The subset is fixed by a rule, not picked by result: the first fact of each of t
 subject is followed by at least two tokens (facts 0, 24, 35, 88: the Eiffel Tower, Nintendo, John Keynes,
 Paris), 3 noise samples, seed 0, ROME's noise=3.0 and window=10. The four dataset traces (mlp, attn, resid,
 resid with the MLPs severed) are computed once per module. Margins come from the measured values quoted in
-the comments (2 Dec 2026, this subset, seed 0; seed 1 and 8 facts (0, 6, 17, 25, 33, 40, 42, 90) for comparison). Runtime:
-92 s of CPU for the four traces (6 min 23 s wall on the 2 shared cores at load ~9).
+the comments (2 Dec 2026, this subset, seed 0; seed 1 and the 8 facts 0, 6, 17, 25, 33, 40, 42, 90 for
+comparison). Runtime: 92 s of CPU for the four traces (6 min 23 s wall on the 2 shared cores at load ~9).
 """
 
 from __future__ import annotations
