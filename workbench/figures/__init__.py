@@ -17,10 +17,19 @@ from .generation import generation_lens_frame, plot_generation_lens
 from .heatmap import plot_sweep
 from .lens import plot_lens
 from .theme import escape, visible_token
+from .tracing import (
+    causal_trace_frame,
+    dataset_causal_trace_frame,
+    plot_causal_trace,
+    plot_causal_traces,
+    plot_dataset_causal_trace,
+)
 from .values import plot_steer, plot_value
 
 __all__ = [
     "attention_frame",
+    "causal_trace_frame",
+    "dataset_causal_trace_frame",
     "dataset_sweep_frame",
     "dataset_value_frame",
     "dataset_lens_frame",
@@ -30,6 +39,9 @@ __all__ = [
     "find_browser",
     "lens_frame",
     "plot_attention",
+    "plot_causal_trace",
+    "plot_causal_traces",
+    "plot_dataset_causal_trace",
     "plot_dataset_sweep",
     "plot_dataset_value",
     "plot_dataset_lens",
