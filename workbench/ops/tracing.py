@@ -179,6 +179,9 @@ class DatasetCausalTrace(Figured):
             f"{len(self.per_example)} facts, {o.get('samples')} samples, noise {_num(o.get('noise'))} x std "
             f"{_num(self.noise_std)}; p(target) clean {_num(self.high)}, noised {_num(self.low)}"
         ]
+        subjects = ["".join(t.tokens[t.subject[0] : t.subject[1]]).strip() for t in self.per_example[:3]]
+        more = ", ..." if len(self.per_example) > 3 else ""
+        lines.append("  subjects (noised): " + ", ".join(map(repr, subjects)) + more)
         if self.values.size and np.isfinite(self.values).any():
             peaks = []
             for k, name in enumerate(self.groups):
