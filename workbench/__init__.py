@@ -50,6 +50,7 @@ from .ops import (
 from .ops.dataset_results import DatasetLensResult, DatasetSweepResult, DatasetValue
 from .result_cache import ResultCache, cache
 from .widgets import AttentionView, DatasetView, LensView, PatchView, Workbench  # noqa: E402
+from .widgets import CausalTraceView  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -62,6 +63,7 @@ __all__ = [
     "Dataset",
     "DatasetView",
     "LensView",
+    "CausalTraceView",
     "PatchView",
     "Workbench",
     "AttentionResult",
