@@ -12,7 +12,14 @@ import pytest
 
 import workbench as wb
 import workbench.testing
-from workbench.widgets import AttentionView, CausalTraceView, DatasetView, LensView, PatchView, WorkbenchWidget
+from workbench.widgets import (
+    AttentionView,
+    CausalTraceView,
+    DatasetView,
+    LensView,
+    PatchView,
+    WorkbenchWidget,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "js" / "src"

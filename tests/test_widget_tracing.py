@@ -36,7 +36,9 @@ def _idle(v):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-@pytest.mark.parametrize(("kind", "sever"), [("resid", None), ("mlp", None), ("attn", None), ("resid", "mlp"), ("resid", "attn")])
+@pytest.mark.parametrize(
+    ("kind", "sever"), [("resid", None), ("mlp", None), ("attn", None), ("resid", "mlp"), ("resid", "attn")]
+)
 def test_restore_state_equals_the_trace_value(family, kind, sever):
     m = workbench.testing.tiny_model(family)
     tr = wb.causal_trace(m, PROMPT, subject=SUBJECT, kind=kind, sever=sever, **OPTS)

@@ -91,6 +91,23 @@ export function traceTooltip(kind: TraceKind, p: TracePanel, g: PanelGrid, stale
   };
 }
 
+/** Layer numbers every 5 layers under a panel's cells when they are too narrow for the heatmap's own column
+ *  labels (text only, as textContent). */
+export function layerTicks(hm: Heatmap, L: number): void {
+  const host = hm.canvas.parentElement;
+  if (!host) return;
+  host.querySelector(".wb-trace-ticks")?.remove();
+  if (hm.cellW >= 12 || L === 0) return;
+  const axis = h("div", { class: "wb-trace-ticks", "data-testid": "wb-trace-ticks" });
+  axis.style.cssText = `position:relative;height:12px;width:${L * hm.cellW}px;font-size:9px;opacity:.8`;
+  for (let l = 0; l < L; l += 5) {
+    const tickEl = h("span", {}, String(l));
+    tickEl.style.cssText = `position:absolute;left:${l * hm.cellW + hm.cellW / 2}px;transform:translateX(-50%)`;
+    axis.append(tickEl);
+  }
+  host.append(axis);
+}
+
 /** Figures placed side by side (the three panels, as ROME's figure). */
 export function sideBySide(figs: Figure[], gap = 12): Figure {
   const xs: number[] = [];
@@ -287,7 +304,7 @@ export class TracingView extends View<TracingTraits, TracingRequest> {
     const stale = new Set(this.model.get("stale") ?? []);
     const restored = this.model.get("restored");
     const L = Number(this.model.get("n_layers") ?? 0);
-    const cellW = Math.max(12, Math.min(28, Math.floor(360 / Math.max(1, L))));
+    const cellW = Math.max(7, Math.min(28, Math.floor(220 / Math.max(1, L)))); // three panels fit side by side
     let any = false;
     for (const kind of KINDS) {
       const hm = this.panels[kind];
@@ -323,7 +340,7 @@ export class TracingView extends View<TracingTraits, TracingRequest> {
         cellW,
         cellH: 18,
         maxWidth: 420,
-        legend: { lo, hi: hiSafe, label: `p(${visibleToken(p.target)}): noised (low) → clean (high)`, loText: `low ${fmt(lo, 3)}`, hiText: `high ${fmt(hi, 3)}` },
+        legend: { lo, hi: hiSafe, label: `p(${visibleToken(p.target)})`, loText: fmt(lo, 3), hiText: fmt(hi, 3) },
         tooltip: traceTooltip(kind, p, g, isStale),
         name: PANEL_TITLES[kind],
       };
@@ -335,6 +352,7 @@ export class TracingView extends View<TracingTraits, TracingRequest> {
         if (layers.length > 1) hm.shade = { r0: restored.position, r1: restored.position, c0: Math.min(...layers), c1: Math.max(...layers) };
       }
       hm.setSpec(spec);
+      layerTicks(hm, g.L);
       hm.el.setAttribute("data-ready", "true");
       hm.el.parentElement?.setAttribute("data-stale", String(isStale));
     }

@@ -16,7 +16,7 @@ function panel(kind: string, grouped = false) {
     low: 0.1,
     labels,
     tokens: labels.map((t) => t.replace(/\*$/, "")),
-    subject: [1, 3],
+    subject: [1, 3] as [number, number],
     target: " Paris",
     settings: { sever: kind === "resid" ? "mlp" : "", window: 3 },
     grouped,

@@ -37,7 +37,9 @@ class RestoredState:
     low: float  # p(target) with the subject noised and nothing restored
     target: str
     target_id: int
-    top_ids: np.ndarray  # int32 [k]: the restored run's top-k next tokens (mean distribution over the samples)
+    top_ids: (
+        np.ndarray
+    )  # int32 [k]: the restored run's top-k next tokens (mean distribution over the samples)
     top_tokens: list[str]
     top_probs: np.ndarray  # float32 [k]
     lens_ids: np.ndarray  # int32 [L]: top-1 token of the lens at the last position, per layer
@@ -73,7 +75,9 @@ def restored_cells(
     return restored, frozen
 
 
-def restore_state(model: Model, trace: CausalTrace, layer: int, position: int, top_k: int = 5) -> RestoredState:
+def restore_state(
+    model: Model, trace: CausalTrace, layer: int, position: int, top_k: int = 5
+) -> RestoredState:
     """Restore the state of `trace`'s cell (layer, position) alone and return that run's prediction and lens."""
     if not isinstance(trace, CausalTrace):
         raise WorkbenchError(
@@ -95,7 +99,9 @@ def restore_state(model: Model, trace: CausalTrace, layer: int, position: int, t
     restored, frozen = restored_cells(kind, layer, position, window, n_layers, sever)
     noise = trace.noise.detach().float().cpu()
     with torch.no_grad(), model.lock:
-        out = _restore_trace(model, ids, trace.subject, noise, position, restored, frozen, int(trace.target_id), top_k)
+        out = _restore_trace(
+            model, ids, trace.subject, noise, position, restored, frozen, int(trace.target_id), top_k
+        )
     top_ids = out["top_ids"].numpy().astype(np.int32)
     lens_ids = out["lens_ids"].numpy().astype(np.int32)
     return RestoredState(
@@ -142,7 +148,9 @@ def _restore_trace(
     for j, s, from_sample in sorted(moves, key=lambda m: (m[0], site_record(m[1]).order, m[2])):
         ref = model.site_ref(s, j)
         src = torch.arange(1, 1 + n_samples) if from_sample else torch.zeros(n_samples, dtype=torch.long)
-        steps.setdefault(j, []).append((model.envoy(ref), ref.use_input, ref.layout, s == "resid_post", rows, src))
+        steps.setdefault(j, []).append(
+            (model.envoy(ref), ref.use_input, ref.layout, s == "resid_post", rows, src)
+        )
     posts = [model.envoy(model.site_ref("resid_post", j)) for j in range(n_layers)]
     embed = model.envoy(model.site_ref("embed", 0))
     norm, unembed, divisor, softcap = model.decoder()

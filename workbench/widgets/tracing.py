@@ -235,7 +235,9 @@ class CausalTraceView(WorkbenchWidget):
                 label = f"{KIND_NAMES[kind]} {i + 1}/{len(todo)}"
 
                 def part(fraction: float, message: str = "", i: int = i, label: str = label) -> None:
-                    progress((i + min(max(float(fraction), 0.0), 1.0)) / len(todo), f"{label} {message}".strip())
+                    progress(
+                        (i + min(max(float(fraction), 0.0), 1.0)) / len(todo), f"{label} {message}".strip()
+                    )
 
                 part(0.0)
                 self.progress_text = label  # the start of each kind shows even within the progress throttle
@@ -367,10 +369,14 @@ class CausalTraceView(WorkbenchWidget):
     def _on_restore(self, content: dict, _buffers: list) -> None:
         kind = content.get("panel")
         if kind not in KINDS:
-            raise message_error(f"The view asked to restore in panel {str(kind)[:20]!r}: one of {', '.join(KINDS)}.")
+            raise message_error(
+                f"The view asked to restore in panel {str(kind)[:20]!r}: one of {', '.join(KINDS)}."
+            )
         tr = self._shown_result(kind)
         if tr is None:
-            raise message_error(f"The {KIND_NAMES[kind]} panel has no trace yet: wait for it (or run it again).")
+            raise message_error(
+                f"The {KIND_NAMES[kind]} panel has no trace yet: wait for it (or run it again)."
+            )
         if not isinstance(tr, _ops().CausalTrace):
             raise _errors().WorkbenchError(
                 "Restoring a state needs one fact: the panels show group means over the dataset. Open an example "
@@ -381,7 +387,9 @@ class CausalTraceView(WorkbenchWidget):
         position = check_int(content, "position", 0, n_tokens - 1)
         self.restore(kind, layer, position, request_id=str(content.get("id") or ""))
 
-    def restore(self, kind: str, layer: int, position: int, *, request_id: str = "", wait: bool = False) -> None:
+    def restore(
+        self, kind: str, layer: int, position: int, *, request_id: str = "", wait: bool = False
+    ) -> None:
         """Restore the state of panel `kind` at (layer, position) alone; the result goes to `restored`."""
         tr = self._shown_result(kind)
         if tr is None:
@@ -431,6 +439,10 @@ class CausalTraceView(WorkbenchWidget):
                 code = r.to_code()
             except Exception as exc:  # noqa: BLE001 - one panel's code failing must not hide the others
                 code = f"# (no code: {exc})\n"
-            title = {"resid": "hidden state (kind='resid')", "mlp": "MLP (kind='mlp')", "attn": "attention (kind='attn')"}
+            title = {
+                "resid": "hidden state (kind='resid')",
+                "mlp": "MLP (kind='mlp')",
+                "attn": "attention (kind='attn')",
+            }
             parts.append(f"# ---- {title[kind]} ----\n{code}")
         return "\n\n".join(parts)
