@@ -223,7 +223,9 @@ def test_over_a_dataset_group_means_and_an_example(model):
     v.request("restore", panel="mlp", layer=1, position=2)
     _idle(v)
     assert v.error == "" and abs(v.restored["value"] - float(ref.per_example[1].values[1, 2])) < 1e-5
-    assert "per_example" not in v.to_code() or v.to_code()
+    code = v.to_code()  # the code of the grids shown: fact 1's own traces
+    assert code == v.code and code.count("# ---- ") == 3
+    assert repr(ds[1].clean) in code
     with pytest.raises(wb.WorkbenchError):
         v.open_example(99)
     assert v.example == 1 and v.status == "error"

@@ -243,6 +243,7 @@ export class TracingView extends View<TracingTraits, TracingRequest> {
       };
       panels[kind] = hm;
       titles[kind] = h("div", { class: "wb-subtitle wb-trace-title", "data-testid": "wb-trace-title" }, PANEL_TITLES[kind]);
+      titles[kind].style.cssText = "width:0;min-width:100%;white-space:normal"; // wraps to its panel: never widens it
       row.append(h("div", { class: "wb-trace-panel", "data-testid": `wb-trace-panel-${kind}`, "data-kind": kind }, titles[kind], hm.el));
     }
     this.panels = panels;

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from .conftest import make_notebook, run_notebook, start_server
+from .conftest import ARTIFACTS, make_notebook, run_notebook, start_server
 from .test_issue10_views import kernel
 from .test_views import cell_center, click_cell, heatmap, shot, view, wait_status
 
@@ -46,6 +46,12 @@ def test_three_panels_hover_click_restore_and_sever(nb):
     assert titles[2].startswith("Impact of restoring Attn after corrupted input")
     labels = tv.locator("[data-testid=wb-trace-panel-resid] .wb-rowlabel").all_text_contents()
     assert labels[1:4] == ["␣E*", "iffel*", "␣Tower*"], labels
+    boxes = [tv.locator(f"[data-testid=wb-trace-panel-{k}]").bounding_box() for k in ("resid", "mlp", "attn")]
+    assert boxes[0]["y"] == boxes[1]["y"] == boxes[2]["y"], boxes  # side by side, as ROME's figure
+    assert (
+        boxes[0]["x"] + boxes[0]["width"] <= boxes[1]["x"]
+        and boxes[1]["x"] + boxes[1]["width"] <= boxes[2]["x"]
+    )
     shot(nb, tv, "issue14-tracing-panels")
 
     exp = json.loads(
@@ -76,6 +82,11 @@ def test_three_panels_hover_click_restore_and_sever(nb):
     assert tv.locator("[data-testid=wb-trace-top-token]").count() == 5
     assert heatmap(tv, "trace-lens").get_attribute("data-rows") == "30"
     shot(nb, tv, "issue14-tracing-restored")
+    with page.expect_download() as dl:
+        tv.locator("[data-testid=wb-export-png]").click()
+    png = ARTIFACTS / "lab-issue14-tracing-export.png"
+    dl.value.save_as(str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     tv.locator("[data-testid=wb-trace-sever]").select_option("mlp")
     page.wait_for_function(
