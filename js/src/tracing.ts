@@ -108,6 +108,33 @@ export function layerTicks(hm: Heatmap, L: number): void {
   host.append(axis);
 }
 
+/** A panel's export figure, with the layer ticks (every 5) the heatmap leaves out when its cells are narrow: drawn
+ *  in the gap between the cells and the colour bar (the heatmap's export layout: cells at x 56, y 36 with a title
+ *  and an axis title, the bar 10 px under them). */
+export function withLayerTicks(hm: Heatmap, title: string): Figure {
+  const fig = hm.figure(title);
+  const L = hm.spec.cols;
+  if (hm.cellW >= 12 || L === 0) return fig;
+  const padL = 56;
+  const y = (title ? 22 : 6) + (hm.spec.colTitle ? 14 : 0) + hm.spec.rows * hm.cellH + 8;
+  const items: Parameters<typeof drawing>[2] = [];
+  for (let l = 0; l < L; l += 5) items.push({ t: "text", x: padL + l * hm.cellW + hm.cellW / 2, y, text: String(l), size: 8, anchor: "middle" });
+  const ticks = drawing(fig.width, fig.height, items);
+  return {
+    width: fig.width,
+    height: fig.height,
+    paint(ctx, theme) {
+      fig.paint(ctx, theme);
+      ticks.paint(ctx, theme);
+    },
+    svg(theme) {
+      const g = fig.svg(theme);
+      g.append(ticks.svg(theme));
+      return g;
+    },
+  };
+}
+
 /** Figures placed side by side (the three panels, as ROME's figure). */
 export function sideBySide(figs: Figure[], gap = 12): Figure {
   const xs: number[] = [];
@@ -434,7 +461,7 @@ export class TracingView extends View<TracingTraits, TracingRequest> {
 
   figures(): Figure[] {
     const traces = this.model.get("traces") ?? {};
-    const parts = KINDS.filter((k) => traces[k] && this.grids[k]).map((k) => this.panels[k].figure(this.panelTitles[k].textContent ?? PANEL_TITLES[k]));
+    const parts = KINDS.filter((k) => traces[k] && this.grids[k]).map((k) => withLayerTicks(this.panels[k], this.panelTitles[k].textContent ?? PANEL_TITLES[k]));
     const figs: Figure[] = parts.length ? [sideBySide(parts)] : [];
     const r = this.model.get("restored");
     if (r?.top_tokens?.length) {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import widget from "../src/index";
 import { StaticModel } from "../src/model";
-import { panelGrid, sideBySide } from "../src/tracing";
+import { panelGrid, sideBySide, TracingView } from "../src/tracing";
 import { f32, setBox } from "./helpers";
 
 const L = 3;
@@ -146,5 +146,23 @@ describe("CausalTraceView", () => {
     ]);
     expect(f.width).toBe(42);
     expect(f.height).toBe(8);
+  });
+});
+
+describe("CausalTraceView export", () => {
+  it("exports the three panels side by side with layer ticks and the restored run", () => {
+    const { el, model } = mount({ n_layers: 30, traces: {} });
+    const p = (kind: string) => ({ ...panel(kind), values: f32([30, T], (i) => i / (30 * T)) });
+    model.set("traces", { resid: p("resid"), mlp: p("mlp"), attn: p("attn") });
+    const view = el.querySelector("[data-testid=wb-view]");
+    expect(view).not.toBeNull();
+    expect(el.querySelectorAll("[data-testid=wb-trace-ticks]").length).toBe(3);
+    expect(el.querySelector("[data-testid=wb-trace-ticks]")!.textContent).toBe("0510152025");
+    const direct = new TracingView(model as never, document.createElement("div"));
+    const svg = direct.svgString();
+    for (const title of ["Impact of restoring state after corrupted input", "Impact of restoring MLP after", "Impact of restoring Attn after"]) expect(svg).toContain(title);
+    expect(svg).toContain(">25</text>");
+    expect(svg).not.toContain("<img");
+    direct.destroy();
   });
 });
