@@ -12,14 +12,27 @@ import pytest
 
 import workbench as wb
 import workbench.testing
-from workbench.widgets import AttentionView, DatasetView, LensView, PatchView, WorkbenchWidget
+from workbench.widgets import (
+    AttentionView,
+    CausalTraceView,
+    DatasetView,
+    LensView,
+    PatchView,
+    WorkbenchWidget,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "js" / "src"
 WIDGETS = ROOT / "workbench" / "widgets"
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
-VIEWS = {"Lens": LensView, "Patch": PatchView, "Attention": AttentionView, "Dataset": DatasetView}
+VIEWS = {
+    "Lens": LensView,
+    "Patch": PatchView,
+    "Attention": AttentionView,
+    "Dataset": DatasetView,
+    "Tracing": CausalTraceView,
+}
 
 
 def _interfaces() -> dict[str, set[str]]:
@@ -78,6 +91,7 @@ def views():
         "patch": PatchView(model, CLEAN, CORRUPT, target=" Mary", foil=" John"),
         "attention": AttentionView(model, CLEAN),
         "dataset": DatasetView(wb.Dataset([CLEAN, CORRUPT], target=" Mary"), model),
+        "tracing": CausalTraceView(model, CLEAN, subject="Mary", samples=2, window=3),
     }
     for v in out.values():
         v.wait()

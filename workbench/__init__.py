@@ -54,6 +54,7 @@ from .ops import (
 from .ops.dataset_results import DatasetLensResult, DatasetSweepResult, DatasetValue
 from .result_cache import ResultCache, cache
 from .widgets import AttentionView, DatasetView, LensView, PatchView, Workbench  # noqa: E402
+from .widgets.tracing import CausalTraceView  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -66,6 +67,7 @@ __all__ = [
     "Dataset",
     "DatasetView",
     "LensView",
+    "CausalTraceView",
     "PatchView",
     "Workbench",
     "AttentionResult",

@@ -5,7 +5,8 @@ import { LensView } from "./lens";
 import type { AnyModel } from "./model";
 import { PatchView } from "./patch";
 import { injectStyles } from "./style";
-import type { AttentionTraits, BaseTraits, DatasetTraits, LensTraits, PatchTraits } from "./traits";
+import { TracingView } from "./tracing";
+import type { AttentionTraits, BaseTraits, DatasetTraits, LensTraits, PatchTraits, TracingTraits } from "./traits";
 
 export { StaticModel } from "./model";
 
@@ -16,6 +17,7 @@ const VIEWS: Record<string, (m: AnyModel, el: HTMLElement) => { destroy(): void;
   patch: (m, el) => new PatchView(m as unknown as AnyModel<PatchTraits>, el),
   attention: (m, el) => new AttentionView(m as unknown as AnyModel<AttentionTraits>, el),
   dataset: (m, el) => new DatasetView(m as unknown as AnyModel<DatasetTraits>, el),
+  tracing: (m, el) => new TracingView(m as unknown as AnyModel<TracingTraits>, el),
 };
 
 // Not exported by name: anywidget >= 0.9 reads `default` ({ initialize?, render }) and warns

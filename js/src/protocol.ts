@@ -24,11 +24,13 @@ export const VIEW_REQUESTS = {
   patch: ["patch", "ablate", "sweep", "apply_set"],
   attention: ["head"],
   dataset: [],
+  tracing: ["restore"],
 } as const;
 
 export type CommonRequest = (typeof VIEW_REQUESTS.common)[number];
 export type PatchRequest = (typeof VIEW_REQUESTS.patch)[number];
 export type AttentionRequest = (typeof VIEW_REQUESTS.attention)[number];
+export type TracingRequest = (typeof VIEW_REQUESTS.tracing)[number];
 
 /** A kernel message of a known kind, or null (anything else is ignored). */
 export function kernelMessage(content: unknown): KernelMessage[KernelKind] | null {

@@ -238,3 +238,68 @@ export interface AttentionTraits extends BaseTraits {
   thumbs: Maybe<Packed>;
   pattern: Maybe<HeadPattern>;
 }
+
+/** One panel of CausalTraceView: a causal trace of one kind (widgets/tracing.py `_trace_entry`). */
+export interface TracePanel {
+  kind: string;
+  /** float32 [L, C]: p(target) restored at (layer, column); C = tokens, or ROME's 6 groups over a dataset. */
+  values: Packed;
+  high: number | null;
+  low: number | null;
+  /** Column labels: tokens with the subject's marked *, or the position groups. */
+  labels: string[];
+  tokens?: string[];
+  subject: [number, number] | null;
+  target: string;
+  settings: Record<string, unknown>;
+  /** Over a dataset: group means, with their sem [L, 6], the pooled counts [6] and the number of facts. */
+  grouped: boolean;
+  sem?: Packed;
+  counts?: number[];
+  n?: number;
+}
+
+/** The state of one cell restored alone (workbench/ops/tracing_restore.py) as CausalTraceView sends it. */
+export interface RestoredCell {
+  kind: string;
+  layer: number;
+  position: number;
+  token: string;
+  value: number | null;
+  high: number | null;
+  low: number | null;
+  target: string;
+  top_tokens: string[];
+  top_probs: Packed;
+  lens_tokens: string[];
+  lens_probs: Packed;
+  lens_target: Packed;
+  layers: number[];
+  sever: string;
+}
+
+/** A fact of the dataset as CausalTraceView lists it (text only). */
+export interface TraceExample {
+  clean: string;
+  target: string;
+  subject: string;
+}
+
+/** CausalTraceView (widgets/tracing.py). */
+export interface TracingTraits extends BaseTraits {
+  prompt: string;
+  subject: string;
+  target: string;
+  noise: number;
+  samples: number;
+  window: number;
+  sever: string;
+  seed: number;
+  n_layers: number;
+  traces: Partial<Record<string, TracePanel>>;
+  stale: string[];
+  restored: Maybe<RestoredCell>;
+  dataset: Maybe<{ n: number; name: string; examples: TraceExample[] }>;
+  /** The fact whose grids are shown, or -1: the group means. */
+  example: number;
+}

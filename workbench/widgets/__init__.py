@@ -5,10 +5,12 @@ from .base import WorkbenchWidget, pack, unpack
 from .dataset import DatasetView
 from .lens import LensView
 from .patch import PatchView
+from .tracing import CausalTraceView
 from .workbench import Workbench
 
 __all__ = [
     "AttentionView",
+    "CausalTraceView",
     "DatasetView",
     "LensView",
     "PatchView",
