@@ -254,13 +254,14 @@ def _own_top(
     model: Model, target: torch.Tensor, top_k: int, progress: Progress, cancel: threading.Event | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """The target prompt's own (unpatched) next-token top-k: one forward of the target prompt."""
+    nn = model.nn  # the body must not reference the workbench Model (it ships to NDIF)
     with (
         model.lock,
         job_status(model, progress, cancel),
         torch.no_grad(),
-        model.nn.trace(target, logits_to_keep=1, **model.trace_options()),
+        nn.trace(target, logits_to_keep=1, **model.trace_options()),
     ):
-        top = torch.softmax(model.nn.output.logits[0, -1].float(), -1).topk(top_k)
+        top = torch.softmax(nn.output.logits[0, -1].float(), -1).topk(top_k)
         ids_ = top.indices.save()
         probs_ = top.values.save()
     return ids_.to(torch.int32).numpy(), probs_.float().numpy()
