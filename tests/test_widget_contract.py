@@ -121,3 +121,19 @@ def test_the_receiver_picker_offers_the_receiver_sites_python_accepts():
     block = re.search(r"export const RECEIVER_SITES: \[string, string\]\[\] = \[(.*?)\n\];", text, re.S)
     assert block, "no RECEIVER_SITES in patch.ts"
     assert re.findall(r'^  \["(\w+)",', block.group(1), re.M) == list(RECEIVER_SITES)
+
+
+def test_the_lens_switcher_offers_the_lenses_python_runs(views):
+    """Issue 15: the switcher's options are LENSES in order, every lens has an availability entry, and the one
+    request the lens view adds ("generate") is declared in protocol.ts and handled in Python."""
+    from workbench.widgets.lens import LENSES
+
+    text = (SRC / "lens.ts").read_text()
+    block = re.search(r"export const LENS_OPTIONS: \[LensKind, string\]\[\] = \[(.*?)\n\];", text, re.S)
+    assert block, "no LENS_OPTIONS in lens.ts"
+    assert re.findall(r'^  \["(\w+)",', block.group(1), re.M) == list(LENSES)
+    kinds = re.search(r"export type LensKind = (.*?);", (SRC / "traits.ts").read_text())
+    assert kinds and re.findall(r'"(\w+)"', kinds.group(1)) == list(LENSES)
+    assert sorted(views["lens"].lenses) == sorted(LENSES)
+    assert _ts_list((SRC / "protocol.ts").read_text(), "lens") == ["generate"]
+    assert 'this.send("generate", ' in text and "max_new_tokens" in text

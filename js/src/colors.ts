@@ -75,3 +75,22 @@ export function textOn(c: RGB, theme: Theme): string {
 export function css(c: RGB): string {
   return `rgb(${Math.round(c[0])},${Math.round(c[1])},${Math.round(c[2])})`;
 }
+
+/** Viridis (perceptually even, readable in light and dark themes): t in 0..1, early (purple) -> late (yellow). */
+const VIRIDIS: RGB[] = [
+  [68, 1, 84],
+  [59, 82, 139],
+  [33, 145, 140],
+  [94, 201, 98],
+  [253, 231, 37],
+];
+export function viridis(t: number): RGB {
+  const x = Math.min(1, Math.max(0, Number.isFinite(t) ? t : 0)) * (VIRIDIS.length - 1);
+  const i = Math.min(VIRIDIS.length - 2, Math.floor(x));
+  return mix(VIRIDIS[i], VIRIDIS[i + 1], x - i);
+}
+
+/** Black or white text, whichever reads on `c`. */
+export function inkOn(c: RGB): string {
+  return luminance(c) > 0.5 ? "#111" : "#fff";
+}

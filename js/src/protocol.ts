@@ -20,7 +20,7 @@ export interface KernelMessage {
 /** The requests each view sends: the keys of its Python `_handlers`. */
 export const VIEW_REQUESTS = {
   common: ["cancel", "export_html", "export_result", "attached", "detached"],
-  lens: [],
+  lens: ["generate"],
   patch: ["patch", "ablate", "sweep", "apply_set"],
   attention: ["head"],
   dataset: [],
@@ -31,6 +31,7 @@ export type CommonRequest = (typeof VIEW_REQUESTS.common)[number];
 export type PatchRequest = (typeof VIEW_REQUESTS.patch)[number];
 export type AttentionRequest = (typeof VIEW_REQUESTS.attention)[number];
 export type TracingRequest = (typeof VIEW_REQUESTS.tracing)[number];
+export type LensRequest = (typeof VIEW_REQUESTS.lens)[number];
 
 /** A kernel message of a known kind, or null (anything else is ignored). */
 export function kernelMessage(content: unknown): KernelMessage[KernelKind] | null {

@@ -95,6 +95,12 @@ export const CSS = `
 .wb-ds-tok{font-family:var(--jp-code-font-family,monospace);white-space:pre}
 .wb-ds-bad{color:var(--wb-err)}
 .wb-ds-tokens .wb-strip{margin:1px 0}
+.wb-spacer{flex:1}
+.wb-num{width:56px}
+.wb-target{min-height:4.5em}
+.wb-gen{margin:6px 0}
+.wb-gen-token{font-weight:600}
+.wb-gen-none{background:repeating-linear-gradient(45deg,var(--wb-bg2),var(--wb-bg2) 3px,var(--wb-border) 3px,var(--wb-border) 5px)}
 `;
 
 function addStyle(root: Document | ShadowRoot): void {

@@ -44,6 +44,44 @@ export interface PackedLens {
   prompt?: string;
   /** PatchView's clean_lens when no lens is computed (remote models) or it failed. */
   note?: string;
+  /** LensView: the lens that made the grid, and what it read with. */
+  lens?: LensKind;
+  target_prompt?: string;
+  /** LensView, logit lens with a generation: the first generated column (the prompt's length). */
+  generated_from?: number;
+  /** LensView, Future Lens: each cell's predicted tokens for t+1..t+n. */
+  future?: PackedFuture;
+}
+
+/** The decoders of LensView's lens switcher (widgets/lens.py LENSES). */
+export type LensKind = "logit" | "tuned" | "patchscope" | "future";
+
+/** `wb.future_lens(...)` as LensView sends it (widgets/lens.py pack_future). */
+export interface PackedFuture {
+  /** int32 [L, T, n]: the top-1 token for t+1..t+n at each (layer, position). */
+  ids: Packed;
+  /** float32 [L, T, n]: their probabilities (when the result has them). */
+  probs?: Packed;
+  /** float32 [L, n]: accuracy against the model's own continuation. */
+  accuracy?: Packed;
+  n: number;
+  method: string;
+}
+
+/** `wb.generation_lens(...)` as LensView's `generation` trait (widgets/lens.py pack_generation). */
+export interface GenerationState {
+  prompt: string;
+  text: string;
+  tokens: string[];
+  /** int32 [n]: the first layer from which each generated token stays top-1 (-1: never). */
+  commit_layer: Packed;
+  /** int32 [n]: the first layer where its probability passes 0.5 (-1: never). */
+  confident_layer: Packed;
+  /** float32 [L, n]: its probability at each layer, at the position that predicts it. */
+  prob: Packed;
+  n_prompt: number;
+  n_layers: number;
+  stopped_at_eos: boolean;
 }
 
 /** A Dict trait: {} until the kernel fills it. */
@@ -65,6 +103,16 @@ export interface LensTraits extends BaseTraits {
   align: string;
   /** The example shown as a single prompt, or -1: the dataset. */
   example: number;
+  /** The lens switcher: which decoder reads the grid. */
+  lens: LensKind;
+  /** lens -> "" when it can run, else why not (the option's tooltip). */
+  lenses: Partial<Record<LensKind, string>>;
+  target_prompt: string;
+  n_future: number;
+  future_method: string;
+  max_new_tokens: number;
+  /** The generation lens of the prompt ({} until "generate"). */
+  generation: Maybe<GenerationState>;
 }
 
 /** `wb.logit_lens(model, ds)` (a DatasetLensResult) as LensView sends it. */

@@ -18,6 +18,14 @@ export function requestId(): string {
 
 export const HISTORY_MAX = 50;
 
+/** A field that takes typed text (its keys are not notebook shortcuts). */
+export function isTextField(t: EventTarget | null): boolean {
+  const el = t as HTMLElement | null;
+  if (!el || typeof el.tagName !== "string") return false;
+  const tag = el.tagName.toLowerCase();
+  return tag === "textarea" || tag === "select" || (tag === "input" && !["checkbox", "radio", "button"].includes((el as HTMLInputElement).type));
+}
+
 function argText(v: unknown): string {
   if (typeof v === "string") return v;
   return JSON.stringify(v) ?? String(v);
@@ -64,6 +72,8 @@ export abstract class View<T extends BaseTraits = BaseTraits, R extends string =
   protected cancelBtn: HTMLButtonElement;
   protected historyBox: HTMLElement;
   protected codeBox: HTMLElement;
+  /** The view's name in its header. */
+  protected heading: HTMLElement;
   private listeners: [string, Callback][] = [];
   private compare = new Set<string>();
   /** Run history: the kernel sends each new entry once ("history_add"), and the whole list once on attach. */
@@ -115,10 +125,17 @@ export abstract class View<T extends BaseTraits = BaseTraits, R extends string =
       button("HTML", () => this.sendCommon("export_html", {}), { "data-testid": "wb-export-html", title: "Download a standalone HTML page (no kernel needed)", disabled: this.standalone }),
       button("Code", () => this.showCode(), { "data-testid": "wb-copy-code", title: "Show and copy the nnsight code of the current intervention" }),
     );
-    const header = h("div", { class: "wb-header" }, h("span", { class: "wb-title" }, title), this.status, this.progress, this.cancelBtn, exports);
+    this.heading = h("span", { class: "wb-title", "data-testid": "wb-title" }, title);
+    const header = h("div", { class: "wb-header" }, this.heading, this.status, this.progress, this.cancelBtn, exports);
     this.body = h("div", { class: "wb-body" });
     this.root = h("div", { class: "wb-root", "data-testid": "wb-view" }, header, this.errorBox, this.body, this.codeBox, this.historyBox);
     this.root.setAttribute("data-kind", String(model.get("_view_kind") ?? ""));
+    // Keys typed into the view's text fields are the view's: JupyterLab (which listens to keydown as it bubbles)
+    // must not read Shift+Enter in a prompt box as "run this cell and select the next" (that re-runs the cell
+    // that made the view), nor other keys as notebook shortcuts.
+    this.root.addEventListener("keydown", (e) => {
+      if (isTextField(e.target)) e.stopPropagation();
+    });
     el.append(this.root);
     for (const t of ["status", "progress", "progress_text", "error"] as const) this.listen(t, () => this.renderStatus());
     // standalone export state (a kernel sends the history as messages instead)

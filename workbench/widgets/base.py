@@ -185,6 +185,11 @@ class Runner:
                 j.owner is owner for j in self._pending
             )
 
+    def pending_for(self, owner: Any) -> bool:
+        """Whether `owner` has a job queued (not the running one): a newer request is on its way."""
+        with self._cv:
+            return any(j.owner is owner for j in self._pending)
+
     def idle(self) -> bool:
         with self._cv:
             return self.current is None and not self._pending
