@@ -239,3 +239,22 @@ def test_over_a_dataset():
     assert res.lens(0).options["lens"]["kind"] == "tuned"
     ns = run_code(res.to_code())
     assert_close(ns["result"], res.values, 1e-5, "dataset to_code")
+
+
+@pytest.mark.embedded
+@pytest.mark.slow
+def test_embedded_tuned_lens_beats_the_logit_lens_on_held_out_text():
+    """Defaults on SmolLM2-135M (its own greedy continuations of GENERIC_PROMPTS, 40 steps x 64 tokens).
+    Measured by the same computation outside pytest (mean KL over 3 held-out sentences, nats): logit lens
+    14.2 / 20.4 / 7.9 / 1.82 at layers 0 / 10 / 24 / 28, tuned 7.8 / 6.8 / 2.6 / 1.13; 29 of 29 layers lower.
+    Training took ~5 min wall on 2 heavily shared cores (load ~6)."""
+    model = wb.load()
+    held = [
+        "The Eiffel Tower is located in the city of Paris, which is the capital of France and home to many museums.",
+        "When Mary and John went to the store, John gave a drink to Mary because she was thirsty after the long walk.",
+        "Photosynthesis is the process by which green plants use sunlight to make food from carbon dioxide and water.",
+    ]
+    tl = wb.tuned_lens(model, progress=False)
+    tuned = np.mean([wb.logit_lens(model, t, lens=tl, progress=False).kl.mean(1) for t in held], 0)
+    logit = np.mean([wb.logit_lens(model, t, progress=False).kl.mean(1) for t in held], 0)
+    assert (tuned[:-1] < logit[:-1]).all(), (tuned, logit)
