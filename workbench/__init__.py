@@ -30,6 +30,7 @@ from .ops import (
     PatchscopeResult,
     SteerResult,
     SweepResult,
+    TunedLens,
     Value,
     ablate,
     ablate_sweep,
@@ -50,6 +51,7 @@ from .ops import (
     prob,
     steer,
     steering_vector,
+    tuned_lens,
 )
 from .ops.dataset_results import DatasetLensResult, DatasetSweepResult, DatasetValue
 from .result_cache import ResultCache, cache
@@ -93,6 +95,7 @@ __all__ = [
     "SiteError",
     "SteerResult",
     "SweepResult",
+    "TunedLens",
     "TokenizationError",
     "UnsupportedModelError",
     "WaitTimeoutError",
@@ -121,4 +124,5 @@ __all__ = [
     "steer",
     "steering_vector",
     "testing",
+    "tuned_lens",
 ]

@@ -682,10 +682,47 @@ def intervene_code(model: Model, metric: Any, o: dict[str, Any], edits: list[Any
     return _remote(model, _intervene_code(model, metric, plain(o), edits))
 
 
-def lens_code(model: Model, o: dict[str, Any], edits: list[Any] | None = None) -> str:
+def lens_code(model: Model, o: dict[str, Any], edits: list[Any] | None = None, lens: Any = None) -> str:
     if o.get("edits") is not None:
-        return _remote(model, _lens_edits_code(model, plain(o), edits or []))
-    return _remote(model, _lens_code(model, plain(o)))
+        code = _lens_edits_code(model, plain(o), edits or [])
+    else:
+        code = _lens_code(model, plain(o))
+    return _remote(model, code if lens is None else tuned_code(model, code, lens))
+
+
+def _tuned_lines(model: Model, path: str) -> str:
+    """Code that loads a tuned lens's translators from its file and defines `translate(l, h)`."""
+    return (
+        f"L = {model.n_layers}\n"
+        f"# the tuned lens's translators, from the file TunedLens.save wrote (wb.TunedLens.load({lit(path)}))\n"
+        f"state = torch.load({lit(path)}, weights_only=True)\n"
+        "A, b = state['weight'], state['bias']  # [L - 1, D, D], [L - 1, D]\n"
+        "\n\ndef translate(l, h):\n"
+        '    """The tuned lens at layer l: h + A[l] h + b[l]; the last layer is read as is (the identity)."""\n'
+        "    if l == L - 1:\n"
+        "        return h\n"
+        "    return h + torch.nn.functional.linear(h, A[l].to(h.dtype), b[l].to(h.dtype))\n\n\n"
+    )
+
+
+def tuned_code(model: Model, code: str, lens: Any) -> str:
+    """Lens code read through a tuned lens: its translators loaded from a file (the lens's own `.path`, or a
+    cache file `TunedLens.saved_path` writes), each layer's resid_post translated before the final norm."""
+    head = _load(model)
+    assert code.startswith(head)
+    code = head + _tuned_lines(model, lens.saved_path()) + code[len(head) :]
+    norm, unembed = "model." + model.arch.final_norm, "model." + model.arch.unembed
+    marker = "        final = decode(resids[-1])"
+    if marker in code:  # the lens over a Dataset: every layer's rows translated before decode()
+        return code.replace(
+            marker,
+            "        resids = [translate(l, r) for l, r in enumerate(resids)]  # through the tuned lens\n"
+            + marker,
+        )
+    pattern = re.escape(f"{unembed}({norm}(") + r"([^()]*)\)\)"
+    code, n = re.subn(pattern, lambda m: f"{unembed}({norm}(translate(l, {m.group(1)})))", code)
+    assert n, "no read-out found to translate"
+    return code
 
 
 def attention_code(model: Model, o: dict[str, Any]) -> str:
@@ -805,10 +842,13 @@ def _dataset_attribution_code(model: Model, metric: Any, o: dict[str, Any], ds: 
     )
 
 
-def dataset_lens_code(model: Model, metric: Any, o: dict[str, Any], ds: Any, al: Any) -> str:
+def dataset_lens_code(
+    model: Model, metric: Any, o: dict[str, Any], ds: Any, al: Any, lens: Any = None
+) -> str:
     """nnsight code of `wb.logit_lens` over a Dataset: a loop over the examples, each decoded at every layer
     at its columns' positions, the metric averaged over a column's positions; `result` the mean [L, C]."""
-    return _remote(model, _dataset_lens_code(model, metric, plain(o), ds, al))
+    code = _dataset_lens_code(model, metric, plain(o), ds, al)
+    return _remote(model, code if lens is None else tuned_code(model, code, lens))
 
 
 def dataset_attribution_code(model: Model, metric: Any, o: dict[str, Any], ds: Any, al: Any) -> str:

@@ -199,6 +199,10 @@ def canonical(value: Any) -> Any:
                                       list(value.segments)])]  # fmt: skip
     if isinstance(value, Intervention):
         return ["Intervention", canonical(asdict(value))]
+    from .ops.tuned_lens import TunedLens
+
+    if isinstance(value, TunedLens):  # the translators' content and the model they were trained for
+        return ["TunedLens", value.key(), canonical(value.fingerprint)]
     if isinstance(value, Cell):
         return ["Cell", canonical(asdict(value))]
     if isinstance(value, Add):

@@ -19,7 +19,7 @@ from ..model import Model, _get_path
 from .edits import Edit
 from .fast import allowed, first
 from .hooks import edit_hooks, hookable
-from .kernels import finish_logits
+from .kernels import finish_logits, translated
 from .onednn import onednn_linears
 from .threads import mine
 
@@ -96,8 +96,10 @@ def lens(
     top_k: int,
     token_ids: list[int],
     edits: Sequence[Edit],
+    translators: Any = None,
 ) -> dict[str, torch.Tensor]:
-    """The statistics `lens._lens_trace` returns: ids, probs [L, T, k]; entropy, kl [L, T]; tp, rank [L, T, n]."""
+    """The statistics `lens._lens_trace` returns: ids, probs [L, T, k]; entropy, kl [L, T]; tp, rank [L, T, n].
+    `translators`: a tuned lens's (weight, bias) applied to every layer's resid_post but the last (None: none)."""
     n_layers, n_tokens, n = model.n_layers, batch.shape[1], len(token_ids)
     tid = torch.tensor(token_ids, dtype=torch.long)
     # Results by position, then layer (transposed at the end): a position's rows are one contiguous run,
@@ -108,6 +110,8 @@ def lens(
     tp, rank = torch.empty(n_tokens, n_layers, n), torch.empty(n_tokens, n_layers, n, dtype=torch.long)
     with torch.no_grad(), model.lock, onednn_linears(model):
         resid = _resid_posts(model, batch, row, edits)  # [L, T, D]
+        if translators is not None:
+            resid = torch.stack(translated(list(resid), translators))
         normed = _get_path(model.hf, model.arch.final_norm)(resid.transpose(0, 1))  # [T, L, D]
         n_blocks = -(-n_tokens * n_layers // _ROWS)
         per_block = -(-n_tokens // n_blocks)  # positions unembedded together (blocks of equal size)

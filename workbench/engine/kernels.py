@@ -146,6 +146,22 @@ def decode(
     return finish_logits(unembed(norm(resid)), divisor, softcap)
 
 
+def translate(resid: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A tuned lens's affine translator of one layer: h + (h @ weight.T + bias) (zero weight and bias: h)."""
+    return resid + torch.nn.functional.linear(resid, weight.to(resid.dtype), bias.to(resid.dtype))
+
+
+def translated(resids: list[torch.Tensor], translators: Any) -> list[torch.Tensor]:
+    """Every layer's resid rows through a tuned lens's translators ((weight [L-1, D, D], bias [L-1, D]) or
+    None): layers 0..L-2 translated, the last layer as is (its translator is the identity)."""
+    if translators is None:
+        return resids
+    weight, bias = translators
+    out = [translate(resids[i], weight[i], bias[i]) for i in range(len(resids) - 1)]
+    out.append(resids[-1])
+    return out
+
+
 def eager_pattern(inputs: tuple[tuple, dict], eager_fn: Any) -> torch.Tensor:
     """Attention probabilities from the inputs of a module's attention function, whatever implementation
     the model runs (SDPA gives no weights): recompute them with the family's own eager function."""

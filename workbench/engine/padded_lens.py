@@ -17,7 +17,7 @@ import torch
 
 from ..model import Model, _get_path
 from .fast import first
-from .kernels import decode, read
+from .kernels import decode, read, translated
 from .onednn import onednn_linears
 from .padding import Padded
 from .threads import mine
@@ -96,12 +96,13 @@ def local(
     segments: list[Segment],
     metrics: Sequence[Any],
     per_row: Sequence[bool],
+    translators: Any = None,
 ) -> torch.Tensor:
     """`lens_values` of a local model from a hooked forward (no trace)."""
     hf = model.hf
     norm, unembed = _get_path(hf, model.arch.final_norm), _get_path(hf, model.arch.unembed)
     with torch.no_grad(), model.lock, onednn_linears(model):
-        hs = _resid_rows(model, batch, rows, cols)
+        hs = translated(_resid_rows(model, batch, rows, cols), translators)
         return lens_values(
             norm,
             unembed,
@@ -122,6 +123,7 @@ def traced(
     segments: list[Segment],
     metrics: Sequence[Any],
     per_row: Sequence[bool],
+    translators: Any = None,
 ) -> torch.Tensor:
     """`lens_values` from one nnsight trace over the padded batch (a remote model: one request); only the
     [L, R] metric values are saved."""
@@ -140,6 +142,6 @@ def traced(
             **model.trace_options(),
         ),
     ):
-        hs = [read(envoy, False)[rows, cols] for envoy in post_envoys]
+        hs = translated([read(envoy, False)[rows, cols] for envoy in post_envoys], translators)
         values = lens_values(norm, unembed, divisor, softcap, hs, segments, metrics, per_row).save()
     return values.detach()

@@ -19,6 +19,7 @@ from .path_patching import path_patch, path_patch_sweep
 from .results import AttentionResult, LensResult, SteerResult, SweepResult, Value
 from .steering import steer, steering_vector
 from .tracing import CausalTrace, DatasetCausalTrace, causal_trace
+from .tuned_lens import TunedLens, tuned_lens
 
 
 def _public(name: str, fn: Any) -> Any:
@@ -41,6 +42,8 @@ intervene = _public("intervene", intervene)
 causal_trace = _public("causal_trace", causal_trace)
 patchscope = _public("patchscope", patchscope)
 generation_lens = _public("generation_lens", generation_lens)
+tuned_lens = _public("tuned_lens", tuned_lens)
+tuned_lens.load = TunedLens.load  # wb.tuned_lens.load(path), the same as wb.TunedLens.load(path)
 
 __all__ = [
     "Add",
@@ -57,6 +60,7 @@ __all__ = [
     "PatchscopeResult",
     "SteerResult",
     "SweepResult",
+    "TunedLens",
     "Value",
     "ablate",
     "ablate_sweep",
@@ -77,4 +81,5 @@ __all__ = [
     "prob",
     "steer",
     "steering_vector",
+    "tuned_lens",
 ]

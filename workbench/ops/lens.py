@@ -17,7 +17,7 @@ from ..data.predict import batch_size_for
 from ..engine import fast_lens, padded_lens
 from ..engine.batching import Progress, check_cancel
 from ..engine.edits import Edit, checked_edits
-from ..engine.kernels import apply_edits, decode, edit_pattern, read, slot
+from ..engine.kernels import apply_edits, decode, edit_pattern, read, slot, translated
 from ..engine.padding import left_pad, pad_id
 from ..engine.traced import eager_function, plan
 from ..errors import SiteError, TokenizationError, WorkbenchError
@@ -30,6 +30,7 @@ from .metrics import as_metric, prob
 from .over_dataset import Runner
 from .patching import check_cell, check_top_k, moved_source, pair_tokens
 from .results import LensResult
+from .tuned_lens import lens_translators
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,11 @@ def _lens_trace(
     token_ids: list[int],
     edits: list[Edit],
     chunk_layers: int,
+    translators: Any = None,
 ) -> dict[str, torch.Tensor]:
     """One forward pass; every statistic is computed inside the trace so only small arrays are saved.
-    "source" edits copy from batch row 0, "mean" edits take batch row 1's mean (as the local lens's hooks)."""
+    "source" edits copy from batch row 0, "mean" edits take batch row 1's mean (as the local lens's hooks).
+    `translators`: a tuned lens's (weight, bias), small tensors that travel in the body (to NDIF too)."""
     n_layers = model.n_layers
     posts = [model.site_ref("resid_post", layer) for layer in range(n_layers)]
     post_envoys = [model.envoy(ref) for ref in posts]
@@ -148,6 +151,7 @@ def _lens_trace(
             if out is None:
                 out = read(post_envoys[layer], False)
             resids.append(out[row].clone())
+        resids = translated(resids, translators)  # a tuned lens: every layer but the last translated
         final = torch.log_softmax(
             decode(norm, unembed, divisor, softcap, resids[-1]).float(), dim=-1
         )  # [T, V]
@@ -191,6 +195,7 @@ def logit_lens(
     source: str | None = None,
     metric: Any = None,
     align: str = "exact",
+    lens: Any = None,
     progress: Progress = None,
     cancel: threading.Event | None = None,
 ) -> LensResult | DatasetLensResult:
@@ -206,15 +211,23 @@ def logit_lens(
     examples of `metric` (default `wb.prob()`: each example's target probability; a metric takes the lens
     logits [B, V]) read through the lens at every layer and column of `align=` (a column of several positions
     averages them), with `.per_example`, `.sem` and `.lens(i)`. Many examples per forward (left-padded).
+
+    `lens=` a `wb.TunedLens` (from `wb.tuned_lens(model, ...)` or `wb.TunedLens.load(path)`): every layer but
+    the last is read through its affine translator (h + A_l h + b_l) before the final norm and unembedding
+    (the tuned lens); the last row stays the model's own output. It must have been trained for this model.
     """
     top_k = check_top_k(model, top_k, lo=1)
+    translators, lens_options = lens_translators(model, lens)
+    lens = lens if translators is not None else None  # lens='logit' is the logit lens
     if isinstance(prompt, Dataset):
         if intervention is not None or edits is not None or source is not None:
             raise WorkbenchError(
                 "wb.logit_lens over a Dataset decodes each example's clean run as is: intervention= / edits= / "
                 "source= apply to one prompt (wb.logit_lens(model, ds[i].clean, intervention=...))."
             )
-        return _lens_dataset(model, prompt, metric, align, top_k, _pinned(tokens), progress, cancel)
+        return _lens_dataset(
+            model, prompt, metric, align, top_k, _pinned(tokens), progress, cancel, lens, translators
+        )
     if metric is not None:
         raise WorkbenchError(
             "metric= applies to wb.logit_lens over a wb.Dataset; for one prompt, follow tokens with "
@@ -272,6 +285,7 @@ def logit_lens(
         tokens=tokens,
         intervention=ivs_options,
         **({"edits": edits_options(checked), "source": source} if joint is not None else {}),
+        **({"lens": lens_options} if lens_options is not None else {}),
     )
     return lens_result(
         model,
@@ -282,9 +296,10 @@ def logit_lens(
         top_k=top_k,
         tokens=tokens,
         options=options,
-        code=lambda: codegen.lens_code(model, options, checked),
+        code=lambda: codegen.lens_code(model, options, checked, lens=lens),
         progress=progress,
         cancel=cancel,
+        translators=translators,
     )
 
 
@@ -301,10 +316,12 @@ def lens_result(
     code: Any,
     progress: Progress = None,
     cancel: threading.Event | None = None,
+    translators: Any = None,
 ) -> LensResult:
     """The LensResult of token ids `ids` [1, T] (an ids-level entry point: `wb.logit_lens` tokenizes its prompt
     and calls this; `wb.generation_lens` calls it on prompt + generated ids). `batch` / `row` / `edits`: the
-    rows run and the one decoded (default: `ids` itself, unedited); `tokens` are followed up front."""
+    rows run and the one decoded (default: `ids` itself, unedited); `tokens` are followed up front;
+    `translators` a tuned lens's (weight, bias) (`tuned_lens.lens_translators`), None for the logit lens."""
     edits = list(edits or [])
     if batch is None:
         batch, row = ids, 0
@@ -314,8 +331,8 @@ def lens_result(
     def compute(tids: list[int]) -> dict[str, torch.Tensor]:
         with model.lock, job_status(model, progress, cancel):
             if fast_lens.enabled(model, edits):
-                return fast_lens.lens(model, batch, row, top_k, tids, edits)
-            return _lens_trace(model, batch, row, top_k, tids, edits, chunk)
+                return fast_lens.lens(model, batch, row, top_k, tids, edits, translators)
+            return _lens_trace(model, batch, row, top_k, tids, edits, chunk, translators)
 
     saved = compute(token_ids)
     if progress is not None:
@@ -360,6 +377,8 @@ def _lens_dataset(
     tokens: list[str | int],
     progress: Progress,
     cancel: threading.Event | None,
+    lens: Any = None,
+    translators: Any = None,
 ) -> DatasetLensResult:
     """The metric through the lens at every layer and column of every example, in left-padded batches."""
     if metric is None:
@@ -403,7 +422,9 @@ def _lens_dataset(
                 [runner.bound[i] for i in part],
                 [per_row[i] for i in part],
             )
-            values = (padded_lens.local if fast else padded_lens.traced)(model, *args).float()  # [L, R]
+            values = (padded_lens.local if fast else padded_lens.traced)(
+                model, *args, translators=translators
+            ).float()  # [L, R]
             for (a, _), i in zip(segments, part, strict=True):
                 where = {p: a + j for j, p in enumerate(picks[i])}
                 per_example.append(
@@ -417,13 +438,15 @@ def _lens_dataset(
     options = dict(op="logit_lens", dataset=n, metric=m.name, align=al.align, top_k=top_k, n_examples=n)
     if tokens:
         options["tokens"] = tokens
+    if lens is not None:
+        options["lens"] = lens_translators(model, lens)[1]
 
     def one(i: int) -> LensResult:
         follow = list(tokens)
         target = ds[i].target
         if target is not None and target not in follow:
             follow.append(target)
-        return logit_lens(model, ds[i].clean, top_k=top_k, tokens=follow)
+        return logit_lens(model, ds[i].clean, top_k=top_k, tokens=follow, lens=lens)
 
     return DatasetLensResult(
         values=per.mean(0).astype(np.float32),
@@ -432,6 +455,6 @@ def _lens_dataset(
         columns=list(al.columns),
         options=options,
         dataset=ds,
-        _code=lambda: codegen.dataset_lens_code(model, m, options, ds, al),
+        _code=lambda: codegen.dataset_lens_code(model, m, options, ds, al, lens=lens),
         _lens=one,
     )
