@@ -23,6 +23,8 @@ from .ops import (
     Cell,
     DatasetCausalTrace,
     Edit,
+    FutureLensPrompt,
+    FutureLensResult,
     GenerationLens,
     Intervention,
     LensResult,
@@ -36,6 +38,7 @@ from .ops import (
     attention,
     attribution_patch,
     causal_trace,
+    future_lens,
     generation_lens,
     intervene,
     kl_to_clean,
@@ -50,6 +53,7 @@ from .ops import (
     prob,
     steer,
     steering_vector,
+    train_future_lens,
 )
 from .ops.dataset_results import DatasetLensResult, DatasetSweepResult, DatasetValue
 from .result_cache import ResultCache, cache
@@ -76,6 +80,8 @@ __all__ = [
     "Cell",
     "ExportError",
     "MessageError",
+    "FutureLensPrompt",
+    "FutureLensResult",
     "GenerationLens",
     "Intervention",
     "LensResult",
@@ -103,7 +109,9 @@ __all__ = [
     "cache",
     "datasets",
     "causal_trace",
+    "future_lens",
     "generation_lens",
+    "train_future_lens",
     "intervene",
     "kl_to_clean",
     "load",

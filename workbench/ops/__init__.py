@@ -9,6 +9,7 @@ from .ablation import ablate, ablate_sweep
 from .attention import attention
 from .attribution import attribution_patch
 from .dataset_results import DatasetLensResult
+from .future_lens import FutureLensPrompt, FutureLensResult, future_lens, train_future_lens
 from .generation_lens import GenerationLens, generation_lens
 from .intervention import intervene
 from .lens import Intervention, logit_lens
@@ -41,6 +42,8 @@ intervene = _public("intervene", intervene)
 causal_trace = _public("causal_trace", causal_trace)
 patchscope = _public("patchscope", patchscope)
 generation_lens = _public("generation_lens", generation_lens)
+future_lens = _public("future_lens", future_lens)
+train_future_lens = _public("train_future_lens", train_future_lens)
 
 __all__ = [
     "Add",
@@ -50,6 +53,8 @@ __all__ = [
     "DatasetCausalTrace",
     "DatasetLensResult",
     "Edit",
+    "FutureLensPrompt",
+    "FutureLensResult",
     "GenerationLens",
     "Intervention",
     "LensResult",
@@ -63,6 +68,7 @@ __all__ = [
     "attention",
     "attribution_patch",
     "causal_trace",
+    "future_lens",
     "generation_lens",
     "intervene",
     "kl_to_clean",
@@ -77,4 +83,5 @@ __all__ = [
     "prob",
     "steer",
     "steering_vector",
+    "train_future_lens",
 ]
