@@ -419,7 +419,7 @@ def _transplanted(
     last position (and, for a learned context, `soft` over its embedding output), on the prompt pass only.
     Returns top_ids int32 [n, N, k], top_probs float32 [n, N, k] (raw softmax) and decoded ids [n, N]."""
     n_ctx = context.shape[1]
-    pos = n_ctx - 1
+    prefix = _prefix_cache(model, context, soft)
     size = len(rows) if model.remote else rows_per_chunk(model, n_ctx + n_future)
     embed_envoy = None
     if soft is not None:
@@ -441,11 +441,15 @@ def _transplanted(
             ref = model.site_ref("resid_post", layer)
             steps.append((model.envoy(ref), ref.use_input, torch.tensor(idx), torch.stack(vals)))
         batch = context.repeat(len(part), 1)
+        extra = {}
+        if prefix is not None:  # the context's shared positions once, not once per row
+            extra["past_key_values"] = _repeat_cache(prefix, len(part))
         with (
             torch.no_grad(),
             nn.generate(
                 batch,
                 attention_mask=torch.ones_like(batch),
+                **extra,
                 max_new_tokens=n_future,
                 min_new_tokens=n_future,  # EOS excluded
                 do_sample=False,
@@ -457,10 +461,10 @@ def _transplanted(
                 if step == 0:  # the prompt pass: the transplant; later steps read its keys and values
                     if embed_envoy is not None:
                         e = read(embed_envoy[0], embed_envoy[1])
-                        e[:, :] = soft.to(e.dtype)
+                        e[:, -e.shape[1] :] = soft[-e.shape[1] :].to(e.dtype)
                     for envoy, use_input, idx, vals in steps:
                         h = read(envoy, use_input)
-                        h[idx, pos] = vals.to(h.dtype)
+                        h[idx, -1] = vals.to(h.dtype)  # the context's last position
                 top = torch.softmax(nn.output.logits[:, -1].float(), -1).topk(top_k, dim=-1)
                 tops.append(top.indices)
                 vals_.append(top.values)
@@ -480,6 +484,31 @@ def _transplanted(
         torch.cat(probs_out).numpy(),
         torch.cat(dec_out).numpy().astype(np.int64),
     )
+
+
+def _prefix_cache(model: Model, context: torch.Tensor, soft: torch.Tensor | None) -> Any:
+    """Locally, the key/value cache of the context's first n-1 positions (nothing there depends on the
+    state), computed once with a plain forward (the soft prompt's vectors as input embeddings for a learned
+    context); the decoding then runs the last position and the new tokens only. None remotely (the whole
+    context runs in the request) or for a one-token context."""
+    if model.remote or context.shape[1] < 2:
+        return None
+    hf = model.hf
+    with torch.no_grad():
+        if soft is None:
+            out = hf(input_ids=context[:, :-1], use_cache=True)
+        else:
+            dtype = next(hf.parameters()).dtype
+            out = hf(inputs_embeds=soft[None, :-1].to(dtype), use_cache=True)
+    return out.past_key_values
+
+
+def _repeat_cache(cache: Any, n: int) -> Any:
+    import copy
+
+    got = copy.deepcopy(cache)
+    got.batch_repeat_interleave(n)
+    return got
 
 
 # ---------------------------------------------------------------------------------------------- the result
