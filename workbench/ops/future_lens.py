@@ -29,8 +29,10 @@ alone (after BOS when the tokenizer adds one): what the token itself, without it
 
 Engine: one `collect` of the source states; then per chunk of states one nnsight `generate` over a batch of
 copies of the context (states grouped by layer, written on the prompt pass only); the own and single-token
-continuations are one left-padded `generate` together. Locally chunks fit memory; remotely each of these is
-one NDIF request (three requests per call: states, continuations, transplanted decoding).
+continuations are one left-padded `generate` together. Locally chunks fit memory, and the context's first
+n-1 positions (which no state changes) run once into a key/value cache that every row reuses, so each row
+runs only the context's last position and its new tokens. Remotely each of these is one NDIF request (three
+requests per call: states, transplanted decoding, continuations), the whole context running in the request.
 Training a learned prompt is local only (it needs gradients through the model).
 """
 
