@@ -208,8 +208,11 @@ def train_future_lens(
     (default all). The sequences are `texts` (targets: the text's own next tokens) or, with texts=None, the
     model's greedy (EOS excluded) continuations of `SEED_PROMPTS` by `gen_tokens` tokens (so the targets
     are the model's own greedy continuation, what `.accuracy` compares with). Each step draws `batch_size`
-    (sequence, position, layer) triples (seeded). Local models only. With the defaults on SmolLM2-135M
-    (16 x ~47-token sequences, 30 layers, 60 steps of 16) it takes about a minute on two CPU cores."""
+    (sequence, position, layer) triples (seeded). Local models only. Measured with the defaults on
+    SmolLM2-135M-Instruct (16 sequences of ~47 tokens, 30 layers, 60 steps of 16, 10 soft tokens): 456 s on
+    two CPU cores shared with other jobs (load ~6), loss 5.09 -> ~3.0; fewer `steps` for a quicker prompt.
+    On 8 held-out sentences (11 layers) it raised t+2 accuracy from 0.14 / 0.24 (fixed, layers 15 / 24) to
+    0.32 / 0.33, against a bigram baseline of 0.06."""
     require_local(model, "Training a Future Lens prompt")
     n_future = _check_n_future(n_future)
     steps = as_int(steps, "steps", lo=1, hi=100_000)
