@@ -13,6 +13,7 @@ from .dataset_lens import dataset_lens_frame, plot_dataset_lens
 from .datasets import dataset_sweep_frame, dataset_value_frame, plot_dataset_sweep, plot_dataset_value
 from .export import figure_bytes, find_browser, save_figure, save_result_figure
 from .frames import attention_frame, lens_frame, steer_frame, sweep_frame, value_frame
+from .future_lens import future_lens_frame, plot_future_lens
 from .generation import generation_lens_frame, plot_generation_lens
 from .heatmap import plot_sweep
 from .lens import plot_lens
@@ -35,6 +36,7 @@ __all__ = [
     "dataset_lens_frame",
     "escape",
     "figure_bytes",
+    "future_lens_frame",
     "generation_lens_frame",
     "find_browser",
     "lens_frame",
@@ -45,6 +47,7 @@ __all__ = [
     "plot_dataset_sweep",
     "plot_dataset_value",
     "plot_dataset_lens",
+    "plot_future_lens",
     "plot_generation_lens",
     "plot_lens",
     "plot_steer",

@@ -9,6 +9,7 @@ from .ablation import ablate, ablate_sweep
 from .attention import attention
 from .attribution import attribution_patch
 from .dataset_results import DatasetLensResult
+from .future_lens import FutureLensPrompt, FutureLensResult, future_lens, train_future_lens
 from .generation_lens import GenerationLens, generation_lens
 from .intervention import intervene
 from .lens import Intervention, logit_lens
@@ -44,6 +45,8 @@ patchscope = _public("patchscope", patchscope)
 generation_lens = _public("generation_lens", generation_lens)
 tuned_lens = _public("tuned_lens", tuned_lens)
 tuned_lens.load = TunedLens.load  # wb.tuned_lens.load(path), the same as wb.TunedLens.load(path)
+future_lens = _public("future_lens", future_lens)
+train_future_lens = _public("train_future_lens", train_future_lens)
 
 __all__ = [
     "Add",
@@ -53,6 +56,8 @@ __all__ = [
     "DatasetCausalTrace",
     "DatasetLensResult",
     "Edit",
+    "FutureLensPrompt",
+    "FutureLensResult",
     "GenerationLens",
     "Intervention",
     "LensResult",
@@ -67,6 +72,7 @@ __all__ = [
     "attention",
     "attribution_patch",
     "causal_trace",
+    "future_lens",
     "generation_lens",
     "intervene",
     "kl_to_clean",
@@ -82,4 +88,5 @@ __all__ = [
     "steer",
     "steering_vector",
     "tuned_lens",
+    "train_future_lens",
 ]
