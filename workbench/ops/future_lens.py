@@ -58,7 +58,7 @@ from ..model import Model, require_local
 from ..remote import job_status
 from ..validate import as_int
 from .patching import check_top_k
-from .patchscope import _index_list
+from .patchscope import source_grid
 from .results import Figured, _code_of, _picklable, _short
 from .steering import _eos_ids
 
@@ -220,11 +220,7 @@ def train_future_lens(
     gen_tokens = as_int(gen_tokens, "gen_tokens", lo=n_future + 1, hi=1024)
     if not isinstance(lr, int | float) or not lr > 0:
         raise WorkbenchError(f"lr={lr!r}: the learning rate must be a positive number, e.g. lr=0.01.")
-    layer_ids = (
-        list(range(model.n_layers))
-        if layers is None
-        else _index_list(layers, "layers", model.check_layer, "[0, 5, 10]")
-    )
+    layer_ids = source_grid(model, layers, None, 1)[0]
     init_ids = model.to_tokens(init, what="init prompt")[0].tolist()
     k = len(init_ids) if n_soft is None else as_int(n_soft, "n_soft", lo=1, hi=256)
     if k > len(init_ids):
@@ -623,16 +619,7 @@ def future_lens(
         )
     ids = model.to_tokens(prompt)
     n_tokens = ids.shape[1]
-    layer_ids = (
-        list(range(model.n_layers))
-        if layers is None
-        else _index_list(layers, "layers", model.check_layer, "[0, 5, 10]")
-    )
-    pos_ids = (
-        list(range(n_tokens))
-        if positions is None
-        else _index_list(positions, "positions", lambda p: model.check_position(p, n_tokens), "[-1]")
-    )
+    layer_ids, pos_ids = source_grid(model, layers, positions, n_tokens)
     soft = None
     learned: FutureLensPrompt | None = None
     if method == "fixed":

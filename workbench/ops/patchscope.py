@@ -133,6 +133,21 @@ def _token_metrics(tid: int) -> tuple[Any, Any]:
     return prob, rank
 
 
+def source_grid(model: Model, layers: Any, positions: Any, n_tokens: int) -> tuple[list[int], list[int]]:
+    """The source states' layers and positions (every one when None), checked: a decoding op's grid."""
+    layer_ids = (
+        list(range(model.n_layers))
+        if layers is None
+        else _index_list(layers, "layers", model.check_layer, "[0, 5, 10]")
+    )
+    pos_ids = (
+        list(range(n_tokens))
+        if positions is None
+        else _index_list(positions, "positions", lambda p: model.check_position(p, n_tokens), "[-1]")
+    )
+    return layer_ids, pos_ids
+
+
 def patchscope(
     model: Model,
     prompt: str,
@@ -164,16 +179,7 @@ def patchscope(
     tpos = _target_position(target_position, n_target, target_tokens)
     tlayer = None if target_layer is None else model.check_layer(target_layer, "target_layer")
     n_tokens = ids.shape[1]
-    layer_ids = (
-        list(range(model.n_layers))
-        if layers is None
-        else _index_list(layers, "layers", model.check_layer, "[0, 5, 10]")
-    )
-    pos_ids = (
-        list(range(n_tokens))
-        if positions is None
-        else _index_list(positions, "positions", lambda p: model.check_position(p, n_tokens), "[-1]")
-    )
+    layer_ids, pos_ids = source_grid(model, layers, positions, n_tokens)
     if max_new_tokens and n_target + max_new_tokens > model.n_ctx:
         raise WorkbenchError(
             f"The target prompt is {n_target} tokens and max_new_tokens={max_new_tokens}: more than this "

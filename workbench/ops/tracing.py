@@ -48,8 +48,25 @@ GROUPS = (
 
 
 # ------------------------------------------------------------------------------------------- results
+class _Restorations(Figured):
+    """What a single-prompt and a dataset trace share: the effect of each restore, and the kind restored."""
+
+    values: np.ndarray
+    low: float
+    options: dict[str, Any]
+
+    @property
+    def effect(self) -> np.ndarray:
+        """The indirect effect of each state: values - low."""
+        return (self.values - np.float32(self.low)).astype(np.float32)
+
+    @property
+    def kind(self) -> str:
+        return str(self.options.get("kind", "resid"))
+
+
 @dataclass
-class CausalTrace(Figured):
+class CausalTrace(_Restorations):
     """p(target) with one state restored at each (layer, position) of a noised prompt, float32 [L, T]."""
 
     _figure_name = "causal_trace"
@@ -65,15 +82,6 @@ class CausalTrace(Figured):
     noise_std: float  # the embedding std the noise was scaled by (nan when noise= was a tensor)
     options: dict[str, Any]
     _code: Callable[[], str] = field(repr=False)
-
-    @property
-    def effect(self) -> np.ndarray:
-        """The indirect effect of each state: values - low."""
-        return (self.values - np.float32(self.low)).astype(np.float32)
-
-    @property
-    def kind(self) -> str:
-        return str(self.options.get("kind", "resid"))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -116,7 +124,7 @@ class CausalTrace(Figured):
 
 
 @dataclass
-class DatasetCausalTrace(Figured):
+class DatasetCausalTrace(_Restorations):
     """A causal trace averaged over facts in ROME's six position groups: float32 [L, 6]."""
 
     _figure_name = "dataset_causal_trace"
@@ -146,14 +154,6 @@ class DatasetCausalTrace(Figured):
     @property
     def lows(self) -> np.ndarray:
         return np.array([t.low for t in self.per_example], dtype=np.float32)
-
-    @property
-    def effect(self) -> np.ndarray:
-        return (self.values - np.float32(self.low)).astype(np.float32)
-
-    @property
-    def kind(self) -> str:
-        return str(self.options.get("kind", "resid"))
 
     @property
     def tokens(self) -> list[str]:
