@@ -33,3 +33,13 @@ def test_generation_lens_matches_local(models, requests) -> None:  # noqa: F811
     assert g.tokens == want.tokens
     assert float(np.abs(g.prob - want.prob).max()) <= TOL
     assert list(g.commit_layer) == list(want.commit_layer)
+
+
+def test_future_lens_fixed_matches_local(models, requests) -> None:  # noqa: F811
+    remote, local = models
+    fl = wb.future_lens(remote, PROMPT, n_future=2, layers=[5, 20], positions=[3, -1])
+    assert len(requests) <= 3  # the states, the decoding, the model's own continuations
+    want = wb.future_lens(local, PROMPT, n_future=2, layers=[5, 20], positions=[3, -1])
+    assert fl.predicted == want.predicted
+    assert float(np.abs(fl.top_probs - want.top_probs).max()) <= TOL
+    assert np.allclose(fl.accuracy, want.accuracy)
