@@ -107,3 +107,41 @@ def test_an_align_that_fails_goes_back_to_the_map_shown(model):
     assert v.status == "error" and "align is back to 'right'" in v.error
     assert v.align == "right" and v.ds_lens["columns"] == columns
     assert v.to_code() == v.dataset_result.to_code() and "per_example.mean(0)" in v.to_code()
+
+
+def test_an_opened_example_never_shows_its_prompt_beside_a_stale_done(model, ds):
+    """The front end applies each comm update as it comes: the example's prompt must come in the same update as the
+    "running" status of its run (else the view showed the new prompt, the dataset's "done" and an empty grid, and
+    the browser test's wait for "done" read the grid before it was drawn), and the grid with "done" after it."""
+    v = LensView(model, ds)
+    v.wait()
+    assert v.status == "done", v.error
+    updates: list[dict] = []
+    v._send = lambda msg, buffers=None: updates.append(
+        dict(msg.get("state", {}))
+    )  # what the comm would carry
+    v.example = 1  # as the view's click sets it
+    v.wait()
+    assert v.status == "done" and v.prompt == ds[1].clean, v.error
+    first = next(i for i, u in enumerate(updates) if "prompt" in u)
+    assert updates[first]["prompt"] == ds[1].clean
+    assert updates[first].get("status") == "running", updates[first]
+    assert "pinned" in updates[first] and "focus" in updates[first]
+    grid = next(i for i, u in enumerate(updates) if "data" in u)
+    done = max(i for i, u in enumerate(updates) if u.get("status") == "done")
+    assert first < grid < done and len(updates[grid]["data"]["tokens"]) == len(
+        model.to_str_tokens(ds[1].clean)
+    )
+    assert not any(u.get("status") == "done" for u in updates[first:grid]), updates
+    # back, and the same example again: its kept grid is shown at once (no run: nothing says "running")
+    v.example = -1
+    v.wait()
+    updates.clear()
+    v.example = 1
+    v.wait()
+    assert (
+        v.status == "done"
+        and v.prompt == ds[1].clean
+        and len(v.data["tokens"]) == len(model.to_str_tokens(ds[1].clean))
+    )
+    assert not any(u.get("status") == "running" for u in updates), updates

@@ -301,8 +301,18 @@ class LensView(WorkbenchWidget):
         e = self._ds[i]
         target = answer_text(self.model, e.target)
         pins = [target] if target and not self._pin_problem(self.model, [target]) else []
-        self._set_quietly(prompt=e.clean, pinned=pins, focus=pins[0] if pins else "", selected=[])
-        self.recompute()
+        # One comm message: the example's prompt and pins with the status of the run they start (or the kept grid).
+        # Sent apart, the front end showed the example's prompt beside the dataset's stale "done" and an empty grid
+        # until the "running" update came (a check of "done" then read the grid before it was drawn).
+        with self.hold_sync():
+            self._set_quietly(prompt=e.clean, pinned=pins, focus=pins[0] if pins else "", selected=[])
+            kept = self._kept_grid()
+            if kept is not None:
+                self._show(*kept)
+                return
+            self.status, self.error, self.progress = "running", "", 0.0
+            self.progress_text = "queued" if not self.runner.idle() else ""
+        self.recompute()  # submitted after the message is sent: the run's own updates come after it
 
     def open_example(self, i: int) -> LensView:
         """Show example i of the dataset as its single-prompt lens (clicking it in the list); -1 goes back."""
@@ -462,8 +472,8 @@ class LensView(WorkbenchWidget):
     def recompute(self, wait: bool = False) -> None:
         """Read the prompt through the current lens (one ops call; a grid kept for these settings is shown as is)."""
         key = self._key()
-        kept = self._grids.get(self.lens)
-        if kept is not None and kept[0] == key:
+        kept = self._kept_grid()
+        if kept is not None:
             self._show(*kept)
             return
         lens, prompt, top_k, pinned = self.lens, self.prompt, self.top_k, list(self.pinned)
@@ -508,6 +518,11 @@ class LensView(WorkbenchWidget):
                 self._show(*kept, record=True)
 
         self.submit(f"{lens} lens", "", run, done, slot="lens", wait=wait, failed=self._failed)
+
+    def _kept_grid(self) -> tuple | None:
+        """The kept grid of the current lens when it was made for the current settings (else None: a run)."""
+        kept = self._grids.get(self.lens)
+        return kept if kept is not None and kept[0] == self._key() else None
 
     def _pinned_data(self, result: Any, pinned: list[str]) -> tuple[list[str], dict[str, Any]]:
         if pinned:
