@@ -5,7 +5,7 @@ generated positions), with bad input, progress and cancel.
 `wb.tuned_lens` and `wb.future_lens` were not on main when this was written: the tuned and future modes are
 tested here with STAND-INS of their contracts' shape (`StandInTunedLens` with a `wb.logit_lens` that takes
 `lens=`, and `stand_in_future_lens` returning a `StandInFutureLensResult`), monkeypatched into `workbench.ops`.
-They check the view's wiring, not the science of those lenses."""
+They check the view's wiring, not the science of those lenses; the last tests run the real ops (now merged)."""
 
 from __future__ import annotations
 
@@ -407,3 +407,31 @@ def test_over_a_dataset_only_the_logit_lens(model):
     lv.lens = "patchscope"
     lv.wait()
     assert lv.data["lens"] == "patchscope" and lv.status == "done"
+
+
+# ----------------------------------------------------------------------------- the real tuned / future ops
+
+
+def test_tuned_mode_with_the_real_tuned_lens(model):
+    """The real wb.TunedLens: an identity lens reads as the logit lens; a trained one as logit_lens(lens=)."""
+    lv = LensView(model, CLEAN, tuned=wb.TunedLens.identity(model))
+    lv.lens = "tuned"
+    lv.wait()
+    assert lv.status == "done" and lv.data["lens"] == "tuned", lv.error
+    np.testing.assert_array_equal(_ids(lv), wb.logit_lens(model, CLEAN, progress=False).top_ids)
+    trained = wb.tuned_lens(model, texts=[CLEAN, "The Eiffel Tower is in Paris."], steps=3, progress=False)
+    lv.tuned = trained
+    lv.wait()
+    want = wb.logit_lens(model, CLEAN, lens=trained, progress=False)
+    np.testing.assert_array_equal(_ids(lv), want.top_ids)
+    np.testing.assert_allclose(unpack(lv.data["top_probs"]), want.top_probs, atol=1e-6)
+
+
+def test_future_mode_with_the_real_future_lens(model):
+    lv = LensView(model, CLEAN)
+    lv.lens = "future"
+    lv.wait()
+    assert lv.status == "done" and lv.data["lens"] == "future", lv.error
+    want = wb.future_lens(model, CLEAN, n_future=3, progress=False)
+    np.testing.assert_array_equal(unpack(lv.data["future"]["ids"]), want.top_ids[..., 0])
+    np.testing.assert_allclose(unpack(lv.data["future"]["accuracy"]), want.accuracy, atol=1e-6)
