@@ -451,3 +451,46 @@ def test_a_noise_tensor_sets_the_sample_count() -> None:
     assert np.abs(again.values - first.values).max() <= 1e-6
     with pytest.raises(wb.WorkbenchError, match="shape"):
         wb.causal_trace(model, "The Eiffel Tower is in", subject=(1, 3), noise=first.noise, samples=4)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_other_threads_during_a_causal_trace(family):
+    """While the trace's replay runs (lock held, hooks and oneDNN linears in place), another thread's direct
+    submodule call gets its true numbers and its whole-model forward waits and then computes its own; the
+    trace equals one run alone on the traced path."""
+    from tests.test_trust import OTHER_PROMPT, _in_thread
+
+    model = tiny_model(family, seed=3)
+    ids = model.to_tokens(OTHER_PROMPT)
+    with torch.no_grad():
+        want_logits = model.hf(ids).logits.clone()
+    head = model.hf.get_output_embeddings()
+    x = torch.randn(4, model.d_model)
+    with torch.no_grad():
+        want_head = head(x).clone()
+    prompt, span = "The Eiffel Tower is in Paris", (1, 3)
+    first = wb.causal_trace(model, prompt, subject=span, kind="mlp", window=2, samples=3, progress=False)
+    with fast.disabled():
+        alone = wb.causal_trace(model, prompt, subject=span, kind="mlp", window=2, noise=first.noise)
+    checks: dict = {}
+
+    def progress(fraction, _message):
+        if checks or fraction <= 0.0:
+            return
+        t, box = _in_thread(lambda: head(x).detach().clone(), 30)
+        checks["submodule"] = (t.is_alive(), box)
+        fwd, fwd_box = _in_thread(lambda: model.hf(ids).logits.detach().clone(), 0.5)
+        checks["forward"] = (fwd, fwd_box, fwd.is_alive())
+
+    traced = wb.causal_trace(
+        model, prompt, subject=span, kind="mlp", window=2, noise=first.noise, progress=progress
+    )
+    alive, box = checks["submodule"]
+    assert not alive and "error" not in box, box
+    assert_close(box["value"], want_head, 1e-5, "a direct submodule call from another thread")
+    fwd, result, was_waiting = checks["forward"]
+    assert was_waiting, "the other thread's forward did not wait for the running trace"
+    fwd.join(60)
+    assert not fwd.is_alive() and "error" not in result, result
+    assert_close(result["value"], want_logits, 1e-5, "another thread's forward")
+    assert_close(traced.values, alone.values, 1e-5, "the trace that ran beside another thread")
