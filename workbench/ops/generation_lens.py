@@ -19,7 +19,7 @@ from ..remote import job_status
 from ..validate import as_int
 from .lens import lens_result
 from .patching import check_top_k
-from .results import Figured, LensResult, _code_of, _picklable, _short
+from .results import Coded, Figured, LensResult, _short
 from .steering import _eos_ids, _generate
 
 
@@ -43,7 +43,7 @@ def confident_layers(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 
 
 @dataclass
-class GenerationLens(Figured):
+class GenerationLens(Coded, Figured):
     """Greedy generation read through the logit lens: for generated token i (`.tokens[i]`, id
     `.token_ids[i]`), `.prob[l, i]` / `.rank[l, i]` are its probability / rank (0 = top-1) at layer l at the
     position that predicts it (prompt length - 1 + i). `.commit_layer[i]`: the first layer from which it
@@ -65,12 +65,6 @@ class GenerationLens(Figured):
     prompt_tokens: int
     options: dict[str, Any]
     _code: Callable[[], str] = field(repr=False)
-
-    def to_code(self) -> str:
-        return _code_of(self)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return _picklable(self.__dict__, self)
 
     def __repr__(self) -> str:
         n_layers = self.prob.shape[0]

@@ -108,6 +108,16 @@ class Figured:
         return save_result_figure(self, path, **plot_options)
 
 
+class Coded:
+    """`to_code()` from the result's `_code`, and pickling that keeps the code (not the live model)."""
+
+    def to_code(self) -> str:
+        return _code_of(self)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return _picklable(self.__dict__, self)
+
+
 class Value(Figured, float):
     """A metric value (a float) that also carries its baselines, the run's prediction and its code."""
 
@@ -378,7 +388,7 @@ class LensResult(Figured):
 
 
 @dataclass
-class AttentionResult(Figured):
+class AttentionResult(Coded, Figured):
     """Attention probabilities [L, H, T_query, T_key] (grouped-query heads expanded to query heads)."""
 
     _figure_name = "attention"
@@ -388,12 +398,6 @@ class AttentionResult(Figured):
     layers: list[int]
     options: dict[str, Any]
     _code: Callable[[], str] = field(repr=False)
-
-    def to_code(self) -> str:
-        return _code_of(self)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return _picklable(self.__dict__, self)
 
     def __repr__(self) -> str:
         shape = " x ".join(str(n) for n in self.patterns.shape)

@@ -31,7 +31,7 @@ from ..model import Model
 from ..remote import job_status
 from ..validate import as_int, as_number
 from .over_dataset import is_dataset
-from .results import Figured, _code_of, _num, _picklable, _short
+from .results import Coded, Figured, _num, _short
 
 # kind= -> the site a trace restores; sever= -> the site it freezes
 KIND_SITES = {"resid": "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
@@ -48,7 +48,7 @@ GROUPS = (
 
 
 # ------------------------------------------------------------------------------------------- results
-class _Restorations(Figured):
+class _Restorations(Coded, Figured):
     """What a single-prompt and a dataset trace share: the effect of each restore, and the kind restored."""
 
     values: np.ndarray
@@ -92,12 +92,6 @@ class CausalTrace(_Restorations):
         """Token labels with the subject's tokens marked by * (as in ROME's figures)."""
         a, b = self.subject
         return [f"{t}*" if a <= i < b else t for i, t in enumerate(self.tokens)]
-
-    def to_code(self) -> str:
-        return _code_of(self)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return _picklable(self.__dict__, self)
 
     def __repr__(self) -> str:
         o = self.options
@@ -165,12 +159,6 @@ class DatasetCausalTrace(_Restorations):
 
     def example(self, i: int) -> CausalTrace:
         return self.per_example[as_int(i, "example", lo=0, hi=len(self.per_example) - 1)]
-
-    def to_code(self) -> str:
-        return _code_of(self)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return _picklable(self.__dict__, self)
 
     def __repr__(self) -> str:
         o = self.options
