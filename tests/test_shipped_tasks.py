@@ -31,7 +31,9 @@ ICL_CEILING = {"english_french": 0.1}  # kept as the task the model cannot do (n
 
 
 def _json(name: str) -> dict:
-    return json.loads(resources.files("workbench.data").joinpath(f"tasks/{name}.json").read_text(encoding="utf-8"))
+    return json.loads(
+        resources.files("workbench.data").joinpath(f"tasks/{name}.json").read_text(encoding="utf-8")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +59,9 @@ def test_every_task_is_shipped_and_well_formed():
 def test_answers_are_single_tokens_in_context(model):
     for name in wb.datasets.TASKS:
         task = wb.datasets.task(name)
-        ids = task.answer_ids(model)  # raises, naming the pairs, unless every answer is one token after its query
+        ids = task.answer_ids(
+            model
+        )  # raises, naming the pairs, unless every answer is one token after its query
         assert len(ids) == len(task)
         for (_, y), i in zip(task.pairs, ids, strict=True):
             assert model.token_id(" " + y) == i
@@ -77,5 +81,7 @@ def test_the_model_does_the_task_in_context_but_not_zero_shot(model, name):
     # zero shot (the query alone) the model does not answer: measured 0.00 on every task but country_capital
     # (0.04: it mostly repeats the country)
     zero = task.zero_shot()
-    zero_acc = sum(p.correct for p in predictions(model, Dataset(clean=zero.clean, target=zero.target))) / len(zero)
+    zero_acc = sum(
+        p.correct for p in predictions(model, Dataset(clean=zero.clean, target=zero.target))
+    ) / len(zero)
     assert zero_acc <= 0.08, (name, zero_acc)

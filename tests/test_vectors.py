@@ -438,3 +438,62 @@ def test_workshop_cache_keys_tasks_and_vectors(tmp_path):
         wb.head_effects(model, tiny_task()[:7], **kw)  # other pairs: computed
         assert store.misses == 4
     assert_close(a.values, b.values, 0.0)
+
+
+def test_the_vector_as_an_edit_on_any_prompt():
+    """fv.edit(layer) is what evaluate_vector adds: wb.intervene with it gives the same p(answer) and top-1."""
+    model = tiny("gpt_neox")
+    task = tiny_task()
+    fv = wb.function_vector(model, task, heads=3, n_shots=N_SHOTS, n_prompts=2, progress=False)
+    ev = wb.evaluate_vector(model, task, fv, scale=3.0, progress=False)
+    for i in (0, 5):
+        prompt, answer = ev.prompts[i], ev.answers[i]
+        for k, layer in enumerate(ev.layers):
+            v = wb.intervene(
+                model, prompt, edits=[fv.edit(layer, scale=3.0)], metric=wb.prob(answer), progress=False
+            )
+            assert_close(float(v), ev.probs[i, k], ATOL, f"intervene vs evaluate at layer {layer}")
+            assert int(v.top_ids[0]) == ev.top_ids[i, k]
+    with pytest.raises(WorkbenchError, match="layer"):
+        wb.intervene(model, ev.prompts[0], edits=[fv.edit(7)], metric=wb.prob(ev.answers[0]), progress=False)
+
+
+MIXED = [
+    ("The cat sat", "dog"),
+    ("dog", "cat"),
+    ("Hello world", "mat"),
+    ("log", "Rome"),
+    ("Eiffel Tower", "Paris"),
+    ("Rome", "Paris"),
+    ("Mary and John", "John"),
+    ("John", "Mary"),
+]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_prompts_of_different_lengths(family):
+    """Inputs of several tokens: the n-shot prompts differ in length (left-padded in the means' forward and in
+    the one-request body, replayed by length locally); every number still equals the reference."""
+    model = tiny(family)
+    task = wb.Task(MIXED, template="{x} -> {y}\n", name="mixed")
+    ds, want = _reference(model, task)
+    lengths = {model.to_tokens(p).shape[1] for p in ds.clean}
+    assert len(lengths) == len(ds)  # every prompt its own length
+    got = wb.head_effects(model, task, n_shots=N_SHOTS, n_prompts=N_PROMPTS, progress=False)
+    _check_effects(got, want, f"{family} mixed lengths")
+    clean = [model.to_tokens(p) for p in ds.clean]
+    corrupt = [model.to_tokens(p) for p in ds.corrupt]
+    out = fv_trace(model, clean, corrupt=corrupt, targets=[model.token_id(t) for t in ds.target])
+    assert_close(
+        (out["patched"] - out["corrupt_p"][:, None, None]).numpy(), want["per_example"], ATOL, "padded body"
+    )
+    vec = torch.randn(model.d_model, generator=torch.Generator().manual_seed(3)) * 3
+    zero = task.zero_shot()
+    w = ref.reference_evaluate_vector(
+        model.hf, model.tokenizer, zero.clean, zero.target, vec, range(model.n_layers)
+    )
+    ev = wb.evaluate_vector(model, task, vec, progress=False)
+    assert_close(ev.probs, w["probs"], ATOL, "mixed evaluate")
+    t = [model.token_id(a) for a in zero.target]
+    p, _ = add_trace(model, [model.to_tokens(q) for q in zero.clean], t, list(range(model.n_layers)), vec)
+    assert_close(p[1:].T, w["probs"], ATOL, "mixed one-request evaluate")

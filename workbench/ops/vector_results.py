@@ -170,6 +170,17 @@ class FunctionVector(Coded, Figured):
     def d_model(self) -> int:
         return int(self.vector.shape[0])
 
+    def edit(self, layer: int, *, scale: float = 1.0, position: int = -1) -> Any:
+        """The vector as an edit: `wb.Edit(wb.Cell("resid_post", layer, position=position), wb.Add(vector, scale))`,
+        what `evaluate_vector` applies at `layer`; try it on any prompt with
+        `wb.intervene(model, prompt, edits=[fv.edit(layer)], metric=wb.prob(" cold"))` (or `top_k=`)."""
+        from ..engine.edits import Add, Cell, Edit
+        from ..validate import as_number
+
+        layer = as_int(layer, "layer", lo=0)
+        position = as_int(position, "position")
+        return Edit(Cell("resid_post", layer, position), Add(self.vector.copy(), as_number(scale, "scale")))
+
     def decode(self, top_k: int = 10) -> list[tuple[str, float]]:
         """The vector's top tokens through the final norm and unembedding: [(token, probability), ...]."""
         kept = len(self.top_tokens)
