@@ -497,3 +497,25 @@ def test_prompts_of_different_lengths(family):
     t = [model.token_id(a) for a in zero.target]
     p, _ = add_trace(model, [model.to_tokens(q) for q in zero.clean], t, list(range(model.n_layers)), vec)
     assert_close(p[1:].T, w["probs"], ATOL, "mixed one-request evaluate")
+
+
+def test_progress_and_cancel():
+    import threading
+
+    model = tiny("llama")
+    task = tiny_task()
+    seen: list[float] = []
+    wb.head_effects(model, task, n_shots=N_SHOTS, n_prompts=2, progress=lambda f, msg: seen.append(f))
+    assert seen and all(0.0 <= f <= 1.0 for f in seen) and seen[-1] == 1.0
+    stop = threading.Event()
+    stop.set()
+    for op in (
+        lambda: wb.head_effects(model, task, n_shots=N_SHOTS, n_prompts=2, cancel=stop, progress=False),
+        lambda: wb.function_vector(
+            model, task, heads=2, n_shots=N_SHOTS, n_prompts=2, cancel=stop, progress=False
+        ),
+        lambda: wb.evaluate_vector(model, task, torch.zeros(model.d_model), cancel=stop, progress=False),
+    ):
+        with pytest.raises(wb.CancelledError):
+            op()
+    assert wb.head_effects(model, task, n_shots=N_SHOTS, n_prompts=2, progress=False).values.shape == (3, 6)

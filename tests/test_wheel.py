@@ -137,6 +137,16 @@ def test_wheel_and_sdist_carry_the_bundle(built):
     assert f"\nVersion: {version}\n" in meta  # the version has one source: workbench/__init__.py
     assert "workbench/__init__.py" in names and "workbench/widgets/lens.py" in names
     assert "workbench/data/ioi.json" in names and "workbench/data/facts.json" in names  # wb.datasets
+    tasks = (
+        "antonyms",
+        "country_capital",
+        "uppercase",
+        "past_tense",
+        "english_french",
+        "singular_plural",
+        "capitalize",
+    )
+    assert all(f"workbench/data/tasks/{t}.json" in names for t in tasks)  # wb.datasets.task
     assert not [n for n in names if n.startswith(("tests/", "js/", "notebooks/"))]
 
     with tarfile.open(built["sdist"]) as t:
