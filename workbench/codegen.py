@@ -687,7 +687,13 @@ def lens_code(model: Model, o: dict[str, Any], edits: list[Any] | None = None, l
         code = _lens_edits_code(model, plain(o), edits or [])
     else:
         code = _lens_code(model, plain(o))
-    return _remote(model, code if lens is None else tuned_code(model, code, lens))
+    return _remote(model, code if lens is None else _tuned(model, code, lens))
+
+
+def _tuned(model: Model, code: str, lens: Any) -> str:
+    """Lens code through a tuned lens: in one trace locally, in two requests for a remote model."""
+    code = tuned_code(model, code, lens)
+    return tuned_remote_code(model, code) if model.remote else code
 
 
 def _tuned_lines(model: Model, path: str) -> str:
@@ -723,6 +729,48 @@ def tuned_code(model: Model, code: str, lens: Any) -> str:
     code, n = re.subn(pattern, lambda m: f"{unembed}({norm}(translate(l, {m.group(1)})))", code)
     assert n, "no read-out found to translate"
     return code
+
+
+_TUNED_HERE = (
+    "# the tuned lens applies here: its translators (L - 1 matrices of D x D, GBs for a large model) are too\n"
+    "# big to send with a request, so NDIF returns the states and decodes the translated ones (two requests)\n"
+)
+_READ_OUT = "with torch.no_grad(), model.session(remote=True):  # the read-out next to the weights, on NDIF\n"
+
+
+def tuned_remote_code(model: Model, code: str) -> str:
+    """`tuned_code` for a remote model, in two requests (as `wb.logit_lens(remote, ..., lens=tl)` runs it):
+    the trace saves every layer's resid_post, the translators apply locally, and a session with no trace
+    decodes the translated states on NDIF (the translators never travel)."""
+    norm, unembed = "model." + model.arch.final_norm, "model." + model.arch.unembed
+    lines = code.split("\n")
+    marker = "        resids = [translate(l, r) for l, r in enumerate(resids)]  # through the tuned lens"
+    if marker in lines:  # the lens over a Dataset: per example, the rows read, translated, decoded
+        i = lines.index(marker)
+        read = re.match(r"^        resids = \[(.*)\](  #.*)?$", lines[i - 1])
+        assert read, "no resid_post read before the translation"
+        lines[i - 1] = f"        resids = torch.stack([{read.group(1)}]).save(){read.group(2) or ''}"
+        here = [f"    {line}" if line else line for line in _TUNED_HERE.rstrip("\n").split("\n")]
+        lines[i : i + 1] = [*here, marker[4:] + ", here", "    " + _READ_OUT.rstrip("\n")]
+        return "\n".join(lines)
+    head = re.escape(f"        logits = {unembed}({norm}(translate(l, ")
+    at = [k for k, line in enumerate(lines) if re.match(head, line)]
+    assert len(at) == 1, "no translated read-out in the lens code"
+    i = at[0]
+    m = re.match(head + r"(.*?)\)\)\)(  #.*)?$", lines[i])
+    assert m, lines[i]
+    j = next(k for k in range(i, len(lines)) if lines[k].startswith("    top_ids, top_probs = torch.stack("))
+    t = max(k for k in range(i) if lines[k].startswith("with torch.no_grad(), model.trace("))
+    loop = lines[t + 1]
+    assert loop.startswith("    for l in range("), loop
+    out = lines[:t] + ["resids = []", lines[t]] + lines[t + 1 : i]
+    out.append(f"        resids.append({m.group(1)}){m.group(2) or ''}")
+    out.append("    resids = torch.stack(resids).save()  # [L, T, D]: every layer's resid_post")
+    out += _TUNED_HERE.rstrip("\n").split("\n")
+    out.append("resids = [translate(l, resids[l]) for l in range(L)]")
+    out += [_READ_OUT.rstrip("\n"), loop, f"        logits = {unembed}({norm}(resids[l]))", *lines[i + 1 : j]]
+    out += lines[j:]
+    return "\n".join(out)
 
 
 def attention_code(model: Model, o: dict[str, Any]) -> str:
@@ -848,7 +896,7 @@ def dataset_lens_code(
     """nnsight code of `wb.logit_lens` over a Dataset: a loop over the examples, each decoded at every layer
     at its columns' positions, the metric averaged over a column's positions; `result` the mean [L, C]."""
     code = _dataset_lens_code(model, metric, plain(o), ds, al)
-    return _remote(model, code if lens is None else tuned_code(model, code, lens))
+    return _remote(model, code if lens is None else _tuned(model, code, lens))
 
 
 def dataset_attribution_code(model: Model, metric: Any, o: dict[str, Any], ds: Any, al: Any) -> str:
