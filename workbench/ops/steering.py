@@ -407,6 +407,7 @@ def _result(
         pieces=list(rows.pieces[row]),
         baseline_tokens=list(base),
         baseline_pieces=list(rows.pieces[base_row]) if base_row is not None else [],
+        baseline_probs=np.asarray(rows.probs[base_row] if base_row is not None else [], np.float32),
         token_probs=np.asarray(rows.probs[row], np.float32),
         top_ids=top_ids,
         top_probs=got.top_probs[row, :n].astype(np.float32),
