@@ -391,7 +391,9 @@ export class SteerView extends View<SteerTraits, SteerRequest> {
     this.texts = [];
     this.carets = [];
     if (!run) {
-      this.cols.append(h("div", { class: "wb-caption" }, "Press Generate: the unsteered and the steered continuations appear here side by side, token by token."));
+      const hint = h("div", { class: "wb-caption" }, "Press Generate: the unsteered and the steered continuations appear here side by side, token by token.");
+      hint.style.gridColumn = "1 / -1";
+      this.cols.append(hint);
       this.renderNote();
       return;
     }
@@ -517,7 +519,7 @@ export class SteerView extends View<SteerTraits, SteerRequest> {
   figures(): Figure[] {
     const run = this.run;
     if (!run) return [];
-    return [steerFigure(run, this.diverged)];
+    return [steerFigure(run, this.diverged, [this.vectorLine.textContent ?? "", this.note.textContent ?? ""].filter(Boolean).join("  ·  "))];
   }
 }
 
@@ -539,44 +541,46 @@ function measurer(size: number): (t: string) => number {
   return (t) => t.length * size * 0.6;
 }
 
-/** Wrap segments into lines of at most `width` px (breaking inside a long segment), newlines kept. */
+/** Wrap segments into lines of at most `width` px, at spaces where it can (inside a word too long for a line),
+ *  newlines kept (shown as ↵). */
 export function wrapSegments(segs: Seg[], width: number, measure: (t: string) => number): Seg[][] {
   const lines: Seg[][] = [[]];
   let x = 0;
+  const put = (text: string, state: string) => {
+    lines[lines.length - 1].push({ text, state });
+    x += measure(text);
+  };
+  const newline = () => {
+    lines.push([]);
+    x = 0;
+  };
   for (const seg of segs) {
-    const parts = seg.text.split("\n");
-    parts.forEach((part, pi) => {
+    seg.text.split("\n").forEach((part, pi) => {
       if (pi > 0) {
-        lines[lines.length - 1].push({ text: "↵", state: seg.state });
-        lines.push([]);
-        x = 0;
+        put("↵", seg.state);
+        newline();
       }
-      let rest = part;
-      while (rest) {
-        const w = measure(rest);
-        if (x + w <= width) {
-          lines[lines.length - 1].push({ text: rest, state: seg.state });
-          x += w;
-          break;
+      for (const word of part.split(/(?=\s)/)) {
+        if (!word) continue;
+        if (x > 0 && x + measure(word) > width) {
+          newline();
         }
-        let n = rest.length;
-        while (n > 1 && x + measure(rest.slice(0, n)) > width) n--;
-        if (x > 0 && x + measure(rest.slice(0, n)) > width) {
-          lines.push([]);
-          x = 0;
-          continue;
+        let rest = x === 0 ? word.replace(/^\s+/, "") || word : word;
+        while (x + measure(rest) > width && rest.length > 1) {
+          let n = rest.length - 1;
+          while (n > 1 && x + measure(rest.slice(0, n)) > width) n--;
+          put(rest.slice(0, n), seg.state);
+          rest = rest.slice(n);
+          newline();
         }
-        lines[lines.length - 1].push({ text: rest.slice(0, n), state: seg.state });
-        rest = rest.slice(n);
-        lines.push([]);
-        x = 0;
+        put(rest, seg.state);
       }
     });
   }
   return lines;
 }
 
-function steerFigure(run: RunState, diverged: (number | null)[]): Figure {
+function steerFigure(run: RunState, diverged: (number | null)[], about: string): Figure {
   const size = 12;
   const lineH = 18;
   const textW = 720;
@@ -593,7 +597,8 @@ function steerFigure(run: RunState, diverged: (number | null)[]): Figure {
         : `${r === 1 ? "Steered: " : ""}layer ${s.layer ?? "?"}, scale ${scaleText(row.scale ?? 0)}${row.relative !== null && Number.isFinite(row.relative) ? ` (${fmt(row.relative, 2)}× resid)` : ""}`;
     return { label, lines: wrapSegments(segs, textW, measure) };
   });
-  let height = 6;
+  const aboutLines = wrapSegments([{ text: about, state: "about" }], textW, (t) => t.length * 6.2);
+  let height = 6 + aboutLines.length * 16 + 6;
   for (const b of blocks) height += 20 + b.lines.length * lineH + 8;
   const width = textW + 2 * padL;
   const colors = (theme: Theme) => ({
@@ -602,8 +607,13 @@ function steerFigure(run: RunState, diverged: (number | null)[]): Figure {
     mark: theme.dark ? "rgba(255,152,0,0.45)" : "rgba(255,152,0,0.35)",
     after: theme.dark ? "rgba(100,181,246,0.22)" : "rgba(33,150,243,0.13)",
   });
-  const layout = (fn: (x: number, y: number, seg: Seg, w: number) => void, label: (y: number, text: string) => void) => {
+  const layout = (fn: (x: number, y: number, seg: Seg, w: number) => void, label: (y: number, text: string) => void, note: (y: number, text: string) => void) => {
     let y = 6;
+    for (const line of aboutLines) {
+      note(y + 11, line.map((g) => g.text).join(""));
+      y += 16;
+    }
+    y += 6;
     for (const b of blocks) {
       label(y + 14, b.label);
       y += 20;
@@ -642,6 +652,12 @@ function steerFigure(run: RunState, diverged: (number | null)[]): Figure {
           ctx.textAlign = "left";
           ctx.fillText(text, padL, y);
         },
+        (y, text) => {
+          ctx.fillStyle = c.prompt;
+          ctx.font = `11px ${theme.font}`;
+          ctx.textAlign = "left";
+          ctx.fillText(text, padL, y);
+        },
       );
     },
     svg(theme) {
@@ -672,6 +688,7 @@ function steerFigure(run: RunState, diverged: (number | null)[]): Figure {
           );
         },
         (y, text) => el("text", { x: padL, y, "font-size": 12, "font-weight": "bold", fill: c.fg }, text),
+        (y, text) => el("text", { x: padL, y, "font-size": 11, fill: c.prompt }, text),
       );
       return g;
     },

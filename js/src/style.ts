@@ -119,7 +119,7 @@ export const CSS = `
 .wb-steer-caret{display:inline-block;width:.45em;height:1.05em;margin-left:1px;vertical-align:text-bottom;background:var(--wb-accent);animation:wb-blink 1s steps(1) infinite}
 @keyframes wb-blink{50%{opacity:0}}
 .wb-steer-sweep{border-collapse:collapse;width:100%;margin:6px 0}
-.wb-steer-sweep th{text-align:left;font-weight:600;font-size:12px;opacity:.8;padding:2px 8px}
+.wb-steer-sweep th{text-align:left;font-weight:600;font-size:12px;opacity:.8;padding:2px 8px;white-space:nowrap}
 .wb-steer-sweep td{border-top:1px solid var(--wb-border);padding:4px 8px;vertical-align:top}
 .wb-steer-rowlabel{white-space:nowrap;font-weight:600;width:1%}
 .wb-steer-rowlabel .wb-steer-sub{display:block}

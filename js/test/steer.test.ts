@@ -150,7 +150,16 @@ describe("SteerView", () => {
     expect(parseScales("0.5, -2 4").scales).toEqual([0.5, -2, 4]);
     expect(parseScales("1,2,3,4,5,6,7,8,9").error).toContain("at most 8");
     const lines = wrapSegments([{ text: "aaaa bbbb\ncc", state: "same" }], 40, (t) => t.length * 10);
-    expect(lines.map((l) => l.map((s) => s.text).join(""))).toEqual(["aaaa", " bbb", "b↵", "cc"]);
+    expect(lines.map((l) => l.map((s) => s.text).join(""))).toEqual(["aaaa", "bbbb↵", "cc"]);
+    const long = wrapSegments(
+      [
+        { text: "abcdefghij", state: "same" },
+        { text: " k", state: "after" },
+      ],
+      40,
+      (t) => t.length * 10,
+    );
+    expect(long.map((l) => l.map((s) => s.text).join(""))).toEqual(["abcd", "efgh", "ij k"]);
     expect(runFromTrait({})).toBe(null);
   });
 });

@@ -130,6 +130,14 @@ class SteerView(WorkbenchWidget):
             layer = own if isinstance(own, int) and not isinstance(own, bool) else max(0, model.n_layers // 5)
         layer = model.check_layer(layer)
         st.check_positions(positions)
+        if scale_range is not None:
+            try:
+                lo, hi = (as_number(x, "scale_range") for x in scale_range)
+            except (TypeError, ValueError):
+                raise errors.WorkbenchError(f"scale_range=(lo, hi) takes two numbers, got {scale_range!r}.") from None
+            if not lo < hi:
+                raise errors.WorkbenchError(f"scale_range=(lo, hi) needs lo < hi, got {scale_range!r}.")
+            scale_range = (lo, hi)
         self._pair: tuple[str, str] | None = None
         self._vectors: dict[int, torch.Tensor] = {}  # layer -> vector (one for every layer of a pair)
         self._fixed: torch.Tensor | None = None
@@ -257,10 +265,7 @@ class SteerView(WorkbenchWidget):
 
     def _set_range(self, resid: Any, vec: Any, scale_range: tuple[float, float] | None) -> None:
         if scale_range is not None:
-            st = _steering()
-            lo, hi = (as_number(x, "scale_range") for x in scale_range)
-            if not lo < hi:
-                raise _errors().WorkbenchError(f"scale_range=(lo, hi) needs lo < hi, got {scale_range!r}.")
+            lo, hi = scale_range
         else:
             hi = 10.0
             if resid is not None and vec is not None and vec[self.layer] > 0:
