@@ -908,7 +908,9 @@ def reference_steer_loop(
     out, top_ids, top_probs, probs = [], [], [], []
     with torch.no_grad(), ctx:
         for _ in range(max_new_tokens):
-            logits = hf(input_ids=seq, attention_mask=torch.ones_like(seq), use_cache=False).logits[0, -1].float()
+            logits = (
+                hf(input_ids=seq, attention_mask=torch.ones_like(seq), use_cache=False).logits[0, -1].float()
+            )
             p = torch.softmax(logits, -1)
             pick = int(logits.argmax())
             top = p.topk(k)

@@ -116,7 +116,14 @@ def test_steer_equals_intervene_add_at_one_step(family, positions):
     cell = wb.Cell("resid_pre", layer) if positions == "all" else wb.Cell("resid_pre", layer, position=T - 1)
     v = wb.intervene(model, CLEAN, [wb.Edit(cell, wb.Add(fv.vector, scale))], top_k=5)
     out = wb.steer(
-        model, CLEAN, vector=fv, layer=layer, scale=scale, max_new_tokens=1, positions=positions, baseline=False
+        model,
+        CLEAN,
+        vector=fv,
+        layer=layer,
+        scale=scale,
+        max_new_tokens=1,
+        positions=positions,
+        baseline=False,
     )
     assert out.tokens[0] == int(v.top_ids[0])
     assert_same_topk(out.top_ids[0], out.top_probs[0], v.top_ids, v.top_probs, what=f"{family} {positions}")
@@ -128,13 +135,22 @@ def test_steer_equals_intervene_add_at_one_step(family, positions):
 def test_embedded_steer_equals_intervene_add_at_one_step(embedded):
     model = embedded
     prompt, layer, scale = "I went to the park today and", 6, 1.0
-    fv = FunctionVector(vector=wb.steering_vector(model, "The food was delicious", "The food was", layer), heads=[])
+    fv = FunctionVector(
+        vector=wb.steering_vector(model, "The food was delicious", "The food was", layer), heads=[]
+    )
     T = model.to_tokens(prompt).shape[1]
-    for positions, cell in (("all", wb.Cell("resid_pre", layer)), ("last", wb.Cell("resid_pre", layer, position=T - 1))):
+    for positions, cell in (
+        ("all", wb.Cell("resid_pre", layer)),
+        ("last", wb.Cell("resid_pre", layer, position=T - 1)),
+    ):
         v = wb.intervene(model, prompt, [wb.Edit(cell, wb.Add(fv.vector, scale))], top_k=5)
-        out = wb.steer(model, prompt, vector=fv, layer=layer, scale=scale, max_new_tokens=1, positions=positions)
+        out = wb.steer(
+            model, prompt, vector=fv, layer=layer, scale=scale, max_new_tokens=1, positions=positions
+        )
         assert out.tokens[0] == int(v.top_ids[0])
-        assert_same_topk(out.top_ids[0], out.top_probs[0], v.top_ids, v.top_probs, what=f"embedded {positions}")
+        assert_same_topk(
+            out.top_ids[0], out.top_probs[0], v.top_ids, v.top_probs, what=f"embedded {positions}"
+        )
 
 
 # ------------------------------------------------------------------------------------------ function vectors
@@ -174,11 +190,15 @@ def test_streamed_tokens_are_the_results_tokens_and_arrive_step_by_step(family):
         seen.append((step, len(forwards)))
 
     try:
-        out = wb.steer(model, CLEAN, vector=vec, layer=1, scale=SCALE[family], max_new_tokens=7, on_token=on_token)
+        out = wb.steer(
+            model, CLEAN, vector=vec, layer=1, scale=SCALE[family], max_new_tokens=7, on_token=on_token
+        )
     finally:
         handle.remove()
     assert [s.step for s, _ in seen] == list(range(7))
-    assert [n for _, n in seen] == [s.step + 1 for s, _ in seen], "a step was streamed after the next forward began"
+    assert [n for _, n in seen] == [s.step + 1 for s, _ in seen], (
+        "a step was streamed after the next forward began"
+    )
     assert all(s.live and s.rows == ("baseline", "steered") for s, _ in seen)
     for r, (tokens, text) in enumerate([(out.baseline_tokens, out.baseline), (out.tokens, str(out))]):
         ids = [s.ids[r] for s, _ in seen if s.ids[r] is not None]
@@ -197,9 +217,13 @@ def test_embedded_stream_stops_at_eos_and_equals_steer(embedded):
     after it) while the baseline runs on; the streamed ids and text are wb.steer's."""
     model = embedded
     prompt, layer, scale, n = "I went to the park today and", 4, 8.0, 24
-    vec = wb.steering_vector(model, "I talk about weddings constantly", "I do not talk about weddings constantly", layer)
+    vec = wb.steering_vector(
+        model, "I talk about weddings constantly", "I do not talk about weddings constantly", layer
+    )
     seen: list[wb.SteerStep] = []
-    out = wb.steer(model, prompt, vector=vec, layer=layer, scale=scale, max_new_tokens=n, on_token=seen.append)
+    out = wb.steer(
+        model, prompt, vector=vec, layer=layer, scale=scale, max_new_tokens=n, on_token=seen.append
+    )
     assert out.stopped_at_eos and len(out.tokens) < n
     ids = [s.ids[1] for s in seen]
     stop = len(out.tokens)
@@ -266,7 +290,9 @@ def test_sweep_rows_equal_separate_steer_calls(family, positions):
     model = tiny(family)
     vec = _vec(model, 9)
     scales = [0.5, SCALE[family], -SCALE[family], 2 * SCALE[family]]
-    sw = wb.steer_sweep(model, CLEAN, vector=vec, layer=1, scales=scales, max_new_tokens=6, positions=positions)
+    sw = wb.steer_sweep(
+        model, CLEAN, vector=vec, layer=1, scales=scales, max_new_tokens=6, positions=positions
+    )
     assert len(sw) == 4 and sw.scales == scales
     for s, r in zip(scales, sw, strict=True):
         one = wb.steer(model, CLEAN, vector=vec, layer=1, scale=s, max_new_tokens=6, positions=positions)
@@ -305,7 +331,9 @@ def test_sweep_checks_its_scales():
 
 def test_sweep_figure_frame_and_repr():
     model = tiny("gpt2")
-    sw = wb.steer_sweep(model, CLEAN, vector=(" Paris Paris", " Rome Rome"), layer=1, scales=[2.0, 8.0], max_new_tokens=4)
+    sw = wb.steer_sweep(
+        model, CLEAN, vector=(" Paris Paris", " Rome Rome"), layer=1, scales=[2.0, 8.0], max_new_tokens=4
+    )
     fig = sw.plot()
     run, text = fig.data[0].cells.values
     assert run[:2] == ["prompt", "baseline"] and run[2].startswith("scale 2") and len(run) == 4
@@ -323,13 +351,20 @@ def test_sweep_figure_frame_and_repr():
 def test_generated_code_reproduces_steer_last_sweep_and_pairs(family):
     model = tiny(family)
     vec = _vec(model, 6)
-    last = wb.steer(model, CLEAN, vector=vec, layer=1, scale=SCALE[family], max_new_tokens=5, positions="last")
+    last = wb.steer(
+        model, CLEAN, vector=vec, layer=1, scale=SCALE[family], max_new_tokens=5, positions="last"
+    )
     ns = run_code(last.to_code())
     assert ns["result"] == str(last) and ns["baseline"] == last.baseline
     alone = wb.steer(model, CLEAN, vector=vec, layer=2, scale=2.0, max_new_tokens=4, baseline=False)
     assert run_code(alone.to_code())["result"] == str(alone)
     sw = wb.steer_sweep(
-        model, CLEAN, vector=(" Paris Paris Paris", " Rome Rome Rome"), layer=1, scales=[2.0, 6.0], max_new_tokens=4
+        model,
+        CLEAN,
+        vector=(" Paris Paris Paris", " Rome Rome Rome"),
+        layer=1,
+        scales=[2.0, 6.0],
+        max_new_tokens=4,
     )
     ns = run_code(sw.to_code())
     assert ns["result"] == sw.texts and ns["baseline"] == sw.baseline

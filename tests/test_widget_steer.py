@@ -41,7 +41,9 @@ class Sent:
         view.send = lambda content, buffers=None: self.items.append((content, buffers))
 
     def stream(self, event=None):
-        return [c for c, _ in self.items if c.get("kind") == "stream" and (event is None or c["event"] == event)]
+        return [
+            c for c, _ in self.items if c.get("kind") == "stream" and (event is None or c["event"] == event)
+        ]
 
 
 def _row_ids(run, r):
@@ -56,7 +58,11 @@ def test_generate_streams_each_token_and_the_run_equals_steer(model):
     _idle(v)
     assert v.status == "done" and v.error == ""
     start, steps = sent.stream("start"), sent.stream("step")
-    assert len(start) == 1 and start[0]["live"] and [r["label"] for r in start[0]["rows"]] == ["unsteered", "scale 3"]
+    assert (
+        len(start) == 1
+        and start[0]["live"]
+        and [r["label"] for r in start[0]["rows"]] == ["unsteered", "scale 3"]
+    )
     assert [s["step"] for s in steps] == list(range(6)) and all(s["run"] == start[0]["run"] for s in steps)
     probs = [np.frombuffer(b[0], np.float32) for c, b in sent.items if c.get("event") == "step"]
     assert all(p.shape == (2,) for p in probs)
@@ -78,13 +84,29 @@ def test_generate_streams_each_token_and_the_run_equals_steer(model):
 
 def test_sweep_rows_equal_steer_sweep_and_the_settings_code(model):
     vec = torch.randn(model.d_model, generator=torch.Generator().manual_seed(3))
-    v = SteerView(model, PROMPT, vector=vec, layer=2, scale=2.0, sweep=[-2.0, 5.0, 2.0], max_new_tokens=5, positions="last")
+    v = SteerView(
+        model,
+        PROMPT,
+        vector=vec,
+        layer=2,
+        scale=2.0,
+        sweep=[-2.0, 5.0, 2.0],
+        max_new_tokens=5,
+        positions="last",
+    )
     _idle(v)
     v.request("generate")
     _idle(v)
     run = v.run
-    assert [r["label"] for r in run["rows"]] == ["unsteered", "scale 2", "scale -2", "scale 5"]  # duplicate dropped
-    sw = wb.steer_sweep(model, PROMPT, vector=vec, layer=2, scales=[2.0, -2.0, 5.0], max_new_tokens=5, positions="last")
+    assert [r["label"] for r in run["rows"]] == [
+        "unsteered",
+        "scale 2",
+        "scale -2",
+        "scale 5",
+    ]  # duplicate dropped
+    sw = wb.steer_sweep(
+        model, PROMPT, vector=vec, layer=2, scales=[2.0, -2.0, 5.0], max_new_tokens=5, positions="last"
+    )
     for i, r in enumerate(sw, start=1):
         assert _row_ids(run, i) == r.tokens
         assert abs(run["rows"][i]["relative"] - r.relative) < 1e-6
@@ -103,9 +125,16 @@ def test_function_vector_layer_and_vector_info(model):
 
     fv = FV(torch.randn(model.d_model, generator=torch.Generator().manual_seed(1)))
     v = SteerView(model, PROMPT, vector=fv, max_new_tokens=3)
-    assert v.layer == 2 and v.vector_info["kind"] == "function vector" and v.vector_info["heads"] == [[1, 2], [2, 0]]
+    assert (
+        v.layer == 2
+        and v.vector_info["kind"] == "function vector"
+        and v.vector_info["heads"] == [[1, 2], [2, 0]]
+    )
     resid = unpack(v.norms["resid"])
-    ref = [float(R.capture(model.hf, model.to_tokens(PROMPT), "resid_pre", [x])[x].norm(dim=-1).median()) for x in range(3)]
+    ref = [
+        float(R.capture(model.hf, model.to_tokens(PROMPT), "resid_pre", [x])[x].norm(dim=-1).median())
+        for x in range(3)
+    ]
     np.testing.assert_allclose(resid, ref, rtol=1e-5)
     np.testing.assert_allclose(unpack(v.norms["vector"]), [float(fv.vector.norm())] * 3, rtol=1e-6)
     assert v.scale_min < 0 < v.scale_max and v.scale_min <= -abs(v.scale)
@@ -118,8 +147,15 @@ def test_function_vector_layer_and_vector_info(model):
 def test_pair_vectors_follow_the_layer(model):
     v = SteerView(model, PROMPT, positive=POS, negative=NEG, max_new_tokens=2)
     for layer in range(model.n_layers):
-        torch.testing.assert_close(v.vector_at(layer), R.steering_vector(model.hf, model.tokenizer, POS, NEG, layer), atol=1e-5, rtol=0)
-    np.testing.assert_allclose(unpack(v.norms["vector"]), [float(v.vector_at(x).norm()) for x in range(model.n_layers)], rtol=1e-6)
+        torch.testing.assert_close(
+            v.vector_at(layer),
+            R.steering_vector(model.hf, model.tokenizer, POS, NEG, layer),
+            atol=1e-5,
+            rtol=0,
+        )
+    np.testing.assert_allclose(
+        unpack(v.norms["vector"]), [float(v.vector_at(x).norm()) for x in range(model.n_layers)], rtol=1e-6
+    )
 
 
 def test_cancel_keeps_the_tokens_so_far_and_the_view_works_after(model, monkeypatch):
@@ -235,7 +271,14 @@ def test_embedded_first_token_arrives_before_the_generation_ends():
     """On the real model: the first step message is sent while the rest of the generation still runs (its time
     is well under the whole run's), and the run equals wb.steer."""
     model = wb.load()
-    v = SteerView(model, "I went to the park today and", positive="The food was delicious", negative="The food was", layer=6, max_new_tokens=16)
+    v = SteerView(
+        model,
+        "I went to the park today and",
+        positive="The food was delicious",
+        negative="The food was",
+        layer=6,
+        max_new_tokens=16,
+    )
     _idle(v)
     times = []
     sent = Sent(v)
@@ -255,5 +298,11 @@ def test_embedded_first_token_arrives_before_the_generation_ends():
     assert len(steps) == 16
     first = times[steps[0]] - t0
     assert first < total / 4, (first, total)
-    want = wb.steer(model, "I went to the park today and", vector=("The food was delicious", "The food was"), layer=6, max_new_tokens=16)
+    want = wb.steer(
+        model,
+        "I went to the park today and",
+        vector=("The food was delicious", "The food was"),
+        layer=6,
+        max_new_tokens=16,
+    )
     assert v.run["text"] == str(want) and v.run["baseline"] == want.baseline

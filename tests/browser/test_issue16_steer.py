@@ -88,27 +88,40 @@ def test_drag_generate_stream_cancel_and_equal_to_steer(nb):
 
     sv.locator("[data-testid=wb-cancel]").click()
     sv.locator("[data-testid=wb-status][data-state=idle]").wait_for(timeout=60_000)
-    page.wait_for_function("() => document.querySelector('[data-kind=steer]').getAttribute('data-run-state') === 'cancelled'")
+    page.wait_for_function(
+        "() => document.querySelector('[data-kind=steer]').getAttribute('data-run-state') === 'cancelled'"
+    )
     partial = _tokens(steered)
     assert 2 < len(partial) < 96, len(partial)
     assert "cancelled after" in sv.locator("[data-testid=wb-steer-note]").text_content()
     full = json.loads(kernel(page, EXPECTED.format(n=96)))
-    assert "".join(partial) == full["text"][: len("".join(partial))], "the tokens before the cancel are wb.steer's"
+    assert "".join(partial) == full["text"][: len("".join(partial))], (
+        "the tokens before the cancel are wb.steer's"
+    )
 
     # Generate again with 20 tokens: the page shows wb.steer's texts
     tokens = sv.locator("[data-testid=wb-steer-tokens]")
     tokens.fill("20")
     tokens.press("Tab")
     sv.locator("[data-testid=wb-steer-generate]").click()
-    page.wait_for_function("() => document.querySelector('[data-kind=steer]').getAttribute('data-run-state') === 'done'", timeout=120_000)
+    page.wait_for_function(
+        "() => document.querySelector('[data-kind=steer]').getAttribute('data-run-state') === 'done'",
+        timeout=120_000,
+    )
     wait_status(sv, "done", timeout=60_000)
     want = json.loads(kernel(page, EXPECTED.format(n=20)))
     assert abs(want["scale"] - shown) < 0.05
     assert "".join(_tokens(steered)) == want["text"]
     assert "".join(_tokens(unsteered)) == want["baseline"]
-    assert want["text"] != want["baseline"], "this scale must change the text, or the comparison shows nothing"
+    assert want["text"] != want["baseline"], (
+        "this scale must change the text, or the comparison shows nothing"
+    )
     at = steered.get_attribute("data-diverges-at")
-    assert at and steered.locator(f"[data-testid=wb-steer-tok][data-i='{at}']").get_attribute("data-state") == "diverge"
+    assert (
+        at
+        and steered.locator(f"[data-testid=wb-steer-tok][data-i='{at}']").get_attribute("data-state")
+        == "diverge"
+    )
     assert sv.locator("[data-testid=wb-history-entry]").count() >= 1
     shot(nb, sv, "issue16-steer-done")
     with page.expect_download() as dl:
@@ -147,8 +160,12 @@ def test_sweep_rows_and_dark_theme(nb):
     err = sv.locator("[data-testid=wb-steer-input-error]")
     err.wait_for(timeout=5_000)
     assert "not a number" in err.text_content()
-    page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
+    page.evaluate(
+        "() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})"
+    )
     page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'", timeout=30_000)
     page.wait_for_timeout(500)
     shot(nb, sv, "issue16-steer-dark")
-    page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Light'})")
+    page.evaluate(
+        "() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Light'})"
+    )

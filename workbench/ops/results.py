@@ -259,7 +259,9 @@ class SteerSweepResult(Figured, Coded):
     def __repr__(self) -> str:
         o = self.options
         where = " at the last position" if o.get("positions") == "last" else ""
-        lines = [f"SteerSweepResult: resid_pre[{o.get('layer', '?')}] += scale * vector{where}, {len(self)} scales"]
+        lines = [
+            f"SteerSweepResult: resid_pre[{o.get('layer', '?')}] += scale * vector{where}, {len(self)} scales"
+        ]
         lines.append(f"  baseline{'':16}: {_short(self.baseline, 80)}")
         for s, r in zip(self.scales, self.results, strict=True):
             push = f"{_num(s)} ({_num(getattr(r, 'relative', float('nan')))}x)"

@@ -114,7 +114,7 @@ def _as_vector(model: Model, vector: object) -> torch.Tensor:
 
 
 def check_positions(positions: Any) -> str:
-    """"all" or "last", or a WorkbenchError naming both."""
+    """ "all" or "last", or a WorkbenchError naming both."""
     if not isinstance(positions, str) or positions not in POSITIONS:
         raise WorkbenchError(
             f"positions= is 'all' (add the vector at every position, prompt and generated) or 'last' (at the "
@@ -327,7 +327,9 @@ def _run(
     if remote:  # the whole generation arrived at once: record (and replay) its steps
         for step in range(max_new_tokens):
             probs = out["top_probs"][:, step, 0].tolist()
-            event = rows.add(step, [p[step] for p in picks], probs, live=False, final=step == max_new_tokens - 1)
+            event = rows.add(
+                step, [p[step] for p in picks], probs, live=False, final=step == max_new_tokens - 1
+            )
             if on_token is not None and any(t is not None for t in event.ids):
                 on_token(event)
     # the generated ids are the truth: before EOS they are the picks (greedy), unless the model's generation
@@ -362,7 +364,9 @@ def _resolve(model: Model, vector: Any, layer: int) -> tuple[torch.Tensor, tuple
     """The [d_model] vector of `vector=` (a pair of prompts is run here, under the caller's lock)."""
     if _is_pair(vector):
         if len(vector) != 2:
-            raise WorkbenchError("vector= takes a [d_model] tensor or a (positive, negative) pair of prompts.")
+            raise WorkbenchError(
+                "vector= takes a [d_model] tensor or a (positive, negative) pair of prompts."
+            )
         return _as_vector(model, steering_vector(model, vector[0], vector[1], layer)), (vector[0], vector[1])
     return _as_vector(model, vector), None
 
@@ -374,7 +378,9 @@ def _is_pair(vector: Any) -> bool:
 def _scaled(vec: torch.Tensor, scale: float) -> torch.Tensor:
     add = scale * vec
     if not torch.isfinite(add).all():
-        raise WorkbenchError(f"scale={scale!r} times the steering vector overflows float32: use a smaller scale.")
+        raise WorkbenchError(
+            f"scale={scale!r} times the steering vector overflows float32: use a smaller scale."
+        )
     return add
 
 
@@ -393,11 +399,7 @@ def _result(
     resid_norm = float(got.norms.float().median())
     added_norm = float((scale * vec).norm())
     base = rows.tokens[base_row] if base_row is not None else []
-    diverge = None
-    if base_row is not None:
-        diverge = next((i for i, (a, b) in enumerate(zip(rows.tokens[row], base)) if a != b), None)
-        if diverge is None and len(rows.tokens[row]) != len(base):
-            diverge = min(len(rows.tokens[row]), len(base))
+    diverge = first_difference(rows.tokens[row], base) if base_row is not None else None
     top_ids = got.top_ids[row, :n].astype(np.int32)
     return SteerResult(
         _decode(model, rows.tokens[row]),
@@ -420,6 +422,13 @@ def _result(
         options=options,
         _code=lambda: codegen.steer_code(model, options, vec),
     )
+
+
+def first_difference(tokens: Sequence[int], other: Sequence[int]) -> int | None:
+    """The first index where two token lists differ (one ending before the other differs there); None if equal."""
+    n = min(len(tokens), len(other))
+    i = next((i for i in range(n) if tokens[i] != other[i]), None)
+    return n if i is None and len(tokens) != len(other) else i
 
 
 def _decode(model: Model, tokens: list[int]) -> str:

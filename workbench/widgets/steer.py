@@ -134,7 +134,9 @@ class SteerView(WorkbenchWidget):
             try:
                 lo, hi = (as_number(x, "scale_range") for x in scale_range)
             except (TypeError, ValueError):
-                raise errors.WorkbenchError(f"scale_range=(lo, hi) takes two numbers, got {scale_range!r}.") from None
+                raise errors.WorkbenchError(
+                    f"scale_range=(lo, hi) takes two numbers, got {scale_range!r}."
+                ) from None
             if not lo < hi:
                 raise errors.WorkbenchError(f"scale_range=(lo, hi) needs lo < hi, got {scale_range!r}.")
             scale_range = (lo, hi)
@@ -173,7 +175,6 @@ class SteerView(WorkbenchWidget):
 
     # ---- settings
     def _checked_sweep(self, sweep: Any) -> list[float]:
-        st = _steering()
         if sweep is None:
             return []
         items = [sweep] if isinstance(sweep, int | float) else list(sweep)
@@ -228,7 +229,9 @@ class SteerView(WorkbenchWidget):
         self._settings_edited(change)
         self._norms_for(self.prompt, None, background=True)
 
-    def _norms_for(self, prompt: str, scale_range: tuple[float, float] | None, background: bool = False) -> None:
+    def _norms_for(
+        self, prompt: str, scale_range: tuple[float, float] | None, background: bool = False
+    ) -> None:
         """The prompt's median resid_pre norm at every layer (one forward) and the vector's norms: the view
         shows the push relative to the stream; at construction they also set the scale slider's range."""
         model = self.model
@@ -281,7 +284,9 @@ class SteerView(WorkbenchWidget):
         """The Generate button: the settings are the traits (the sliders set them before the click arrives)."""
         self.generate(request_id=str(content.get("id") or ""), _received=time.perf_counter())
 
-    def generate(self, *, wait: bool = False, request_id: str = "", _received: float | None = None) -> SteerView:
+    def generate(
+        self, *, wait: bool = False, request_id: str = "", _received: float | None = None
+    ) -> SteerView:
         """Run the current settings (the Generate button): stream the tokens, then show and record the run."""
         received = time.perf_counter() if _received is None else _received
         s = self._settings()
@@ -327,7 +332,9 @@ class SteerView(WorkbenchWidget):
                     "live": not model.remote,
                     "prompt": s["prompt"],
                     "settings": s,
-                    "rows": [{"label": lab, "scale": sc} for lab, sc in zip(labels, [None, *scales], strict=True)],
+                    "rows": [
+                        {"label": lab, "scale": sc} for lab, sc in zip(labels, [None, *scales], strict=True)
+                    ],
                 }
             )
             common = dict(
@@ -360,14 +367,18 @@ class SteerView(WorkbenchWidget):
             self._stream = None
             cancelled = isinstance(exc, _errors().CancelledError)
             if stream["steps"]:  # tokens were shown: keep them, marked
-                self.run = self._partial(run_id, s, scales, stream["steps"], "cancelled" if cancelled else "failed")
+                self.run = self._partial(
+                    run_id, s, scales, stream["steps"], "cancelled" if cancelled else "failed"
+                )
             return ""
 
         self.submit("generate", run_id, run, done, slot="generate", wait=wait, failed=failed)
         return self
 
     # ---- the run as the view draws it
-    def _row(self, label: str, scale: float | None, tokens: list[int], pieces: list[str], probs: Any) -> dict[str, Any]:
+    def _row(
+        self, label: str, scale: float | None, tokens: list[int], pieces: list[str], probs: Any
+    ) -> dict[str, Any]:
         return {
             "label": label,
             "scale": scale,
@@ -376,9 +387,13 @@ class SteerView(WorkbenchWidget):
             "probs": pack(np.asarray(probs, np.float32)),
         }
 
-    def _finished(self, run_id: str, s: dict[str, Any], scales: list[float], results: list[Any]) -> dict[str, Any]:
+    def _finished(
+        self, run_id: str, s: dict[str, Any], scales: list[float], results: list[Any]
+    ) -> dict[str, Any]:
         first = results[0]
-        base = self._row("unsteered", None, first.baseline_tokens, first.baseline_pieces, first.baseline_probs)
+        base = self._row(
+            "unsteered", None, first.baseline_tokens, first.baseline_pieces, first.baseline_probs
+        )
         rows = [base]
         ids_all, toks_all = [], []
         for sc, r in zip(scales, results, strict=True):
@@ -409,7 +424,9 @@ class SteerView(WorkbenchWidget):
             "ms_first": finite(None if self.first_token_s is None else 1000 * self.first_token_s),
         }
 
-    def _partial(self, run_id: str, s: dict[str, Any], scales: list[float], steps: list[Any], state: str) -> dict[str, Any]:
+    def _partial(
+        self, run_id: str, s: dict[str, Any], scales: list[float], steps: list[Any], state: str
+    ) -> dict[str, Any]:
         n_rows = len(steps[0].ids)
         toks: list[list[int]] = [[] for _ in range(n_rows)]
         pieces: list[list[str]] = [[] for _ in range(n_rows)]
@@ -423,7 +440,7 @@ class SteerView(WorkbenchWidget):
         rows = [self._row("unsteered", None, toks[0], pieces[0], probs[0])]
         for r, sc in enumerate(scales, start=1):
             row = self._row(f"scale {sc:g}", sc, toks[r], pieces[r], probs[r])
-            row["diverges_at"] = next((i for i, (a, b) in enumerate(zip(toks[r], toks[0])) if a != b), None)
+            row["diverges_at"] = _steering().first_difference(toks[r], toks[0])
             rows.append(row)
         return {
             "id": run_id,
@@ -452,5 +469,7 @@ class SteerView(WorkbenchWidget):
         }
         vec = self.vector_at(s["layer"])
         if len(scales) == 1:
-            return codegen.steer_code(self.model, {**options, "op": "steer", "scale": scales[0], "baseline": True}, vec)
+            return codegen.steer_code(
+                self.model, {**options, "op": "steer", "scale": scales[0], "baseline": True}, vec
+            )
         return codegen.steer_sweep_code(self.model, {**options, "op": "steer_sweep", "scales": scales}, vec)
