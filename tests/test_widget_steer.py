@@ -306,3 +306,31 @@ def test_embedded_first_token_arrives_before_the_generation_ends():
         max_new_tokens=16,
     )
     assert v.run["text"] == str(want) and v.run["baseline"] == want.baseline
+
+
+def test_a_prompt_sent_with_generate_runs_first_and_its_norms_after(model, monkeypatch):
+    """Enter in the prompt box sends the edited prompt with the request: the generation is the first job (no
+    measuring forward in front of it), and the new prompt's norms follow."""
+    v = SteerView(model, PROMPT, positive=POS, negative=NEG, layer=1, scale=3.0, max_new_tokens=3)
+    _idle(v)
+    order = []
+    real = v.submit
+
+    def spy(kind, *a, **k):
+        order.append(kind)
+        return real(kind, *a, **k)
+
+    monkeypatch.setattr(v, "submit", spy)
+    new = "Hello world! This is a tiny tokenizer for tests."
+    v.request("generate", prompt=new)
+    _idle(v)
+    assert order == ["generate", "norms"] and v.prompt == new and v.run["prompt"] == new
+    want = wb.steer(model, new, vector=(POS, NEG), layer=1, scale=3.0, max_new_tokens=3)
+    assert v.run["text"] == str(want) and repr(new) in v.code
+    ref = [
+        float(R.capture(model.hf, model.to_tokens(new), "resid_pre", [x])[x].norm(dim=-1).median())
+        for x in range(3)
+    ]
+    np.testing.assert_allclose(unpack(v.norms["resid"]), ref, rtol=1e-5)
+    v.request("generate", prompt=5)
+    assert v.status == "error" and "not text" in v.error

@@ -275,10 +275,11 @@ export class SteerView extends View<SteerTraits, SteerRequest> {
 
   private generate(): void {
     if (!this.applySweep()) return;
-    if (this.promptBox.value !== this.model.get("prompt")) this.setTrait("prompt", this.promptBox.value);
     // the sliders' traits are sent on release; a value dragged but not released yet goes now
     if (Number(this.scaleSlider.value) !== this.model.get("scale") && document.activeElement === this.scaleSlider) this.setTrait("scale", Number(this.scaleSlider.value));
-    this.send("generate", {});
+    // an edited prompt travels with the request: the kernel generates first and measures the new prompt after
+    const prompt = this.promptBox.value;
+    this.send("generate", prompt !== this.model.get("prompt") ? { prompt } : {});
   }
 
   private renderBusy(): void {

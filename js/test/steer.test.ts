@@ -138,7 +138,12 @@ describe("SteerView", () => {
     sweep.value = "0.5, 2"; // typed, not yet applied: Generate applies it
     (el.querySelector("[data-testid=wb-steer-generate]") as HTMLButtonElement).click();
     expect(model.get("sweep")).toEqual([0.5, 2]);
-    expect((model.sent.at(-1)!.content as { kind: string }).kind).toBe("generate");
+    expect(model.sent.at(-1)!.content).toMatchObject({ kind: "generate" });
+    expect("prompt" in (model.sent.at(-1)!.content as object)).toBe(false);
+    const box = el.querySelector("[data-testid=wb-prompt]") as HTMLTextAreaElement;
+    box.value = "A new prompt";
+    box.dispatchEvent(new KeyboardEvent("keydown", { key: "Enter", bubbles: true }));
+    expect(model.sent.at(-1)!.content).toMatchObject({ kind: "generate", prompt: "A new prompt" });
     cleanup();
   });
 

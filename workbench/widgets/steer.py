@@ -281,8 +281,24 @@ class SteerView(WorkbenchWidget):
 
     # ---- Generate
     def _on_generate(self, content: dict, _buffers: list) -> None:
-        """The Generate button: the settings are the traits (the sliders set them before the click arrives)."""
-        self.generate(request_id=str(content.get("id") or ""), _received=time.perf_counter())
+        """The Generate button: the settings are the traits (the sliders set them before the click arrives); an
+        edited prompt comes with the request, and its residual norms are measured after the generation."""
+        received = time.perf_counter()
+        prompt = content.get("prompt")
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise message_error(f"The view sent a prompt that is not text: {type(prompt).__name__}.")
+            self._quiet = True
+            try:
+                self.prompt = prompt
+            finally:
+                self._quiet = False
+        try:
+            self.generate(request_id=str(content.get("id") or ""), _received=received)
+        finally:
+            if prompt is not None:
+                self._settings_edited(None)
+                self._norms_for(self.prompt, None, background=True)  # queued behind the generation
 
     def generate(
         self, *, wait: bool = False, request_id: str = "", _received: float | None = None
