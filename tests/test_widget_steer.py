@@ -146,6 +146,8 @@ def test_function_vector_layer_and_vector_info(model):
 
 def test_pair_vectors_follow_the_layer(model):
     v = SteerView(model, PROMPT, positive=POS, negative=NEG, max_new_tokens=2)
+    same = SteerView(model, PROMPT, vector=(POS, NEG), max_new_tokens=2)  # the pair as wb.steer takes it
+    assert same.vector_info["kind"] == "pair" and same.to_code() == v.to_code()
     for layer in range(model.n_layers):
         torch.testing.assert_close(
             v.vector_at(layer),

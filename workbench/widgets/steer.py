@@ -57,12 +57,18 @@ class SteerView(WorkbenchWidget):
     sweep=(), positive=None, negative=None)`: a steering studio.
 
     The vector is `vector=` (a [d_model] tensor or array, or a function vector: anything with a `.vector`, as
-    `wb.function_vector` returns) or the contrastive pair `positive=` / `negative=` (`wb.steering_vector` at the
-    layer the slider picks; every layer's vector is computed once, up front). Sliders set `layer` and `scale`,
+    `wb.function_vector` returns) or the contrastive pair `positive=` / `negative=` (or `vector=(positive,
+    negative)`: `wb.steering_vector` at the layer the slider picks; every layer's vector is computed once, up
+    front). `layer=None` takes the vector's own `.layer` when it has one, else n_layers // 5. Sliders set `layer` and `scale`,
     a select `positions` ("all" / "last", see `wb.steer`); Generate runs `wb.steer` (or `wb.steer_sweep` when
     `sweep` lists more scales: one batched generation, one row per scale) and streams the unsteered and steered
     continuations side by side, token by token, marking where they diverge. Runs go to the history; Cancel
     stops a run (its tokens so far stay); `to_code()` is the nnsight code of the current settings.
+
+    The scale slider spans +-2x the residual norm at the starting layer (`scale_range=(lo, hi)` to set it), and
+    the view shows the push (|scale * vector| / the prompt's median resid_pre norm) as it moves. On a remote
+    model each Generate is one NDIF request: nothing streams, the whole run arrives at once. `generate()` does
+    what the button does, from Python; `first_token_s` is the last run's time from request to first token.
     """
 
     _view_kind = traitlets.Unicode("steer").tag(sync=True)
@@ -110,6 +116,8 @@ class SteerView(WorkbenchWidget):
                 f"SteerView(model, prompt, vector=...) takes a prompt text, got {type(prompt).__name__}"
                 f"{'' if not isinstance(prompt, str) else ' (empty)'}."
             )
+        if st._is_pair(vector) and positive is None and negative is None and len(vector) == 2:
+            (positive, negative), vector = vector, None  # vector=(positive, negative), as wb.steer takes it
         pair = positive is not None or negative is not None
         if pair and vector is not None:
             raise errors.WorkbenchError(
