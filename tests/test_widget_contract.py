@@ -18,6 +18,7 @@ from workbench.widgets import (
     DatasetView,
     LensView,
     PatchView,
+    SteerView,
     WorkbenchWidget,
 )
 
@@ -32,6 +33,7 @@ VIEWS = {
     "Attention": AttentionView,
     "Dataset": DatasetView,
     "Tracing": CausalTraceView,
+    "Steer": SteerView,
 }
 
 
@@ -92,6 +94,7 @@ def views():
         "attention": AttentionView(model, CLEAN),
         "dataset": DatasetView(wb.Dataset([CLEAN, CORRUPT], target=" Mary"), model),
         "tracing": CausalTraceView(model, CLEAN, subject="Mary", samples=2, window=3),
+        "steer": SteerView(model, CLEAN, positive=" Mary", negative=" John", max_new_tokens=2),
     }
     for v in out.values():
         v.wait()

@@ -31,6 +31,8 @@ from .ops import (
     Metric,
     PatchscopeResult,
     SteerResult,
+    SteerStep,
+    SteerSweepResult,
     SweepResult,
     TunedLens,
     Value,
@@ -53,13 +55,14 @@ from .ops import (
     path_patch_sweep,
     prob,
     steer,
+    steer_sweep,
     steering_vector,
     train_future_lens,
     tuned_lens,
 )
 from .ops.dataset_results import DatasetLensResult, DatasetSweepResult, DatasetValue
 from .result_cache import ResultCache, cache
-from .widgets import AttentionView, DatasetView, LensView, PatchView, Workbench  # noqa: E402
+from .widgets import AttentionView, DatasetView, LensView, PatchView, SteerView, Workbench  # noqa: E402
 from .widgets.tracing import CausalTraceView  # noqa: E402
 
 __version__ = "0.1.0"
@@ -75,6 +78,7 @@ __all__ = [
     "LensView",
     "CausalTraceView",
     "PatchView",
+    "SteerView",
     "Workbench",
     "AttentionResult",
     "CancelledError",
@@ -100,6 +104,8 @@ __all__ = [
     "ResultCache",
     "SiteError",
     "SteerResult",
+    "SteerStep",
+    "SteerSweepResult",
     "SweepResult",
     "TunedLens",
     "TokenizationError",
@@ -130,6 +136,7 @@ __all__ = [
     "patchscope",
     "prob",
     "steer",
+    "steer_sweep",
     "steering_vector",
     "testing",
     "tuned_lens",

@@ -653,17 +653,71 @@ def _attribution_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
 
 
 def _steer_code(model: Model, o: dict[str, Any], vec: torch.Tensor) -> str:
+    """wb.steer / wb.steer_sweep as one batched nn.generate: row 0 the baseline (adds 0), one row per scale."""
+    from .ops.steering import _eos_ids
+
     resid = site_code(model, "resid_pre", "layer").read
-    return (
-        _load(model) + f"prompt, layer, scale = {lit(o['prompt'])}, {lit(o['layer'])}, {lit(o['scale'])}\n"
-        f"vector = torch.tensor({lit([float(v) for v in vec.tolist()])})\n"
-        "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
-        f"with torch.no_grad(), model.generate(ids, max_new_tokens={lit(o['max_new_tokens'])}, do_sample=False) as tracer:\n"
-        f"    for _ in tracer.iter[:{lit(o['max_new_tokens'])}]:\n"
-        f"        {resid} += scale * vector\n"
-        "    out = tracer.result.save()\n"
-        "result = model.tokenizer.decode(out[0, ids.shape[1]:])\n"
+    sweep = o.get("op") == "steer_sweep"
+    with_base = sweep or o.get("baseline", True)
+    scales = [float(x) for x in (o["scales"] if sweep else [o["scale"]])]
+    rows = ([0.0] if with_base else []) + scales
+    last = o.get("positions") == "last"
+    code = _load(model) + (
+        f"prompt, layer, max_new_tokens = {lit(o['prompt'])}, {lit(o['layer'])}, {lit(o['max_new_tokens'])}\n"
     )
+    if o.get("pair"):
+        code += (
+            f"positive, negative = {lit(o['pair'][0])}, {lit(o['pair'][1])}\n\n\n"
+            "def resid_last(text):\n"
+            '    """resid_pre[layer] (the input of block `layer`) at the last token of `text`."""\n'
+            "    ids = model.tokenizer(text, return_tensors='pt').input_ids\n"
+            "    with torch.no_grad(), model.trace(ids):\n"
+            f"        h = {resid}[0, -1].save()\n"
+            "    return h.float()\n\n\n"
+            "vector = resid_last(positive) - resid_last(negative)  # the contrastive pair's direction\n"
+        )
+    else:
+        code += f"vector = torch.tensor({lit([float(v) for v in vec.tolist()])})\n"
+    add_line = (
+        "        # positions 'last': the input's positions >= T-1 (step 0: the prompt's last token; later: the new token)\n"
+        "        h[:, max(0, h.shape[1] - step - 1):] += adds[:, None].to(h.dtype)\n"
+        if last
+        else "        h += adds[:, None].to(h.dtype)  # every position of every step\n"
+    )
+    first = "the unsteered baseline (adds 0), then " if with_base else ""
+    code += (
+        f"scales = {lit(rows)}  # one row each: {first}each steered scale\n"
+        "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
+        "n = max_new_tokens\n"
+        "batch = ids.repeat(len(scales), 1)  # the prompt once per row\n"
+        "adds = torch.tensor(scales)[:, None] * vector  # row r adds scales[r] * vector\n"
+        "# greedy; held to n tokens (EOS suppressed) so the loop always completes: rows are cut at EOS below\n"
+        "with torch.no_grad(), model.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=n, "
+        "min_new_tokens=n, do_sample=False) as tracer:\n"
+        "    picks = []\n"
+        "    for step in tracer.iter[:n]:\n"
+        f"        h = {resid}  # resid_pre[layer]: the input of block `layer`\n"
+        + add_line
+        + "        picks.append(model.output.logits[:, -1].argmax(-1))  # each row's greedy pick\n"
+        "    picks = torch.stack(picks, 1).save()\n"
+        "    out = tracer.result.save()\n"
+        f"eos = {lit(sorted(_eos_ids(model)))}  # the model's end-of-sequence ids\n"
+        "texts = []\n"
+        "for r in range(len(scales)):\n"
+        "    row = out[r, ids.shape[1]:].tolist()\n"
+        "    for i, pick in enumerate(picks[r].tolist()):\n"
+        "        if pick in eos:  # plain greedy decoding stops here\n"
+        "            row = row[:i]\n"
+        "            break\n"
+        "    texts.append(model.tokenizer.decode(row, skip_special_tokens=True))\n"
+    )
+    if sweep:
+        code += "baseline = texts[0]\nresult = texts[1:]  # the steered text of each scale, in order\n"
+    elif with_base:
+        code += "baseline = texts[0]\nresult = texts[1]  # the steered text\n"
+    else:
+        code += "result = texts[0]  # the steered text\n"
+    return code
 
 
 def patch_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
@@ -783,6 +837,10 @@ def attribution_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
 
 def steer_code(model: Model, o: dict[str, Any], vec: torch.Tensor) -> str:
     return _remote(model, _steer_code(model, plain(o), vec))
+
+
+def steer_sweep_code(model: Model, o: dict[str, Any], vec: torch.Tensor) -> str:
+    return _remote(model, _steer_code(model, {**plain(o), "op": "steer_sweep"}, vec))
 
 
 # ------------------------------------------------------------------- the lens and attribution over a Dataset

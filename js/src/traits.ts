@@ -351,3 +351,80 @@ export interface TracingTraits extends BaseTraits {
   /** The fact whose grids are shown, or -1: the group means. */
   example: number;
 }
+
+/** What SteerView says about its vector (widgets/steer.py `vector_info`; text only). */
+export interface VectorInfo {
+  kind: "vector" | "function vector" | "pair";
+  label: string;
+  positive?: string;
+  negative?: string;
+  /** A function vector's heads, [layer, head] each. */
+  heads: [number, number][];
+  d_model: number;
+}
+
+/** The settings a SteerView run was made with (widgets/steer.py `_settings`). */
+export interface SteerSettings {
+  prompt: string;
+  layer: number;
+  scale: number;
+  positions: string;
+  max_new_tokens: number;
+  sweep: number[];
+}
+
+/** One row of a finished (or cancelled) SteerView run: row 0 is the unsteered baseline. */
+export interface SteerRow {
+  label: string;
+  /** null: the unsteered row. */
+  scale: number | null;
+  /** int32 [n]: the generated ids (cut after an EOS pick). */
+  ids: Packed;
+  /** The text each token adds (they join to the row's text). */
+  pieces: string[];
+  /** float32 [n]: each pick's probability. */
+  probs: Packed;
+  /** The push: |scale * vector| / median |resid_pre| at the layer. */
+  relative?: number | null;
+  /** The first token where this row differs from the unsteered one (null: nowhere). */
+  diverges_at?: number | null;
+  done?: boolean;
+  /** int32 / float32 [n, k]: each step's top-k (the alternatives). */
+  top_ids?: Packed;
+  top_probs?: Packed;
+}
+
+/** SteerView's `run` trait: the last run. */
+export interface SteerRun {
+  id: string;
+  state: "running" | "done" | "cancelled" | "failed";
+  /** False for a remote model: one request, the whole text at once. */
+  live: boolean;
+  prompt: string;
+  settings: SteerSettings;
+  rows: SteerRow[];
+  id_text: Record<string, string>;
+  resid_norm?: number | null;
+  text?: string;
+  baseline?: string;
+  steps: number;
+  ms_first?: number | null;
+}
+
+/** SteerView (widgets/steer.py). */
+export interface SteerTraits extends BaseTraits {
+  prompt: string;
+  layer: number;
+  scale: number;
+  positions: string;
+  max_new_tokens: number;
+  sweep: number[];
+  n_layers: number;
+  scale_min: number;
+  scale_max: number;
+  scale_step: number;
+  vector_info: Maybe<VectorInfo>;
+  /** float32 [L] each: the prompt's median resid_pre norm and the vector's norm at every layer. */
+  norms: Maybe<{ resid: Packed; vector: Packed }>;
+  run: Maybe<SteerRun>;
+}

@@ -5,6 +5,7 @@ from .base import WorkbenchWidget, pack, unpack
 from .dataset import DatasetView
 from .lens import LensView
 from .patch import PatchView
+from .steer import SteerView
 from .tracing import CausalTraceView
 from .workbench import Workbench
 
@@ -14,6 +15,7 @@ __all__ = [
     "DatasetView",
     "LensView",
     "PatchView",
+    "SteerView",
     "Workbench",
     "WorkbenchWidget",
     "pack",
