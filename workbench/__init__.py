@@ -66,6 +66,7 @@ from .ops import (
 from .ops.dataset_results import DatasetLensResult, DatasetSweepResult, DatasetValue
 from .result_cache import ResultCache, cache
 from .widgets import AttentionView, DatasetView, LensView, PatchView, Workbench  # noqa: E402
+from .widgets.function_vector import FunctionVectorView  # noqa: E402
 from .widgets.tracing import CausalTraceView  # noqa: E402
 
 __version__ = "0.1.0"
@@ -78,6 +79,7 @@ __all__ = [
     "AttentionView",
     "Dataset",
     "DatasetView",
+    "FunctionVectorView",
     "LensView",
     "CausalTraceView",
     "PatchView",

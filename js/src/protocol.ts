@@ -25,6 +25,7 @@ export const VIEW_REQUESTS = {
   attention: ["head"],
   dataset: [],
   tracing: ["restore"],
+  function_vector: ["head", "toggle", "steer", "recompute"],
 } as const;
 
 export type CommonRequest = (typeof VIEW_REQUESTS.common)[number];
@@ -32,6 +33,7 @@ export type PatchRequest = (typeof VIEW_REQUESTS.patch)[number];
 export type AttentionRequest = (typeof VIEW_REQUESTS.attention)[number];
 export type TracingRequest = (typeof VIEW_REQUESTS.tracing)[number];
 export type LensRequest = (typeof VIEW_REQUESTS.lens)[number];
+export type FunctionVectorRequest = (typeof VIEW_REQUESTS.function_vector)[number];
 
 /** A kernel message of a known kind, or null (anything else is ignored). */
 export function kernelMessage(content: unknown): KernelMessage[KernelKind] | null {

@@ -3,6 +3,7 @@
 from .attention import AttentionView
 from .base import WorkbenchWidget, pack, unpack
 from .dataset import DatasetView
+from .function_vector import FunctionVectorView
 from .lens import LensView
 from .patch import PatchView
 from .tracing import CausalTraceView
@@ -12,6 +13,7 @@ __all__ = [
     "AttentionView",
     "CausalTraceView",
     "DatasetView",
+    "FunctionVectorView",
     "LensView",
     "PatchView",
     "Workbench",
