@@ -44,7 +44,7 @@ def _pieces(model: Any, ids: list[int]) -> list[str]:
 
 
 class FunctionVectorView(WorkbenchWidget):
-    """`FunctionVectorView(model, task, n_shots=10, n_prompts=10, seed=0, top_n=10, eval_prompts=40)`: the heads
+    """`FunctionVectorView(model, task, n_shots=10, n_prompts=10, seed=0, top_n=10, eval_prompts=None)`: the heads
     that carry `task` (a `wb.Task`, a shipped task's name, or a `wb.HeadEffects` already computed), the function
     vector they make, and what it does.
 
@@ -53,7 +53,7 @@ class FunctionVectorView(WorkbenchWidget):
     to see its mean output decoded and its attention on one n-shot example (`example`); shift-click (or Space,
     or the head's button) adds it to the vector or takes it out; `top_n` resets the choice to the top n heads.
     Every change of the heads rebuilds the vector and its zero-shot accuracy at every layer
-    (`wb.evaluate_vector` over `eval_prompts` queries) against the baseline without it. The prompt box runs
+    (`wb.evaluate_vector` over `eval_prompts` queries, default min(40, all)) against the baseline without it. The prompt box runs
     `wb.steer(model, prompt, vector=fv, layer=layer + 1, ...)`: the vector added after block `layer` (the
     accuracy curve's layer), the greedy continuation with and without it.
 
@@ -110,7 +110,7 @@ class FunctionVectorView(WorkbenchWidget):
         n_prompts: int = 10,
         seed: int = 0,
         top_n: int = 10,
-        eval_prompts: int = 40,
+        eval_prompts: int | None = None,
         prompt: str | None = None,
         layer: int | None = None,
         max_new_tokens: int = 12,
@@ -137,14 +137,15 @@ class FunctionVectorView(WorkbenchWidget):
             n_shots, n_prompts, seed = int(o["n_shots"]), int(o["n_prompts"]), int(o["seed"])
             task = effects.task
         task = as_task(task)
+        task.answer_ids(model)  # every answer one token: else an error naming the pairs, before any work
         n_shots = task.check_shots(n_shots)
         n_prompts = as_int(n_prompts, "n_prompts", lo=1, hi=1000)
         seed = as_int(seed, "seed")
         top_n = as_int(top_n, "top_n", lo=1, hi=model.n_layers * model.n_heads)
+        eval_prompts = min(40, len(task)) if eval_prompts is None else eval_prompts
         eval_prompts = as_int(eval_prompts, "eval_prompts", lo=1, hi=len(task),
                               hint=f" (the task has {len(task)} pairs)")  # fmt: skip
         max_new_tokens = as_int(max_new_tokens, "max_new_tokens", lo=1, hi=MAX_NEW_TOKENS)
-        task.answer_ids(model)  # every answer one token: else an error naming the pairs, before any work
         if layer is not None:
             layer = as_int(layer, "layer", lo=0, hi=model.n_layers - 2,
                            hint=" (the vector is added after block `layer`, wb.steer's layer + 1)")  # fmt: skip
@@ -418,6 +419,7 @@ class FunctionVectorView(WorkbenchWidget):
                 self.evaluation = {}
             self._update_stale()
             self._after_run()
+            self._done_now()
             return
         cached = self._results.get(key)
         if cached is not None and cached[1] is not None:
@@ -425,8 +427,7 @@ class FunctionVectorView(WorkbenchWidget):
             self._show_evaluation(key, cached[1])
             self._update_stale()
             self._after_run()
-            if not self.runner.busy_for(self):
-                self._clear_error()
+            self._done_now()
             return
         self._update_stale()
 
@@ -510,6 +511,12 @@ class FunctionVectorView(WorkbenchWidget):
             "heads": [[int(a), int(b)] for a, b in key[1]],
         }
 
+    def _done_now(self) -> None:
+        """A request answered without a job (from a cache): it replaces an old error, unless work is running."""
+        if not self.runner.busy_for(self):
+            self._clear_error()
+            self.status = "done"
+
     def _after_run(self) -> None:
         self.last_result = self.evaluation_result or self.function_vector or self._effects
         self.code = self.to_code()
@@ -592,6 +599,7 @@ class FunctionVectorView(WorkbenchWidget):
 
         if i in self._patterns:
             show(self._patterns[i])
+            self._done_now()
             return
         prompt = eff.dataset.clean[i]
 
@@ -629,7 +637,14 @@ class FunctionVectorView(WorkbenchWidget):
         wait: bool = False,
     ) -> FunctionVectorView:
         """Continue `prompt` greedily with the vector shown added after block `layer` (wb.steer at layer + 1) and
-        without it (the Generate button); the result goes to `trial`."""
+        without it (the Generate button); the result goes to `trial`. Bad input shows in the view and raises."""
+        try:
+            return self._steer(prompt, layer, scale, max_new_tokens, positions, request_id, wait)
+        except Exception as exc:
+            self._fail(exc)
+            raise
+
+    def _steer(self, prompt, layer, scale, max_new_tokens, positions, request_id, wait) -> FunctionVectorView:
         errors = _errors()
         prompt = self.prompt if prompt is None else prompt
         if not isinstance(prompt, str) or not prompt.strip():
@@ -650,12 +665,16 @@ class FunctionVectorView(WorkbenchWidget):
                 f"{self.n_layers - 1}, the input of the next block)."
             )
         layer = int(layer)
-        scale = float(self.scale if scale is None else scale)
+        scale = self.scale if scale is None else scale
+        if isinstance(scale, bool) or not isinstance(scale, int | float | np.number):
+            raise errors.WorkbenchError(f"scale={scale!r:.30}: give a number, e.g. 1.0 (the vector as it is).")
+        scale = float(scale)
         if not np.isfinite(scale) or abs(scale) > MAX_SCALE:
             raise errors.WorkbenchError(f"scale={scale!r}: give a number between -{MAX_SCALE:g} and {MAX_SCALE:g}.")
-        n = int(self.max_new_tokens if max_new_tokens is None else max_new_tokens)
-        if not 1 <= n <= MAX_NEW_TOKENS:
-            raise errors.WorkbenchError(f"max_new_tokens={n}: generate 1..{MAX_NEW_TOKENS} tokens.")
+        n = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= int(n) <= MAX_NEW_TOKENS:
+            raise errors.WorkbenchError(f"max_new_tokens={n!r}: generate 1..{MAX_NEW_TOKENS} tokens.")
+        n = int(n)
         positions = str(self.positions if positions is None else positions)
         if positions not in self.position_modes:
             raise errors.WorkbenchError(f"positions={positions!r}: one of {', '.join(self.position_modes)}.")
