@@ -31,10 +31,10 @@ export interface ChartGeometry {
 
 /** Zero-shot accuracy with the vector at each layer (line, markers, ± sem), the baseline without it (dashed), the best
  *  layer annotated and the layer of the prompt box marked. */
-export function accuracyChart(ev: EvaluationState, acc: ArrayLike<number>, sem: ArrayLike<number>, tryLayer: number, dark: boolean, width = 600, height = 230): ChartGeometry {
+export function accuracyChart(ev: EvaluationState, acc: ArrayLike<number>, sem: ArrayLike<number>, tryLayer: number, dark: boolean, width = 640, height = 230): ChartGeometry {
   const col = chartColors(dark);
   const padL = 44;
-  const padR = 150;
+  const padR = 170;
   const padT = 14;
   const padB = 36;
   const plotW = width - padL - padR;
@@ -140,6 +140,8 @@ export class FunctionVectorView extends View<FunctionVectorTraits, FunctionVecto
   private tokensInput: HTMLInputElement;
   private positionsSel: HTMLSelectElement;
   private trialBox: HTMLElement;
+  private themeWatch: MutationObserver | null = null;
+  private patternOpen = false;
 
   constructor(model: AnyModel<FunctionVectorTraits>, el: HTMLElement) {
     super(model, el, "Function vector");
@@ -181,9 +183,9 @@ export class FunctionVectorView extends View<FunctionVectorTraits, FunctionVecto
     this.followSelection(this.grid);
     this.gridTitle = h("div", { class: "wb-subtitle", "data-testid": "wb-fv-grid-title" }, "Causal indirect effect of each head");
     this.gridNote = h("div", { class: "wb-hint", "data-testid": "wb-fv-grid-note" }, "click a head to open it · shift-click (or Space) adds it to the vector or takes it out");
-    this.gridNote.style.maxWidth = "360px";
+    this.gridNote.style.maxWidth = "330px";
     this.headBox = h("div", { class: "wb-fv-head", "data-testid": "wb-fv-head" });
-    this.headBox.style.cssText = "min-width:300px;max-width:560px";
+    this.headBox.style.cssText = "min-width:320px;max-width:540px";
     this.patternMap = new Heatmap({ rows: 0, cols: 0, values: new Float32Array(0), color: () => [0, 0, 0], name: "attention pattern" });
     this.patternMap.canvas.setAttribute("data-role", "fv-pattern");
     this.patternMap.applyOnClick = false;
@@ -247,6 +249,26 @@ export class FunctionVectorView extends View<FunctionVectorTraits, FunctionVecto
     for (const t of ["task", "n_shots", "n_prompts", "seed", "top_n", "eval_prompts", "prompt", "layer", "scale", "max_new_tokens", "positions", "position_modes", "evaluation"] as const)
       this.listen(t, () => this.renderControls());
     this.render();
+    // the chart and the attention strip take their colours from the theme when drawn: redraw on a theme change
+    if (typeof MutationObserver !== "undefined" && document.body) {
+      this.themeWatch = new MutationObserver(() => {
+        const redraw = () => {
+          if (!this.root.isConnected) return;
+          this.renderChart();
+          this.renderHead();
+        };
+        redraw();
+        setTimeout(redraw, 300);
+        setTimeout(redraw, 1200);
+      });
+      this.themeWatch.observe(document.body, { attributes: true, attributeFilter: ["class", "data-jp-theme-light", "data-jp-theme-name"] });
+    }
+  }
+
+  destroy(): void {
+    this.themeWatch?.disconnect();
+    this.themeWatch = null;
+    super.destroy();
   }
 
   private stale(part: string): boolean {
@@ -333,7 +355,7 @@ export class FunctionVectorView extends View<FunctionVectorTraits, FunctionVecto
     const st = eff.settings;
     this.gridTitle.textContent = `Causal indirect effect of each head on p(answer)${stale ? " (earlier settings)" : ""}`;
     this.gridTitle.setAttribute("data-stale", String(stale));
-    this.gridNote.textContent = `${st?.n_shots ?? "?"}-shot prompts, mean over ${eff.n ?? "?"}: p(answer) ${fmt(eff.clean ?? Number.NaN, 2)} in context, ${fmt(eff.corrupt ?? Number.NaN, 2)} with the labels shuffled. Click a head to open it; shift-click (or Space) adds it to the vector or takes it out.`;
+    this.gridNote.textContent = `Each head's mean output (over ${eff.n ?? "?"} ${st?.n_shots ?? "?"}-shot prompts) patched into the same prompts with the labels shuffled: how much it raises p(answer) (${fmt(eff.clean ?? Number.NaN, 2)} in context, ${fmt(eff.corrupt ?? Number.NaN, 2)} shuffled). Click a head to open it; shift-click (or Space) adds it to the vector or takes it out.`;
     this.grid.outlined = (this.model.get("heads") ?? []).filter(([l, hd]) => l < rows && hd < cols).map(([l, hd]) => ({ cell: [l, hd] as [number, number], role: "set" as const }));
     this.grid.setSpec({
       rows,
@@ -347,7 +369,7 @@ export class FunctionVectorView extends View<FunctionVectorTraits, FunctionVecto
       cellW: 30,
       cellH: rows > 40 ? 10 : 14,
       maxWidth: 420,
-      legend: { lo: -m, hi: m, label: "effect on p(answer): shuffled prompt with the head's mean output − without" },
+      legend: { lo: -m, hi: m, label: "rise of p(answer)" },
       tooltip: (l, hd) => {
         const i = l * cols + hd;
         const lines = [`layer ${l}, head ${hd} · rank ${rank[i]} of ${rows * cols}`, `effect ${fmt(vals.data[i])} ± ${fmt(semA?.data[i] ?? Number.NaN)} (sem)`];
@@ -462,7 +484,11 @@ export class FunctionVectorView extends View<FunctionVectorTraits, FunctionVecto
       tooltip: (q, k) => [`query ${q} (${visibleToken(toks[q] ?? "")}) → key ${k} (${visibleToken(toks[k] ?? "")})`, `weight ${fmt(pat.data[q * T + k])}`],
       name: `attention L${p.layer} H${p.head}`,
     });
-    const details = h("details", { class: "wb-fv-details" }, h("summary", {}, `The whole pattern (${T} × ${T})`), this.patternMap.el);
+    const details = h("details", { class: "wb-fv-details", "data-testid": "wb-fv-pattern-details" }, h("summary", {}, `The whole pattern (${T} × ${T})`), this.patternMap.el);
+    details.open = this.patternOpen;
+    details.addEventListener("toggle", () => {
+      this.patternOpen = details.open;
+    });
     this.headBox.append(details);
   }
 

@@ -20,7 +20,16 @@ function state(extra: Record<string, unknown> = {}) {
     history: [],
     code: "",
     selected: [],
-    task: { name: "antonyms", n_pairs: 50, examples: [["hot", "cold"], [XSS, "b"]], template: "Q: {x}\nA: {y}\n\n", description: "" },
+    task: {
+      name: "antonyms",
+      n_pairs: 50,
+      examples: [
+        ["hot", "cold"],
+        [XSS, "b"],
+      ],
+      template: "Q: {x}\nA: {y}\n\n",
+      description: "",
+    },
     n_shots: 5,
     n_prompts: 3,
     seed: 0,
@@ -45,7 +54,16 @@ function state(extra: Record<string, unknown> = {}) {
     head: {},
     example: 0,
     pattern: {},
-    vector: { heads: [[2, 1], [1, 0]], scores: f32([2], (i) => 0.3 - 0.2 * i), norm: 12.5, tokens: [" cold", XSS], probs: f32([2], (i) => 0.4 - 0.1 * i) },
+    vector: {
+      heads: [
+        [2, 1],
+        [1, 0],
+      ],
+      scores: f32([2], (i) => 0.3 - 0.2 * i),
+      norm: 12.5,
+      tokens: [" cold", XSS],
+      probs: f32([2], (i) => 0.4 - 0.1 * i),
+    },
     evaluation: {
       accuracy: f32([L], (i) => [0.1, 0.5, 0.3, 0.0][i]),
       sem: f32([L], () => 0.05),
@@ -126,7 +144,7 @@ describe("FunctionVectorView", () => {
     const svg = el.querySelector("[data-testid=wb-fv-chart-svg]") as SVGSVGElement;
     expect(svg.querySelectorAll("polyline").length).toBe(1);
     expect(svg.textContent).toContain("best: layer 1");
-    setBox(svg, 0, 0, 600, 230);
+    setBox(svg, 0, 0, 640, 230);
     const g = accuracyChart(state().evaluation as never, [0.1, 0.5, 0.3, 0], [0, 0, 0, 0], 1, false);
     svg.dispatchEvent(new MouseEvent("click", { clientX: g.x(2) + 1, clientY: 50, bubbles: true }));
     expect(model.get("layer")).toBe(2);

@@ -286,7 +286,6 @@ class FunctionVectorView(WorkbenchWidget):
                 f"head effects {task.name!r}, {s[0]}-shot over {s[1]} prompts",
                 eff,
                 args={"n_shots": s[0], "n_prompts": s[1], "seed": s[2]},
-                value=finite(eff.clean_mean - eff.corrupt_mean),
             )
             if got is not None:
                 self._vector_done(got)
