@@ -1282,7 +1282,9 @@ def reference_head_means(hf, tok, prompts: Sequence[str]) -> torch.Tensor:
     return z.view(n_layers(hf), n_heads(hf), d_head(hf))
 
 
-def reference_head_effects(hf, tok, clean: Sequence[str], shuffled: Sequence[str], answers: Sequence[str]) -> dict:
+def reference_head_effects(
+    hf, tok, clean: Sequence[str], shuffled: Sequence[str], answers: Sequence[str]
+) -> dict:
     """The paper's `compute_indirect_effect` (last_token_only): the clean prompts' mean head outputs, then for
     every shuffled prompt and every (layer, head) one forward with that head's slice of the output projection's
     input at the last position replaced by its mean; effect = p(answer) patched - p(answer) of the shuffled
@@ -1326,7 +1328,9 @@ def reference_head_output(hf, layer: int, head: int, z: torch.Tensor) -> torch.T
 
 def reference_function_vector(hf, means: torch.Tensor, heads: Sequence[tuple[int, int]]) -> torch.Tensor:
     """The paper's `compute_function_vector`: the sum of the heads' mean outputs through the output projection."""
-    return torch.stack([reference_head_output(hf, layer, h, torch.as_tensor(means)[layer, h]) for layer, h in heads]).sum(0)
+    return torch.stack(
+        [reference_head_output(hf, layer, h, torch.as_tensor(means)[layer, h]) for layer, h in heads]
+    ).sum(0)
 
 
 def reference_decode(hf, vector: torch.Tensor, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -1361,4 +1365,9 @@ def reference_evaluate_vector(
             with site_hook(hf, "resid_post", layer, add):
                 logits = run_last_logits(hf, ids)
             probs[i, j], top[i, j] = p(logits)[0], logits[0].argmax()
-    return {"probs": probs.numpy(), "top": top.numpy(), "base_p": base_p.numpy(), "base_top": base_top.numpy()}
+    return {
+        "probs": probs.numpy(),
+        "top": top.numpy(),
+        "base_p": base_p.numpy(),
+        "base_top": base_top.numpy(),
+    }

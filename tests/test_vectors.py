@@ -69,7 +69,9 @@ def test_task_datasets_are_seeded_and_shuffle_only_labels():
     assert task.dataset(5, 8, seed=3).clean == ds.clean[:8]  # more prompts extend fewer
     lookup = dict(task.pairs)
     moved = 0
-    for (demos, q, perm), clean, corrupt, target in zip(task.draws(5, 20, 3), ds.clean, ds.corrupt, ds.target, strict=True):
+    for (demos, q, _perm), clean, corrupt, target in zip(
+        task.draws(5, 20, 3), ds.clean, ds.corrupt, ds.target, strict=True
+    ):
         assert len(set(demos + [q])) == 6  # distinct pairs, the query not among the demonstrations
         x, y = task.pairs[q]
         assert clean.endswith(task.query(x)) and corrupt.endswith(task.query(x)) and target == " " + y
@@ -120,7 +122,9 @@ def test_task_bad_input():
 def test_answers_that_are_not_one_token_are_named():
     model = tiny("llama")
     task = wb.Task(PAIRS + [("cat", "xylophone"), ("dog", "Quixotic")], template="{x} -> {y}\n", name="bad")
-    with pytest.raises(TokenizationError, match=r"2 of 10 answers.*\('cat', 'xylophone'\).*\('dog', 'Quixotic'\)"):
+    with pytest.raises(
+        TokenizationError, match=r"2 of 10 answers.*\('cat', 'xylophone'\).*\('dog', 'Quixotic'\)"
+    ):
         task.answer_ids(model)
     with pytest.raises(TokenizationError, match="xylophone"):
         wb.head_effects(model, task, n_shots=3, n_prompts=2, progress=False)
@@ -225,9 +229,17 @@ def test_function_vector_is_the_sum_of_the_heads_outputs(family):
     again = wb.function_vector(model, cie, heads=4, progress=False)
     assert again.heads == heads and again.effects is cie
     assert_close(again.vector, fv.vector, ATOL, "from effects")
-    given = wb.function_vector(model, task, heads=heads[:2], n_shots=N_SHOTS, n_prompts=N_PROMPTS, progress=False)
+    given = wb.function_vector(
+        model, task, heads=heads[:2], n_shots=N_SHOTS, n_prompts=N_PROMPTS, progress=False
+    )
     assert given.effects is None and np.isnan(given.scores).all()
-    assert_close(given.vector, ref.reference_function_vector(model.hf, means, heads[:2]), ATOL, "given heads", rtol=1e-5)
+    assert_close(
+        given.vector,
+        ref.reference_function_vector(model.hf, means, heads[:2]),
+        ATOL,
+        "given heads",
+        rtol=1e-5,
+    )
 
 
 def test_function_vector_with_a_bias_adds_no_bias():
@@ -239,8 +251,12 @@ def test_function_vector_with_a_bias_adds_no_bias():
         saved = bias.clone()
         bias.fill_(5.0)
     try:
-        fv = wb.function_vector(model, tiny_task(), heads=[(0, 0), (0, 1)], n_shots=N_SHOTS, n_prompts=2, progress=False)
-        means = torch.from_numpy(ref.reference_head_means(model.hf, model.tokenizer, tiny_task().dataset(N_SHOTS, 2).clean).numpy())
+        fv = wb.function_vector(
+            model, tiny_task(), heads=[(0, 0), (0, 1)], n_shots=N_SHOTS, n_prompts=2, progress=False
+        )
+        means = torch.from_numpy(
+            ref.reference_head_means(model.hf, model.tokenizer, tiny_task().dataset(N_SHOTS, 2).clean).numpy()
+        )
         want = ref.reference_function_vector(model.hf, means, [(0, 0), (0, 1)])
         assert_close(fv.vector, want, ATOL, "no bias", rtol=1e-5)
     finally:
@@ -256,7 +272,9 @@ def test_evaluate_vector_equals_the_reference(family):
     gen = torch.Generator().manual_seed(1)
     vec = torch.randn(model.d_model, generator=gen) * 3
     zero = task.zero_shot()
-    want = ref.reference_evaluate_vector(model.hf, model.tokenizer, zero.clean, zero.target, vec, range(model.n_layers))
+    want = ref.reference_evaluate_vector(
+        model.hf, model.tokenizer, zero.clean, zero.target, vec, range(model.n_layers)
+    )
     got = wb.evaluate_vector(model, task, vec, progress=False)
     assert got.layers == list(range(model.n_layers)) and got.probs.shape == (len(task), model.n_layers)
     assert_close(got.probs, want["probs"], ATOL, f"{family} probs")
@@ -274,7 +292,9 @@ def test_evaluate_vector_equals_the_reference(family):
     assert one.layers == [1] and one.best_layer == 1
     assert_close(one.probs, w1["probs"], ATOL, "one layer")
     # the one-request body (remote)
-    p, top = add_trace(model, [model.to_tokens(q) for q in zero.clean], list(t), list(range(model.n_layers)), vec)
+    p, top = add_trace(
+        model, [model.to_tokens(q) for q in zero.clean], list(t), list(range(model.n_layers)), vec
+    )
     assert_close(p[1:].T, want["probs"], ATOL, "one-request probs")
     assert_close(p[0], want["base_p"], ATOL, "one-request baseline")
     assert (top[1:].T.numpy() == want["top"]).all()
@@ -343,14 +363,23 @@ def test_results_code_figures_frames_and_pickles():
     assert len(cie.plot(outline=fv).layout.shapes) == 3 and len(cie.plot(outline=0).layout.shapes) == 0
     cie.plot(what="normalized")
     df = cie.to_frame()
-    assert len(df) == model.n_layers * model.n_heads and set(df.columns) >= {"layer", "head", "effect", "sem", "rank"}
+    assert len(df) == model.n_layers * model.n_heads and set(df.columns) >= {
+        "layer",
+        "head",
+        "effect",
+        "sem",
+        "rank",
+    }
     assert df.loc[df["rank"] == 1, ["layer", "head"]].values.tolist() == [list(cie.top_heads(1)[0][0])]
     assert len(cie.to_frame(per_example=True)) == N_PROMPTS * model.n_layers * model.n_heads
     fv.plot()
     assert fv.to_frame()[["layer", "head"]].values.tolist() == [list(h) for h in fv.heads]
     ev.plot()
     ev.plot(what="prob")
-    assert len(ev.to_frame()) == model.n_layers and len(ev.to_frame(per_example=True)) == len(task) * model.n_layers
+    assert (
+        len(ev.to_frame()) == model.n_layers
+        and len(ev.to_frame(per_example=True)) == len(task) * model.n_layers
+    )
     with pytest.raises(WorkbenchError, match="unknown option"):
         cie.plot(bogus=1)
     # reprs
@@ -387,6 +416,25 @@ def test_embedded_head_effects_vector_and_evaluation_equal_the_reference():
     small = task[:6]
     ev = wb.evaluate_vector(model, small, fv, progress=False)
     zero = small.zero_shot()
-    w = ref.reference_evaluate_vector(model.hf, model.tokenizer, zero.clean, zero.target, vec, range(model.n_layers))
+    w = ref.reference_evaluate_vector(
+        model.hf, model.tokenizer, zero.clean, zero.target, vec, range(model.n_layers)
+    )
     assert_close(ev.probs, w["probs"], ATOL, "embedded evaluate")
     assert (ev.top_ids == w["top"]).all() and (ev.baseline_top_ids == w["base_top"]).all()
+
+
+def test_workshop_cache_keys_tasks_and_vectors(tmp_path):
+    model = tiny("llama")
+    task = tiny_task()
+    kw = dict(n_shots=N_SHOTS, n_prompts=2, progress=False)
+    with wb.cache(tmp_path) as store:
+        a = wb.head_effects(model, task, **kw)
+        b = wb.head_effects(model, task, **kw)
+        fv = wb.function_vector(model, a, heads=2, progress=False)
+        wb.function_vector(model, a, heads=2, progress=False)
+        wb.evaluate_vector(model, task, fv, progress=False)
+        wb.evaluate_vector(model, task, fv, progress=False)
+        assert store.hits == 3 and store.misses == 3
+        wb.head_effects(model, tiny_task()[:7], **kw)  # other pairs: computed
+        assert store.misses == 4
+    assert_close(a.values, b.values, 0.0)

@@ -33,7 +33,11 @@ def _check_template(template: Any) -> tuple[str, str, str]:
             f"template= takes a string with {{x}} and {{y}}, e.g. {DEFAULT_TEMPLATE!r}; got {type(template).__name__}."
         )
     check_text(template, "template")
-    if template.count("{x}") != 1 or template.count("{y}") != 1 or template.index("{x}") > template.index("{y}"):
+    if (
+        template.count("{x}") != 1
+        or template.count("{y}") != 1
+        or template.index("{x}") > template.index("{y}")
+    ):
         raise WorkbenchError(
             f"The template {template!r} must hold {{x}} (the input) once and then {{y}} (the answer) once, e.g. "
             f"{DEFAULT_TEMPLATE!r}."
@@ -70,7 +74,9 @@ def _check_pairs(pairs: Any) -> list[tuple[str, str]]:
             raise WorkbenchError(f"Pair {i} ({x!r}, {y!r}) has an empty input or answer: give both words.")
         out.append((x, y))
     if not out:
-        raise WorkbenchError("pairs= is empty: give (input, answer) pairs, e.g. pairs=[('hot', 'cold'), ...].")
+        raise WorkbenchError(
+            "pairs= is empty: give (input, answer) pairs, e.g. pairs=[('hot', 'cold'), ...]."
+        )
     return out
 
 
@@ -232,7 +238,7 @@ class Task:
     def single_token(self, model: Any) -> Task:
         """The pairs whose answers are one token for `model` (see `answer_ids`)."""
         keep = []
-        for i, pair in enumerate(self.pairs):
+        for i in range(len(self.pairs)):
             try:
                 self._sub([i]).answer_ids(model)
             except TokenizationError:

@@ -47,7 +47,15 @@ def project_heads(o_proj: Any, means: torch.Tensor, dtype: torch.dtype) -> torch
     return y[:-1] - y[-1:]
 
 
-def top_tokens(norm: Any, unembed: Any, divisor: float, softcap: float | None, h: torch.Tensor, k: int, dtype: torch.dtype):
+def top_tokens(
+    norm: Any,
+    unembed: Any,
+    divisor: float,
+    softcap: float | None,
+    h: torch.Tensor,
+    k: int,
+    dtype: torch.dtype,
+):
     """(ids [n, k], probs [n, k]) of residual vectors `h` [n, D] decoded through the final norm and unembedding."""
     logits = decode(norm, unembed, divisor, softcap, h.to(dtype)).float()
     top = torch.softmax(logits, dim=-1).topk(k, dim=-1)
@@ -80,7 +88,7 @@ def fv_trace(
     clean row i), head_out [L, H, D], head_ids / head_probs [L, H, head_k] (with `project`), chosen [k]
     (flat head indices), chosen_out [k, D] their outputs, vector [D] their sum, vector_ids / vector_probs
     [vector_k] its decoding (with `select` or `heads`)."""
-    L, H, d = model.n_layers, model.n_heads, model.d_head
+    L, H = model.n_layers, model.n_heads
     refs = [model.site_ref("head", layer) for layer in range(L)]
     envoys = [model.envoy(ref) for ref in refs]
     layouts = [ref.layout for ref in refs]
@@ -89,14 +97,18 @@ def fv_trace(
     n_clean = len(rows)
     n = len(corrupt or [])
     if n:
-        assert targets is not None and len(targets) == n and n_clean == n, "corrupt prompts need their clean rows"
+        assert targets is not None and len(targets) == n and n_clean == n, (
+            "corrupt prompts need their clean rows"
+        )
         rows += list(corrupt) + [c for c in corrupt for _ in range(L * H)]
     if not rows:  # nothing to read: a one-token forward hosts the projections
         rows = [torch.tensor([[pad_id(model.tokenizer)]])]
     batch = left_pad(rows, pad_id(model.tokenizer))
     ar = torch.arange(H)
     # the patched rows of layer l: example e's (l, h) run sits at 2N + (e * L + l) * H + h
-    patch_rows = [(2 * n + (torch.arange(n)[:, None] * L + layer) * H + ar[None, :]).reshape(-1) for layer in range(L)]
+    patch_rows = [
+        (2 * n + (torch.arange(n)[:, None] * L + layer) * H + ar[None, :]).reshape(-1) for layer in range(L)
+    ]
     patch_heads = ar.repeat(n)
     t_all = None
     if n:
@@ -187,7 +199,11 @@ def fv_trace(
 
 
 def add_trace(
-    model: Model, prompts: Sequence[torch.Tensor], targets: Sequence[int], layers: Sequence[int], vector: torch.Tensor
+    model: Model,
+    prompts: Sequence[torch.Tensor],
+    targets: Sequence[int],
+    layers: Sequence[int],
+    vector: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Zero-shot prompts with `vector` added to the hidden state after block l (resid_post[l]) at the last
     position, for every l in `layers`, in one traced forward: (p(answer) [1 + len(layers), N], top-1 id

@@ -29,7 +29,17 @@ from .theme import (
     symmetric_range,
 )
 
-HEAD_EFFECT_OPTIONS = ["what", "outline", "template", "title", "width", "height", "colorscale", "zmin", "zmax"]
+HEAD_EFFECT_OPTIONS = [
+    "what",
+    "outline",
+    "template",
+    "title",
+    "width",
+    "height",
+    "colorscale",
+    "zmin",
+    "zmax",
+]
 VECTOR_OPTIONS = ["top_k", "template", "title", "width", "height"]
 EVALUATION_OPTIONS = ["what", "template", "title", "width", "height"]
 
@@ -81,7 +91,10 @@ def plot_head_effects(
     for layer in range(n_layers):
         row = []
         for head in range(n_heads):
-            toks = ", ".join(label(t, 14) for t in (result.head_top_tokens[layer][head][:5] if result.head_top_tokens else []))
+            toks = ", ".join(
+                label(t, 14)
+                for t in (result.head_top_tokens[layer][head][:5] if result.head_top_tokens else [])
+            )
             line = (
                 f"layer {layer}, head {head}<br>effect on p(answer) {fmt(result.values[layer, head])}"
                 f" \u00b1 {fmt(err[layer, head])} (sem)<br>normalised {fmt(norm[layer, head])}"
@@ -100,7 +113,9 @@ def plot_head_effects(
             colorscale=colorscale or DIVERGING,
             zmin=lo,
             zmax=hi,
-            colorbar=dict(title=dict(text="normalised effect" if what == "normalized" else "effect on p(answer)")),
+            colorbar=dict(
+                title=dict(text="normalised effect" if what == "normalized" else "effect on p(answer)")
+            ),
         )
     )
     for layer, head in _outlined(result, outline):
@@ -152,7 +167,10 @@ def head_effects_frame(result, *, per_example: bool = False, **unknown: Any):
     flat = np.asarray(result.values, np.float64).reshape(-1)
     rank = np.empty(flat.size, np.int64)
     rank[np.argsort(-flat, kind="stable")] = np.arange(1, flat.size + 1)
-    top = [result.head_top_tokens[lyr][h][0] if result.head_top_tokens else None for lyr, h in zip(layer, head, strict=True)]
+    top = [
+        result.head_top_tokens[lyr][h][0] if result.head_top_tokens else None
+        for lyr, h in zip(layer, head, strict=True)
+    ]
     df = pd.DataFrame(
         {
             "layer": layer,
@@ -196,7 +214,10 @@ def plot_function_vector(
             x=scores if use_scores else norms,
             y=heads_label,
             orientation="h",
-            hovertext=[f"{h}: effect {fmt(s)}, output norm {fmt(n)}" for h, s, n in zip(heads_label, scores, norms, strict=True)],
+            hovertext=[
+                f"{h}: effect {fmt(s)}, output norm {fmt(n)}"
+                for h, s, n in zip(heads_label, scores, norms, strict=True)
+            ],
             hovertemplate="%{hovertext}<extra></extra>",
             name="heads",
         ),
@@ -237,7 +258,9 @@ def function_vector_frame(result, **unknown: Any):
             "layer": [layer for layer, _ in result.heads],
             "head": [head for _, head in result.heads],
             "score": np.asarray(result.scores, np.float32),
-            "output_norm": np.linalg.norm(np.asarray(result.head_outputs, np.float64), axis=1).astype(np.float32),
+            "output_norm": np.linalg.norm(np.asarray(result.head_outputs, np.float64), axis=1).astype(
+                np.float32
+            ),
         }
     )
     return _finish(df, result)
@@ -257,7 +280,11 @@ def plot_vector_evaluation(
         y, err, base, unit = result.accuracy, result.sem, result.baseline, "zero-shot accuracy"
     else:
         y = result.mean_probs
-        err = np.asarray(result.probs, np.float32).std(0, ddof=1) / np.sqrt(max(result.n_examples, 1)) if result.n_examples > 1 else np.full(len(y), np.nan)
+        err = (
+            np.asarray(result.probs, np.float32).std(0, ddof=1) / np.sqrt(max(result.n_examples, 1))
+            if result.n_examples > 1
+            else np.full(len(y), np.nan)
+        )
         base, unit = result.baseline_prob, "mean p(answer)"
     layers = list(result.layers)
     fig = go.Figure()
@@ -282,7 +309,13 @@ def plot_vector_evaluation(
         )
     )
     best = result.best_layer
-    fig.add_annotation(x=best, y=float(np.asarray(y)[layers.index(best)]), text=f"best: layer {best}", showarrow=True, arrowhead=2)
+    fig.add_annotation(
+        x=best,
+        y=float(np.asarray(y)[layers.index(best)]),
+        text=f"best: layer {best}",
+        showarrow=True,
+        arrowhead=2,
+    )
     fig.update_xaxes(title="layer (vector added to resid_post, last position)")
     fig.update_yaxes(title=unit, rangemode="tozero")
     o = result.options

@@ -108,7 +108,11 @@ class HeadEffects(DatasetSweepResult):
         """Head (layer, head)'s mean output decoded: its top tokens and probabilities (at most the k kept)."""
         layer = as_int(layer, "layer", lo=0, hi=self.n_layers - 1)
         head = as_int(head, "head", lo=0, hi=self.n_heads - 1)
-        k = self.head_top_ids.shape[-1] if top_k is None else as_int(top_k, "top_k", lo=1, hi=self.head_top_ids.shape[-1])
+        k = (
+            self.head_top_ids.shape[-1]
+            if top_k is None
+            else as_int(top_k, "top_k", lo=1, hi=self.head_top_ids.shape[-1])
+        )
         probs = self.head_top_probs[layer, head]
         return [(self.head_top_tokens[layer][head][j], float(probs[j])) for j in range(k)]
 

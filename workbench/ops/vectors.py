@@ -105,7 +105,11 @@ def _mean_heads(model: Model, clean: list[torch.Tensor], progress: Progress, can
         check_cancel(cancel)
         part = fv_trace(model, clean[start : start + size], project=False)["z_sum"]
         total = part if total is None else total + part
-        _report(progress, (start + size) / len(clean), f"mean head outputs: {min(start + size, len(clean))}/{len(clean)} prompts")
+        _report(
+            progress,
+            (start + size) / len(clean),
+            f"mean head outputs: {min(start + size, len(clean))}/{len(clean)} prompts",
+        )
     z_mean = total / len(clean)
     out = fv_trace(model, None, means=z_mean, head_k=HEAD_TOP_K)
     out["z_mean"] = z_mean
@@ -136,7 +140,10 @@ def _effects_result(
 
     per = (patched - corrupt_p[:, None, None]).astype(np.float32)
     ids = stats["head_ids"].to(torch.int32).numpy()
-    tokens = [[model.str_tokens(ids[layer, head].tolist()) for head in range(ids.shape[1])] for layer in range(ids.shape[0])]
+    tokens = [
+        [model.str_tokens(ids[layer, head].tolist()) for head in range(ids.shape[1])]
+        for layer in range(ids.shape[0])
+    ]
     return HeadEffects(
         values=per.mean(0).astype(np.float32),
         clean=clean_p.astype(np.float32),  # type: ignore[arg-type]
@@ -244,11 +251,15 @@ def _check_heads(model: Model, heads: Any) -> list[tuple[int, int]] | int:
                 raise WorkbenchError(f"heads= takes heads: wb.Cell('head', layer, head=h), got {item!r}.")
             item = (item.layer, item.head)
         if isinstance(item, str | bytes) or not hasattr(item, "__len__") or len(item) != 2:
-            raise WorkbenchError(f"heads= takes (layer, head) pairs, e.g. [(9, 3), (12, 0)]; got {item!r:.40}.")
+            raise WorkbenchError(
+                f"heads= takes (layer, head) pairs, e.g. [(9, 3), (12, 0)]; got {item!r:.40}."
+            )
         layer = model.check_layer(item[0])
         head = model.check_head(item[1])
         if (layer, head) in out:
-            raise WorkbenchError(f"heads= names head (layer {layer}, head {head}) twice: list each head once.")
+            raise WorkbenchError(
+                f"heads= names head (layer {layer}, head {head}) twice: list each head once."
+            )
         out.append((layer, head))
     if not out:
         raise WorkbenchError("heads= is empty: give a number of top heads (e.g. 10) or (layer, head) pairs.")
@@ -277,14 +288,19 @@ def function_vector(
     heads = _check_heads(model, heads)
     effects = task if isinstance(task, HeadEffects) else None
     if effects is not None:
-        if effects.values.shape != (model.n_layers, model.n_heads) or effects.head_means.shape[-1] != model.d_head:
+        if (
+            effects.values.shape != (model.n_layers, model.n_heads)
+            or effects.head_means.shape[-1] != model.d_head
+        ):
             raise WorkbenchError(
                 f"These head effects are [{effects.n_layers} layers x {effects.n_heads} heads] of d_head "
                 f"{effects.head_means.shape[-1]}, but this model has {model.n_layers} x {model.n_heads} of d_head "
                 f"{model.d_head}: compute them with wb.head_effects(model, task) on this model."
             )
         if effects.task is None:
-            raise WorkbenchError("These head effects carry no task: compute them with wb.head_effects(model, task).")
+            raise WorkbenchError(
+                "These head effects carry no task: compute them with wb.head_effects(model, task)."
+            )
         task = effects.task
         o = effects.options
         n_shots, n_prompts, seed = o.get("n_shots"), o.get("n_prompts"), o.get("seed")
@@ -338,7 +354,9 @@ def _vector_result(
         [effects.values[layer, head] if effects is not None else np.nan for layer, head in heads], np.float32
     )
     ids = out["vector_ids"].to(torch.int32).numpy()
-    options = dict(op="function_vector", task=task.name, heads=[list(h) for h in heads], selected=selected, **how)
+    options = dict(
+        op="function_vector", task=task.name, heads=[list(h) for h in heads], selected=selected, **how
+    )
     vector = out["vector"].float().numpy().astype(np.float32)
     return FunctionVector(
         vector=vector,
@@ -359,7 +377,9 @@ def as_vector(model: Model, fv: Any) -> torch.Tensor:
     value = getattr(fv, "vector", fv)
     if isinstance(value, torch.Tensor):
         if value.is_meta or value.is_complex() or value.dtype == torch.bool:
-            raise WorkbenchError(f"The vector must be real numbers on a real device, got dtype {value.dtype}.")
+            raise WorkbenchError(
+                f"The vector must be real numbers on a real device, got dtype {value.dtype}."
+            )
         vec = value.detach().to("cpu", torch.float32).clone()
     else:
         try:
@@ -380,7 +400,9 @@ def as_vector(model: Model, fv: Any) -> torch.Tensor:
             f"give a [{model.d_model}] vector (a function vector of this model: wb.function_vector(model, task))."
         )
     if not torch.isfinite(vec).all():
-        raise WorkbenchError("The vector has NaN or inf entries: adding it would break every later activation.")
+        raise WorkbenchError(
+            "The vector has NaN or inf entries: adding it would break every later activation."
+        )
     return vec
 
 
@@ -401,8 +423,10 @@ def evaluate_vector(
 
     `layer=None` evaluates every layer (`.accuracy` [L], `.best_layer`); the prompts are the task's zero-shot
     queries (`task.zero_shot(n_prompts, seed=seed)`: every pair by default). Use a held-out split
-    (`train, test = task.split()`) to evaluate on queries the vector was not extracted from. Locally every
-    (prompt, layer) run goes through the replay engine; remotely it is one request."""
+    (`train, test = task.split()`) to evaluate on queries the vector was not extracted from. resid_post[l] is
+    resid_pre[l + 1]: `wb.steer(model, prompt, vector=fv, layer=l + 1)` adds at the same place (at every
+    position, during generation). Locally every (prompt, layer) run goes through the replay engine; remotely it
+    is one request."""
     task = as_task(task)
     vec = as_vector(model, fv) * as_number(scale, "scale")
     if not torch.isfinite(vec).all():
@@ -425,10 +449,14 @@ def evaluate_vector(
             by_length: dict[int, list[list[Edit]]] = {}
             zero = torch.zeros(model.d_model)
 
-            def rows(n: int) -> list[list[Edit]]:  # every layer, then a zero add after the last block: the base run
+            def rows(
+                n: int,
+            ) -> list[list[Edit]]:  # every layer, then a zero add after the last block: the base run
                 last = n - 1
                 out = [[Edit(Cell("resid_post", lyr, last).checked(model, n), Add(vec))] for lyr in layers]
-                return out + [[Edit(Cell("resid_post", model.n_layers - 1, last).checked(model, n), Add(zero))]]
+                return out + [
+                    [Edit(Cell("resid_post", model.n_layers - 1, last).checked(model, n), Add(zero))]
+                ]
 
             for t in ids:
                 if t.shape[1] not in by_length:
