@@ -27,7 +27,14 @@ SRC = ROOT / "js" / "src"
 WIDGETS = ROOT / "workbench" / "widgets"
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
-FV_PAIRS = [("cat", "dog"), ("dog", "cat"), ("mat", "log"), ("log", "mat"), ("Mary", "John"), ("John", "Mary")]
+FV_PAIRS = [
+    ("cat", "dog"),
+    ("dog", "cat"),
+    ("mat", "log"),
+    ("log", "mat"),
+    ("Mary", "John"),
+    ("John", "Mary"),
+]
 VIEWS = {
     "Lens": LensView,
     "Patch": PatchView,

@@ -123,7 +123,9 @@ def test_a_click_opens_a_head_its_decoding_and_its_attention(model, view):
     view.example = 2
     _idle(view)
     want2 = ref.reference_attention(model.hf, model.tokenizer, eff.dataset.clean[2])[1, 2]
-    assert view.pattern["example"] == 2 and view.pattern["tokens"] == model.to_str_tokens(eff.dataset.clean[2])
+    assert view.pattern["example"] == 2 and view.pattern["tokens"] == model.to_str_tokens(
+        eff.dataset.clean[2]
+    )
     assert_close(unpack(view.pattern["data"]), want2, ATOL, "attention pattern, example 2")
     # another head on a cached example: no new run
     calls = []
@@ -135,7 +137,11 @@ def test_a_click_opens_a_head_its_decoding_and_its_attention(model, view):
     finally:
         workbench.ops.attention = real
     assert calls == [] and (view.pattern["layer"], view.pattern["head"], view.pattern["example"]) == (0, 1, 2)
-    assert_close(unpack(view.pattern["data"]), ref.reference_attention(model.hf, model.tokenizer, eff.dataset.clean[2])[0, 1], ATOL)
+    assert_close(
+        unpack(view.pattern["data"]),
+        ref.reference_attention(model.hf, model.tokenizer, eff.dataset.clean[2])[0, 1],
+        ATOL,
+    )
     view.example = 0
     _idle(view)
 
@@ -143,7 +149,9 @@ def test_a_click_opens_a_head_its_decoding_and_its_attention(model, view):
 def test_toggling_a_head_rebuilds_the_vector_and_back_comes_from_the_cache(model, view, monkeypatch):
     eff = view.effects_result
     start = _heads(view)
-    extra = next((lyr, h) for lyr in range(model.n_layers) for h in range(model.n_heads) if (lyr, h) not in start)
+    extra = next(
+        (lyr, h) for lyr in range(model.n_layers) for h in range(model.n_heads) if (lyr, h) not in start
+    )
     view.request("toggle", layer=extra[0], head=extra[1])
     _idle(view)
     assert _heads(view) == [*start, extra] and view.stale == [] and view.status == "done"
@@ -159,7 +167,9 @@ def test_toggling_a_head_rebuilds_the_vector_and_back_comes_from_the_cache(model
     view.toggle_head(*extra)  # out again: the first vector, from the cache
     _idle(view)
     assert calls == [] and _heads(view) == start and view.stale == []
-    assert view.vector["heads"] == [list(h) for h in start] and view.evaluation["heads"] == [list(h) for h in start]
+    assert view.vector["heads"] == [list(h) for h in start] and view.evaluation["heads"] == [
+        list(h) for h in start
+    ]
     # top n resets the choice to the top n heads
     view.top_n = 2
     _idle(view)
@@ -351,7 +361,9 @@ def test_head_effects_given_are_used_as_they_are(model, monkeypatch):
 
 def test_constructor_errors(model):
     with pytest.raises(wb.TokenizationError, match="not one token"):
-        FunctionVectorView(model, wb.Task([("cat", "dog"), ("dog", "a cat"), ("mat", "log")], template="{x} -> {y}\n"))
+        FunctionVectorView(
+            model, wb.Task([("cat", "dog"), ("dog", "a cat"), ("mat", "log")], template="{x} -> {y}\n")
+        )
     with pytest.raises(wb.WorkbenchError, match="n_shots"):
         FunctionVectorView(model, tiny_task(), n_shots=8)
     with pytest.raises(wb.WorkbenchError, match="top_n"):

@@ -32,7 +32,9 @@ def nb(browser_context):
     page.on("pageerror", lambda e: errors.append(str(e)))
     try:
         page.goto(server.url("issue16.ipynb"))
-        page.wait_for_function("() => window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=60_000)
+        page.wait_for_function(
+            "() => window.jupyterapp && document.querySelector('.jp-Notebook')", timeout=60_000
+        )
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
         page.wait_for_timeout(1500)  # the kernel connects
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
@@ -197,7 +199,9 @@ def test_try_the_vector_on_a_prompt(nb):
 def test_dark_theme(nb):
     page = nb["page"]
     fv = view(page, "function_vector")
-    page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
+    page.evaluate(
+        "() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})"
+    )
     page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'", timeout=30_000)
     page.wait_for_timeout(1500)
     st = _state(page)
@@ -207,4 +211,6 @@ def test_dark_theme(nb):
     rgb = [int(x) for x in bg[bg.index("(") + 1 : bg.index(")")].split(",")[:3]]
     assert sum(rgb) / 3 < 100, bg
     shot(nb, fv, "issue16-fv-dark")
-    page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Light'})")
+    page.evaluate(
+        "() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Light'})"
+    )

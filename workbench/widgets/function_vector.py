@@ -150,15 +150,21 @@ class FunctionVectorView(WorkbenchWidget):
             layer = as_int(layer, "layer", lo=0, hi=model.n_layers - 2,
                            hint=" (the vector is added after block `layer`, wb.steer's layer + 1)")  # fmt: skip
         if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
-            raise errors.WorkbenchError(f"prompt= takes a text to continue, e.g. {task.query(task.pairs[0][0])!r}.")
+            raise errors.WorkbenchError(
+                f"prompt= takes a text to continue, e.g. {task.query(task.pairs[0][0])!r}."
+            )
         modes = _steer_positions()
         self._task = task
         self._effects: Any = effects  # the HeadEffects shown
         self._effects_key: tuple | None = None  # the settings of the effects shown
-        self._results: dict[tuple, tuple[Any, Any]] = {}  # vector key -> (FunctionVector, VectorEvaluation | None)
+        self._results: dict[
+            tuple, tuple[Any, Any]
+        ] = {}  # vector key -> (FunctionVector, VectorEvaluation | None)
         self._vector_shown: tuple | None = None  # the vector key of the vector shown
         self._eval_shown: tuple | None = None  # the vector key of the evaluation shown
-        self._patterns: dict[int, Any] = {}  # example -> AttentionResult of that n-shot prompt (current effects)
+        self._patterns: dict[
+            int, Any
+        ] = {}  # example -> AttentionResult of that n-shot prompt (current effects)
         self._trial: Any = None  # the SteerResult shown
         self._trial_key: tuple | None = None
         self._quiet = False
@@ -180,7 +186,10 @@ class FunctionVectorView(WorkbenchWidget):
             **kwargs,
         )
         self._handlers.update(
-            head=self._on_head, toggle=self._on_toggle, steer=self._on_steer, recompute=lambda c, b: self.recompute()
+            head=self._on_head,
+            toggle=self._on_toggle,
+            steer=self._on_steer,
+            recompute=lambda c, b: self.recompute(),
         )
         self.observe(self._settings_set, names=["n_shots", "n_prompts", "seed"])
         self.observe(self._top_n_set, names=["top_n"])
@@ -312,7 +321,10 @@ class FunctionVectorView(WorkbenchWidget):
         self._effects_key = settings
         self._patterns = {}
         L, H = eff.values.shape
-        tops = [[str(eff.head_top_tokens[lyr][h][0]) if eff.head_top_tokens else "" for h in range(H)] for lyr in range(L)]
+        tops = [
+            [str(eff.head_top_tokens[lyr][h][0]) if eff.head_top_tokens else "" for h in range(H)]
+            for lyr in range(L)
+        ]
         with self.hold_trait_notifications():
             self.effects = {
                 "values": pack(np.asarray(eff.values, np.float32)),
@@ -387,7 +399,9 @@ class FunctionVectorView(WorkbenchWidget):
         n = change["new"]
         if not isinstance(n, int) or not 1 <= n <= len(self._task):
             self._set_quietly(eval_prompts=change["old"])
-            self._fail(_errors().WorkbenchError(f"eval prompts = {n!r}: the task has 1..{len(self._task)} queries."))
+            self._fail(
+                _errors().WorkbenchError(f"eval prompts = {n!r}: the task has 1..{len(self._task)} queries.")
+            )
             return
         self._update_vector()
 
@@ -528,10 +542,14 @@ class FunctionVectorView(WorkbenchWidget):
             layer = check_int(content, "layer", 0, self.n_layers - 1)
             head = check_int(content, "head", 0, self.n_heads - 1)
         except Exception as exc:
-            raise SiteError(f"No such head: {exc} (layers 0..{self.n_layers - 1}, heads 0..{self.n_heads - 1}).") from None
+            raise SiteError(
+                f"No such head: {exc} (layers 0..{self.n_layers - 1}, heads 0..{self.n_heads - 1})."
+            ) from None
         self.open_head(layer, head, request_id=str(content.get("id") or ""))
 
-    def open_head(self, layer: int, head: int, *, request_id: str = "", wait: bool = False) -> FunctionVectorView:
+    def open_head(
+        self, layer: int, head: int, *, request_id: str = "", wait: bool = False
+    ) -> FunctionVectorView:
         """Show head (layer, head): its effect, its mean output decoded, its attention on the current example."""
         eff = self._effects
         if eff is None:
@@ -568,7 +586,9 @@ class FunctionVectorView(WorkbenchWidget):
         i = change["new"]
         if not isinstance(i, int) or not 0 <= i < n:
             self._set_quietly(example=change["old"])
-            self._fail(_errors().WorkbenchError(f"Example {i!r} does not exist: the n-shot prompts are 0..{n - 1}."))
+            self._fail(
+                _errors().WorkbenchError(f"Example {i!r} does not exist: the n-shot prompts are 0..{n - 1}.")
+            )
             return
         self.pattern = {}
         if self.head:
@@ -610,7 +630,9 @@ class FunctionVectorView(WorkbenchWidget):
                 self._patterns[i] = attn
             show(attn)
 
-        self.submit("attention pattern", request_id, run, done, slot="attention", wait=wait, failed=lambda exc: "")
+        self.submit(
+            "attention pattern", request_id, run, done, slot="attention", wait=wait, failed=lambda exc: ""
+        )
 
     # ---- the prompt box
     def _on_steer(self, content: dict, _buffers: list) -> None:
@@ -658,7 +680,11 @@ class FunctionVectorView(WorkbenchWidget):
             )
         if layer is None:
             layer = int(self.layer) if int(self.layer) >= 0 else (ev.best_layer if ev is not None else 0)
-        if isinstance(layer, bool) or not isinstance(layer, int | np.integer) or not 0 <= int(layer) <= self.n_layers - 2:
+        if (
+            isinstance(layer, bool)
+            or not isinstance(layer, int | np.integer)
+            or not 0 <= int(layer) <= self.n_layers - 2
+        ):
             raise errors.WorkbenchError(
                 f"layer={layer!r}: the vector is added after block 0..{self.n_layers - 2} (wb.steer's layer 1.."
                 f"{self.n_layers - 1}, the input of the next block)."
@@ -666,10 +692,14 @@ class FunctionVectorView(WorkbenchWidget):
         layer = int(layer)
         scale = self.scale if scale is None else scale
         if isinstance(scale, bool) or not isinstance(scale, int | float | np.number):
-            raise errors.WorkbenchError(f"scale={scale!r:.30}: give a number, e.g. 1.0 (the vector as it is).")
+            raise errors.WorkbenchError(
+                f"scale={scale!r:.30}: give a number, e.g. 1.0 (the vector as it is)."
+            )
         scale = float(scale)
         if not np.isfinite(scale) or abs(scale) > MAX_SCALE:
-            raise errors.WorkbenchError(f"scale={scale!r}: give a number between -{MAX_SCALE:g} and {MAX_SCALE:g}.")
+            raise errors.WorkbenchError(
+                f"scale={scale!r}: give a number between -{MAX_SCALE:g} and {MAX_SCALE:g}."
+            )
         n = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 1 <= int(n) <= MAX_NEW_TOKENS:
             raise errors.WorkbenchError(f"max_new_tokens={n!r}: generate 1..{MAX_NEW_TOKENS} tokens.")
@@ -737,8 +767,11 @@ class FunctionVectorView(WorkbenchWidget):
         if self._trial is not None:
             t = self.trial
             sections.append(
-                (f"the vector tried on a prompt (wb.steer at layer {t.get('steer_layer')} = after block "
-                 f"{t.get('layer')})", self._trial)  # fmt: skip
+                (
+                    f"the vector tried on a prompt (wb.steer at layer {t.get('steer_layer')} = after block "
+                    f"{t.get('layer')})",
+                    self._trial,
+                )  # fmt: skip
             )
         for title, r in sections:
             if r is None:
