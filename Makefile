@@ -11,7 +11,7 @@ PORT ?= 8888
 DEMO_DIR ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint js js-test browser-deps bench bench-trace bench-patchscope bench-steer bench-remote install clean ndif-test docs wheel
+.PHONY: demo test lint js js-test browser-deps bench bench-trace bench-patchscope bench-steer bench-fv bench-remote install clean ndif-test docs wheel
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -77,6 +77,12 @@ bench: install $(BENCH_VENV)/.installed
 TRACE_ARGS ?=
 bench-trace: install
 	$(PY) benchmarks/causal_trace.py $(TRACE_ARGS)
+
+# Issue 16: every head's causal indirect effect vs one plain-hook forward per (head, prompt) (forward-pass
+# equivalents). E.g. FV_ARGS="--prompts 4 --heads 40" (the peer runs 40 sampled heads and extrapolates).
+FV_ARGS ?=
+bench-fv: install
+	$(PY) benchmarks/function_vectors.py $(FV_ARGS)
 
 # Issue 15: a patchscope over every source state vs one plain-hook forward per state (forward-pass equivalents).
 bench-patchscope: install

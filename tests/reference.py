@@ -1328,3 +1328,111 @@ def reference_causal_trace(
         for g, (layer, t) in enumerate(group):
             values[layer, t] = p[g, 1:, target].mean()
     return values.numpy().astype("float32"), high, low
+
+
+# ----------------------------------------------------------------------------------------------
+# function vectors (Todd et al. 2024): the authors' CIE and FV, with plain hooks, one forward per (head, prompt)
+
+
+def last_head_outputs(hf, ids: torch.Tensor) -> torch.Tensor:
+    """The output projection's input at the last position, [L, n_heads * d_head] (batch 1)."""
+    got = capture(hf, ids, "head")
+    return torch.stack([got[layer][-1] for layer in range(n_layers(hf))]).float()
+
+
+def reference_head_means(hf, tok, prompts: Sequence[str]) -> torch.Tensor:
+    """Each head's mean output at the last position over `prompts`, [L, H, d_head] (the paper's
+    `get_mean_head_activations`, last token)."""
+    z = torch.stack([last_head_outputs(hf, tokens(tok, p)) for p in prompts]).mean(0)
+    return z.view(n_layers(hf), n_heads(hf), d_head(hf))
+
+
+def reference_head_effects(
+    hf, tok, clean: Sequence[str], shuffled: Sequence[str], answers: Sequence[str]
+) -> dict:
+    """The paper's `compute_indirect_effect` (last_token_only): the clean prompts' mean head outputs, then for
+    every shuffled prompt and every (layer, head) one forward with that head's slice of the output projection's
+    input at the last position replaced by its mean; effect = p(answer) patched - p(answer) of the shuffled
+    prompt. Returns values [L, H] (mean effect), per_example [N, L, H], clean / corrupt [N], means."""
+    L, H, dh = n_layers(hf), n_heads(hf), d_head(hf)
+    means = reference_head_means(hf, tok, clean)
+    flat = means.reshape(L, H * dh)
+    per = torch.zeros(len(shuffled), L, H)
+    clean_p, corrupt_p = torch.zeros(len(shuffled)), torch.zeros(len(shuffled))
+    for i, (c, s, a) in enumerate(zip(clean, shuffled, answers, strict=True)):
+        p = prob(tok, a)
+        ids = tokens(tok, s)
+        T = ids.shape[1]
+        clean_p[i] = p(run_last_logits(hf, tokens(tok, c)))[0]
+        base = p(run_last_logits(hf, ids))[0]
+        corrupt_p[i] = base
+        for layer in range(L):
+            for h in range(H):
+                with site_hook(hf, "head", layer, _setter(hf, "head", T - 1, h, flat[layer])):
+                    per[i, layer, h] = p(run_last_logits(hf, ids))[0] - base
+    return {
+        "values": per.mean(0).numpy(),
+        "per_example": per.numpy(),
+        "clean": clean_p.numpy(),
+        "corrupt": corrupt_p.numpy(),
+        "means": means.numpy(),
+    }
+
+
+def reference_head_output(hf, layer: int, head: int, z: torch.Tensor) -> torch.Tensor:
+    """Head `head`'s vector z [d_head] through its columns of the output projection's weight, [d_model]
+    (computed directly from the weight matrix: nn.Linear [d_model, H*d], GPT-2's Conv1D [H*d, d_model]; no bias)."""
+    proj = _get(blocks(hf)[layer], family(hf).out_proj)
+    dh = d_head(hf)
+    cols = slice(head * dh, (head + 1) * dh)
+    w = proj.weight.detach().float()
+    if isinstance(proj, torch.nn.Linear):
+        return w[:, cols] @ z.float()
+    return z.float() @ w[cols, :]  # Conv1D: y = x @ W + b
+
+
+def reference_function_vector(hf, means: torch.Tensor, heads: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """The paper's `compute_function_vector`: the sum of the heads' mean outputs through the output projection."""
+    return torch.stack(
+        [reference_head_output(hf, layer, h, torch.as_tensor(means)[layer, h]) for layer, h in heads]
+    ).sum(0)
+
+
+def reference_decode(hf, vector: torch.Tensor, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's `fv_to_vocab`: softmax(unembed(final_norm(vector))) top-k (ids, probs)."""
+    p = torch.softmax(unembed(hf, torch.as_tensor(vector).float()[None]), -1)[0]
+    top = p.topk(k)
+    return top.indices.numpy(), top.values.numpy()
+
+
+def reference_evaluate_vector(
+    hf, tok, prompts: Sequence[str], answers: Sequence[str], vector: torch.Tensor, layers: Sequence[int]
+) -> dict:
+    """The paper's `function_vector_intervention`: the vector added to block l's output at the last position
+    of each zero-shot prompt (one forward per prompt and layer); p(answer) and the top-1 id [N, len(layers)],
+    and without the vector (base_p, base_top [N])."""
+    vec = torch.as_tensor(vector).float()
+    N, k = len(prompts), len(layers)
+    probs, top = torch.zeros(N, k), torch.zeros(N, k, dtype=torch.long)
+    base_p, base_top = torch.zeros(N), torch.zeros(N, dtype=torch.long)
+
+    def add(x):
+        x = x.clone()
+        x[:, -1] += vec.to(x.dtype)
+        return x
+
+    for i, (prompt, a) in enumerate(zip(prompts, answers, strict=True)):
+        p = prob(tok, a)
+        ids = tokens(tok, prompt)
+        logits = run_last_logits(hf, ids)
+        base_p[i], base_top[i] = p(logits)[0], logits[0].argmax()
+        for j, layer in enumerate(layers):
+            with site_hook(hf, "resid_post", layer, add):
+                logits = run_last_logits(hf, ids)
+            probs[i, j], top[i, j] = p(logits)[0], logits[0].argmax()
+    return {
+        "probs": probs.numpy(),
+        "top": top.numpy(),
+        "base_p": base_p.numpy(),
+        "base_top": base_top.numpy(),
+    }

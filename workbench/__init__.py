@@ -1,7 +1,7 @@
 """Workbench: look inside language models from a notebook, and act on what you see."""
 
 from . import datasets
-from .data import Dataset, Example
+from .data import Dataset, Example, Task
 from .errors import (
     CancelledError,
     ExportError,
@@ -23,9 +23,11 @@ from .ops import (
     Cell,
     DatasetCausalTrace,
     Edit,
+    FunctionVector,
     FutureLensPrompt,
     FutureLensResult,
     GenerationLens,
+    HeadEffects,
     Intervention,
     LensResult,
     Metric,
@@ -36,13 +38,17 @@ from .ops import (
     SweepResult,
     TunedLens,
     Value,
+    VectorEvaluation,
     ablate,
     ablate_sweep,
     attention,
     attribution_patch,
     causal_trace,
+    evaluate_vector,
+    function_vector,
     future_lens,
     generation_lens,
+    head_effects,
     intervene,
     kl_to_clean,
     logit_diff,
@@ -63,6 +69,7 @@ from .ops import (
 from .ops.dataset_results import DatasetLensResult, DatasetSweepResult, DatasetValue
 from .result_cache import ResultCache, cache
 from .widgets import AttentionView, DatasetView, LensView, PatchView, SteerView, Workbench  # noqa: E402
+from .widgets.function_vector import FunctionVectorView  # noqa: E402
 from .widgets.tracing import CausalTraceView  # noqa: E402
 
 __version__ = "0.1.0"
@@ -75,6 +82,7 @@ __all__ = [
     "AttentionView",
     "Dataset",
     "DatasetView",
+    "FunctionVectorView",
     "LensView",
     "CausalTraceView",
     "PatchView",
@@ -85,6 +93,10 @@ __all__ = [
     "DatasetSweepResult",
     "DatasetValue",
     "Example",
+    "FunctionVector",
+    "HeadEffects",
+    "Task",
+    "VectorEvaluation",
     "Cell",
     "ExportError",
     "MessageError",
@@ -120,9 +132,12 @@ __all__ = [
     "cache",
     "datasets",
     "causal_trace",
+    "evaluate_vector",
+    "function_vector",
     "future_lens",
     "generation_lens",
     "train_future_lens",
+    "head_effects",
     "intervene",
     "kl_to_clean",
     "load",

@@ -2,6 +2,8 @@
 
 - `ioi(n)`: indirect object identification prompts (Wang et al. 2022) with ABC corruption.
 - `facts()`: subject -> attribute facts the embedded model gets right, with the subject marked as a span.
+- `task(name)`: in-context tasks for function vectors (Todd et al. 2024) as `wb.Task`s: antonyms,
+  country_capital, uppercase, past_tense, english_french, singular_plural, capitalize (`TASKS`).
 
 The data lives in `workbench/data/*.json` (shipped in the wheel); `tests/test_shipped_data.py` checks it
 against the embedded model (single-token names, equal lengths, the model's accuracy, the subject spans).
@@ -17,9 +19,21 @@ from importlib import resources
 from typing import Any
 
 from .data.dataset import Dataset
+from .data.task import Task
 from .errors import WorkbenchError
 
-__all__ = ["facts", "ioi"]
+__all__ = ["TASKS", "facts", "ioi", "task"]
+
+# The shipped in-context tasks (workbench/data/tasks/<name>.json), in the order notebooks show them.
+TASKS = (
+    "antonyms",
+    "country_capital",
+    "uppercase",
+    "past_tense",
+    "english_french",
+    "singular_plural",
+    "capitalize",
+)
 
 
 @cache
@@ -114,3 +128,23 @@ def facts(relation: str | None = None) -> Dataset:
         ],
         name="facts" if relation is None else f"facts ({relation})",
     )
+
+
+def task(name: str) -> Task:
+    """A shipped in-context task for function vectors: (input, answer) pairs and the template
+    "Q: {x}\nA: {y}\n\n" (Todd et al. 2024's default), written for the embedded model.
+
+    Every answer is one token of the embedded model's tokenizer (with the leading space the template puts
+    before it), no answer equals its input, and each task has 50 or more pairs; `tests/test_shipped_tasks.py`
+    checks that, and the model's 10-shot accuracy on each (english_french is a task the 135M model does not
+    do in context: it mostly copies the English word). Names: see `TASKS`; each file records where its pairs
+    come from (`task.description`, and the json's "source")."""
+    if not isinstance(name, str) or name not in TASKS:
+        raise WorkbenchError(
+            f"wb.datasets.task() knows {', '.join(map(repr, TASKS))}; got {name!r}. For your own pairs use "
+            "wb.Task(pairs=[('hot', 'cold'), ...])."
+        )
+    data = _load(f"tasks/{name}.json")
+    t = Task([tuple(p) for p in data["pairs"]], data["template"], name=data["name"])
+    t.description = data["description"]
+    return t

@@ -203,6 +203,16 @@ def canonical(value: Any) -> Any:
 
     if isinstance(value, TunedLens):  # the translators' content and the model they were trained for
         return ["TunedLens", value.key(), canonical(value.fingerprint)]
+    from .data.task import Task
+    from .ops.vector_results import FunctionVector, HeadEffects
+
+    if isinstance(value, Task):
+        return ["Task", canonical([list(p) for p in value.pairs]), value.template, value.name]
+    if isinstance(value, FunctionVector):  # what an op reads of it: the vector (and the heads, for the code)
+        return ["FunctionVector", canonical(value.vector), canonical(value.heads)]
+    if isinstance(value, HeadEffects):  # the ranking, the means and the task they came from
+        return ["HeadEffects", canonical(value.values), canonical(value.head_means), canonical(value.task),
+                canonical(value.options)]  # fmt: skip
     if isinstance(value, Cell):
         return ["Cell", canonical(asdict(value))]
     if isinstance(value, Add):

@@ -50,6 +50,7 @@ export const VIEW_REQUESTS = {
   dataset: [],
   tracing: ["restore"],
   steer: ["generate"],
+  function_vector: ["head", "toggle", "steer", "recompute"],
 } as const;
 
 export type CommonRequest = (typeof VIEW_REQUESTS.common)[number];
@@ -58,6 +59,7 @@ export type AttentionRequest = (typeof VIEW_REQUESTS.attention)[number];
 export type TracingRequest = (typeof VIEW_REQUESTS.tracing)[number];
 export type LensRequest = (typeof VIEW_REQUESTS.lens)[number];
 export type SteerRequest = (typeof VIEW_REQUESTS.steer)[number];
+export type FunctionVectorRequest = (typeof VIEW_REQUESTS.function_vector)[number];
 
 /** A kernel message of a known kind, or null (anything else is ignored). */
 export function kernelMessage(content: unknown): KernelMessage[KernelKind] | null {

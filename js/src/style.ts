@@ -125,6 +125,20 @@ export const CSS = `
 .wb-steer-rowlabel .wb-steer-sub{display:block}
 .wb-steer-legend{display:flex;gap:10px;align-items:center;flex-wrap:wrap;font-size:12px}
 .wb-steer-legend .wb-steer-tok{padding:0 4px}
+.wb-fv-sub{opacity:.85;margin:6px 0 2px;font-size:12px}
+.wb-fv-toplist{margin:2px 0;padding-left:26px;font-size:12px;columns:2;column-gap:18px}
+.wb-fv-toplist li{break-inside:avoid;white-space:nowrap}
+.wb-fv-bar{display:inline-block;height:9px;margin:0 6px;vertical-align:middle;background:var(--wb-accent);border-radius:1px}
+.wb-fv-attn .wb-token{border-color:transparent}
+.wb-fv-chips{gap:4px}
+.wb-fv-decoded{gap:3px 6px}
+.wb-fv-gen{display:flex;flex-wrap:wrap;gap:2px;align-items:center;margin:3px 0;font-family:var(--jp-code-font-family,monospace)}
+.wb-fv-gen-label{min-width:118px;font-family:var(--jp-ui-font-family,system-ui,sans-serif);font-weight:600}
+.wb-fv-gen-prompt{opacity:.55;white-space:pre;margin-right:4px}
+.wb-fv-diverged{border-color:var(--jp-warn-color1,#b26a00);font-weight:600}
+.wb-fv-try{border-top:1px solid var(--wb-border);margin-top:8px;padding-top:4px}
+.wb-fv-details summary{cursor:pointer;opacity:.85;font-size:12px;margin:4px 0}
+[data-stale=true]{opacity:.6}
 .wb-gen-none{background:repeating-linear-gradient(45deg,var(--wb-bg2),var(--wb-bg2) 3px,var(--wb-border) 3px,var(--wb-border) 5px)}
 `;
 

@@ -3,5 +3,6 @@
 
 from .align import Alignment, alignment
 from .dataset import Dataset, Example
+from .task import Task
 
-__all__ = ["Alignment", "Dataset", "Example", "alignment"]
+__all__ = ["Alignment", "Dataset", "Example", "Task", "alignment"]

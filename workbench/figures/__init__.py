@@ -26,6 +26,14 @@ from .tracing import (
     plot_dataset_causal_trace,
 )
 from .values import plot_steer, plot_steer_sweep, plot_value
+from .vectors import (
+    function_vector_frame,
+    head_effects_frame,
+    plot_function_vector,
+    plot_head_effects,
+    plot_vector_evaluation,
+    vector_evaluation_frame,
+)
 
 __all__ = [
     "attention_frame",
@@ -39,6 +47,12 @@ __all__ = [
     "future_lens_frame",
     "generation_lens_frame",
     "find_browser",
+    "function_vector_frame",
+    "head_effects_frame",
+    "plot_function_vector",
+    "plot_head_effects",
+    "plot_vector_evaluation",
+    "vector_evaluation_frame",
     "lens_frame",
     "plot_attention",
     "plot_causal_trace",

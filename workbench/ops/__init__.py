@@ -21,6 +21,8 @@ from .results import AttentionResult, LensResult, SteerResult, SteerSweepResult,
 from .steering import SteerStep, steer, steer_sweep, steering_vector
 from .tracing import CausalTrace, DatasetCausalTrace, causal_trace
 from .tuned_lens import TunedLens, tuned_lens
+from .vector_results import FunctionVector, HeadEffects, VectorEvaluation
+from .vectors import evaluate_vector, function_vector, head_effects
 
 
 def _public(name: str, fn: Any) -> Any:
@@ -48,6 +50,9 @@ tuned_lens = _public("tuned_lens", tuned_lens)
 tuned_lens.load = TunedLens.load  # wb.tuned_lens.load(path), the same as wb.TunedLens.load(path)
 future_lens = _public("future_lens", future_lens)
 train_future_lens = _public("train_future_lens", train_future_lens)
+head_effects = _public("head_effects", head_effects)
+function_vector = _public("function_vector", function_vector)
+evaluate_vector = _public("evaluate_vector", evaluate_vector)
 
 __all__ = [
     "Add",
@@ -57,9 +62,11 @@ __all__ = [
     "DatasetCausalTrace",
     "DatasetLensResult",
     "Edit",
+    "FunctionVector",
     "FutureLensPrompt",
     "FutureLensResult",
     "GenerationLens",
+    "HeadEffects",
     "Intervention",
     "LensResult",
     "Metric",
@@ -70,13 +77,17 @@ __all__ = [
     "SweepResult",
     "TunedLens",
     "Value",
+    "VectorEvaluation",
     "ablate",
     "ablate_sweep",
     "attention",
     "attribution_patch",
     "causal_trace",
+    "evaluate_vector",
+    "function_vector",
     "future_lens",
     "generation_lens",
+    "head_effects",
     "intervene",
     "kl_to_clean",
     "logit_diff",

@@ -3,6 +3,7 @@
 from .attention import AttentionView
 from .base import WorkbenchWidget, pack, unpack
 from .dataset import DatasetView
+from .function_vector import FunctionVectorView
 from .lens import LensView
 from .patch import PatchView
 from .steer import SteerView
@@ -13,6 +14,7 @@ __all__ = [
     "AttentionView",
     "CausalTraceView",
     "DatasetView",
+    "FunctionVectorView",
     "LensView",
     "PatchView",
     "SteerView",
