@@ -11,7 +11,7 @@ PORT ?= 8888
 DEMO_DIR ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint js js-test browser-deps bench bench-trace bench-patchscope bench-fv bench-remote install clean ndif-test docs wheel
+.PHONY: demo test lint js js-test browser-deps bench bench-trace bench-patchscope bench-steer bench-fv bench-remote install clean ndif-test docs wheel
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -87,6 +87,12 @@ bench-fv: install
 # Issue 15: a patchscope over every source state vs one plain-hook forward per state (forward-pass equivalents).
 bench-patchscope: install
 	$(PY) benchmarks/patchscope.py $(PATCHSCOPE_ARGS)
+
+# Issue 16: SteerView's click -> first streamed token vs one plain forward of the prompt (target <= 1.5x);
+# writes benchmarks/results_steer.md. E.g. STEER_ARGS="--reps 30 --sweep 0".
+STEER_ARGS ?=
+bench-steer: install
+	$(PY) benchmarks/steer_latency.py $(STEER_ARGS)
 
 clean:
 	rm -rf $(VENV) js/node_modules workbench/static site dist

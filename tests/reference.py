@@ -865,6 +865,71 @@ def reference_steer(
     }
 
 
+def _eos(hf, tok) -> set[int]:
+    eos = getattr(hf.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tok.eos_token_id
+    return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+
+def reference_steer_loop(
+    hf,
+    tok,
+    prompt: str,
+    vector: torch.Tensor | None,
+    layer: int,
+    scale: float = 1.0,
+    max_new_tokens: int = 10,
+    positions: str = "all",
+    k: int = 5,
+) -> dict:
+    """Greedy generation as a plain loop of full forwards (no KV cache): each step runs the whole sequence so
+    far with scale*vector added to block `layer`'s input at every position ("all") or at positions >= T-1
+    ("last": the prompt's last token and every generated token), T the prompt's length. Stops after the
+    first EOS pick (kept). Returns the ids, the text, each step's top-k ids/probabilities (softmax of that
+    step's last-position logits) and each pick's probability."""
+    ids = tokens(tok, prompt)
+    T = ids.shape[1]
+    eos = _eos(hf, tok)
+    ctx = contextlib.nullcontext()
+    if vector is not None:
+        v = scale * vector.detach().reshape(-1).float()
+
+        def add(x):
+            x = x.clone()
+            if positions == "all":
+                x += v.to(x.dtype)
+            else:
+                x[:, T - 1 :] += v.to(x.dtype)
+            return x
+
+        ctx = site_hook(hf, "resid_pre", layer, add)
+    seq = ids
+    out, top_ids, top_probs, probs = [], [], [], []
+    with torch.no_grad(), ctx:
+        for _ in range(max_new_tokens):
+            logits = (
+                hf(input_ids=seq, attention_mask=torch.ones_like(seq), use_cache=False).logits[0, -1].float()
+            )
+            p = torch.softmax(logits, -1)
+            pick = int(logits.argmax())
+            top = p.topk(k)
+            out.append(pick)
+            top_ids.append(top.indices)
+            top_probs.append(top.values)
+            probs.append(float(p[pick]))
+            if pick in eos:
+                break
+            seq = torch.cat([seq, torch.tensor([[pick]])], 1)
+    return {
+        "ids": out,
+        "text": tok.decode(out, skip_special_tokens=True),
+        "top_ids": torch.stack(top_ids),
+        "top_probs": torch.stack(top_probs),
+        "probs": probs,
+    }
+
+
 def steering_vector(hf, tok, positive: str, negative: str, layer: int, how: str = "last") -> torch.Tensor:
     """resid_pre[layer] of positive minus negative, at the last position ('last') or averaged ('mean')."""
     a = capture(hf, tokens(tok, positive), "resid_pre", [layer])[layer]

@@ -25,6 +25,10 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
             "nnsight.register(module)",
         ),
         ("ConnectionRefusedError: [Errno 111] Connection refused", "could not be reached"),
+        (  # FastAPI's words when the server cannot take the request body (a local ndif 0.1.2 over 1 MiB)
+            "RemoteError: Failed to send request: There was an error parsing the body",
+            "could not read the request body",
+        ),
         ("HTTPError: 401 Client Error: Unauthorized", "rejected the API key"),
         ("Client nnsight version 0.7.0 is incompatible with this server", "nnsight version"),
         (f"TypeError: unsupported operand (key {KEY})", "remote trace failed on the server"),

@@ -16,8 +16,10 @@ from workbench.widgets import (
     AttentionView,
     CausalTraceView,
     DatasetView,
+    FunctionVectorView,
     LensView,
     PatchView,
+    SteerView,
     WorkbenchWidget,
 )
 
@@ -26,12 +28,22 @@ SRC = ROOT / "js" / "src"
 WIDGETS = ROOT / "workbench" / "widgets"
 CLEAN = "When Mary and John went to the store, John gave a drink to"
 CORRUPT = "When Mary and John went to the store, Mary gave a drink to"
+FV_PAIRS = [
+    ("cat", "dog"),
+    ("dog", "cat"),
+    ("mat", "log"),
+    ("log", "mat"),
+    ("Mary", "John"),
+    ("John", "Mary"),
+]
 VIEWS = {
     "Lens": LensView,
     "Patch": PatchView,
     "Attention": AttentionView,
     "Dataset": DatasetView,
     "Tracing": CausalTraceView,
+    "Steer": SteerView,
+    "FunctionVector": FunctionVectorView,
 }
 
 
@@ -92,6 +104,10 @@ def views():
         "attention": AttentionView(model, CLEAN),
         "dataset": DatasetView(wb.Dataset([CLEAN, CORRUPT], target=" Mary"), model),
         "tracing": CausalTraceView(model, CLEAN, subject="Mary", samples=2, window=3),
+        "steer": SteerView(model, CLEAN, positive=" Mary", negative=" John", max_new_tokens=2),
+        "function_vector": FunctionVectorView(
+            model, wb.Task(FV_PAIRS, template="{x} -> {y}\n"), n_shots=2, n_prompts=2, top_n=3, eval_prompts=4
+        ),
     }
     for v in out.values():
         v.wait()

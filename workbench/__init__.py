@@ -33,6 +33,8 @@ from .ops import (
     Metric,
     PatchscopeResult,
     SteerResult,
+    SteerStep,
+    SteerSweepResult,
     SweepResult,
     TunedLens,
     Value,
@@ -59,13 +61,15 @@ from .ops import (
     path_patch_sweep,
     prob,
     steer,
+    steer_sweep,
     steering_vector,
     train_future_lens,
     tuned_lens,
 )
 from .ops.dataset_results import DatasetLensResult, DatasetSweepResult, DatasetValue
 from .result_cache import ResultCache, cache
-from .widgets import AttentionView, DatasetView, LensView, PatchView, Workbench  # noqa: E402
+from .widgets import AttentionView, DatasetView, LensView, PatchView, SteerView, Workbench  # noqa: E402
+from .widgets.function_vector import FunctionVectorView  # noqa: E402
 from .widgets.tracing import CausalTraceView  # noqa: E402
 
 __version__ = "0.1.0"
@@ -78,9 +82,11 @@ __all__ = [
     "AttentionView",
     "Dataset",
     "DatasetView",
+    "FunctionVectorView",
     "LensView",
     "CausalTraceView",
     "PatchView",
+    "SteerView",
     "Workbench",
     "AttentionResult",
     "CancelledError",
@@ -110,6 +116,8 @@ __all__ = [
     "ResultCache",
     "SiteError",
     "SteerResult",
+    "SteerStep",
+    "SteerSweepResult",
     "SweepResult",
     "TunedLens",
     "TokenizationError",
@@ -143,6 +151,7 @@ __all__ = [
     "patchscope",
     "prob",
     "steer",
+    "steer_sweep",
     "steering_vector",
     "testing",
     "tuned_lens",

@@ -653,17 +653,71 @@ def _attribution_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
 
 
 def _steer_code(model: Model, o: dict[str, Any], vec: torch.Tensor) -> str:
+    """wb.steer / wb.steer_sweep as one batched nn.generate: row 0 the baseline (adds 0), one row per scale."""
+    from .ops.steering import _eos_ids
+
     resid = site_code(model, "resid_pre", "layer").read
-    return (
-        _load(model) + f"prompt, layer, scale = {lit(o['prompt'])}, {lit(o['layer'])}, {lit(o['scale'])}\n"
-        f"vector = torch.tensor({lit([float(v) for v in vec.tolist()])})\n"
-        "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
-        f"with torch.no_grad(), model.generate(ids, max_new_tokens={lit(o['max_new_tokens'])}, do_sample=False) as tracer:\n"
-        f"    for _ in tracer.iter[:{lit(o['max_new_tokens'])}]:\n"
-        f"        {resid} += scale * vector\n"
-        "    out = tracer.result.save()\n"
-        "result = model.tokenizer.decode(out[0, ids.shape[1]:])\n"
+    sweep = o.get("op") == "steer_sweep"
+    with_base = sweep or o.get("baseline", True)
+    scales = [float(x) for x in (o["scales"] if sweep else [o["scale"]])]
+    rows = ([0.0] if with_base else []) + scales
+    last = o.get("positions") == "last"
+    code = _load(model) + (
+        f"prompt, layer, max_new_tokens = {lit(o['prompt'])}, {lit(o['layer'])}, {lit(o['max_new_tokens'])}\n"
     )
+    if o.get("pair"):
+        code += (
+            f"positive, negative = {lit(o['pair'][0])}, {lit(o['pair'][1])}\n\n\n"
+            "def resid_last(text):\n"
+            '    """resid_pre[layer] (the input of block `layer`) at the last token of `text`."""\n'
+            "    ids = model.tokenizer(text, return_tensors='pt').input_ids\n"
+            "    with torch.no_grad(), model.trace(ids):\n"
+            f"        h = {resid}[0, -1].save()\n"
+            "    return h.float()\n\n\n"
+            "vector = resid_last(positive) - resid_last(negative)  # the contrastive pair's direction\n"
+        )
+    else:
+        code += f"vector = torch.tensor({lit([float(v) for v in vec.tolist()])})\n"
+    add_line = (
+        "        # positions 'last': the input's positions >= T-1 (step 0: the prompt's last token; later: the new token)\n"
+        "        h[:, max(0, h.shape[1] - step - 1):] += adds[:, None].to(h.dtype)\n"
+        if last
+        else "        h += adds[:, None].to(h.dtype)  # every position of every step\n"
+    )
+    first = "the unsteered baseline (adds 0), then " if with_base else ""
+    code += (
+        f"scales = {lit(rows)}  # one row each: {first}each steered scale\n"
+        "ids = model.tokenizer(prompt, return_tensors='pt').input_ids\n"
+        "n = max_new_tokens\n"
+        "batch = ids.repeat(len(scales), 1)  # the prompt once per row\n"
+        "adds = torch.tensor(scales)[:, None] * vector  # row r adds scales[r] * vector\n"
+        "# greedy; held to n tokens (EOS suppressed) so the loop always completes: rows are cut at EOS below\n"
+        "with torch.no_grad(), model.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=n, "
+        "min_new_tokens=n, do_sample=False) as tracer:\n"
+        "    picks = []\n"
+        "    for step in tracer.iter[:n]:\n"
+        f"        h = {resid}  # resid_pre[layer]: the input of block `layer`\n"
+        + add_line
+        + "        picks.append(model.output.logits[:, -1].argmax(-1))  # each row's greedy pick\n"
+        "    picks = torch.stack(picks, 1).save()\n"
+        "    out = tracer.result.save()\n"
+        f"eos = {lit(sorted(_eos_ids(model)))}  # the model's end-of-sequence ids\n"
+        "texts = []\n"
+        "for r in range(len(scales)):\n"
+        "    row = out[r, ids.shape[1]:].tolist()\n"
+        "    for i, pick in enumerate(picks[r].tolist()):\n"
+        "        if pick in eos:  # plain greedy decoding stops here\n"
+        "            row = row[:i]\n"
+        "            break\n"
+        "    texts.append(model.tokenizer.decode(row, skip_special_tokens=True))\n"
+    )
+    if sweep:
+        code += "baseline = texts[0]\nresult = texts[1:]  # the steered text of each scale, in order\n"
+    elif with_base:
+        code += "baseline = texts[0]\nresult = texts[1]  # the steered text\n"
+    else:
+        code += "result = texts[0]  # the steered text\n"
+    return code
 
 
 def patch_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
@@ -687,7 +741,13 @@ def lens_code(model: Model, o: dict[str, Any], edits: list[Any] | None = None, l
         code = _lens_edits_code(model, plain(o), edits or [])
     else:
         code = _lens_code(model, plain(o))
-    return _remote(model, code if lens is None else tuned_code(model, code, lens))
+    return _remote(model, code if lens is None else _tuned(model, code, lens))
+
+
+def _tuned(model: Model, code: str, lens: Any) -> str:
+    """Lens code through a tuned lens: in one trace locally, in two requests for a remote model."""
+    code = tuned_code(model, code, lens)
+    return tuned_remote_code(model, code) if model.remote else code
 
 
 def _tuned_lines(model: Model, path: str) -> str:
@@ -725,6 +785,48 @@ def tuned_code(model: Model, code: str, lens: Any) -> str:
     return code
 
 
+_TUNED_HERE = (
+    "# the tuned lens applies here: its translators (L - 1 matrices of D x D, GBs for a large model) are too\n"
+    "# big to send with a request, so NDIF returns the states and decodes the translated ones (two requests)\n"
+)
+_READ_OUT = "with torch.no_grad(), model.session(remote=True):  # the read-out next to the weights, on NDIF\n"
+
+
+def tuned_remote_code(model: Model, code: str) -> str:
+    """`tuned_code` for a remote model, in two requests (as `wb.logit_lens(remote, ..., lens=tl)` runs it):
+    the trace saves every layer's resid_post, the translators apply locally, and a session with no trace
+    decodes the translated states on NDIF (the translators never travel)."""
+    norm, unembed = "model." + model.arch.final_norm, "model." + model.arch.unembed
+    lines = code.split("\n")
+    marker = "        resids = [translate(l, r) for l, r in enumerate(resids)]  # through the tuned lens"
+    if marker in lines:  # the lens over a Dataset: per example, the rows read, translated, decoded
+        i = lines.index(marker)
+        read = re.match(r"^        resids = \[(.*)\](  #.*)?$", lines[i - 1])
+        assert read, "no resid_post read before the translation"
+        lines[i - 1] = f"        resids = torch.stack([{read.group(1)}]).save(){read.group(2) or ''}"
+        here = [f"    {line}" if line else line for line in _TUNED_HERE.rstrip("\n").split("\n")]
+        lines[i : i + 1] = [*here, marker[4:] + ", here", "    " + _READ_OUT.rstrip("\n")]
+        return "\n".join(lines)
+    head = re.escape(f"        logits = {unembed}({norm}(translate(l, ")
+    at = [k for k, line in enumerate(lines) if re.match(head, line)]
+    assert len(at) == 1, "no translated read-out in the lens code"
+    i = at[0]
+    m = re.match(head + r"(.*?)\)\)\)(  #.*)?$", lines[i])
+    assert m, lines[i]
+    j = next(k for k in range(i, len(lines)) if lines[k].startswith("    top_ids, top_probs = torch.stack("))
+    t = max(k for k in range(i) if lines[k].startswith("with torch.no_grad(), model.trace("))
+    loop = lines[t + 1]
+    assert loop.startswith("    for l in range("), loop
+    out = lines[:t] + ["resids = []", lines[t]] + lines[t + 1 : i]
+    out.append(f"        resids.append({m.group(1)}){m.group(2) or ''}")
+    out.append("    resids = torch.stack(resids).save()  # [L, T, D]: every layer's resid_post")
+    out += _TUNED_HERE.rstrip("\n").split("\n")
+    out.append("resids = [translate(l, resids[l]) for l in range(L)]")
+    out += [_READ_OUT.rstrip("\n"), loop, f"        logits = {unembed}({norm}(resids[l]))", *lines[i + 1 : j]]
+    out += lines[j:]
+    return "\n".join(out)
+
+
 def attention_code(model: Model, o: dict[str, Any]) -> str:
     return _remote(model, _attention_code(model, plain(o)))
 
@@ -735,6 +837,10 @@ def attribution_code(model: Model, metric: Any, o: dict[str, Any]) -> str:
 
 def steer_code(model: Model, o: dict[str, Any], vec: torch.Tensor) -> str:
     return _remote(model, _steer_code(model, plain(o), vec))
+
+
+def steer_sweep_code(model: Model, o: dict[str, Any], vec: torch.Tensor) -> str:
+    return _remote(model, _steer_code(model, {**plain(o), "op": "steer_sweep"}, vec))
 
 
 # ------------------------------------------------------------------- the lens and attribution over a Dataset
@@ -848,7 +954,7 @@ def dataset_lens_code(
     """nnsight code of `wb.logit_lens` over a Dataset: a loop over the examples, each decoded at every layer
     at its columns' positions, the metric averaged over a column's positions; `result` the mean [L, C]."""
     code = _dataset_lens_code(model, metric, plain(o), ds, al)
-    return _remote(model, code if lens is None else tuned_code(model, code, lens))
+    return _remote(model, code if lens is None else _tuned(model, code, lens))
 
 
 def dataset_attribution_code(model: Model, metric: Any, o: dict[str, Any], ds: Any, al: Any) -> str:

@@ -151,6 +151,12 @@ def explain(exc: BaseException) -> WorkbenchError:
             "server does not have. Define custom metrics in the notebook (or as a lambda), or ship their module "
             "with nnsight.register(module)."
         )
+    elif "error parsing the body" in lower or "request entity too large" in lower:
+        hint = (
+            "The NDIF server could not read the request body: it carried more data than the server accepts "
+            "(ndif servers whose API imports nnsight before anyio's asyncio backend fail on any body over "
+            "1 MiB). Send less with one request: fewer prompts or examples, a shorter prompt, or a smaller grid."
+        )
     elif "connect" in lower or "unreachable" in lower or "refused" in lower:
         hint = "The NDIF server could not be reached: check nnsight.CONFIG.API.HOST and your network."
     elif "api key" in lower or "apikey" in lower or "401" in lower or "403" in lower or "unauthor" in lower:

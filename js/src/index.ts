@@ -1,12 +1,14 @@
 // anywidget entry point: one shared ES module for every Workbench view.
 import { AttentionView } from "./attention";
 import { DatasetView } from "./dataset";
+import { FunctionVectorView } from "./function_vector";
 import { LensView } from "./lens";
 import type { AnyModel } from "./model";
 import { PatchView } from "./patch";
+import { SteerView } from "./steer";
 import { injectStyles } from "./style";
 import { TracingView } from "./tracing";
-import type { AttentionTraits, BaseTraits, DatasetTraits, LensTraits, PatchTraits, TracingTraits } from "./traits";
+import type { AttentionTraits, BaseTraits, DatasetTraits, FunctionVectorTraits, LensTraits, PatchTraits, SteerTraits, TracingTraits } from "./traits";
 
 export { StaticModel } from "./model";
 
@@ -18,6 +20,8 @@ const VIEWS: Record<string, (m: AnyModel, el: HTMLElement) => { destroy(): void;
   attention: (m, el) => new AttentionView(m as unknown as AnyModel<AttentionTraits>, el),
   dataset: (m, el) => new DatasetView(m as unknown as AnyModel<DatasetTraits>, el),
   tracing: (m, el) => new TracingView(m as unknown as AnyModel<TracingTraits>, el),
+  steer: (m, el) => new SteerView(m as unknown as AnyModel<SteerTraits>, el),
+  function_vector: (m, el) => new FunctionVectorView(m as unknown as AnyModel<FunctionVectorTraits>, el),
 };
 
 // Not exported by name: anywidget >= 0.9 reads `default` ({ initialize?, render }) and warns

@@ -100,6 +100,45 @@ export const CSS = `
 .wb-target{min-height:4.5em}
 .wb-gen{margin:6px 0}
 .wb-gen-token{font-weight:600}
+.wb-steer-controls{gap:14px;row-gap:6px}
+.wb-steer-slider{width:200px;accent-color:var(--wb-accent)}
+.wb-steer-value{font-family:var(--jp-code-font-family,monospace);min-width:2ch}
+.wb-steer-push{font-size:12px;opacity:.85;white-space:nowrap}
+.wb-steer-push[data-strong=true]{color:var(--jp-warn-color0,#e65100);opacity:1}
+.wb-steer-cols{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:12px;margin:8px 0 4px}
+.wb-steer-col{border:1px solid var(--wb-border);border-radius:6px;padding:8px 10px;background:var(--wb-bg2);min-width:0}
+.wb-steer-col[data-row="1"]{border-color:var(--wb-accent)}
+.wb-steer-head{display:flex;gap:8px;align-items:baseline;flex-wrap:wrap;font-weight:600;margin-bottom:6px}
+.wb-steer-sub{font-weight:400;font-size:12px;opacity:.75}
+.wb-steer-text{font-family:var(--jp-content-font-family,system-ui,sans-serif);font-size:14px;line-height:1.6;white-space:pre-wrap;word-break:break-word;min-height:3.2em}
+.wb-steer-prompt{opacity:.55}
+.wb-steer-tok{border-radius:3px;padding:1px 0}
+.wb-steer-tok:hover{outline:1px solid var(--wb-accent)}
+.wb-steer-tok[data-state=diverge]{background:color-mix(in srgb,var(--jp-warn-color1,#ff9800) 38%,transparent);box-shadow:inset 0 -2px 0 var(--jp-warn-color1,#ff9800);font-weight:600}
+.wb-steer-tok[data-state=after]{background:color-mix(in srgb,var(--wb-accent) 14%,transparent)}
+.wb-steer-caret{display:inline-block;width:.45em;height:1.05em;margin-left:1px;vertical-align:text-bottom;background:var(--wb-accent);animation:wb-blink 1s steps(1) infinite}
+@keyframes wb-blink{50%{opacity:0}}
+.wb-steer-sweep{border-collapse:collapse;width:100%;margin:6px 0}
+.wb-steer-sweep th{text-align:left;font-weight:600;font-size:12px;opacity:.8;padding:2px 8px;white-space:nowrap}
+.wb-steer-sweep td{border-top:1px solid var(--wb-border);padding:4px 8px;vertical-align:top}
+.wb-steer-rowlabel{white-space:nowrap;font-weight:600;width:1%}
+.wb-steer-rowlabel .wb-steer-sub{display:block}
+.wb-steer-legend{display:flex;gap:10px;align-items:center;flex-wrap:wrap;font-size:12px}
+.wb-steer-legend .wb-steer-tok{padding:0 4px}
+.wb-fv-sub{opacity:.85;margin:6px 0 2px;font-size:12px}
+.wb-fv-toplist{margin:2px 0;padding-left:26px;font-size:12px;columns:2;column-gap:18px}
+.wb-fv-toplist li{break-inside:avoid;white-space:nowrap}
+.wb-fv-bar{display:inline-block;height:9px;margin:0 6px;vertical-align:middle;background:var(--wb-accent);border-radius:1px}
+.wb-fv-attn .wb-token{border-color:transparent}
+.wb-fv-chips{gap:4px}
+.wb-fv-decoded{gap:3px 6px}
+.wb-fv-gen{display:flex;flex-wrap:wrap;gap:2px;align-items:center;margin:3px 0;font-family:var(--jp-code-font-family,monospace)}
+.wb-fv-gen-label{min-width:118px;font-family:var(--jp-ui-font-family,system-ui,sans-serif);font-weight:600}
+.wb-fv-gen-prompt{opacity:.55;white-space:pre;margin-right:4px}
+.wb-fv-diverged{border-color:var(--jp-warn-color1,#b26a00);font-weight:600}
+.wb-fv-try{border-top:1px solid var(--wb-border);margin-top:8px;padding-top:4px}
+.wb-fv-details summary{cursor:pointer;opacity:.85;font-size:12px;margin:4px 0}
+[data-stale=true]{opacity:.6}
 .wb-gen-none{background:repeating-linear-gradient(45deg,var(--wb-bg2),var(--wb-bg2) 3px,var(--wb-border) 3px,var(--wb-border) 5px)}
 `;
 

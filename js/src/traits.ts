@@ -351,3 +351,200 @@ export interface TracingTraits extends BaseTraits {
   /** The fact whose grids are shown, or -1: the group means. */
   example: number;
 }
+
+/** What SteerView says about its vector (widgets/steer.py `vector_info`; text only). */
+export interface VectorInfo {
+  kind: "vector" | "function vector" | "pair";
+  label: string;
+  positive?: string;
+  negative?: string;
+  /** A function vector's heads, [layer, head] each. */
+  heads: [number, number][];
+  d_model: number;
+}
+
+/** The settings a SteerView run was made with (widgets/steer.py `_settings`). */
+export interface SteerSettings {
+  prompt: string;
+  layer: number;
+  scale: number;
+  positions: string;
+  max_new_tokens: number;
+  sweep: number[];
+}
+
+/** One row of a finished (or cancelled) SteerView run: row 0 is the unsteered baseline. */
+export interface SteerRow {
+  label: string;
+  /** null: the unsteered row. */
+  scale: number | null;
+  /** int32 [n]: the generated ids (cut after an EOS pick). */
+  ids: Packed;
+  /** The text each token adds (they join to the row's text). */
+  pieces: string[];
+  /** float32 [n]: each pick's probability. */
+  probs: Packed;
+  /** The push: |scale * vector| / median |resid_pre| at the layer. */
+  relative?: number | null;
+  /** The first token where this row differs from the unsteered one (null: nowhere). */
+  diverges_at?: number | null;
+  done?: boolean;
+  /** int32 / float32 [n, k]: each step's top-k (the alternatives). */
+  top_ids?: Packed;
+  top_probs?: Packed;
+}
+
+/** SteerView's `run` trait: the last run. */
+export interface SteerRun {
+  id: string;
+  state: "running" | "done" | "cancelled" | "failed";
+  /** False for a remote model: one request, the whole text at once. */
+  live: boolean;
+  prompt: string;
+  settings: SteerSettings;
+  rows: SteerRow[];
+  id_text: Record<string, string>;
+  resid_norm?: number | null;
+  text?: string;
+  baseline?: string;
+  steps: number;
+  ms_first?: number | null;
+}
+
+/** SteerView (widgets/steer.py). */
+export interface SteerTraits extends BaseTraits {
+  prompt: string;
+  layer: number;
+  scale: number;
+  positions: string;
+  max_new_tokens: number;
+  sweep: number[];
+  n_layers: number;
+  scale_min: number;
+  scale_max: number;
+  scale_step: number;
+  vector_info: Maybe<VectorInfo>;
+  /** float32 [L] each: the prompt's median resid_pre norm and the vector's norm at every layer. */
+  norms: Maybe<{ resid: Packed; vector: Packed }>;
+  run: Maybe<SteerRun>;
+}
+
+/** The task FunctionVectorView studies (text only: pairs go into the DOM as text). */
+export interface TaskInfo {
+  name: string;
+  n_pairs: number;
+  /** The first few (input, answer) pairs. */
+  examples: [string, string][];
+  template: string;
+  description: string;
+}
+
+/** `wb.head_effects` as FunctionVectorView sends it (widgets/function_vector.py `_show_effects`). */
+export interface HeadEffectsState {
+  /** float32 [L, H]: the mean rise of p(answer) with the head's mean output patched into the shuffled prompts. */
+  values: Packed;
+  sem: Packed;
+  normalized: Packed;
+  /** [L][H]: each head's mean output decoded, top-1. */
+  top_tokens: string[][];
+  clean: number | null;
+  corrupt: number | null;
+  n: number;
+  settings: { n_shots: number; n_prompts: number; seed: number };
+}
+
+/** The head opened in FunctionVectorView: its effect and its mean output decoded. */
+export interface OpenedHead {
+  layer: number;
+  head: number;
+  effect: number | null;
+  sem: number | null;
+  normalized: number | null;
+  rank: number;
+  tokens: string[];
+  probs: Packed;
+}
+
+/** The opened head's attention on one n-shot example. */
+export interface ExamplePattern {
+  layer: number;
+  head: number;
+  example: number;
+  tokens: string[];
+  target: string;
+  /** float32 [T, T]: query (rows) x key (columns). */
+  data: Packed;
+}
+
+/** The function vector shown: its heads, their effects and its top tokens through the unembedding. */
+export interface VectorState {
+  heads: [number, number][];
+  scores: Packed;
+  norm: number | null;
+  tokens: string[];
+  probs: Packed;
+}
+
+/** `wb.evaluate_vector` over every layer, as FunctionVectorView sends it. */
+export interface EvaluationState {
+  /** float32 [n]: zero-shot accuracy with the vector added after block `layers[i]`. */
+  accuracy: Packed;
+  sem: Packed;
+  mean_probs: Packed;
+  layers: number[];
+  baseline: number | null;
+  baseline_prob: number | null;
+  best_layer: number;
+  best_accuracy: number | null;
+  n: number;
+  /** The heads of the vector evaluated. */
+  heads: [number, number][];
+}
+
+/** The vector tried on a prompt (`wb.steer`): the continuation with and without it. */
+export interface TrialState {
+  prompt: string;
+  layer: number;
+  steer_layer: number;
+  scale: number;
+  positions: string;
+  max_new_tokens: number;
+  heads: [number, number][];
+  text: string;
+  baseline: string;
+  pieces: string[];
+  baseline_pieces: string[];
+  diverges_at: number | null;
+  /** Whether `diverges_at` was measured token by token (else only the texts are compared). */
+  diverge_known: boolean;
+  same: boolean;
+  relative: number | null;
+}
+
+/** FunctionVectorView (widgets/function_vector.py). */
+export interface FunctionVectorTraits extends BaseTraits {
+  task: Maybe<TaskInfo>;
+  n_shots: number;
+  n_prompts: number;
+  seed: number;
+  top_n: number;
+  eval_prompts: number;
+  n_layers: number;
+  n_heads: number;
+  heads: [number, number][];
+  effects: Maybe<HeadEffectsState>;
+  head: Maybe<OpenedHead>;
+  example: number;
+  pattern: Maybe<ExamplePattern>;
+  vector: Maybe<VectorState>;
+  evaluation: Maybe<EvaluationState>;
+  stale: string[];
+  prompt: string;
+  /** The vector is added after block `layer` (-1: the best layer once known). */
+  layer: number;
+  scale: number;
+  max_new_tokens: number;
+  positions: string;
+  position_modes: string[];
+  trial: Maybe<TrialState>;
+}

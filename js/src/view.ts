@@ -105,7 +105,11 @@ export abstract class View<T extends BaseTraits = BaseTraits, R extends string =
       if (!b) return;
       download("workbench.html", new Blob([new Uint8Array(b.buffer as ArrayBuffer, b.byteOffset, b.byteLength)], { type: "text/html" }));
     },
+    stream: (msg, buffers) => this.onStream(msg, buffers),
   };
+
+  /** A streaming run's "start" / "step" message (views that stream override this; others ignore it). */
+  protected onStream(_msg: KernelMessage["stream"], _buffers: DataView[]): void {}
 
   constructor(model: AnyModel<T>, el: HTMLElement, title: string) {
     this.model = model;

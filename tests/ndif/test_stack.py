@@ -121,6 +121,15 @@ def test_multi_invoke_and_session(model):
     assert a.argmax() == a_ref.argmax() and b.argmax() == b_ref.argmax()
 
 
+def test_request_body_over_one_mib(model):
+    """A trace carrying 8 MB of tensor data is accepted (the API parses bodies past starlette's 1 MiB spool:
+    tools/ndif/ndif_api.py imports anyio's asyncio backend before nnsight mounts `.save` on every object)."""
+    x = torch.arange(2_000_000, dtype=torch.float32) / 2_000_000
+    with model.trace(PROMPT, remote=True):
+        got = (model.lm_head.output[0, -1, :3] * 0 + x.sum()).save()
+    assert torch.allclose(got, x.sum().expand(3))
+
+
 def test_bad_trace_body_raises_remote_error(model):
     from nnsight.intervention.backends.remote import RemoteError
 

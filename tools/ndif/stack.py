@@ -382,8 +382,9 @@ class Stack:
             )
             p = self._spawn(
                 "api",
-                [
-                    str(VENV / "bin" / "gunicorn"),
+                [  # gunicorn, with a fix for request bodies over 1 MiB (see ndif_api.py)
+                    py,
+                    str(HERE / "ndif_api.py"),
                     "-c",
                     "python:ndif.services.api.gunicorn_conf",
                     "-b",

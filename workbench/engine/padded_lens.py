@@ -126,10 +126,12 @@ def traced(
     translators: Any = None,
 ) -> torch.Tensor:
     """`lens_values` from one nnsight trace over the padded batch (a remote model: one request); only the
-    [L, R] metric values are saved."""
+    [L, R] metric values are saved. A remote model with a tuned lens: two requests (`_tuned_remote`)."""
     post_envoys = [model.envoy(model.site_ref("resid_post", layer)) for layer in range(model.n_layers)]
     norm, unembed, divisor, softcap = model.decoder()
     metrics, per_row = list(metrics), list(per_row)  # plain lists: the body travels to NDIF by value
+    if model.remote and translators is not None:
+        return _tuned_remote(model, batch, rows, cols, segments, metrics, per_row, translators)
     nn = model.nn
     # Saved values must be bound to plain names in the body: that is what comes back (also from NDIF).
     with (
@@ -143,5 +145,40 @@ def traced(
         ),
     ):
         hs = translated([read(envoy, False)[rows, cols] for envoy in post_envoys], translators)
+        values = lens_values(norm, unembed, divisor, softcap, hs, segments, metrics, per_row).save()
+    return values.detach()
+
+
+def _tuned_remote(
+    model: Model,
+    batch: Padded,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    segments: list[Segment],
+    metrics: list[Any],
+    per_row: list[bool],
+    translators: Any,
+) -> torch.Tensor:
+    """`lens_values` through a tuned lens on NDIF in two requests, the translators never sent (L-1 matrices of
+    D x D; GBs for a large model): request 1 reads resid_post of every layer at the chosen cells [L, R, D],
+    the translators apply here, request 2 sends the translated rows and the server decodes them and applies
+    the metrics (a session with no trace: the final norm and unembedding called on the rows), returning the
+    [L, R] values. One request cannot: the translation sits between the server's forward and its read-out."""
+    post_envoys = [model.envoy(model.site_ref("resid_post", layer)) for layer in range(model.n_layers)]
+    norm, unembed, divisor, softcap = model.decoder()
+    nn = model.nn
+    with (
+        torch.no_grad(),
+        nn.trace(
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            logits_to_keep=1,
+            **model.trace_options(),
+        ),
+    ):
+        states = torch.stack([read(envoy, False)[rows, cols] for envoy in post_envoys]).save()  # request 1
+    hs = [h.contiguous() for h in translated(list(states.detach()), translators)]
+    with torch.no_grad(), nn.session(**model.trace_options()):  # request 2: decode next to the weights
         values = lens_values(norm, unembed, divisor, softcap, hs, segments, metrics, per_row).save()
     return values.detach()

@@ -12,7 +12,7 @@ from .attention import plot_attention
 from .dataset_lens import dataset_lens_frame, plot_dataset_lens
 from .datasets import dataset_sweep_frame, dataset_value_frame, plot_dataset_sweep, plot_dataset_value
 from .export import figure_bytes, find_browser, save_figure, save_result_figure
-from .frames import attention_frame, lens_frame, steer_frame, sweep_frame, value_frame
+from .frames import attention_frame, lens_frame, steer_frame, steer_sweep_frame, sweep_frame, value_frame
 from .future_lens import future_lens_frame, plot_future_lens
 from .generation import generation_lens_frame, plot_generation_lens
 from .heatmap import plot_sweep
@@ -25,7 +25,7 @@ from .tracing import (
     plot_causal_traces,
     plot_dataset_causal_trace,
 )
-from .values import plot_steer, plot_value
+from .values import plot_steer, plot_steer_sweep, plot_value
 from .vectors import (
     function_vector_frame,
     head_effects_frame,
@@ -65,11 +65,13 @@ __all__ = [
     "plot_generation_lens",
     "plot_lens",
     "plot_steer",
+    "plot_steer_sweep",
     "plot_sweep",
     "plot_value",
     "save_figure",
     "save_result_figure",
     "steer_frame",
+    "steer_sweep_frame",
     "sweep_frame",
     "value_frame",
     "visible_token",

@@ -194,3 +194,24 @@ def steer_frame(s, **unknown: Any):
         }
     )
     return _finish(df, s)
+
+
+def steer_sweep_frame(sw, **unknown: Any):
+    """One row per run: the prompt, the baseline, then each scale with its push, first divergence and text."""
+    pd = _pd()
+    check_unknown("SteerSweepResult.to_frame()", unknown, [])
+    o = sw.options
+    runs = [("prompt", str(o.get("prompt", "")), None, None, None), ("baseline", sw.baseline, 0.0, 0.0, None)]
+    for scale, r in zip(sw.scales, sw.results, strict=True):
+        runs.append(("steered", str(r), float(scale), float(r.relative), r.diverges_at))
+    df = pd.DataFrame(
+        {
+            "run": [r[0] for r in runs],
+            "text": [r[1] for r in runs],
+            "layer": pd.array([o.get("layer")] * len(runs), dtype="Int64"),
+            "scale": [r[2] for r in runs],
+            "relative": [r[3] for r in runs],
+            "diverges_at": pd.array([r[4] for r in runs], dtype="Int64"),
+        }
+    )
+    return _finish(df, sw)

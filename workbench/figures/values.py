@@ -127,29 +127,33 @@ def _wrap(text: str, width: int) -> str:
     return "<br>".join(escape(line) for line in out)
 
 
+def _push(s) -> str:
+    """', 0.42x the residual norm' of a SteerResult ('' when it has no norms)."""
+    rel = getattr(s, "relative", None)
+    return f", {rel:.2g}x resid norm" if isinstance(rel, float) and math.isfinite(rel) else ""
+
+
 def steer_rows(s) -> list[tuple[str, str]]:
     opts = s.options
     rows = [("prompt", str(opts.get("prompt", "")))]
     if getattr(s, "baseline", ""):
         rows.append(("baseline", str(s.baseline)))
-    rows.append((f"steered (layer {opts.get('layer')}, scale {opts.get('scale')})", str(s)))
+    where = ", last position" if opts.get("positions") == "last" else ""
+    rows.append((f"steered (layer {opts.get('layer')}, scale {opts.get('scale')}{where})", str(s)))
     return rows
 
 
-def plot_steer(
-    s,
-    *,
-    template: Any = None,
-    title: str | None = None,
-    width: int | None = None,
-    height: int | None = None,
-    **unknown: Any,
-):
-    """A table: the prompt, the baseline continuation (when there is one) and the steered continuation."""
+def steer_sweep_rows(sw) -> list[tuple[str, str]]:
+    rows = [("prompt", str(sw.options.get("prompt", ""))), ("baseline", str(sw.baseline))]
+    for scale, r in zip(sw.scales, sw.results, strict=True):
+        rows.append((f"scale {scale:g}{_push(r)}", str(r)))
+    return rows
+
+
+def _text_table(rows, what: str, opts, *, template, title, width, height):
+    """A two-column plotly table (run, wrapped text) sized to its text."""
     import plotly.graph_objects as go
 
-    check_unknown("SteerResult.plot()", unknown, STEER_OPTIONS)
-    rows = steer_rows(s)
     w = width or 900
     chars_per_line = max(20, int((w - 260) / 7.2))  # the text column's share of the width, ~7 px a char
     lines = sum(1 + len(t) // chars_per_line + t.count("\n") for _, t in rows)
@@ -164,12 +168,9 @@ def plot_steer(
             ),
         )
     )
-    opts = s.options
     layout(
         fig,
-        title=title
-        if title is not None
-        else title_line(opts, f"layer {opts.get('layer')}, scale {opts.get('scale')}"),
+        title=title if title is not None else title_line(opts, what),
         template=template,
         width=w,
         height=height,
@@ -178,3 +179,37 @@ def plot_steer(
     )
     fig.update_layout(margin=dict(l=20, r=20, b=20))
     return fig
+
+
+def plot_steer(
+    s,
+    *,
+    template: Any = None,
+    title: str | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    **unknown: Any,
+):
+    """A table: the prompt, the baseline continuation (when there is one) and the steered continuation."""
+    check_unknown("SteerResult.plot()", unknown, STEER_OPTIONS)
+    opts = s.options
+    what = f"layer {opts.get('layer')}, scale {opts.get('scale')}"
+    return _text_table(steer_rows(s), what, opts, template=template, title=title, width=width, height=height)
+
+
+def plot_steer_sweep(
+    sw,
+    *,
+    template: Any = None,
+    title: str | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    **unknown: Any,
+):
+    """A table: the prompt, the baseline, then one row per scale (with its push relative to the stream)."""
+    check_unknown("SteerSweepResult.plot()", unknown, STEER_OPTIONS)
+    opts = sw.options
+    what = f"layer {opts.get('layer')}, {len(sw.scales)} scales"
+    return _text_table(
+        steer_sweep_rows(sw), what, opts, template=template, title=title, width=width, height=height
+    )

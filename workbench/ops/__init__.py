@@ -17,8 +17,8 @@ from .metrics import Metric, kl_to_clean, logit_diff, logprob, prob
 from .patching import patch, patch_sweep
 from .patchscope import PatchscopeResult, patchscope
 from .path_patching import path_patch, path_patch_sweep
-from .results import AttentionResult, LensResult, SteerResult, SweepResult, Value
-from .steering import steer, steering_vector
+from .results import AttentionResult, LensResult, SteerResult, SteerSweepResult, SweepResult, Value
+from .steering import SteerStep, steer, steer_sweep, steering_vector
 from .tracing import CausalTrace, DatasetCausalTrace, causal_trace
 from .tuned_lens import TunedLens, tuned_lens
 from .vector_results import FunctionVector, HeadEffects, VectorEvaluation
@@ -41,6 +41,7 @@ attribution_patch = _public("attribution_patch", attribution_patch)
 logit_lens = _public("logit_lens", logit_lens)
 attention = _public("attention", attention)
 steer = _public("steer", steer)
+steer_sweep = _public("steer_sweep", steer_sweep)
 intervene = _public("intervene", intervene)
 causal_trace = _public("causal_trace", causal_trace)
 patchscope = _public("patchscope", patchscope)
@@ -71,6 +72,8 @@ __all__ = [
     "Metric",
     "PatchscopeResult",
     "SteerResult",
+    "SteerStep",
+    "SteerSweepResult",
     "SweepResult",
     "TunedLens",
     "Value",
@@ -97,6 +100,7 @@ __all__ = [
     "patchscope",
     "prob",
     "steer",
+    "steer_sweep",
     "steering_vector",
     "tuned_lens",
     "train_future_lens",

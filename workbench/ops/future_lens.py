@@ -31,8 +31,9 @@ Engine: one `collect` of the source states; then per chunk of states one nnsight
 copies of the context (states grouped by layer, written on the prompt pass only); the own and single-token
 continuations are one left-padded `generate` together. Locally chunks fit memory, and the context's first
 n-1 positions (which no state changes) run once into a key/value cache that every row reuses, so each row
-runs only the context's last position and its new tokens. Remotely each of these is one NDIF request (three
-requests per call: states, transplanted decoding, continuations), the whole context running in the request.
+runs only the context's last position and its new tokens. Remotely a call is ONE NDIF request
+(`_remote_session`): an nnsight session holding the source trace (its states stay on the server), the
+transplanted decoding and the continuations, the whole context running in the request.
 Training a learned prompt is local only (it needs gradients through the model).
 """
 
@@ -487,6 +488,75 @@ def _transplanted(
     )
 
 
+def _remote_session(
+    model: Model,
+    ids: torch.Tensor,
+    layer_ids: list[int],
+    pos_ids: list[int],
+    context: torch.Tensor,
+    soft: torch.Tensor | None,
+    n_future: int,
+    top_k: int,
+    prefixes: list[torch.Tensor],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[int]]]:
+    """A remote Future Lens in ONE NDIF request: an nnsight session holding the source trace (its resid_post
+    states stay on the server), the transplanted decoding (one generate over copies of the context, row
+    i * P + j the state of source layer i at position j, as `_transplanted` does it) and the continuations
+    of `prefixes` (one left-padded generate, as `_continuations`). Returns what those two return."""
+    nn = model.nn
+    d = model.d_model
+    n_ctx, n_pos = context.shape[1], len(pos_ids)
+    n_runs = len(layer_ids) * n_pos
+    sources = [model.envoy(model.site_ref("resid_post", lyr)) for lyr in layer_ids]
+    pos = torch.tensor(pos_ids, dtype=torch.long)
+    dests = []  # per source layer (forward order): its envoy, its index in `states`, the rows it goes into
+    for i, lyr in enumerate(layer_ids):
+        ref = model.site_ref("resid_post", lyr)
+        runs = torch.arange(i * n_pos, (i + 1) * n_pos)
+        dests.append((model.envoy(ref), ref.use_input, i, runs))
+    embed = None
+    if soft is not None:
+        ref = model.site_ref("embed", 0)
+        embed = (model.envoy(ref), ref.use_input)
+    batch = context.repeat(n_runs, 1)
+    padded = left_pad(list(prefixes), pad_id(model.tokenizer))
+    pad = pad_id(model.tokenizer)
+    inner = {k: v for k, v in model.trace_options().items() if k != "remote"}  # the session is the request
+    # The body references plain values only (envoys, tensors, lists): it travels to NDIF by value.
+    with torch.no_grad(), nn.session(**model.trace_options()):
+        with nn.trace(ids, logits_to_keep=1, **inner):
+            states = torch.stack(
+                [read(envoy, False)[0, pos] for envoy in sources]
+            )  # [layers, P, D]: stays there
+        with nn.generate(batch, attention_mask=torch.ones_like(batch), max_new_tokens=n_future,
+                         min_new_tokens=n_future, do_sample=False, **inner) as tracer:  # fmt: skip
+            tops, vals_ = [], []
+            for step in tracer.iter[:n_future]:
+                if step == 0:  # the prompt pass: the transplant; later steps read its keys and values
+                    if embed is not None:
+                        e = read(embed[0], embed[1])
+                        e[:, -e.shape[1] :] = soft[-e.shape[1] :].to(e.dtype)
+                    for envoy, use_input, i, runs in dests:
+                        h = read(envoy, use_input)
+                        h[runs, -1] = states[i].reshape(-1, d).to(h.dtype)  # the context's last position
+                top = torch.softmax(nn.output.logits[:, -1].float(), -1).topk(top_k, dim=-1)
+                tops.append(top.indices)
+                vals_.append(top.values)
+            top_ids = torch.stack(tops, 1).save()  # [n, N, k]
+            top_probs = torch.stack(vals_, 1).save()
+            decoded = tracer.result.save()
+        with nn.generate(padded.input_ids, attention_mask=padded.attention_mask, max_new_tokens=n_future,
+                         min_new_tokens=n_future, do_sample=False, pad_token_id=pad, **inner) as tracer:  # fmt: skip
+            continued = tracer.result.save()
+    n_in = padded.input_ids.shape[1]
+    return (
+        top_ids.to(torch.int32).numpy(),
+        top_probs.float().numpy(),
+        decoded[:, n_ctx:].numpy().astype(np.int64),
+        continued[:, n_in:].tolist(),
+    )
+
+
 def _prefix_cache(model: Model, context: torch.Tensor, soft: torch.Tensor | None) -> Any:
     """Locally, the key/value cache of the context's first n-1 positions (nothing there depends on the
     state), computed once with a plain forward (the soft prompt's vectors as input embeddings for a learned
@@ -658,11 +728,16 @@ def future_lens(
     check_cancel(cancel)
     places = [(lyr, t) for lyr in layer_ids for t in pos_ids]
     with model.lock, job_status(model, progress, cancel):
-        states = collect(model, ids, "resid_post", layer_ids)
-        rows = [(lyr, states[lyr][0, t].float()) for lyr, t in places]
-        top_ids, top_probs, dec = _transplanted(model, ctx, soft, rows, n_future, top_k, progress, cancel)
-        single = _single_contexts(model, ids, pos_ids)
-        conts = _continuations(model, [ids[0, : t + 1] for t in pos_ids] + single, n_future, cancel)
+        prefixes = [ids[0, : t + 1] for t in pos_ids] + _single_contexts(model, ids, pos_ids)
+        if model.remote:  # ONE request: the states, their decoding and the continuations in a session
+            top_ids, top_probs, dec, conts = _remote_session(
+                model, ids, layer_ids, pos_ids, ctx, soft, n_future, top_k, prefixes
+            )
+        else:
+            states = collect(model, ids, "resid_post", layer_ids)
+            rows = [(lyr, states[lyr][0, t].float()) for lyr, t in places]
+            top_ids, top_probs, dec = _transplanted(model, ctx, soft, rows, n_future, top_k, progress, cancel)
+            conts = _continuations(model, prefixes, n_future, cancel)
     L, T = len(layer_ids), len(pos_ids)
     top_ids = top_ids.reshape(L, T, n_future, top_k)
     top_probs = top_probs.reshape(L, T, n_future, top_k)

@@ -105,6 +105,87 @@ def _source_and_mode(model: Model, prompt: str, iv: Intervention) -> tuple[torch
     raise WorkbenchError(f"Unknown intervention kind {iv.kind!r}: patch, zero, mean or resample.")
 
 
+def _lens_plan(model: Model, edits: list[Edit], row: int) -> tuple[list, list, dict[int, list], Any]:
+    """What a lens trace body reads and edits, as plain values (the body travels to NDIF by value): the
+    resid_post refs and envoys of every layer, per layer the (site ref, envoy, edits) there, and the eager
+    attention function when a pattern is edited."""
+    posts = [model.site_ref("resid_post", layer) for layer in range(model.n_layers)]
+    post_envoys = [model.envoy(ref) for ref in posts]
+    steps = plan([edits], first_row=row) if edits else {}
+    by_layer: dict[int, list] = {}
+    for key, group in steps.items():
+        ref = model.site_ref(key[2], key[0])
+        by_layer.setdefault(key[0], []).append((ref, model.envoy(ref), group))
+    eager_fn = (
+        eager_function(model) if any(r.pattern for refs in by_layer.values() for r, _, _ in refs) else None
+    )
+    return posts, post_envoys, by_layer, eager_fn
+
+
+def _edited_resids(
+    posts: list, post_envoys: list, by_layer: dict[int, list], eager_fn: Any, row: int
+) -> list[torch.Tensor]:
+    """Inside a trace: every layer's resid_post of batch row `row` [T, D], the edits applied on the way
+    ("source" edits copy from batch row 0, "mean" edits take batch row 1's mean, as the local lens's hooks)."""
+    resids = []
+    for layer in range(len(posts)):
+        live: dict[tuple[str, bool], torch.Tensor] = {}
+        for ref, envoy, group in by_layer.get(layer, []):
+            if ref.pattern:
+                call = envoy.source.attention_interface_1
+                inputs = call.inputs  # before the output: nnsight serves values in forward order
+                edit_pattern(call.output[0], inputs, group, eager_fn, 0)
+                continue
+            where = (ref.path, ref.use_input)
+            if where not in live:
+                live[where] = read(envoy, ref.use_input)
+            apply_edits(slot(live[where], ref.layout), group, 0, 1)
+        out = live.get((posts[layer].path, False))
+        if out is None:
+            out = read(post_envoys[layer], False)
+        resids.append(out[row].clone())
+    return resids
+
+
+def lens_stats(
+    norm: Any,
+    unembed: Any,
+    divisor: float,
+    softcap: float | None,
+    resids: list[torch.Tensor],
+    top_k: int,
+    tid: torch.Tensor,
+    chunk_layers: int,
+) -> dict[str, torch.Tensor]:
+    """The lens statistics of every layer's (read-out-ready) residual rows `resids[l]` [T, D]: top-k ids and
+    probabilities [L, T, k], entropy and KL to the last layer [L, T], the followed tokens' log-probs and ranks
+    [L, T, n]. Pure torch on the decoder modules, `chunk_layers` layers unembedded at a time: it runs inside
+    a trace body or, on NDIF, in a session next to the weights."""
+    n_layers = len(resids)
+    final = torch.log_softmax(decode(norm, unembed, divisor, softcap, resids[-1]).float(), dim=-1)  # [T, V]
+    ids_, probs_, ent_, kl_, tp_, rank_ = [], [], [], [], [], []
+    for start in range(0, n_layers, chunk_layers):
+        h = torch.stack(resids[start : start + chunk_layers])  # [l, T, d]
+        logits = decode(norm, unembed, divisor, softcap, h).float()
+        logp = torch.log_softmax(logits, dim=-1)
+        top = logp.topk(top_k, dim=-1)
+        ids_.append(top.indices)
+        probs_.append(top.values.exp())
+        ent_.append(-(logp.exp() * logp).sum(-1))
+        kl_.append((final.exp() * (final - logp)).sum(-1))
+        chosen = logits[..., tid]  # [l, T, n] (n may be 0)
+        tp_.append(logp[..., tid])
+        rank_.append((logits.unsqueeze(-2) > chosen.unsqueeze(-1)).sum(-1))
+    return {
+        "ids": torch.cat(ids_),
+        "probs": torch.cat(probs_),
+        "entropy": torch.cat(ent_),
+        "kl": torch.cat(kl_),
+        "tp": torch.cat(tp_),
+        "rank": torch.cat(rank_),
+    }
+
+
 def _lens_trace(
     model: Model,
     batch: torch.Tensor,
@@ -116,64 +197,57 @@ def _lens_trace(
     translators: Any = None,
 ) -> dict[str, torch.Tensor]:
     """One forward pass; every statistic is computed inside the trace so only small arrays are saved.
-    "source" edits copy from batch row 0, "mean" edits take batch row 1's mean (as the local lens's hooks).
-    `translators`: a tuned lens's (weight, bias), small tensors that travel in the body (to NDIF too)."""
-    n_layers = model.n_layers
-    posts = [model.site_ref("resid_post", layer) for layer in range(n_layers)]
-    post_envoys = [model.envoy(ref) for ref in posts]
+    `translators`: a tuned lens's (weight, bias), applied in the body (local models; a remote model reads the
+    tuned lens with `_tuned_remote`, whose translators never travel)."""
+    posts, post_envoys, by_layer, eager_fn = _lens_plan(model, edits, row)
     norm, unembed, divisor, softcap = model.decoder()
-    steps = plan([edits], first_row=row) if edits else {}
-    # per layer: (site ref, its envoy, the edits there); plain lists, as the body travels to NDIF by value
-    by_layer: dict[int, list] = {}
-    for key, group in steps.items():
-        ref = model.site_ref(key[2], key[0])
-        by_layer.setdefault(key[0], []).append((ref, model.envoy(ref), group))
-    eager_fn = (
-        eager_function(model) if any(r.pattern for refs in by_layer.values() for r, _, _ in refs) else None
-    )
     tid = torch.tensor(token_ids, dtype=torch.long)
     # Saved values must be bound to plain names in the body: that is what comes back (also from NDIF).
     with torch.no_grad(), model.nn.trace(batch, logits_to_keep=1, **model.trace_options()):
-        resids = []
-        for layer in range(n_layers):
-            live: dict[tuple[str, bool], torch.Tensor] = {}
-            for ref, envoy, group in by_layer.get(layer, []):
-                if ref.pattern:
-                    call = envoy.source.attention_interface_1
-                    inputs = call.inputs  # before the output: nnsight serves values in forward order
-                    edit_pattern(call.output[0], inputs, group, eager_fn, 0)
-                    continue
-                where = (ref.path, ref.use_input)
-                if where not in live:
-                    live[where] = read(envoy, ref.use_input)
-                apply_edits(slot(live[where], ref.layout), group, 0, 1)
-            out = live.get((posts[layer].path, False))
-            if out is None:
-                out = read(post_envoys[layer], False)
-            resids.append(out[row].clone())
+        resids = _edited_resids(posts, post_envoys, by_layer, eager_fn, row)
         resids = translated(resids, translators)  # a tuned lens: every layer but the last translated
-        final = torch.log_softmax(
-            decode(norm, unembed, divisor, softcap, resids[-1]).float(), dim=-1
-        )  # [T, V]
-        ids_, probs_, ent_, kl_, tp_, rank_ = [], [], [], [], [], []
-        for start in range(0, n_layers, chunk_layers):
-            h = torch.stack(resids[start : start + chunk_layers])  # [l, T, d]
-            logits = decode(norm, unembed, divisor, softcap, h).float()
-            logp = torch.log_softmax(logits, dim=-1)
-            top = logp.topk(top_k, dim=-1)
-            ids_.append(top.indices)
-            probs_.append(top.values.exp())
-            ent_.append(-(logp.exp() * logp).sum(-1))
-            kl_.append((final.exp() * (final - logp)).sum(-1))
-            chosen = logits[..., tid]  # [l, T, n] (n may be 0)
-            tp_.append(logp[..., tid])
-            rank_.append((logits.unsqueeze(-2) > chosen.unsqueeze(-1)).sum(-1))
-        top_ids = torch.cat(ids_).save()
-        top_probs = torch.cat(probs_).save()
-        entropy = torch.cat(ent_).save()
-        kl = torch.cat(kl_).save()
-        token_logp = torch.cat(tp_).save()
-        token_rank = torch.cat(rank_).save()
+        stats = lens_stats(norm, unembed, divisor, softcap, resids, top_k, tid, chunk_layers)
+        top_ids = stats["ids"].save()
+        top_probs = stats["probs"].save()
+        entropy = stats["entropy"].save()
+        kl = stats["kl"].save()
+        token_logp = stats["tp"].save()
+        token_rank = stats["rank"].save()
+    return {
+        "ids": top_ids,
+        "probs": top_probs,
+        "entropy": entropy,
+        "kl": kl,
+        "tp": token_logp,
+        "rank": token_rank,
+    }
+
+
+def resid_states(model: Model, batch: torch.Tensor, row: int, edits: list[Edit]) -> torch.Tensor:
+    """Every layer's resid_post of batch row `row`, edits applied: [L, T, D] (one trace; one NDIF request)."""
+    posts, post_envoys, by_layer, eager_fn = _lens_plan(model, edits, row)
+    with torch.no_grad(), model.nn.trace(batch, logits_to_keep=1, **model.trace_options()):
+        states = torch.stack(_edited_resids(posts, post_envoys, by_layer, eager_fn, row)).save()
+    return states.detach()
+
+
+def decoded_stats(
+    model: Model, resids: list[torch.Tensor], top_k: int, token_ids: list[int], chunk_layers: int
+) -> dict[str, torch.Tensor]:
+    """`lens_stats` of residual rows given here ([T, D] each), computed next to the model's read-out weights:
+    for a remote model one NDIF session holding no trace (the final norm and unembedding called on the rows
+    sent), so only the statistics come back."""
+    norm, unembed, divisor, softcap = model.decoder()
+    tid = torch.tensor(token_ids, dtype=torch.long)
+    resids = [r.detach() for r in resids]  # plain tensors: they travel in the request
+    with torch.no_grad(), model.nn.session(**model.trace_options()):
+        stats = lens_stats(norm, unembed, divisor, softcap, resids, top_k, tid, chunk_layers)
+        top_ids = stats["ids"].save()
+        top_probs = stats["probs"].save()
+        entropy = stats["entropy"].save()
+        kl = stats["kl"].save()
+        token_logp = stats["tp"].save()
+        token_rank = stats["rank"].save()
     return {
         "ids": top_ids,
         "probs": top_probs,
@@ -215,6 +289,9 @@ def logit_lens(
     `lens=` a `wb.TunedLens` (from `wb.tuned_lens(model, ...)` or `wb.TunedLens.load(path)`): every layer but
     the last is read through its affine translator (h + A_l h + b_l) before the final norm and unembedding
     (the tuned lens); the last row stays the model's own output. It must have been trained for this model.
+    On a remote model (NDIF) the tuned lens takes TWO requests, for one prompt and for a whole Dataset alike:
+    the resid_post states come back, the translators apply here, and the translated states go back for the
+    read-out; the translators themselves (L-1 matrices of D x D) never travel. The logit lens is one request.
     """
     top_k = check_top_k(model, top_k, lo=1)
     translators, lens_options = lens_translators(model, lens)
@@ -303,6 +380,34 @@ def logit_lens(
     )
 
 
+def _tuned_remote(
+    model: Model,
+    batch: torch.Tensor,
+    row: int,
+    edits: list[Edit],
+    translators: Any,
+    top_k: int,
+    token_ids: list[int],
+    chunk: int,
+    states: list[torch.Tensor],
+    progress: Progress,
+) -> dict[str, torch.Tensor]:
+    """The tuned lens of a remote model in TWO NDIF requests: the translators (L-1 matrices of D x D: 38 MB
+    for SmolLM2-135M, GBs for an 8B model) never travel. Request 1 reads every layer's resid_post [L, T, D]
+    (edits applied); the translators apply here; request 2 sends the translated states (L x T x D floats)
+    and the server applies the final norm, unembedding and statistics (`decoded_stats`), returning only
+    top-k, entropy, KL and the followed tokens' stats. One request cannot do it: the translation sits
+    between the server's forward pass and its read-out, and needs either the translators there or the
+    states here. `states` keeps the translated states (filled on the first call), so tokens followed later
+    (`.prob(tok)` of a new token) cost request 2 only."""
+    if not states:
+        raw = resid_states(model, batch, row, edits)  # request 1
+        states.extend(t.contiguous() for t in translated(list(raw), translators))
+        if progress is not None:
+            progress(0.5, "tuned lens: states read, decoding")
+    return decoded_stats(model, states, top_k, token_ids, chunk)  # request 2
+
+
 def lens_result(
     model: Model,
     ids: torch.Tensor,
@@ -328,8 +433,13 @@ def lens_result(
     token_ids = [model.token_id(t) for t in tokens]
     chunk = max(1, min(model.n_layers, int(2e8 // max(1, ids.shape[1] * model.vocab_size * 4))))
 
+    tuned_states: list[torch.Tensor] = []  # a remote tuned lens: the translated states, read once
+
     def compute(tids: list[int]) -> dict[str, torch.Tensor]:
         with model.lock, job_status(model, progress, cancel):
+            if model.remote and translators is not None:
+                return _tuned_remote(model, batch, row, edits, translators, top_k, tids, chunk, tuned_states,
+                                     progress)  # fmt: skip
             if fast_lens.enabled(model, edits):
                 return fast_lens.lens(model, batch, row, top_k, tids, edits, translators)
             return _lens_trace(model, batch, row, top_k, tids, edits, chunk, translators)

@@ -9,7 +9,10 @@ model to repeat whatever stands at "?".
 Engine: one `collect` of the source states, then `traced.run_rows` over the target prompt with one "set" edit
 per source state. Locally that is the replay engine: every run starts at the target layer from the cached
 target run (nothing below it changes) and only positions from `target_position` on are computed; otherwise
-(remote, or a family the replay does not serve) one nnsight trace per chunk of runs (one NDIF request).
+(a family the replay does not serve) one nnsight trace per chunk of runs. A remote model makes ONE NDIF
+request (`_remote_session`): an nnsight session holding the source trace (its states stay on the server), the
+patched target runs with the unpatched target prompt as their first row, and the patched generations;
+`.prob(tok)` later is one more request for every token asked at once.
 """
 
 from __future__ import annotations
@@ -187,24 +190,37 @@ def patchscope(
         )
     check_cancel(cancel)
     places = [(lyr, t) for lyr in layer_ids for t in pos_ids]
-    with model.lock, job_status(model, progress, cancel):
-        states = collect(model, ids, "resid_post", layer_ids)  # {layer: [1, T, D]}
-        rows = [[Edit(Cell("resid_post", lyr if tlayer is None else tlayer, tpos), states[lyr][0, t].float())]
-                for lyr, t in places]  # fmt: skip
-        out = run_rows(model, target, target, rows, entropy_metric, top_k=top_k, progress=progress,
-                       cancel=cancel)  # fmt: skip
-        generations = None
-        if max_new_tokens:
-            flat = patched_generations(model, target, rows, max_new_tokens, cancel)
-            decode = model.tokenizer.decode
-            texts = [decode(g, skip_special_tokens=True) for g in flat]
-            generations = [texts[i * len(pos_ids) : (i + 1) * len(pos_ids)] for i in range(len(layer_ids))]
     shape = (len(layer_ids), len(pos_ids))
-    assert out.top_ids is not None and out.top_probs is not None
-    top_ids = out.top_ids.to(torch.int32).numpy().reshape(*shape, top_k)
+    decode = model.tokenizer.decode
+    generations = None
+    if model.remote:  # ONE request: source states, patched runs, own top-k and generations in a session
+        with model.lock, job_status(model, progress, cancel):
+            got = _remote_session(
+                model, ids, target, layer_ids, pos_ids, tpos, tlayer, top_k, [], max_new_tokens
+            )
+        top_ids_t, top_probs_t, entropy_t = got["top_ids"][1:], got["top_probs"][1:], got["entropy"][1:]
+        base_top = (got["top_ids"][0].to(torch.int32).numpy(), got["top_probs"][0].float().numpy())
+        flat = got.get("generations")
+        rows: list[list[Edit]] = []
+    else:
+        with model.lock, job_status(model, progress, cancel):
+            states = collect(model, ids, "resid_post", layer_ids)  # {layer: [1, T, D]}
+            rows = [[Edit(Cell("resid_post", lyr if tlayer is None else tlayer, tpos), states[lyr][0, t].float())]
+                    for lyr, t in places]  # fmt: skip
+            out = run_rows(model, target, target, rows, entropy_metric, top_k=top_k, progress=progress,
+                           cancel=cancel)  # fmt: skip
+            flat = (
+                patched_generations(model, target, rows, max_new_tokens, cancel) if max_new_tokens else None
+            )
+        assert out.top_ids is not None and out.top_probs is not None
+        top_ids_t, top_probs_t, entropy_t = out.top_ids, out.top_probs, out.values
+        base_top = _own_top(model, target, top_k, progress, cancel)
+    if flat is not None:
+        texts = [decode(g, skip_special_tokens=True) for g in flat]
+        generations = [texts[i * len(pos_ids) : (i + 1) * len(pos_ids)] for i in range(len(layer_ids))]
+    top_ids = top_ids_t.to(torch.int32).numpy().reshape(*shape, top_k)
     unique = np.unique(top_ids).tolist()
     lookup = dict(zip(unique, model.str_tokens(unique), strict=True))
-    base_top = _own_top(model, target, top_k, progress, cancel)
     options = dict(
         op="patchscope",
         prompt=prompt,
@@ -219,6 +235,15 @@ def patchscope(
 
     def more(tids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         got = {}
+        if model.remote:  # every token in one request (the states are recomputed next to the model)
+            with model.lock, job_status(model, progress, cancel):
+                res = _remote_session(model, ids, target, layer_ids, pos_ids, tpos, tlayer, 1, tids, 0)
+            for i, tid in enumerate(tids):
+                got[tid] = (
+                    res["token_p"][1:, i].float().numpy().reshape(shape).astype(np.float32),
+                    res["token_rank"][1:, i].numpy().reshape(shape).astype(np.int32),
+                )
+            return got
         with model.lock, job_status(model, progress, cancel):
             for tid in tids:
                 prob, rank = _token_metrics(tid)
@@ -235,9 +260,9 @@ def patchscope(
     return PatchscopeResult(
         tokens=[model.str_tokens(ids)[t] for t in pos_ids],
         top_ids=top_ids,
-        top_probs=out.top_probs.float().numpy().reshape(*shape, top_k),
+        top_probs=top_probs_t.float().numpy().reshape(*shape, top_k),
         top_tokens=[[[lookup[i] for i in cell] for cell in row] for row in top_ids.tolist()],
-        entropy=out.values.float().numpy().reshape(shape),
+        entropy=entropy_t.float().numpy().reshape(shape),
         kl=np.full(shape, np.nan, np.float32),
         options=options,
         _token_stats={},
@@ -326,12 +351,92 @@ def patched_generations(
                 picks.append(nn.output.logits[:, -1].argmax(-1))
             greedy = torch.stack(picks, dim=1).save()  # [n, max_new_tokens]
             generated = tracer.result.save()
-        new = generated[:, n_target:].tolist()
-        for r, row_picks in enumerate(greedy.tolist()):
-            tokens = new[r]
-            for i, pick in enumerate(row_picks):
-                if pick in eos:
-                    tokens = tokens[:i] + [pick]
-                    break
-            outs.append(tokens)
+        outs.extend(_cut_at_eos(generated, greedy, n_target, eos))
     return outs
+
+
+def _cut_at_eos(
+    generated: torch.Tensor, greedy: torch.Tensor, n_target: int, eos: list[int]
+) -> list[list[int]]:
+    """Each row's new tokens, cut after the first step whose own greedy pick (`greedy` [n, steps]) was EOS."""
+    outs = []
+    new = generated[:, n_target:].tolist()
+    for r, row_picks in enumerate(greedy.tolist()):
+        tokens = new[r]
+        for i, pick in enumerate(row_picks):
+            if pick in eos:
+                tokens = tokens[:i] + [pick]
+                break
+        outs.append(tokens)
+    return outs
+
+
+def _remote_session(
+    model: Model,
+    ids: torch.Tensor,
+    target: torch.Tensor,
+    layer_ids: list[int],
+    pos_ids: list[int],
+    tpos: int,
+    tlayer: int | None,
+    top_k: int,
+    token_ids: list[int],
+    max_new_tokens: int,
+) -> dict[str, Any]:
+    """A remote patchscope in ONE NDIF request: an nnsight session holding the source trace (its resid_post
+    states stay on the server), the patched target runs (row 0 the target prompt unpatched: its own top-k;
+    row 1 + i * P + j the state of source layer i, position j), and with `max_new_tokens` the patched greedy
+    generations. Returns top_ids / top_probs [1 + n, k], entropy [1 + n], the followed tokens' probability
+    and rank token_p / token_rank [1 + n, m], and "generations" (the new token ids of each run, cut at EOS)."""
+    nn = model.nn
+    d = model.d_model
+    n_pos = len(pos_ids)
+    n_runs = len(layer_ids) * n_pos
+    sources = [model.envoy(model.site_ref("resid_post", lyr)) for lyr in layer_ids]
+    pos = torch.tensor(pos_ids, dtype=torch.long)
+    # where each target layer's states go: (envoy, source layer indices, target batch rows), in forward order
+    groups = [[i] for i in range(len(layer_ids))] if tlayer is None else [list(range(len(layer_ids)))]
+    dests = []
+    for which in groups:
+        layer = layer_ids[which[0]] if tlayer is None else tlayer
+        runs = torch.tensor([i * n_pos + j for i in which for j in range(n_pos)], dtype=torch.long)
+        dests.append((model.envoy(model.site_ref("resid_post", layer)), torch.tensor(which), runs))
+    batch = target.repeat(1 + n_runs, 1)
+    gen_batch = target.repeat(n_runs, 1)
+    tid = torch.tensor(token_ids, dtype=torch.long)
+    inner = {k: v for k, v in model.trace_options().items() if k != "remote"}  # the session is the request
+    # The body references plain values only (envoys, tensors, lists): it travels to NDIF by value.
+    with torch.no_grad(), nn.session(**model.trace_options()):
+        with nn.trace(ids, logits_to_keep=1, **inner):
+            states = torch.stack(
+                [read(envoy, False)[0, pos] for envoy in sources]
+            )  # [layers, P, D]: stays there
+        with nn.trace(batch, logits_to_keep=1, **inner):
+            for envoy, which, runs in dests:
+                h = read(envoy, False)
+                h[runs + 1, tpos] = states[which].reshape(-1, d).to(h.dtype)
+            logits = nn.output.logits[:, -1].float()
+            probs = torch.softmax(logits, dim=-1)
+            top = probs.topk(top_k, dim=-1)
+            top_ids = top.indices.save()
+            top_probs = top.values.save()
+            entropy = entropy_metric(logits.clone(), logits[0].clone()).save()
+            token_p = probs[:, tid].save()
+            token_rank = (logits.unsqueeze(1) > logits[:, tid].unsqueeze(-1)).sum(-1).save()
+        if max_new_tokens:
+            with nn.generate(gen_batch, attention_mask=torch.ones_like(gen_batch), max_new_tokens=max_new_tokens,
+                             min_new_tokens=max_new_tokens, do_sample=False, **inner) as tracer:  # fmt: skip
+                picks = []
+                for step in tracer.iter[:max_new_tokens]:
+                    if step == 0:  # the prompt pass: the patch; later steps read the patched keys and values
+                        for envoy, which, runs in dests:
+                            h = read(envoy, False)
+                            h[runs, tpos] = states[which].reshape(-1, d).to(h.dtype)
+                    picks.append(nn.output.logits[:, -1].argmax(-1))
+                greedy = torch.stack(picks, dim=1).save()  # [n, max_new_tokens]
+                generated = tracer.result.save()
+    out: dict[str, Any] = dict(top_ids=top_ids, top_probs=top_probs, entropy=entropy, token_p=token_p,
+                               token_rank=token_rank)  # fmt: skip
+    if max_new_tokens:
+        out["generations"] = _cut_at_eos(generated, greedy, target.shape[1], _eos_ids(model))
+    return out

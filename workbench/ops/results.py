@@ -207,19 +207,65 @@ class SteerResult(Figured, str):
     def __repr__(self) -> str:
         o = getattr(self, "options", {})
         rel, added, resid = (getattr(self, k, float("nan")) for k in ("relative", "added_norm", "resid_norm"))
+        where = " at the last position" if o.get("positions") == "last" else ""
         lines = [
-            f"SteerResult: resid_pre[{o.get('layer', '?')}] += {_num(o.get('scale'))} * vector: adds norm "
+            f"SteerResult: resid_pre[{o.get('layer', '?')}] += {_num(o.get('scale'))} * vector{where}: adds norm "
             f"{_num(added)} = {_num(rel)}x the median residual norm there ({_num(resid)})"
         ]
         n = len(getattr(self, "tokens", []))
         lines.append(f"  steered  ({n} tokens): {_short(str(self), 90)}")
         if getattr(self, "baseline", ""):
             lines.append(f"  baseline: {_short(self.baseline, 90)}")
+            at = getattr(self, "diverges_at", None)
+            lines.append(
+                "  the same as the baseline" if at is None else f"  diverges from the baseline at token {at}"
+            )
         if not str(self).strip() and n:
             lines.append(
                 "  the steered text is only whitespace: the push is so strong that no language is left; "
                 "try a smaller scale (a push well below 1x the residual norm)"
             )
+        return "\n".join(lines)
+
+
+@dataclass
+class SteerSweepResult(Figured, Coded):
+    """`wb.steer_sweep`: one SteerResult per scale (`.results`), all from one batched generation with the
+    unsteered baseline (`.baseline`). Indexing and iterating go over the per-scale results."""
+
+    _figure_name = "steer_sweep"
+
+    results: list[SteerResult]
+    scales: list[float]
+    baseline: str
+    baseline_tokens: list[int]
+    options: dict[str, Any]
+    _code: Callable[[], str] = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, i: int) -> SteerResult:
+        return self.results[i]
+
+    def __iter__(self) -> Any:
+        return iter(self.results)
+
+    @property
+    def texts(self) -> list[str]:
+        """The steered text of each scale, in the order of `.scales`."""
+        return [str(r) for r in self.results]
+
+    def __repr__(self) -> str:
+        o = self.options
+        where = " at the last position" if o.get("positions") == "last" else ""
+        lines = [
+            f"SteerSweepResult: resid_pre[{o.get('layer', '?')}] += scale * vector{where}, {len(self)} scales"
+        ]
+        lines.append(f"  baseline{'':16}: {_short(self.baseline, 80)}")
+        for s, r in zip(self.scales, self.results, strict=True):
+            push = f"{_num(s)} ({_num(getattr(r, 'relative', float('nan')))}x)"
+            lines.append(f"  scale {push:18}: {_short(str(r), 80)}")
         return "\n".join(lines)
 
 

@@ -3,8 +3,10 @@
 from .attention import AttentionView
 from .base import WorkbenchWidget, pack, unpack
 from .dataset import DatasetView
+from .function_vector import FunctionVectorView
 from .lens import LensView
 from .patch import PatchView
+from .steer import SteerView
 from .tracing import CausalTraceView
 from .workbench import Workbench
 
@@ -12,8 +14,10 @@ __all__ = [
     "AttentionView",
     "CausalTraceView",
     "DatasetView",
+    "FunctionVectorView",
     "LensView",
     "PatchView",
+    "SteerView",
     "Workbench",
     "WorkbenchWidget",
     "pack",
