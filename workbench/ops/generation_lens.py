@@ -88,6 +88,17 @@ class GenerationLens(Coded, Figured):
         return "\n".join(lines)
 
 
+def _greedy(model: Model, ids: torch.Tensor, max_new_tokens: int) -> list[int]:
+    """Plain greedy continuation of `ids` (steering's generation with nothing added), cut after the first EOS
+    pick exactly where greedy decoding stops."""
+    out = _generate(model, ids, 0, torch.zeros(1, model.d_model), "all", max_new_tokens, None)
+    tokens, eos = out["generated"][0].tolist(), _eos_ids(model)
+    for i, pick in enumerate(out["picks"][0].tolist()):
+        if pick in eos:
+            return tokens[:i] + [pick]
+    return tokens
+
+
 def generation_lens(
     model: Model,
     prompt: str,
@@ -112,7 +123,7 @@ def generation_lens(
         )
     check_cancel(cancel)
     with model.lock, job_status(model, progress, cancel):
-        new, _ = _generate(model, ids, 0, None, max_new_tokens)
+        new = _greedy(model, ids, max_new_tokens)
     check_cancel(cancel)
     if progress is not None:
         progress(0.5, f"generated {len(new)} tokens")
