@@ -274,19 +274,21 @@ class FunctionVectorView(WorkbenchWidget):
         self._update_stale()
 
         def run(progress, cancel):
-            def part(lo: float, hi: float):
-                return lambda f, msg="": progress(lo + (hi - lo) * min(max(float(f), 0.0), 1.0), msg)
+            def part(lo: float, hi: float, what: str):  # the status always names the part running
+                return lambda f, msg="": progress(
+                    lo + (hi - lo) * min(max(float(f), 0.0), 1.0), f"{what}: {msg}" if msg else what
+                )
 
             progress(0.0, "head effects")
             n_shots, n_prompts, seed = settings
             eff = _ops().head_effects(self.model, task, n_shots=n_shots, n_prompts=n_prompts, seed=seed,
-                                      progress=part(0.0, 0.7), cancel=cancel)  # fmt: skip
+                                      progress=part(0.0, 0.7, "head effects"), cancel=cancel)  # fmt: skip
             if self._settings() != settings:  # the controls moved on while it ran: a newer run follows
                 return eff, None, settings
             self._show_effects(eff, settings)
             self._set_quietly(heads=[list(h) for h, _ in eff.top_heads(top_n)])
             self._update_stale()
-            got = self._vector_run(part(0.7, 1.0), cancel)
+            got = self._vector_run(part(0.7, 1.0, "the vector"), cancel)
             return eff, got, settings
 
         def done(out):
