@@ -38,6 +38,11 @@ class Arch:
     # read the same input (parallel attention and MLP: Phi; GPT-NeoX unless use_parallel_residual=False)
     mid_norm: str = ""
     parallel_config: str = ""  # config flag that makes the block parallel when true (GPT-NeoX)
+    # the norms in front of the attention and the MLP, from a block: their inputs are the residual stream the
+    # sub-blocks read, their outputs what the q/k/v projections and the MLP read (circuits recompute a receiver's
+    # input through them); one module for both when the sub-blocks share a norm (Phi)
+    attn_norm: str = ""
+    mlp_norm: str = ""
     # Scalings outside any site's module (Granite), "" for none. residual_multiplier: attribute of each block
     # that the block multiplies attn_out and mlp_out by before adding them to the stream (the sites are the
     # sub-blocks' outputs, before it); logits_divisor: config attribute the unembedding's output is divided
@@ -64,6 +69,8 @@ _LLAMA_LIKE = dict(
     k_proj="self_attn.k_proj",
     v_proj="self_attn.v_proj",
     mid_norm="post_attention_layernorm",
+    attn_norm="input_layernorm",
+    mlp_norm="post_attention_layernorm",
 )
 
 ARCHITECTURES: tuple[Arch, ...] = (
@@ -80,6 +87,8 @@ ARCHITECTURES: tuple[Arch, ...] = (
         mlp_out="mlp",
         qkv="attn.c_attn",
         mid_norm="ln_2",
+        attn_norm="ln_1",
+        mlp_norm="ln_2",
     ),
     Arch(
         name="llama",
@@ -101,6 +110,7 @@ ARCHITECTURES: tuple[Arch, ...] = (
             "attn_out": "post_attention_layernorm",
             "mlp_out": "post_feedforward_layernorm",
             "mid_norm": "pre_feedforward_layernorm",
+            "mlp_norm": "pre_feedforward_layernorm",
         },
     ),
     Arch(
@@ -117,12 +127,15 @@ ARCHITECTURES: tuple[Arch, ...] = (
         qkv="attention.query_key_value",
         qkv_layout="interleaved",
         mid_norm="post_attention_layernorm",
+        attn_norm="input_layernorm",
+        mlp_norm="post_attention_layernorm",
         parallel_config="use_parallel_residual",
     ),
     Arch(
         name="phi",
         model_types=("phi",),
-        **{**_LLAMA_LIKE, "final_norm": "model.final_layernorm", "o_proj": "self_attn.dense", "mid_norm": ""},
+        **{**_LLAMA_LIKE, "final_norm": "model.final_layernorm", "o_proj": "self_attn.dense", "mid_norm": "",
+           "mlp_norm": "input_layernorm"},
     ),
     Arch(
         name="phi3",

@@ -8,6 +8,8 @@ from ..result_cache import cached
 from .ablation import ablate, ablate_sweep
 from .attention import attention
 from .attribution import attribution_patch
+from .circuit_results import Circuit, Edge, Faithfulness, FaithfulnessCurve, Graph
+from .circuits import edge_attribution, edge_patch, faithfulness, faithfulness_curve
 from .dataset_results import DatasetLensResult
 from .future_lens import FutureLensPrompt, FutureLensResult, future_lens, train_future_lens
 from .generation_lens import GenerationLens, generation_lens
@@ -53,12 +55,21 @@ train_future_lens = _public("train_future_lens", train_future_lens)
 head_effects = _public("head_effects", head_effects)
 function_vector = _public("function_vector", function_vector)
 evaluate_vector = _public("evaluate_vector", evaluate_vector)
+edge_attribution = _public("edge_attribution", edge_attribution)
+faithfulness = _public("faithfulness", faithfulness)
+faithfulness_curve = _public("faithfulness_curve", faithfulness_curve)
+edge_patch = _public("edge_patch", edge_patch)
 
 __all__ = [
     "Add",
     "AttentionResult",
     "CausalTrace",
     "Cell",
+    "Circuit",
+    "Edge",
+    "Faithfulness",
+    "FaithfulnessCurve",
+    "Graph",
     "DatasetCausalTrace",
     "DatasetLensResult",
     "Edit",
@@ -83,7 +94,11 @@ __all__ = [
     "attention",
     "attribution_patch",
     "causal_trace",
+    "edge_attribution",
+    "edge_patch",
     "evaluate_vector",
+    "faithfulness",
+    "faithfulness_curve",
     "function_vector",
     "future_lens",
     "generation_lens",
