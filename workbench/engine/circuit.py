@@ -143,7 +143,16 @@ class _Block:
 
 
 def _affine(module: torch.nn.Module, d_in: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W [d_in, D_out], b [D_out]) of an affine module: its output on the identity minus its output on 0."""
+    """(W [d_in, D_out], b [D_out]) of an affine module: a Linear's or Conv1D's own weights (read now, so an
+    edit made before the call is seen), else its output on the identity minus its output on 0."""
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    forward = type(module).forward
+    own = "forward" not in module.__dict__  # no instance-level forward swapped in
+    if own and isinstance(module, torch.nn.Linear) and forward is torch.nn.Linear.forward:
+        w = weight.detach().t()
+        return w, (bias.detach() if bias is not None else torch.zeros(w.shape[1], dtype=w.dtype))
+    if own and type(module).__name__ == "Conv1D" and weight is not None and weight.shape[0] == d_in:  # GPT-2: x @ W + b
+        return weight.detach(), bias.detach()
     with torch.no_grad():
         eye = torch.eye(d_in, dtype=dtype).unsqueeze(0)
         zero = torch.zeros(1, 1, d_in, dtype=dtype)
@@ -572,7 +581,7 @@ def _prefix_groups(lay: Layout, r0: int, n_r: int) -> list[tuple[int, int]]:
 def mixed(
     model: Model,
     base: dict[str, torch.Tensor],
-    reference: dict[str, torch.Tensor],
+    reference: dict[str, torch.Tensor] | Run,
     keep: torch.Tensor,
     metrics: Sequence[Any],
     lay: Layout,
@@ -581,95 +590,104 @@ def mixed(
 ) -> torch.Tensor:
     """The metric [B] of the base input run with every receiver's input = the reference run's stream + the sum,
     over the edges kept (keep [B, S, R, T] bool, per example and position), of (sender's current output - its
-    reference output); a receiver that keeps every edge at a position reads its own stream there unchanged."""
+    reference output); a receiver that keeps every edge at a position reads its own stream there unchanged.
+    `reference` is the reference inputs or their recorded run (`forward`), to share one run between calls."""
     blocks = _blocks(model)
-    with frozen(model), torch.no_grad():
-        ref = forward(model, blocks, reference)
+    if isinstance(reference, Run):
+        ref = reference
+    else:
+        with frozen(model), torch.no_grad():
+            ref = forward(model, blocks, reference)
     check_cancel(cancel)
     ref_senders = sender_outputs(blocks, ref, lay.n_heads)
-    n_b, n_t = base["input_ids"].shape
     valid = torch.from_numpy(lay.valid())
     full = (keep | ~valid[None, :, :, None]).all(dim=1)  # [B, R, T]: every edge into r at t kept
-    cur: list[torch.Tensor] = []  # the current run's sender deltas (current - reference), in sender order
-    state: dict[str, Any] = {"layer_done": -1}
-
-    def deltas_upto(n: int) -> torch.Tensor:
-        return torch.cat(cur)[:n]
+    x0 = ref.x_attn[0]
+    deltas = torch.zeros((lay.n_senders, *x0.shape), dtype=x0.dtype)  # current - reference, sender order
+    state: dict[str, int] = {"senders": 0, "heads": -1, "mlp": -1}
 
     def mix(r_lo: int, r_hi: int, stream_ref: torch.Tensor, stream_cur: torch.Tensor) -> torch.Tensor:
-        """[n_r, B, T, d] rebuilt inputs of receivers r_lo..r_hi (which see the same senders)."""
+        """[n_r, B, T, d] rebuilt inputs of receivers r_lo..r_hi (which see the same senders): from the
+        reference stream plus the kept edges' deltas, or from the current stream minus the dropped edges'
+        deltas, whichever names fewer senders (the same sum)."""
         n_s = lay.senders_before(r_lo)
-        d = deltas_upto(n_s)  # [S, B, T, d]
-        k = keep[:, :n_s, r_lo:r_hi].to(d.dtype)  # [B, S, n_r, T]
-        built = stream_ref.unsqueeze(0) + torch.einsum("bsrt,sbtd->rbtd", k, d)
+        assert state["senders"] >= n_s, "a receiver ran before its senders were recorded"
+        k = keep[:, :n_s, r_lo:r_hi]  # [B, S, n_r, T]
+        kept = torch.nonzero(k.any(dim=(0, 2, 3))).flatten()
+        dropped = torch.nonzero((~k).any(dim=(0, 2, 3))).flatten()
+        if len(kept) <= len(dropped):
+            out = stream_ref.unsqueeze(0).expand(r_hi - r_lo, *stream_ref.shape).clone()
+            sign, use, which = 1.0, k, kept
+        else:
+            out = stream_cur.unsqueeze(0).expand(r_hi - r_lo, *stream_cur.shape).clone()
+            sign, use, which = -1.0, ~k, dropped
+        for s in which.tolist():
+            w = use[:, s].permute(1, 0, 2).unsqueeze(-1).to(out.dtype)  # [n_r, B, T, 1]
+            out.add_(w * deltas[s].unsqueeze(0), alpha=sign)
         f = full[:, r_lo:r_hi].permute(1, 0, 2).unsqueeze(-1)  # [n_r, B, T, 1]
-        return torch.where(f, stream_cur.unsqueeze(0), built)
+        return torch.where(f, stream_cur.unsqueeze(0), out)
+
+    def add_heads(layer: int) -> None:
+        if state["heads"] >= layer:
+            return
+        z = run.z[layer]
+        zh = z.view(*z.shape[:2], lay.n_heads, -1)
+        heads = torch.einsum("bthk,hkd->hbtd", zh, blocks[layer].w_o) * blocks[layer].scale
+        at = lay.head(layer, 0)
+        deltas[at : at + lay.n_heads] = heads - ref_senders[layer][: lay.n_heads]
+        state["heads"] = layer
+        state["senders"] = max(state["senders"], at + lay.n_heads)
+
+    def add_mlp(layer: int) -> None:
+        if state["mlp"] >= layer:
+            return
+        add_heads(layer)
+        at = lay.mlp(layer)
+        deltas[at] = run.mlp_out[layer] * blocks[layer].scale - ref_senders[layer][lay.n_heads]
+        state["mlp"] = layer
+        state["senders"] = at + 1
 
     def rewrite(kind: str, layer: int, value: torch.Tensor) -> torch.Tensor | None:
         b = blocks[layer]
         if kind.startswith("proj"):
             i = int(kind[4:])
-            if layer > state["layer_done"]:  # the senders below this block are all known now
-                _add_layer_senders(layer)
-            out = value.clone()
+            if layer > 0:
+                add_mlp(layer - 1)  # every sender below this block is known now
+            out = None
             for s in "qkv":
                 j, cols = b.cols[s]
-                if j != i:
-                    continue
                 n = cols.shape[0]
                 r_lo = lay.receiver(layer, s, 0)
-                if bool(full[:, r_lo : r_lo + n].all()):
+                if j != i or bool(full[:, r_lo : r_lo + n].all()):
                     continue
-                x = mix(r_lo, r_lo + n, ref.x_attn[layer], state["x_attn"][layer])
+                x = mix(r_lo, r_lo + n, ref.x_attn[layer], run.x_attn[layer])
                 u = b.attn_norm.forward(x)  # [n, B, T, d] (forward: not through our own hooks)
                 w, bias = b.weights[i]
+                out = value.clone() if out is None else out
                 for h in range(n):
                     out[..., cols[h]] = (u[h] @ w[:, cols[h]] + bias[cols[h]]).to(out.dtype)
             return out
         if kind == "mlp_in":
-            _add_heads(layer)
+            add_heads(layer)
             r = lay.receiver(layer, "mlp")
             if bool(full[:, r].all()):
                 return None
-            x = mix(r, r + 1, ref.x_mlp[layer], state["x_mlp"][layer])[0]
+            x = mix(r, r + 1, ref.x_mlp[layer], run.x_mlp[layer])[0]
             return b.mlp_norm.forward(x).to(value.dtype)
         if kind == "final":
-            _add_mlp(model.n_layers - 1)
+            add_mlp(model.n_layers - 1)
             r = lay.logits
             if bool(full[:, r].all()):
                 return None
             return mix(r, r + 1, ref.x_final, value)[0].to(value.dtype)
         return None
 
-    def _add_layer_senders(layer: int) -> None:
-        if layer > 0:
-            _add_mlp(layer - 1)
-        state["layer_done"] = layer
-
-    def _add_heads(layer: int) -> None:
-        if state.get("heads_done", -1) >= layer:
-            return
-        z = run.z[layer]
-        zh = z.view(*z.shape[:2], lay.n_heads, -1)
-        heads = torch.einsum("bthk,hkd->hbtd", zh, blocks[layer].w_o) * blocks[layer].scale
-        cur.append(heads - ref_senders[layer][: lay.n_heads])
-        state["heads_done"] = layer
-
-    def _add_mlp(layer: int) -> None:
-        if state.get("mlp_done", -1) >= layer:
-            return
-        _add_heads(layer)
-        cur.append((run.mlp_out[layer] * blocks[layer].scale - ref_senders[layer][lay.n_heads]).unsqueeze(0))
-        state["mlp_done"] = layer
-
     run = _empty_run(model, blocks)
-    # the current streams as the model computes them (the norms' inputs), read by `mix` for kept receivers
-    state["x_attn"] = run.x_attn
-    state["x_mlp"] = run.x_mlp
 
     def first_block(_m: Any, args: tuple, kwargs: dict) -> None:
-        if not cur:
-            cur.append((_arg(args, kwargs) - ref.x_attn[0]).unsqueeze(0))
+        if state["senders"] == 0:
+            deltas[0] = _arg(args, kwargs) - ref.x_attn[0]
+            state["senders"] = 1
 
     norm0 = blocks[0].attn_norm
     with frozen(model), torch.no_grad():
