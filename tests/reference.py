@@ -1436,3 +1436,233 @@ def reference_evaluate_vector(
         "base_p": base_p.numpy(),
         "base_top": base_top.numpy(),
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# circuits: edge attribution and edge ablation, one receiver at a time
+#
+# Senders: the embeddings (the input of block 0), each head's output in the stream (the output projection
+# applied to the head's slice alone, minus the projection of zero, times the residual multiplier) and each
+# MLP's output (times the multiplier). Receivers: each head's q/k/v input (k/v: key-value heads), each MLP's
+# input and the logits, each receiver's input being its own copy of the residual stream before its norm.
+
+# the norms in front of attention and the MLP, from a block (our own table, from the transformers files)
+CIRCUIT_NORMS: dict[str, tuple[str, str]] = {
+    "gpt2": ("ln_1", "ln_2"),
+    "llama": ("input_layernorm", "post_attention_layernorm"),
+    "qwen2": ("input_layernorm", "post_attention_layernorm"),
+    "mistral": ("input_layernorm", "post_attention_layernorm"),
+    "gpt_neox": ("input_layernorm", "post_attention_layernorm"),
+    "phi": ("input_layernorm", "input_layernorm"),
+    "phi3": ("input_layernorm", "post_attention_layernorm"),
+    "granite": ("input_layernorm", "post_attention_layernorm"),
+}
+
+
+def circuit_nodes(hf) -> tuple[list[str], list[tuple[str, int, str, int]]]:
+    """Sender names, and receivers as (name, layer, kind q/k/v/mlp/logits, head)."""
+    L, H, KV = n_layers(hf), n_heads(hf), n_kv_heads(hf)
+    senders = ["embed"] + [
+        n for layer in range(L) for n in [f"L{layer}H{h}" for h in range(H)] + [f"MLP{layer}"]
+    ]
+    receivers = []
+    for layer in range(L):
+        receivers += [(f"L{layer}H{h}.q", layer, "q", h) for h in range(H)]
+        receivers += [(f"L{layer}H{g}.k", layer, "k", g) for g in range(KV)]
+        receivers += [(f"L{layer}H{g}.v", layer, "v", g) for g in range(KV)]
+        receivers.append((f"MLP{layer}", layer, "mlp", 0))
+    receivers.append(("logits", L, "logits", 0))
+    return senders, receivers
+
+
+def _parallel(hf) -> bool:
+    return hf.config.model_type == "phi" or bool(getattr(hf.config, "use_parallel_residual", False))
+
+
+def reaches(hf, sender: str, receiver: tuple[str, int, str, int]) -> bool:
+    """Whether a sender feeds a receiver's input directly."""
+    _, layer, kind, _ = receiver
+    if sender == "embed" or kind == "logits":
+        return True
+    s_layer = int(sender[3:]) if sender.startswith("MLP") else int(sender[1:].split("H")[0])
+    if sender.startswith("MLP"):
+        return s_layer < layer
+    return s_layer < layer or (kind == "mlp" and s_layer == layer and not _parallel(hf))
+
+
+class _SenderTap:
+    """Hooks that record every sender's output in the stream during a forward: {name: [T, d]}."""
+
+    def __init__(self, hf) -> None:
+        self.hf, self.out = hf, {}
+        fam = family(hf)
+        H, d = n_heads(hf), d_head(hf)
+        scale = residual_multiplier(hf)
+        self.handles = []
+
+        def block0(mod, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            self.out["embed"] = x[0]
+
+        self.handles.append(blocks(hf)[0].register_forward_pre_hook(block0, with_kwargs=True))
+        for layer, block in enumerate(blocks(hf)):
+            proj = _get(block, fam.out_proj)
+
+            def heads(mod, args, layer=layer, proj=proj):
+                z = args[0]
+                zero = proj.forward(torch.zeros_like(z))
+                for h in range(H):
+                    only = torch.zeros_like(z)
+                    only[..., h * d : (h + 1) * d] = z[..., h * d : (h + 1) * d]
+                    self.out[f"L{layer}H{h}"] = ((proj.forward(only) - zero) * scale)[0]
+
+            self.handles.append(proj.register_forward_pre_hook(heads))
+
+            def mlp(mod, args, out, layer=layer):
+                self.out[f"MLP{layer}"] = (_first(out) * scale)[0]
+
+            self.handles.append(_get(block, fam.mlp_out).register_forward_hook(mlp))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def sender_outputs(
+    hf, ids: torch.Tensor, inputs_embeds: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    tap = _SenderTap(hf)
+    try:
+        with torch.no_grad():
+            if inputs_embeds is None:
+                hf(input_ids=ids, use_cache=False)
+            else:
+                hf(inputs_embeds=inputs_embeds, use_cache=False)
+    finally:
+        tap.remove()
+    return {k: v.detach().clone() for k, v in tap.out.items()}
+
+
+@contextlib.contextmanager
+def receiver_input(hf, receiver: tuple[str, int, str, int], fn: Callable[[torch.Tensor], torch.Tensor]):
+    """Give one receiver its own input: fn(stream [B, T, d] it would read) -> its input; the receiver's
+    query/key/value columns (or the MLP's input, or the final norm's input) are recomputed from it."""
+    _, layer, kind, head = receiver
+    fam = family(hf)
+    handles = []
+    if kind == "logits":
+        handles.append(_pre_hook(_get(hf, fam.final_norm), fn))
+    else:
+        block = blocks(hf)[layer]
+        attn_norm, mlp_norm = (_get(block, p) for p in CIRCUIT_NORMS[hf.config.model_type])
+        seen: dict[str, torch.Tensor] = {}
+        if kind == "mlp":
+
+            def keep(x):
+                seen["x"] = x
+
+            handles.append(_pre_hook(mlp_norm, keep))
+            handles.append(_pre_hook(_get(block, fam.mlp_out), lambda _x: mlp_norm.forward(fn(seen["x"]))))
+        else:
+            path, cols = qkv_columns(hf, kind, head)
+            proj = _get(block, path)
+
+            def keep_a(x):
+                seen["x"] = x
+
+            def replace(out):
+                new = proj.forward(attn_norm.forward(fn(seen["x"])))
+                out = out.clone()
+                out[..., cols] = new[..., cols]
+                return out
+
+            handles.append(_pre_hook(attn_norm, keep_a))
+            handles.append(_post_hook(proj, replace))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def receiver_grad(
+    hf, ids: torch.Tensor, receiver, metric, inputs_embeds: torch.Tensor | None = None
+) -> torch.Tensor:
+    """d metric / d (the receiver's own input) [T, d], at the run of `ids` (or of `inputs_embeds`)."""
+    leaf: dict[str, torch.Tensor] = {}
+
+    def fn(x):
+        leaf["x"] = x.detach().clone().requires_grad_(True)
+        return leaf["x"]
+
+    with receiver_input(hf, receiver, fn), torch.enable_grad():
+        if inputs_embeds is None:
+            logits = hf(input_ids=ids, use_cache=False).logits.float()
+        else:
+            logits = hf(inputs_embeds=inputs_embeds, use_cache=False).logits.float()
+        metric(logits[:, -1, :]).sum().backward()
+    hf.zero_grad(set_to_none=True)
+    return leaf["x"].grad[0].detach()
+
+
+def reference_edge_attribution(
+    hf, tok, clean: str, corrupt: str, metric, steps: int = 0, receivers: Sequence[str] | None = None
+) -> dict[tuple[str, str], float]:
+    """{(sender, receiver): (sender clean - corrupt output) . d metric / d receiver input, summed over positions}.
+
+    steps = 0: gradient at the corrupt run (EAP); steps = n: the mean gradient over runs with token embeddings
+    corrupt + k/n (clean - corrupt), k = 1..n (EAP-IG). `receivers` limits the receivers (names)."""
+    c_ids, x_ids = tokens(tok, clean), tokens(tok, corrupt)
+    clean_out, corrupt_out = sender_outputs(hf, c_ids), sender_outputs(hf, x_ids)
+    senders, all_receivers = circuit_nodes(hf)
+    chosen = [r for r in all_receivers if receivers is None or r[0] in receivers]
+    emb = hf.get_input_embeddings()
+    with torch.no_grad():
+        e_clean, e_corrupt = emb(c_ids), emb(x_ids)
+    out = {}
+    for r in chosen:
+        if steps == 0:
+            g = receiver_grad(hf, x_ids, r, metric)
+        else:
+            g = (
+                sum(
+                    receiver_grad(hf, x_ids, r, metric, e_corrupt + (k / steps) * (e_clean - e_corrupt))
+                    for k in range(1, steps + 1)
+                )
+                / steps
+            )
+        for s in senders:
+            if reaches(hf, s, r):
+                out[(s, r[0])] = float(((clean_out[s] - corrupt_out[s]) * g).sum())
+    return out
+
+
+def reference_edge_ablation(
+    hf, tok, prompt: str, reference: str, metric, kept: set[tuple[str, str]]
+) -> float:
+    """The metric of `prompt`'s run in which every receiver reads its own stream minus, for each edge not in
+    `kept`, (the sender's output in this run - its output in the run of `reference`). All receivers at once:
+    the senders' outputs of this run are recorded as the forward reaches them."""
+    ids = tokens(tok, prompt)
+    ref_out = sender_outputs(hf, tokens(tok, reference))
+    senders, receivers = circuit_nodes(hf)
+    tap = _SenderTap(hf)
+    specs = []
+    for r in receivers:
+        dropped = [s for s in senders if reaches(hf, s, r) and (s, r[0]) not in kept]
+        if not dropped:
+            continue
+
+        def fn(x, dropped=dropped):
+            return x - sum(tap.out[s] - ref_out[s] for s in dropped).unsqueeze(0)
+
+        specs.append((r, fn))
+    try:
+        with contextlib.ExitStack() as stack:
+            for r, fn in specs:
+                stack.enter_context(receiver_input(hf, r, fn))
+            with torch.no_grad():
+                logits = hf(input_ids=ids, use_cache=False).logits.float()
+    finally:
+        tap.remove()
+    return float(metric(logits[:, -1, :])[0])

@@ -151,7 +151,9 @@ def _affine(module: torch.nn.Module, d_in: int, dtype: torch.dtype) -> tuple[tor
     if own and isinstance(module, torch.nn.Linear) and forward is torch.nn.Linear.forward:
         w = weight.detach().t()
         return w, (bias.detach() if bias is not None else torch.zeros(w.shape[1], dtype=w.dtype))
-    if own and type(module).__name__ == "Conv1D" and weight is not None and weight.shape[0] == d_in:  # GPT-2: x @ W + b
+    if (
+        own and type(module).__name__ == "Conv1D" and weight is not None and weight.shape[0] == d_in
+    ):  # GPT-2: x @ W + b
         return weight.detach(), bias.detach()
     with torch.no_grad():
         eye = torch.eye(d_in, dtype=dtype).unsqueeze(0)
@@ -244,7 +246,9 @@ Rewrite = Callable[[str, int, torch.Tensor], torch.Tensor | None]
 
 
 @contextlib.contextmanager
-def _hooks(model: Model, blocks: list[_Block], run: Run, rewrite: Rewrite | None, embed_grad: bool) -> Iterator[None]:
+def _hooks(
+    model: Model, blocks: list[_Block], run: Run, rewrite: Rewrite | None, embed_grad: bool
+) -> Iterator[None]:
     """Record a forward into `run`; `rewrite(kind, layer, value)` may replace a projection output ("proj<i>"),
     an MLP input ("mlp_in") or the final norm's input ("final") before the model goes on with it."""
     handles = []
@@ -260,7 +264,9 @@ def _hooks(model: Model, blocks: list[_Block], run: Run, rewrite: Rewrite | None
                 return None
             if kind == "mlp_in":
                 new = rewrite(kind, layer, x) if rewrite is not None else None
-                mine_x = (new if new is not None else x).clone()  # the MLP's own copy (its gradient is its own)
+                mine_x = (
+                    new if new is not None else x
+                ).clone()  # the MLP's own copy (its gradient is its own)
                 run.mlp_in[layer] = mine_x
                 return ((mine_x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": mine_x})
             if store is not None:
@@ -288,14 +294,28 @@ def _hooks(model: Model, blocks: list[_Block], run: Run, rewrite: Rewrite | None
         for layer, b in enumerate(blocks):
             if b.attn_norm is b.mlp_norm:
                 stores = [run.x_attn, run.x_mlp]
-                handles.append(b.attn_norm.register_forward_pre_hook(mine(pre("norm", layer, stores)), with_kwargs=True))
+                handles.append(
+                    b.attn_norm.register_forward_pre_hook(mine(pre("norm", layer, stores)), with_kwargs=True)
+                )
             else:
-                handles.append(b.attn_norm.register_forward_pre_hook(mine(pre("norm", layer, [run.x_attn])), with_kwargs=True))
-                handles.append(b.mlp_norm.register_forward_pre_hook(mine(pre("norm", layer, [run.x_mlp])), with_kwargs=True))
+                handles.append(
+                    b.attn_norm.register_forward_pre_hook(
+                        mine(pre("norm", layer, [run.x_attn])), with_kwargs=True
+                    )
+                )
+                handles.append(
+                    b.mlp_norm.register_forward_pre_hook(
+                        mine(pre("norm", layer, [run.x_mlp])), with_kwargs=True
+                    )
+                )
             for i, m in enumerate(b.proj):
                 handles.append(m.register_forward_hook(mine(post("proj", layer, i))))
-            handles.append(b.o_proj.register_forward_pre_hook(mine(pre("norm", layer, [run.z])), with_kwargs=True))
-            handles.append(b.mlp.register_forward_pre_hook(mine(pre("mlp_in", layer, None)), with_kwargs=True))
+            handles.append(
+                b.o_proj.register_forward_pre_hook(mine(pre("norm", layer, [run.z])), with_kwargs=True)
+            )
+            handles.append(
+                b.mlp.register_forward_pre_hook(mine(pre("mlp_in", layer, None)), with_kwargs=True)
+            )
             handles.append(b.mlp.register_forward_hook(mine(post("mlp", layer))))
             handles.append(b.attn_out.register_forward_hook(mine(post("attn", layer))))
         final = _path_index(model.hf, model.arch.final_norm)
@@ -414,7 +434,11 @@ def receiver_grads(
         attn = _norm_vjp(b.attn_norm, x, torch.cat(parts))
         gm = mlp_grads[layer]
         xm = run.x_mlp[layer]
-        mlp = _norm_vjp(b.mlp_norm, xm, gm.detach().unsqueeze(0)) if gm is not None else torch.zeros(1, *xm.shape)
+        mlp = (
+            _norm_vjp(b.mlp_norm, xm, gm.detach().unsqueeze(0))
+            if gm is not None
+            else torch.zeros(1, *xm.shape)
+        )
         out.append(torch.cat([attn, mlp.to(attn.dtype)]))
     out.append(
         (final_grad.detach() if final_grad is not None else torch.zeros_like(run.x_final)).unsqueeze(0)
@@ -480,7 +504,9 @@ def k_is_last(alpha: float) -> bool:
     return alpha >= 1.0
 
 
-def _metric_sum(b: Batch, logits: torch.Tensor, clean_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _metric_sum(
+    b: Batch, logits: torch.Tensor, clean_logits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     values = torch.stack(
         [m(logits[i : i + 1], clean_logits[i].detach().clone())[0].float() for i, m in enumerate(b.metrics)]
     )
@@ -539,7 +565,9 @@ def attribute(
     check_additive(blocks, clean, model)
     # senders' clean - corrupt outputs [S, B, T, d], pad positions zero
     diff = [(clean.x_attn[0] - corrupt.x_attn[0]).detach().unsqueeze(0)]
-    for c, k in zip(sender_outputs(blocks, clean, lay.n_heads), sender_outputs(blocks, corrupt, lay.n_heads), strict=True):
+    for c, k in zip(
+        sender_outputs(blocks, clean, lay.n_heads), sender_outputs(blocks, corrupt, lay.n_heads), strict=True
+    ):
         diff.append(c - k)
     d = torch.cat(diff) * mask[None, :, :, None]
     n_b, n_t = mask.shape

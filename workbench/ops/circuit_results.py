@@ -156,7 +156,11 @@ class Graph(Figured, Coded):
         cols = {} if self.columns is None else {c: j for j, c in enumerate(self.columns)}
         if self.columns is not None:
             cols.update({j: j for j in range(len(self.columns))})
-        return ({s: i for i, s in enumerate(self.senders)}, {r: i for i, r in enumerate(self.receivers)}, cols)
+        return (
+            {s: i for i, s in enumerate(self.senders)},
+            {r: i for i, r in enumerate(self.receivers)},
+            cols,
+        )
 
     @property
     def nodes(self) -> list[str]:

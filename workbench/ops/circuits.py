@@ -222,8 +222,16 @@ def known_baselines(ds: Dataset, circuits: Sequence[Circuit], m: Metric, align: 
     if len(graphs) != 1 or None in graphs.values():
         return None
     g = next(iter(graphs.values()))
-    same = g.dataset_key == dataset_key(ds) and g.options.get("metric") == m.name and g.options.get("align") == align
-    return (np.asarray(g.clean, np.float32), np.asarray(g.corrupt, np.float32)) if same and not m.needs_clean else None
+    same = (
+        g.dataset_key == dataset_key(ds)
+        and g.options.get("metric") == m.name
+        and g.options.get("align") == align
+    )
+    return (
+        (np.asarray(g.clean, np.float32), np.asarray(g.corrupt, np.float32))
+        if same and not m.needs_clean
+        else None
+    )
 
 
 def _faithfulness_runs(
@@ -257,7 +265,11 @@ def _faithfulness_runs(
         step += 1
         for ci, c in enumerate(circuits):
             check_cancel(cancel)
-            _report(progress, step / work, f"{label}: circuit {ci + 1}/{len(circuits)}, {idx[-1] + 1}/{n} examples")
+            _report(
+                progress,
+                step / work,
+                f"{label}: circuit {ci + 1}/{len(circuits)}, {idx[-1] + 1}/{n} examples",
+            )
             keep = keep_mask(model, c, runner, idx, b.pads, width)
             values = engine.mixed(model, b.clean, corrupt_run, keep, b.metrics, lay, ref, cancel)
             raw[ci, idx] = values.numpy()
@@ -286,12 +298,20 @@ def faithfulness(
 
         return faithfulness_remote(model, ds, c, m, align, progress, cancel)
     with model.lock, job_status(model, progress, cancel):
-        raw, clean_m, corrupt_m = _faithfulness_runs(model, ds, [c], m, align, progress, cancel, "faithfulness")
+        raw, clean_m, corrupt_m = _faithfulness_runs(
+            model, ds, [c], m, align, progress, cancel, "faithfulness"
+        )
     return _faithfulness_value(model, m, c, raw[0], clean_m, corrupt_m, align)
 
 
 def _faithfulness_value(
-    model: Model, m: Metric, c: Circuit, raw: np.ndarray, clean_m: np.ndarray, corrupt_m: np.ndarray, align: str
+    model: Model,
+    m: Metric,
+    c: Circuit,
+    raw: np.ndarray,
+    clean_m: np.ndarray,
+    corrupt_m: np.ndarray,
+    align: str,
 ) -> Faithfulness:
     value = float(normalise(np.float32(raw.mean()), clean_m, corrupt_m))
     options = dict(op="faithfulness", metric=m.name, n_edges=len(c), n_examples=len(raw), align=align)
@@ -324,7 +344,9 @@ def faithfulness_curve(
     The metric and alignment default to the graph's own (a graph of another dataset or model is refused)."""
     ds = _dataset(clean, corrupt, "wb.faithfulness_curve")
     if not isinstance(graph, Graph):
-        raise WorkbenchError("faithfulness_curve(model, dataset, graph): graph is wb.edge_attribution's result.")
+        raise WorkbenchError(
+            "faithfulness_curve(model, dataset, graph): graph is wb.edge_attribution's result."
+        )
     check_graph(model, ds, graph)
     m = as_metric(metric if metric is not None else _graph_metric(graph))
     align = align or graph.options.get("align", "exact")
@@ -346,7 +368,9 @@ def faithfulness_curve(
         raw, clean_m, corrupt_m = faithfulness_runs_remote(model, ds, circuits, m, align, progress, cancel)
     else:
         with model.lock, job_status(model, progress, cancel):
-            raw, clean_m, corrupt_m = _faithfulness_runs(model, ds, circuits, m, align, progress, cancel, "curve")
+            raw, clean_m, corrupt_m = _faithfulness_runs(
+                model, ds, circuits, m, align, progress, cancel, "curve"
+            )
     means = raw.mean(axis=1)
     options = dict(op="faithfulness_curve", metric=m.name, sizes=ns, n_examples=len(ds), align=align)
     return FaithfulnessCurve(
