@@ -255,3 +255,40 @@ def test_embedded_faithfulness_random_circuit(embedded):
         embedded.hf, embedded.tokenizer, EMB_CLEAN, EMB_CORRUPT, rm, {(e.sender, e.receiver) for e in c}
     )
     assert f.raw == pytest.approx(want, abs=2e-3)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+def test_edge_patch_agrees_with_direct_path_patching(family):
+    """Exact patching of one head -> receiver edge is wb.path_patch with that sender and receiver and
+    direct=True (the traced engine: every other head and every MLP frozen at its corrupt output)."""
+    model = tiny(family)
+    m = _metric(model)
+    top = model.n_layers - 1
+    cases = [
+        ("L0H1 -> logits", wb.Cell("head", 0, head=1), "logits"),
+        (f"L0H2 -> L{top}H3.q", wb.Cell("head", 0, head=2), [wb.Cell("q", top, head=3)]),
+        (f"L0H0 -> L{top}H1.k", wb.Cell("head", 0, head=0), [wb.Cell("k", top, head=1)]),
+        (f"L{top - 1}H3 -> L{top}H0.v", wb.Cell("head", top - 1, head=3), [wb.Cell("v", top, head=0)]),
+    ]
+    for edge, sender, receivers in cases:
+        exact = wb.edge_patch(model, CLEAN, [edge], CORRUPT, metric=m)
+        path = wb.path_patch(
+            model, CLEAN, CORRUPT, metric=m, senders=[sender], receivers=receivers, direct=True
+        )
+        assert exact.raw == pytest.approx(float(path), abs=1e-4), f"{family} {edge}"
+    # without direct=True, paths through the MLPs count too: a different (larger) intervention
+    loose = wb.path_patch(model, CLEAN, CORRUPT, metric=m, senders=[cases[0][1]], receivers="logits")
+    assert float(loose) != pytest.approx(
+        wb.edge_patch(model, CLEAN, [cases[0][0]], CORRUPT, metric=m).raw, abs=1e-6
+    )
+
+
+def test_direct_path_patch_code_reproduces():
+    from tests.conftest import run_code
+
+    model = tiny("llama")
+    m = _metric(model)
+    v = wb.path_patch(model, CLEAN, CORRUPT, metric=m, senders=[wb.Cell("head", 0, head=2)],
+                      receivers=[wb.Cell("q", 1, head=3)], direct=True)  # fmt: skip
+    ns = run_code(v.to_code())
+    assert ns["result"] == pytest.approx(float(v), abs=1e-4)

@@ -134,8 +134,13 @@ ARCHITECTURES: tuple[Arch, ...] = (
     Arch(
         name="phi",
         model_types=("phi",),
-        **{**_LLAMA_LIKE, "final_norm": "model.final_layernorm", "o_proj": "self_attn.dense", "mid_norm": "",
-           "mlp_norm": "input_layernorm"},
+        **{
+            **_LLAMA_LIKE,
+            "final_norm": "model.final_layernorm",
+            "o_proj": "self_attn.dense",
+            "mid_norm": "",
+            "mlp_norm": "input_layernorm",
+        },
     ),
     Arch(
         name="phi3",

@@ -1019,6 +1019,9 @@ def _path_patch_code(model: Model, metric: Any, o: dict[str, Any], header: bool 
     z_expr = "model." + model.site_ref("head", 0).path.replace(
         f"{model.arch.layers}[0]", f"{model.arch.layers}[l]"
     )
+    mlp_expr = "model." + model.site_ref("mlp_out", 0).path.replace(
+        f"{model.arch.layers}[0]", f"{model.arch.layers}[l]"
+    )
     code = (
         (
             _load(model)
@@ -1067,7 +1070,14 @@ def _path_patch_code(model: Model, metric: Any, o: dict[str, Any], header: bool 
         "                    if sl == l:\n"
         "                        at = slice(None) if p is None else p\n"
         "                        z[2 + i, at, h] = z[0, at, h]\n"
-        "    logits = model.output.logits[:, -1]\n"
+        + (
+            f"        if l <= {last}:  # direct paths only: the frozen runs' MLPs at their corrupt outputs too\n"
+            f"            mlp = {mlp_expr}.output\n"
+            "            mlp[2:] = mlp[1]\n"
+            if o.get("direct")
+            else ""
+        )
+        + "    logits = model.output.logits[:, -1]\n"
         "    values = metric(logits, logits[0]).save()\n"
     )
     if inputs:

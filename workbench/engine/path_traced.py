@@ -38,13 +38,16 @@ def run(
     progress: Progress = None,
     cancel: threading.Event | None = None,
     chunk: int | None = None,
+    direct: bool = False,
 ) -> BatchOutput:
     """The path-patched metric of every row of senders (checked `head` cells) to `inputs` (checked q/k/v
-    cells, every one above every sender's layer; None = the logits), in chunks."""
-    fast = path_replay.run(model, source_ids, base_ids, rows, inputs, metric, top_k=top_k, progress=progress,
-                           cancel=cancel, chunk=chunk)  # fmt: skip
-    if fast is not None:
-        return fast
+    cells, every one above every sender's layer; None = the logits), in chunks. `direct`: the MLPs of the
+    frozen runs are frozen too (at the corrupt run's outputs), so only the direct path (one edge) carries."""
+    if not direct:
+        fast = path_replay.run(model, source_ids, base_ids, rows, inputs, metric, top_k=top_k, progress=progress,
+                               cancel=cancel, chunk=chunk)  # fmt: skip
+        if fast is not None:
+            return fast
     n_tokens = base_ids.shape[1]
     per_run = 1 if inputs is None else 2
     size = chunk or (
@@ -54,13 +57,13 @@ def run(
     def one(part: list) -> Chunk:
         n = len(part)
         answer = slice(2, 2 + n) if inputs is None else slice(2 + n, 2 + 2 * n)
-        return (*_trace_chunk(model, source_ids, base_ids, part, inputs, metric, top_k), answer)
+        return (*_trace_chunk(model, source_ids, base_ids, part, inputs, metric, top_k, direct), answer)
 
     return in_chunks(rows, size, one, top_k=top_k, progress=progress, cancel=cancel)
 
 
 def _plan(
-    model: Model, rows: Sequence[Sequence[Cell]], inputs: Sequence[Cell] | None
+    model: Model, rows: Sequence[Sequence[Cell]], inputs: Sequence[Cell] | None, direct: bool = False
 ) -> list[tuple[int, str, list[tuple]]]:
     """The trace's steps in forward order: (layer, site, work). For a `head` step the work is the sender
     copies (row, position, head, "source", None) from the clean row 0; for a q/k/v step the receiver copies
@@ -71,6 +74,8 @@ def _plan(
     steps: dict[tuple[int, int, str], list[tuple]] = {}
     for j in range(lowest, top + 1):
         steps[(j, site_record("head").order, "head")] = []
+        if direct:  # the frozen runs' MLPs at their corrupt outputs too
+            steps[(j, site_record("mlp_out").order, "mlp_out")] = []
     for i, row in enumerate(rows):
         for c in row:
             steps[(c.layer, site_record("head").order, "head")].append(
@@ -90,12 +95,13 @@ def _trace_chunk(
     inputs: Sequence[Cell] | None,
     metric: Any,
     top_k: int,
+    direct: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One forward over [clean, corrupt, F rows, R rows]; the metric of every batch row (and top-k)."""
     n = len(rows)
     n_rows = n if inputs is None else 2 * n
     batch = torch.cat([source_ids, base_ids] + [base_ids] * n_rows, dim=0)
-    steps = _plan(model, rows, inputs)
+    steps = _plan(model, rows, inputs, direct)
     refs = [model.site_ref(name, layer) for layer, name, _ in steps]
     envoys = [model.envoy(ref) for ref in refs]
     frozen = slice(2, 2 + n)
@@ -112,6 +118,8 @@ def _trace_chunk(
             if name == "head":
                 x[frozen] = x[1]  # every F row's heads at their corrupt values ...
                 apply_edits(x, work, 0, 1)  # ... but its senders' at their clean values
+            elif name == "mlp_out":
+                x[frozen] = x[1]  # direct paths only: the F rows' MLPs at their corrupt outputs
             else:
                 for f_row, r_row, position, head in work:
                     apply_edits(x, [(r_row, position, head, "source", None)], f_row, 1)

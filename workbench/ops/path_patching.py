@@ -25,6 +25,7 @@ from ..engine.sites import site as site_record
 from ..errors import SiteError, WorkbenchError
 from ..model import Model
 from ..remote import job_status
+from ..validate import as_bool
 from .metrics import Metric, as_metric
 from .over_dataset import Runner, example_cells, is_dataset, no_second_prompt
 from .patching import MetricLike, check_top_k, pair_tokens, run_value
@@ -149,6 +150,7 @@ def path_patch(
     receivers: Any = "logits",
     top_k: int = 5,
     align: str = "exact",
+    direct: bool = False,
     progress: Progress = None,
     cancel: threading.Event | None = None,
 ) -> Value:
@@ -161,7 +163,9 @@ def path_patch(
     and v; with grouped-query attention the k and v of its key-value head h // (n_heads / n_kv_heads), which
     every query head of that group reads). Every receiver must be above every sender's layer. The paths run
     through MLPs and the residual stream, never through another head, so nothing moves between positions:
-    to the logits only a sender's output at the last position counts.
+    to the logits only a sender's output at the last position counts. `direct=True` freezes the MLPs too, so
+    only the direct path from each sender to each receiver carries: with one sender and one receiver that is
+    exactly one edge of a circuit graph (`wb.edge_patch` of that edge).
 
     Over a `wb.Dataset` (in place of clean/corrupt): every example path-patched alike (a position names a
     column of `align=`); a DatasetValue (mean, `.per_example`, `.sem`).
@@ -169,7 +173,9 @@ def path_patch(
     m = as_metric(metric)
     if is_dataset(clean):
         no_second_prompt("wb.path_patch", corrupt)
-        return _path_patch_dataset(model, clean, m, senders, receivers, top_k, align, progress, cancel)
+        return _path_patch_dataset(
+            model, clean, m, senders, receivers, top_k, align, progress, cancel, direct
+        )
     c, k = pair_tokens(model, clean, corrupt)
     n_tokens = k.shape[1]
     sender_cells = check_senders(model, senders, n_tokens)
@@ -179,8 +185,12 @@ def path_patch(
     bound = m.bind(model)
     inputs = None if receiver_cells is None else receiver_inputs(model, receiver_cells)
     options = _options("path_patch", clean, corrupt, m, sender_cells, receiver_cells)
+    direct = as_bool(direct, "direct")
+    if direct:
+        options["direct"] = True
     with model.lock, job_status(model, progress, cancel):
-        out = run(model, c, k, [sender_cells], inputs, bound, top_k=top_k, progress=progress, cancel=cancel)
+        out = run(model, c, k, [sender_cells], inputs, bound, top_k=top_k, progress=progress, cancel=cancel,
+                  direct=direct)  # fmt: skip
     return run_value(model, out, options, lambda: codegen.path_patch_code(model, m, options))
 
 
@@ -266,8 +276,10 @@ def _path_patch_dataset(
     align: str,
     progress: Progress,
     cancel: threading.Event | None,
+    direct: bool = False,
 ) -> Value:
     top_k = check_top_k(model, top_k)
+    direct = as_bool(direct, "direct")
     runner = Runner(model, ds, m, align, corrupt=True, progress=progress, cancel=cancel)
     given = _dataset_cells(senders, "senders", model)
     given_receivers = None if isinstance(receivers, str) else _dataset_cells(receivers, "receivers", model)
@@ -283,12 +295,15 @@ def _path_patch_dataset(
         c, k = runner.ids(i)
         s, r = per[i]
         inputs = None if r is None else receiver_inputs(model, r)
-        out = run(model, c, k, [s], inputs, runner.bound[i], top_k=top_k, progress=prog, cancel=cancel)
+        out = run(model, c, k, [s], inputs, runner.bound[i], top_k=top_k, progress=prog, cancel=cancel,
+                  direct=direct)  # fmt: skip
         return run_value(model, out, {}, lambda: "")
 
     with model.lock, job_status(model, progress, cancel):
         values = runner.each(one)
     options = _dataset_options("path_patch", len(ds), m, given, given_receivers)
+    if direct:
+        options["direct"] = True
     return runner.value_result(
         values, options=options, code=lambda: codegen.dataset_code(model, m, options, ds, runner.al)
     )
