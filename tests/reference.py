@@ -1637,24 +1637,36 @@ def reference_edge_attribution(
     return out
 
 
-def reference_edge_ablation(
-    hf, tok, prompt: str, reference: str, metric, kept: set[tuple[str, str]]
-) -> float:
+def reference_edge_ablation(hf, tok, prompt: str, reference: str, metric, kept: set[tuple]) -> float:
     """The metric of `prompt`'s run in which every receiver reads its own stream minus, for each edge not in
     `kept`, (the sender's output in this run - its output in the run of `reference`). All receivers at once:
-    the senders' outputs of this run are recorded as the forward reaches them."""
+    the senders' outputs of this run are recorded as the forward reaches them. An entry (sender, receiver)
+    keeps the edge at every position, (sender, receiver, p) at token position p only."""
     ids = tokens(tok, prompt)
+    n = ids.shape[1]
     ref_out = sender_outputs(hf, tokens(tok, reference))
     senders, receivers = circuit_nodes(hf)
     tap = _SenderTap(hf)
     specs = []
     for r in receivers:
-        dropped = [s for s in senders if reaches(hf, s, r) and (s, r[0]) not in kept]
+        # per sender: the positions at which its edge into r is dropped
+        dropped = {}
+        for s in senders:
+            if not reaches(hf, s, r):
+                continue
+            if (s, r[0]) in kept:
+                continue
+            at = torch.ones(n, 1)
+            for p in range(n):
+                if (s, r[0], p) in kept:
+                    at[p] = 0.0
+            if at.any():
+                dropped[s] = at
         if not dropped:
             continue
 
         def fn(x, dropped=dropped):
-            return x - sum(tap.out[s] - ref_out[s] for s in dropped).unsqueeze(0)
+            return x - sum(at * (tap.out[s] - ref_out[s]) for s, at in dropped.items()).unsqueeze(0)
 
         specs.append((r, fn))
     try:

@@ -292,3 +292,17 @@ def test_direct_path_patch_code_reproduces():
                       receivers=[wb.Cell("q", 1, head=3)], direct=True)  # fmt: skip
     ns = run_code(v.to_code())
     assert ns["result"] == pytest.approx(float(v), abs=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_by_position_circuit_faithfulness(family):
+    """A by-position circuit keeps its edges at their columns only (align='exact': a column is a position)."""
+    model = tiny(family)
+    m = _metric(model)
+    gp = wb.edge_attribution(model, CLEAN, CORRUPT, metric=m, by_position=True)
+    c = gp.top(40)
+    f = wb.faithfulness(model, CLEAN, c, CORRUPT, metric=m)
+    kept = {(e.sender, e.receiver, int(e.position)) for e in c}
+    want = ref.reference_edge_ablation(model.hf, model.tokenizer, CLEAN, CORRUPT, _ref_metric(model), kept)
+    assert f.raw == pytest.approx(want, abs=1e-4)
+    assert f.raw != pytest.approx(gp.corrupt_mean, abs=1e-4)  # the circuit does something
