@@ -521,6 +521,7 @@ def attribute(
     steps: int,
     by_position: bool,
     cancel: threading.Event | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Edge scores of one chunk: `scores` [B, S, R] (or [B, S, R, T] by position, pad columns zero), and the
     clean and corrupt metrics [B]. steps = 0: EAP (gradient at the corrupt run); steps = n: EAP-IG with the
@@ -544,8 +545,10 @@ def attribute(
             ref_logits = forward(model, blocks, b.clean).logits
     acc: list[torch.Tensor] | None = None
     with frozen(model):
-        for alpha in alphas:
+        for step, alpha in enumerate(alphas):
             check_cancel(cancel)
+            if on_step is not None:
+                on_step(step, len(alphas))
             if alpha is None:
                 run = forward(model, blocks, b.corrupt, grad=True)
                 corrupt = run

@@ -128,7 +128,16 @@ def edge_attribution(
             check_cancel(cancel)
             _report(progress, done / len(ds), f"{done}/{len(ds)} examples ({method})")
             b = engine.batch(model, _pairs(runner, idx), m.needs_clean)
-            out = engine.attribute(model, b, lay, steps=n_steps, by_position=by_position, cancel=cancel)
+
+            def on_step(k: int, n: int, done: int = done, size: int = len(idx)) -> None:
+                what = f"step {k + 1}/{n}, " if n > 1 else ""
+                _report(
+                    progress, (done + size * k / n) / len(ds), f"{what}{done}/{len(ds)} examples ({method})"
+                )
+
+            out = engine.attribute(
+                model, b, lay, steps=n_steps, by_position=by_position, cancel=cancel, on_step=on_step
+            )
             scores = out["scores"].double().numpy()
             for j, i in enumerate(idx):
                 if by_position:
