@@ -213,6 +213,17 @@ def canonical(value: Any) -> Any:
     if isinstance(value, HeadEffects):  # the ranking, the means and the task they came from
         return ["HeadEffects", canonical(value.values), canonical(value.head_means), canonical(value.task),
                 canonical(value.options)]  # fmt: skip
+    from .ops.circuit_results import Circuit, Edge, Graph
+
+    if isinstance(value, Edge):
+        return ["Edge", str(value)]
+    if isinstance(value, Graph):  # its content (the model key holds an object id: the fingerprint covers it)
+        return ["Graph", canonical(value.matrix), value.senders, value.receivers, canonical(value.columns),
+                canonical(value.clean), canonical(value.corrupt), canonical(value.options),
+                [value.n_layers, value.n_heads, value.n_kv_heads], canonical(value.dataset_key)]  # fmt: skip
+    if isinstance(value, Circuit):  # its edges, and the graph it was cut from (ops check that graph's model)
+        graph = None if value.graph is None else canonical(value.graph)
+        return ["Circuit", [str(e) for e in value.edges], graph]
     if isinstance(value, Cell):
         return ["Cell", canonical(asdict(value))]
     if isinstance(value, Add):

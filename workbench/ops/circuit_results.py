@@ -98,18 +98,11 @@ class Circuit(Coded):
         shown = ", ".join(str(e) for e in self.edges[:3]) + (", ..." if len(self.edges) > 3 else "")
         return f"<wb.Circuit: {len(self.edges)} edges, {len(self.nodes)} nodes ({shown})>"
 
-    def to_frame(self) -> Any:
-        import pandas as pd
+    def to_frame(self, **options: Any) -> Any:
+        """One row per edge (layout: workbench/figures/circuits.py); score from the graph, NaN for a hand-made one."""
+        from .. import figures
 
-        scores = self.graph.score if self.graph is not None else None
-        return pd.DataFrame(
-            {
-                "sender": [e.sender for e in self.edges],
-                "receiver": [e.receiver for e in self.edges],
-                "position": [e.position for e in self.edges],
-                "score": [scores(e) if scores else np.nan for e in self.edges],
-            }
-        )
+        return figures.circuit_frame(self, **options)
 
     def plot(self, **options: Any) -> Any:
         from .. import figures
@@ -156,7 +149,11 @@ class Graph(Figured, Coded):
         cols = {} if self.columns is None else {c: j for j, c in enumerate(self.columns)}
         if self.columns is not None:
             cols.update({j: j for j in range(len(self.columns))})
-        return ({s: i for i, s in enumerate(self.senders)}, {r: i for i, r in enumerate(self.receivers)}, cols)
+        return (
+            {s: i for i, s in enumerate(self.senders)},
+            {r: i for i, r in enumerate(self.receivers)},
+            cols,
+        )
 
     @property
     def nodes(self) -> list[str]:
@@ -298,6 +295,8 @@ class Faithfulness(Figured, Coded, float):
     clean: float
     corrupt: float
     per_example: np.ndarray
+    clean_per_example: np.ndarray | None = None  # each example's clean metric
+    corrupt_per_example: np.ndarray | None = None  # ... and corrupt metric
     n_edges: int
     options: dict[str, Any]
     _code: Callable[[], str]

@@ -162,7 +162,7 @@ def edge_attribution(
         model_key=model_key(model),
         dataset_key=dataset_key(ds),
     )
-    graph._code = lambda: _code("edge_attribution", model, m, options, graph=graph)
+    graph._code = lambda: _code("edge_attribution", model, m, options, graph=graph, dataset=ds)
     return graph
 
 
@@ -244,7 +244,11 @@ def _faithfulness_runs(
         step += 1
         for ci, c in enumerate(circuits):
             check_cancel(cancel)
-            _report(progress, step / work, f"{label}: circuit {ci + 1}/{len(circuits)}, {idx[-1] + 1}/{n} examples")
+            _report(
+                progress,
+                step / work,
+                f"{label}: circuit {ci + 1}/{len(circuits)}, {idx[-1] + 1}/{n} examples",
+            )
             keep = keep_mask(model, c, runner, idx, b.pads, width)
             values = engine.mixed(model, b.clean, b.corrupt, keep, b.metrics, lay, ref, cancel)
             raw[ci, idx] = values.numpy()
@@ -273,13 +277,16 @@ def faithfulness(
 
         return faithfulness_remote(model, ds, c, m, align, progress, cancel)
     with model.lock, job_status(model, progress, cancel):
-        raw, clean_m, corrupt_m = _faithfulness_runs(model, ds, [c], m, align, progress, cancel, "faithfulness")
-    return _faithfulness_value(model, m, c, raw[0], clean_m, corrupt_m, align)
+        raw, clean_m, corrupt_m = _faithfulness_runs(
+            model, ds, [c], m, align, progress, cancel, "faithfulness"
+        )
+    return _faithfulness_value(model, m, c, raw[0], clean_m, corrupt_m, align, ds)
 
 
 def _faithfulness_value(
-    model: Model, m: Metric, c: Circuit, raw: np.ndarray, clean_m: np.ndarray, corrupt_m: np.ndarray, align: str
-) -> Faithfulness:
+    model: Model, m: Metric, c: Circuit, raw: np.ndarray, clean_m: np.ndarray, corrupt_m: np.ndarray, align: str,
+    ds: Dataset | None = None,
+) -> Faithfulness:  # fmt: skip
     value = float(normalise(np.float32(raw.mean()), clean_m, corrupt_m))
     options = dict(op="faithfulness", metric=m.name, n_edges=len(c), n_examples=len(raw), align=align)
     return Faithfulness(
@@ -288,9 +295,11 @@ def _faithfulness_value(
         clean=float(clean_m.mean()),
         corrupt=float(corrupt_m.mean()),
         per_example=raw.astype(np.float32),
+        clean_per_example=np.asarray(clean_m, np.float32),
+        corrupt_per_example=np.asarray(corrupt_m, np.float32),
         n_edges=len(c),
         options=options,
-        _code=lambda: _code("faithfulness", model, m, options, circuit=c),
+        _code=lambda: _code("faithfulness", model, m, options, circuit=c, dataset=ds),
     )
 
 
@@ -311,7 +320,9 @@ def faithfulness_curve(
     The metric and alignment default to the graph's own (a graph of another dataset or model is refused)."""
     ds = _dataset(clean, corrupt, "wb.faithfulness_curve")
     if not isinstance(graph, Graph):
-        raise WorkbenchError("faithfulness_curve(model, dataset, graph): graph is wb.edge_attribution's result.")
+        raise WorkbenchError(
+            "faithfulness_curve(model, dataset, graph): graph is wb.edge_attribution's result."
+        )
     check_graph(model, ds, graph)
     m = as_metric(metric if metric is not None else _graph_metric(graph))
     align = align or graph.options.get("align", "exact")
@@ -333,7 +344,9 @@ def faithfulness_curve(
         raw, clean_m, corrupt_m = faithfulness_runs_remote(model, ds, circuits, m, align, progress, cancel)
     else:
         with model.lock, job_status(model, progress, cancel):
-            raw, clean_m, corrupt_m = _faithfulness_runs(model, ds, circuits, m, align, progress, cancel, "curve")
+            raw, clean_m, corrupt_m = _faithfulness_runs(
+                model, ds, circuits, m, align, progress, cancel, "curve"
+            )
     means = raw.mean(axis=1)
     options = dict(op="faithfulness_curve", metric=m.name, sizes=ns, n_examples=len(ds), align=align)
     return FaithfulnessCurve(
@@ -344,7 +357,7 @@ def faithfulness_curve(
         corrupt=float(corrupt_m.mean()),
         n_edges=graph.n_edges,
         options=options,
-        _code=lambda: _code("faithfulness_curve", model, m, options, graph=graph),
+        _code=lambda: _code("faithfulness_curve", model, m, options, graph=graph, dataset=ds),
     )
 
 
@@ -415,8 +428,8 @@ def edge_patch(
     options = dict(op="edge_patch", metric=m.name, n_edges=len(c), n_examples=n, align=align)
     return Faithfulness(
         value, raw=float(raw.mean()), clean=float(clean_m.mean()), corrupt=float(corrupt_m.mean()),
-        per_example=raw, n_edges=len(c), options=options,
-        _code=lambda: _code("edge_patch", model, m, options, circuit=c),
+        per_example=raw, clean_per_example=clean_m, corrupt_per_example=corrupt_m, n_edges=len(c), options=options,
+        _code=lambda: _code("edge_patch", model, m, options, circuit=c, dataset=ds),
     )  # fmt: skip
 
 
