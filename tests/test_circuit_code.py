@@ -39,7 +39,9 @@ def _same_value(ns: dict, f) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("kw", [{}, {"method": "eap-ig", "steps": 3}, {"by_position": True}], ids=["eap", "eap-ig", "by_position"])
+@pytest.mark.parametrize(
+    "kw", [{}, {"method": "eap-ig", "steps": 3}, {"by_position": True}], ids=["eap", "eap-ig", "by_position"]
+)
 def test_edge_attribution_code_reproduces_the_matrix(family, kw):
     model = tiny(family)
     g = wb.edge_attribution(model, _ds(), metric=_metric(), **kw)

@@ -39,7 +39,12 @@ def code(
 
     o = plain(options)
     al = alignment(model, dataset, o.get("align") or "exact", corrupt=True)
-    head = _load(model) + metric.code(model) + _examples(model, metric, dataset, al, corrupt=True) + _graph(model)
+    head = (
+        _load(model)
+        + metric.code(model)
+        + _examples(model, metric, dataset, al, corrupt=True)
+        + _graph(model)
+    )
     if model.remote:
         head = (
             "# Remote model: this code takes gradients and rebuilds streams with torch in this process, so load the\n"
@@ -134,7 +139,7 @@ def _record(model: Model) -> str:
         "\n\ndef projections(l):\n"
         '    """Block l\'s q/k/v projection modules (one when q, k and v are fused)."""\n'
         f"    return [{', '.join(paths)}]\n"
-        f"\n\nQKV = [(\"q\", {which['q']}, H), (\"k\", {which['k']}, KV), (\"v\", {which['v']}, KV)]"
+        f'\n\nQKV = [("q", {which["q"]}, H), ("k", {which["k"]}, KV), ("v", {which["v"]}, KV)]'
         "  # receiver kind, its projection, its heads\n"
         "\n\ndef heads_view(kind, x):\n"
         '    """The [..., heads, D] view of a kind\'s columns in its projection output x [..., width]."""\n'
@@ -212,7 +217,7 @@ def _attribute(model: Model) -> str:
         "                heads_view(kind, masked[h])[:, h] = heads_view(kind, g)[:, h]\n"
         "            proj = projections(l)[i]\n"
         '            out.append(back(lambda u: proj(attn_norm(u)), r["x_attn"][l][0], masked))\n'
-        '        g_mlp = got[L * n_proj + l][0]\n'
+        "        g_mlp = got[L * n_proj + l][0]\n"
         '        out.append(back(mlp_norm, r["x_mlp"][l][0], g_mlp[None]))\n'
         "    out.append(got[-1][0][None])\n"
         "    return torch.cat(out)\n"
@@ -253,13 +258,12 @@ def _attribution_main(o: dict[str, Any]) -> str:
     )
     mask = "reach[..., None].expand_as(result)" if by_pos else "reach"
     return (
-        f"\n\nsteps = {steps}  # {o.get('method')}" + (" (integration steps)\n" if steps else ": the gradient at the corrupt run\n")
+        f"\n\nsteps = {steps}  # {o.get('method')}"
+        + (" (integration steps)\n" if steps else ": the gradient at the corrupt run\n")
         + "per_example, clean_metric, corrupt_metric = [], [], []\n"
         "for ex in examples:\n"
         "    target, foil = ex.get('target'), ex.get('foil')  # this example's answer tokens (the metric reads them)\n"
-        "    scores, (c, k) = attribute(ex, steps)\n"
-        + reduce
-        + "    clean_metric.append(c)\n"
+        "    scores, (c, k) = attribute(ex, steps)\n" + reduce + "    clean_metric.append(c)\n"
         "    corrupt_metric.append(k)\n"
         "result = torch.stack(per_example).mean(0)  # the mean over examples: Graph.matrix\n"
         f"result[~{mask}] = float('nan')  # no edge: the sender does not feed that receiver\n"
@@ -279,7 +283,7 @@ def _mixed(model: Model) -> str:
         "    k = keep[:n_s, lo:hi].to(ref_stream.dtype)\n"
         '    return ref_stream[None] + torch.einsum("srt,std->rtd", k, cur[:n_s])\n'
         "\n\ndef run_with_edges(base, reference, keep, clean_logits):\n"
-        '    """The metric of base\'s run in which every receiver\'s input is rebuilt as the reference run\'s stream plus\n'
+        "    \"\"\"The metric of base's run in which every receiver's input is rebuilt as the reference run's stream plus\n"
         "    the kept edges' (sender's output in this run - its reference output); keep [S, R, T] bool.\n"
         "    Faithfulness: base clean, reference corrupt, keep = the circuit. Exact edge patching: base corrupt,\n"
         '    reference clean, keep = every edge but the patched ones."""\n'
@@ -353,11 +357,13 @@ def _edge_list(edges: Any) -> str:
 def _faithfulness_main(op: str, circuit: Any) -> str:
     patch = op == "edge_patch"
     run = (
-        '    value = run_with_edges(corrupt, clean, ~edge_mask(ex, edges) & reach[..., None], clean_logits)\n'
+        "    value = run_with_edges(corrupt, clean, ~edge_mask(ex, edges) & reach[..., None], clean_logits)\n"
         if patch
         else "    value = run_with_edges(clean, corrupt, edge_mask(ex, edges), clean_logits)\n"
     )
-    what = "the edges patched clean into the corrupt run" if patch else "the circuit: every other edge corrupted"
+    what = (
+        "the edges patched clean into the corrupt run" if patch else "the circuit: every other edge corrupted"
+    )
     return (
         f"\n\nedges = {_edge_list(circuit.edges)}  # {what}\n"
         "per_example, clean_metric, corrupt_metric = [], [], []\n"
