@@ -267,6 +267,12 @@ class Graph(Figured, Coded):
         keep = [i for i in self._order if flat[i] >= t]
         return Circuit([self._edge_at(i) for i in keep], graph=self)
 
+    def _rebind(self, model: Any) -> None:
+        """Name `model` as this graph's model (a workshop-cache hit: the key held the same weights)."""
+        from .circuits import model_key
+
+        self.model_key = model_key(model)
+
     @property
     def clean_mean(self) -> float:
         return float(np.mean(self.clean))
