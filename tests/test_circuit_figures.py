@@ -224,9 +224,8 @@ def test_circuit_and_graph_arguments_key_the_cache(tmp_path, ds, metric):
         g3 = wb.edge_attribution(twin, ds, metric=metric)
         assert store.hits == 4 and np.array_equal(g3.matrix, g.matrix, equal_nan=True)
         hits = store.hits
-        c3 = wb.faithfulness_curve(
-            twin, ds, g3, metric=metric, sizes=[4, 10]
-        )  # computed: no "another model" error
+        # computed (new sizes): no "another model" error
+        c3 = wb.faithfulness_curve(twin, ds, g3, metric=metric, sizes=[4, 10])
         assert store.hits == hits and c3.values[1] == pytest.approx(curve.values[1], abs=1e-6)
         wb.faithfulness(twin, ds, g3.top(12), metric=metric)
     keys = {C.canonical(g.top(4)) == C.canonical(g2.top(4)), C.canonical(g) == C.canonical(g2)}

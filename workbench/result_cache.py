@@ -152,9 +152,8 @@ def cached(op: str) -> Callable[[F], F]:
                 return fn(*args, **kwargs)
             hit = store.get(key)
             if hit is not None:
-                rebind = getattr(
-                    hit, "_rebind", None
-                )  # a result that names its model (a Graph) names this one
+                # a result that names its model (a Graph) names this one
+                rebind = getattr(hit, "_rebind", None)
                 if callable(rebind):
                     rebind(bound.arguments["model"])
                 store.hits += 1
