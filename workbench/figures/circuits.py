@@ -168,12 +168,17 @@ def _dims(edges: Sequence[Any]) -> tuple[int, int, int]:
 
 
 class _Grid:
-    """Where each node sits: x = column block + head (the MLP at the right of its layer), y = layer + 1
-    (embed 0, logits n_layers + 1); a head's q/k/v inputs are ports just below it."""
+    """Where each node sits: x = column block + head (the MLP at the right of its layer, raised when it reads
+    its block's heads), y = layer + 1 (embed 0, logits n_layers + 1); a head's q/k/v inputs are ports below it."""
 
-    def __init__(self, n_layers: int, n_heads: int, n_kv: int, columns: list[Any] | None) -> None:
+    def __init__(
+        self, n_layers: int, n_heads: int, n_kv: int, columns: list[Any] | None, sequential: bool = True
+    ) -> None:
         self.n_layers, self.n_heads, self.n_kv = n_layers, n_heads, max(1, n_kv)
         self.columns = columns
+        self.mlp_lift = (
+            0.45 if sequential else 0.0
+        )  # a sequential MLP reads after its block's heads: above them
         self.block = n_heads + 2.0  # one column's width (heads, the MLP, a gap)
 
     def _col(self, position: Any) -> int:
@@ -197,7 +202,7 @@ class _Grid:
         if kind == "head":
             return x0 + float(head), y
         if kind == "mlp":
-            return x0 + self.n_heads + 0.2, y
+            return x0 + self.n_heads + 0.2, y + self.mlp_lift
         group = self.n_heads // self.n_kv
         if kind == "q":
             return x0 + head - (0.22 if group == 1 else 0.0), y - 0.28
@@ -344,9 +349,15 @@ def _draw(
     return fig
 
 
+def _sequential(graph) -> bool:
+    """Whether a graph's MLPs read their own block's heads (an edge L0H0 -> MLP0 exists)."""
+    s, r = graph.senders.index("L0H0"), graph.receivers.index("MLP0")
+    return bool(np.isfinite(np.asarray(graph.matrix[s, r]).reshape(-1)[0]))
+
+
 def _size(grid: _Grid) -> tuple[int, int]:
     n_cols = 1 if grid.columns is None else len(grid.columns)
-    return clamp(160 + 46 * n_cols * grid.block, 520, 1600), clamp(120 + 34 * (grid.n_layers + 2), 320, 1400)
+    return clamp(160 + 46 * n_cols * grid.block, 520, 1600), clamp(100 + 64 * (grid.n_layers + 2), 360, 1400)
 
 
 def _totals(edges: Sequence[Any], scores: np.ndarray) -> dict[tuple[str, Any], float]:
@@ -377,7 +388,7 @@ def plot_graph(
     circuit = graph.top(k)
     edges = list(circuit.edges)
     scores = np.array([graph.score(e) for e in edges], np.float64)
-    grid = _Grid(graph.n_layers, graph.n_heads, graph.n_kv_heads, graph.columns)
+    grid = _Grid(graph.n_layers, graph.n_heads, graph.n_kv_heads, graph.columns, _sequential(graph))
     fig = _draw(edges, scores, grid, colorscale=colorscale, max_width=max_width, show_nodes=show_nodes,
                 node_totals=_totals(edges, scores))  # fmt: skip
     o = graph.options
@@ -413,7 +424,7 @@ def plot_circuit(
     edges = list(circuit.edges)
     if g is not None:
         scores: np.ndarray | None = np.array([g.score(e) for e in edges], np.float64)
-        grid = _Grid(g.n_layers, g.n_heads, g.n_kv_heads, g.columns)
+        grid = _Grid(g.n_layers, g.n_heads, g.n_kv_heads, g.columns, _sequential(g))
     else:
         scores = None
         columns = sorted({str(e.position) for e in edges if e.position is not None})
@@ -473,7 +484,7 @@ def plot_faithfulness(
         (result.raw, f"{name} mean", "#1a1a1a", "dash"),
     ):
         fig.add_hline(y=value, line=dict(color=colour, dash=dash, width=1), annotation_text=label_,
-                      annotation_position="right")  # fmt: skip
+                      annotation_position="top left")  # fmt: skip
     fig.update_xaxes(title="example", tickmode="linear" if len(x) <= 40 else "auto")
     fig.update_yaxes(title=f"metric {escape(result.options.get('metric', ''))}")
     if title is None:
@@ -526,9 +537,9 @@ def plot_faithfulness_curve(
         )  # fmt: skip
     )
     fig.add_hline(y=1.0, line=dict(color="#b2182b", dash="dot", width=1), annotation_text="clean",
-                  annotation_position="right")  # fmt: skip
+                  annotation_position="top left")  # fmt: skip
     fig.add_hline(y=0.0, line=dict(color="#2166ac", dash="dot", width=1), annotation_text="corrupt",
-                  annotation_position="right")  # fmt: skip
+                  annotation_position="top left")  # fmt: skip
     fig.update_xaxes(title="edges kept" if x == "edges" else "fraction of the graph's edges kept",
                      type="log" if log_x else "linear")  # fmt: skip
     fig.update_yaxes(title="normalised faithfulness")
