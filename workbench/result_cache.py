@@ -152,6 +152,10 @@ def cached(op: str) -> Callable[[F], F]:
                 return fn(*args, **kwargs)
             hit = store.get(key)
             if hit is not None:
+                # a result that names its model (a Graph) names this one
+                rebind = getattr(hit, "_rebind", None)
+                if callable(rebind):
+                    rebind(bound.arguments["model"])
                 store.hits += 1
                 progress = bound.arguments.get("progress")
                 if progress is not None:
@@ -213,6 +217,17 @@ def canonical(value: Any) -> Any:
     if isinstance(value, HeadEffects):  # the ranking, the means and the task they came from
         return ["HeadEffects", canonical(value.values), canonical(value.head_means), canonical(value.task),
                 canonical(value.options)]  # fmt: skip
+    from .ops.circuit_results import Circuit, Edge, Graph
+
+    if isinstance(value, Edge):
+        return ["Edge", str(value)]
+    if isinstance(value, Graph):  # its content (the model key holds an object id: the fingerprint covers it)
+        return ["Graph", canonical(value.matrix), value.senders, value.receivers, canonical(value.columns),
+                canonical(value.clean), canonical(value.corrupt), canonical(value.options),
+                [value.n_layers, value.n_heads, value.n_kv_heads], canonical(value.dataset_key)]  # fmt: skip
+    if isinstance(value, Circuit):  # its edges, and the graph it was cut from (ops check that graph's model)
+        graph = None if value.graph is None else canonical(value.graph)
+        return ["Circuit", [str(e) for e in value.edges], graph]
     if isinstance(value, Cell):
         return ["Cell", canonical(asdict(value))]
     if isinstance(value, Add):

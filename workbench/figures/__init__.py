@@ -9,6 +9,16 @@ views' whitespace markers) and all user or model text is escaped for plotly (`es
 from __future__ import annotations
 
 from .attention import plot_attention
+from .circuits import (
+    circuit_frame,
+    faithfulness_curve_frame,
+    faithfulness_frame,
+    graph_frame,
+    plot_circuit,
+    plot_faithfulness,
+    plot_faithfulness_curve,
+    plot_graph,
+)
 from .dataset_lens import dataset_lens_frame, plot_dataset_lens
 from .datasets import dataset_sweep_frame, dataset_value_frame, plot_dataset_sweep, plot_dataset_value
 from .export import figure_bytes, find_browser, save_figure, save_result_figure
@@ -36,6 +46,14 @@ from .vectors import (
 )
 
 __all__ = [
+    "circuit_frame",
+    "faithfulness_curve_frame",
+    "faithfulness_frame",
+    "graph_frame",
+    "plot_circuit",
+    "plot_faithfulness",
+    "plot_faithfulness_curve",
+    "plot_graph",
     "attention_frame",
     "causal_trace_frame",
     "dataset_causal_trace_frame",

@@ -98,18 +98,11 @@ class Circuit(Coded):
         shown = ", ".join(str(e) for e in self.edges[:3]) + (", ..." if len(self.edges) > 3 else "")
         return f"<wb.Circuit: {len(self.edges)} edges, {len(self.nodes)} nodes ({shown})>"
 
-    def to_frame(self) -> Any:
-        import pandas as pd
+    def to_frame(self, **options: Any) -> Any:
+        """One row per edge (layout: workbench/figures/circuits.py); score from the graph, NaN for a hand-made one."""
+        from .. import figures
 
-        scores = self.graph.score if self.graph is not None else None
-        return pd.DataFrame(
-            {
-                "sender": [e.sender for e in self.edges],
-                "receiver": [e.receiver for e in self.edges],
-                "position": [e.position for e in self.edges],
-                "score": [scores(e) if scores else np.nan for e in self.edges],
-            }
-        )
+        return figures.circuit_frame(self, **options)
 
     def plot(self, **options: Any) -> Any:
         from .. import figures
@@ -274,6 +267,12 @@ class Graph(Figured, Coded):
         keep = [i for i in self._order if flat[i] >= t]
         return Circuit([self._edge_at(i) for i in keep], graph=self)
 
+    def _rebind(self, model: Any) -> None:
+        """Name `model` as this graph's model (a workshop-cache hit: the key held the same weights)."""
+        from .circuits import model_key
+
+        self.model_key = model_key(model)
+
     @property
     def clean_mean(self) -> float:
         return float(np.mean(self.clean))
@@ -302,6 +301,8 @@ class Faithfulness(Figured, Coded, float):
     clean: float
     corrupt: float
     per_example: np.ndarray
+    clean_per_example: np.ndarray | None = None  # each example's clean metric
+    corrupt_per_example: np.ndarray | None = None  # ... and corrupt metric
     n_edges: int
     options: dict[str, Any]
     _code: Callable[[], str]

@@ -171,7 +171,7 @@ def edge_attribution(
         model_key=model_key(model),
         dataset_key=dataset_key(ds),
     )
-    graph._code = lambda: _code("edge_attribution", model, m, options, graph=graph)
+    graph._code = lambda: _code("edge_attribution", model, m, options, graph=graph, dataset=ds)
     return graph
 
 
@@ -310,18 +310,13 @@ def faithfulness(
         raw, clean_m, corrupt_m = _faithfulness_runs(
             model, ds, [c], m, align, progress, cancel, "faithfulness"
         )
-    return _faithfulness_value(model, m, c, raw[0], clean_m, corrupt_m, align)
+    return _faithfulness_value(model, m, c, raw[0], clean_m, corrupt_m, align, ds)
 
 
 def _faithfulness_value(
-    model: Model,
-    m: Metric,
-    c: Circuit,
-    raw: np.ndarray,
-    clean_m: np.ndarray,
-    corrupt_m: np.ndarray,
-    align: str,
-) -> Faithfulness:
+    model: Model, m: Metric, c: Circuit, raw: np.ndarray, clean_m: np.ndarray, corrupt_m: np.ndarray, align: str,
+    ds: Dataset | None = None,
+) -> Faithfulness:  # fmt: skip
     value = float(normalise(np.float32(raw.mean()), clean_m, corrupt_m))
     options = dict(op="faithfulness", metric=m.name, n_edges=len(c), n_examples=len(raw), align=align)
     return Faithfulness(
@@ -330,9 +325,11 @@ def _faithfulness_value(
         clean=float(clean_m.mean()),
         corrupt=float(corrupt_m.mean()),
         per_example=raw.astype(np.float32),
+        clean_per_example=np.asarray(clean_m, np.float32),
+        corrupt_per_example=np.asarray(corrupt_m, np.float32),
         n_edges=len(c),
         options=options,
-        _code=lambda: _code("faithfulness", model, m, options, circuit=c),
+        _code=lambda: _code("faithfulness", model, m, options, circuit=c, dataset=ds),
     )
 
 
@@ -390,7 +387,7 @@ def faithfulness_curve(
         corrupt=float(corrupt_m.mean()),
         n_edges=graph.n_edges,
         options=options,
-        _code=lambda: _code("faithfulness_curve", model, m, options, graph=graph),
+        _code=lambda: _code("faithfulness_curve", model, m, options, graph=graph, dataset=ds),
     )
 
 
@@ -461,8 +458,8 @@ def edge_patch(
     options = dict(op="edge_patch", metric=m.name, n_edges=len(c), n_examples=n, align=align)
     return Faithfulness(
         value, raw=float(raw.mean()), clean=float(clean_m.mean()), corrupt=float(corrupt_m.mean()),
-        per_example=raw, n_edges=len(c), options=options,
-        _code=lambda: _code("edge_patch", model, m, options, circuit=c),
+        per_example=raw, clean_per_example=clean_m, corrupt_per_example=corrupt_m, n_edges=len(c), options=options,
+        _code=lambda: _code("edge_patch", model, m, options, circuit=c, dataset=ds),
     )  # fmt: skip
 
 
