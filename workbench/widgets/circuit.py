@@ -41,11 +41,6 @@ def _metric_of(graph: Any, metric: Any) -> Any:
     )
 
 
-def _position(label: str) -> int | str:
-    """A column label as a Cell position: an integer for token positions, the role's name for align='roles'."""
-    return int(label) if re.fullmatch(r"-?\d+", str(label)) else str(label)
-
-
 def _load_line(model: Any) -> str:
     """wb-level Python that loads `model`."""
     source = str(getattr(model, "source", ""))
@@ -208,7 +203,7 @@ class CircuitView(WorkbenchWidget):
         self._circuit_obj: Any = None
         self._key_shown: tuple | None = None
         super().__init__(model, graph=self._graph_state(), n=n, column=col, max_drawn=max_drawn, **kwargs)
-        self._handlers.update(node=self._on_node, edge=self._on_edge)
+        self._handlers.update(node=self._on_node, edge=self._on_edge, measure=lambda c, b: self._measure())
         self.observe(self._n_set, names=["n"])
         self.observe(self._pins_set, names=["pinned_in", "pinned_out"])
         self.observe(self._column_set, names=["column"])
@@ -639,8 +634,8 @@ class CircuitView(WorkbenchWidget):
         kind = self._kinds[i]
         layer, idx = int(self._layers[i]), int(self._index[i])
         label = self._column_label()
-        pos = None if label is None else _position(label)
         c = max(0, int(self.column))
+        pos = None if label is None else c  # a dataset Cell's position is a column index (any align=)
         g = self._graph
         if kind == "logits":
             raise errors.WorkbenchError(
@@ -681,11 +676,13 @@ class CircuitView(WorkbenchWidget):
         s = check_int(content, "sender", 0, len(g.senders) - 1)
         r = check_int(content, "receiver", 0, len(g.receivers) - 1)
         c = check_int(content, "column", -1, max(0, self._C - 1), optional=True)
-        pos = None if g.columns is None else g.columns[max(0, c if c is not None else int(self.column))]
+        if g.columns is None and c not in (None, -1):
+            raise message_error(f"The view sent column={c} for a graph without columns (by_position=False).")
+        col = c if c is not None and c >= 0 else int(self.column)
+        pos = None if g.columns is None else g.columns[max(0, col)]  # the column's label, as the graph's edges
         from ..ops.circuit_results import Edge
 
-        self.patch_edge(Edge(g.senders[s], g.receivers[r], _position(pos) if pos is not None else None),
-                        request_id=str(content.get("id") or ""))  # fmt: skip
+        self.patch_edge(Edge(g.senders[s], g.receivers[r], pos), request_id=str(content.get("id") or ""))
 
     def patch_edge(self, edge: Any, *, request_id: str = "", wait: bool = False) -> CircuitView:
         """Exact patch of one edge over the dataset (wb.edge_patch), beside its estimate graph.score(edge)."""
