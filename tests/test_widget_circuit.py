@@ -92,7 +92,9 @@ def test_the_view_draws_the_top_n_and_measures_its_faithfulness(model, ds, graph
         assert x == pytest.approx(graph.score(e), abs=TOL)
     f = _faith(model, ds, top)
     assert v.faithfulness["value"] == pytest.approx(float(f), abs=TOL)
-    assert v.faithfulness["raw"] == pytest.approx(f.raw, abs=TOL) and v.faithfulness["key"] == v.circuit["key"]
+    assert (
+        v.faithfulness["raw"] == pytest.approx(f.raw, abs=TOL) and v.faithfulness["key"] == v.circuit["key"]
+    )
     assert v.faithfulness_result.n_edges == 10 and v.status == "done" and v.error == ""
 
 
@@ -210,7 +212,9 @@ def test_pinned_in_adds_its_edges_above_a_tenth_of_the_cut(model, ds, graph):
     v.pinned_in = ["L2H4"]  # as the view's Pin in button sets it
     _idle(v)
     kept, extra = _expected_pins(graph, 15, pin_in=["L2H4"])
-    assert list(v.circuit_result.edges[: len(kept)]) == kept and set(v.circuit_result.edges[len(kept):]) == set(extra)
+    assert list(v.circuit_result.edges[: len(kept)]) == kept and set(
+        v.circuit_result.edges[len(kept) :]
+    ) == set(extra)
     assert v.circuit["added"] == len(extra) > 0 and v.circuit["pin_threshold"] == pytest.approx(
         PIN_FRACTION * abs(graph.score(graph.top(15).edges[-1])), rel=1e-6
     )
@@ -262,7 +266,9 @@ def test_a_node_click_is_wb_patch_beside_the_estimate(model, ds, graph, node, ce
     x = v.inspected
     assert x["kind"] == "node" and x["name"] == node and v.status == "done"
     assert x["exact"] == pytest.approx(float(p) - p.corrupt_mean, abs=TOL)
-    assert x["raw"] == pytest.approx(float(p), abs=TOL) and x["corrupt"] == pytest.approx(p.corrupt_mean, abs=TOL)
+    assert x["raw"] == pytest.approx(float(p), abs=TOL) and x["corrupt"] == pytest.approx(
+        p.corrupt_mean, abs=TOL
+    )
     assert x["estimate"] == pytest.approx(float(estimate(graph)), abs=1e-5)
     assert v.checks[-1] == x and float(v.inspected_result) == pytest.approx(float(p), abs=TOL)
 
@@ -342,7 +348,9 @@ def test_a_newer_circuit_cancels_the_older_computation(model, ds, graph, monkeyp
     v.n = 12  # the newer value: the running computation of 11 edges is cancelled
     _idle(v)
     assert calls[:2] == [11, 12] and v.status == "done" and v.error == ""
-    assert v.faithfulness["value"] == pytest.approx(float(real(model, ds, graph.top(12), metric=METRIC)), abs=TOL)
+    assert v.faithfulness["value"] == pytest.approx(
+        float(real(model, ds, graph.top(12), metric=METRIC)), abs=TOL
+    )
     assert all("(11," not in k for k in shown)
     assert all(e["args"].get("n") != 11 for e in v.history)
 
@@ -368,7 +376,9 @@ def test_a_late_answer_for_an_old_circuit_is_not_drawn(model, ds, graph, monkeyp
     gate.set()
     _idle(v)
     assert all("(13," not in k for k in shown) and v.faithfulness["key"] == v.circuit["key"]
-    assert v.faithfulness["value"] == pytest.approx(float(real(model, ds, graph.top(14), metric=METRIC)), abs=TOL)
+    assert v.faithfulness["value"] == pytest.approx(
+        float(real(model, ds, graph.top(14), metric=METRIC)), abs=TOL
+    )
     assert (13, (), ()) in v._faith  # kept: going back to 13 edges shows it at once
     v.n = 13
     assert v.faithfulness["key"] == v.circuit["key"] == repr((13, (), ()))
@@ -402,7 +412,9 @@ def test_cancel_stops_the_measurement_and_measure_runs_it(model, ds, graph, monk
 def test_a_by_position_graph_draws_one_column_and_patches_there(model, ds, pgraph):
     v = _view(model, ds, pgraph, n=40)
     top = pgraph.top(40)
-    counts = np.bincount([pgraph.columns.index(str(e.position)) for e in top.edges], minlength=len(pgraph.columns))
+    counts = np.bincount(
+        [pgraph.columns.index(str(e.position)) for e in top.edges], minlength=len(pgraph.columns)
+    )
     assert v.column == int(np.argmax(counts)) and v.circuit["per_column"] == counts.tolist()
     col = int(np.argsort(-counts)[1])
     v.column = col
@@ -444,7 +456,9 @@ def test_to_code_reproduces_the_circuit_and_its_faithfulness(model, ds, graph):
 
 def test_constructor_errors(model, ds, graph):
     with pytest.raises(wb.WorkbenchError, match="another dataset"):
-        CircuitView(model, wb.Dataset(clean=CLEAN[:1], corrupt=CORRUPT[:1], target=[" Mary"], foil=[" John"]), graph)
+        CircuitView(
+            model, wb.Dataset(clean=CLEAN[:1], corrupt=CORRUPT[:1], target=[" Mary"], foil=[" John"]), graph
+        )
     with pytest.raises(wb.WorkbenchError, match="another model"):
         CircuitView(tiny("gpt2"), ds, graph)
     with pytest.raises(wb.WorkbenchError, match="wb.edge_attribution"):

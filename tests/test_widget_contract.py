@@ -111,7 +111,9 @@ def views():
         "function_vector": FunctionVectorView(
             model, wb.Task(FV_PAIRS, template="{x} -> {y}\n"), n_shots=2, n_prompts=2, top_n=3, eval_prompts=4
         ),
-        "circuit": CircuitView(model, circuit_ds, wb.edge_attribution(model, circuit_ds, metric=wb.logit_diff()), n=5),
+        "circuit": CircuitView(
+            model, circuit_ds, wb.edge_attribution(model, circuit_ds, metric=wb.logit_diff()), n=5
+        ),
     }
     for v in out.values():
         v.wait()

@@ -68,7 +68,7 @@ export function circuitLayout(g: GraphInfo): Layout {
   const L = g.nLayers;
   const H = g.nHeads;
   const colW = H <= 12 ? 40 : Math.max(16, 480 / H);
-  const rowH = Math.min(40, Math.max(19, 620 / (L + 2)));
+  const rowH = Math.min(56, Math.max(19, 620 / (L + 2)));
   const padL = 46;
   const padT = 18;
   const padB = 34;

@@ -18,7 +18,9 @@ from .base import WorkbenchWidget, _errors, _ops, check_int, finite, message_err
 
 MAX_DRAWN = 500  # edges drawn at most (the largest |score| of the circuit); the rest are counted, not drawn
 CURVE_SIZES = (10, 20, 50, 100, 200, 500, 1000)  # the curve's circuit sizes (those <= the graph's edges)
-PIN_FRACTION = 0.1  # a pinned-in node adds its edges with |score| >= this x the current cut's smallest |score|
+PIN_FRACTION = (
+    0.1  # a pinned-in node adds its edges with |score| >= this x the current cut's smallest |score|
+)
 CHECKS_MAX = 50
 _HEAD = re.compile(r"^L(\d+)H(\d+)$")
 _MLP = re.compile(r"^MLP(\d+)$")
@@ -46,7 +48,9 @@ def _load_line(model: Any) -> str:
     source = str(getattr(model, "source", ""))
     info = getattr(model, "load_info", {}) or {}
     if source.startswith("tiny:"):
-        return f"from workbench.testing import tiny_model\n\nmodel = tiny_model({source.split(':', 1)[1]!r})\n"
+        return (
+            f"from workbench.testing import tiny_model\n\nmodel = tiny_model({source.split(':', 1)[1]!r})\n"
+        )
     if "remote" in info:
         return f"model = wb.load({info['remote']!r}, remote=True)\n"
     if "gguf" in info:
@@ -63,7 +67,11 @@ def _load_line(model: Any) -> str:
 def _dataset_code(ds: Any) -> str:
     """wb-level Python that rebuilds the dataset example by example."""
     ex = list(ds)
-    lines = ["ds = wb.Dataset(", f"    clean={[e.clean for e in ex]!r},", f"    corrupt={[e.corrupt for e in ex]!r},"]
+    lines = [
+        "ds = wb.Dataset(",
+        f"    clean={[e.clean for e in ex]!r},",
+        f"    corrupt={[e.corrupt for e in ex]!r},",
+    ]
     if any(e.target is not None for e in ex):
         lines.append(f"    target={[e.target for e in ex]!r},")
     if any(e.foil is not None for e in ex):
@@ -116,7 +124,9 @@ class CircuitView(WorkbenchWidget):
     # "node_in" / "node_out" / "node_in_kv" float32 [N, C] (every edge's sum; C = 1 without positions)}
     graph = traitlets.Dict().tag(sync=True)
     n = traitlets.Int(50).tag(sync=True)  # the top n edges by |score| are kept (before the pins)
-    column = traitlets.Int(-1).tag(sync=True)  # the column drawn of a by-position graph (-1 without positions)
+    column = traitlets.Int(-1).tag(
+        sync=True
+    )  # the column drawn of a by-position graph (-1 without positions)
     pinned_in = traitlets.List(traitlets.Unicode()).tag(sync=True)
     pinned_out = traitlets.List(traitlets.Unicode()).tag(sync=True)
     max_drawn = traitlets.Int(MAX_DRAWN).tag(sync=True)
@@ -196,7 +206,9 @@ class CircuitView(WorkbenchWidget):
         self._faith: dict[tuple, Any] = {}  # circuit key -> Faithfulness
         self._curve_parts: dict[int, Any] = {}  # size -> FaithfulnessCurve of that one size
         self._curve_running = False
-        self._running: tuple[tuple, threading.Event] | None = None  # (key, cancel) of the faithfulness running
+        self._running: tuple[tuple, threading.Event] | None = (
+            None  # (key, cancel) of the faithfulness running
+        )
         self._superseded_runs: set[int] = set()  # ids of the cancel events set because a newer circuit came
         self._inspected_result: Any = None
         self._quiet = False
@@ -224,7 +236,12 @@ class CircuitView(WorkbenchWidget):
                 names.append(f"L{layer}H{h}"), kinds.append("head"), layers.append(layer), index.append(h)
             if self._gqa:
                 for kv in range(G):
-                    names.append(f"L{layer}KV{kv}"), kinds.append("kv"), layers.append(layer), index.append(kv)
+                    (
+                        names.append(f"L{layer}KV{kv}"),
+                        kinds.append("kv"),
+                        layers.append(layer),
+                        index.append(kv),
+                    )
             names.append(f"MLP{layer}"), kinds.append("mlp"), layers.append(layer), index.append(H)
         names.append("logits"), kinds.append("logits"), layers.append(L), index.append(0)
         self._names, self._kinds = names, kinds
@@ -301,7 +318,11 @@ class CircuitView(WorkbenchWidget):
 
     def _column_index(self, column: Any) -> int:
         cols = [str(c) for c in self._graph.columns or []]
-        if isinstance(column, int | np.integer) and not isinstance(column, bool) and 0 <= int(column) < len(cols):
+        if (
+            isinstance(column, int | np.integer)
+            and not isinstance(column, bool)
+            and 0 <= int(column) < len(cols)
+        ):
             return int(column)
         if str(column) in cols:
             return cols.index(str(column))
@@ -316,7 +337,9 @@ class CircuitView(WorkbenchWidget):
     def _cut(self, key: tuple) -> tuple[np.ndarray, dict[str, Any]]:
         """Flat indices of the circuit's edges (top-n order, then the pinned-in additions by |score|)."""
         n, pin_in, pin_out = key
-        order = self._graph._order  # the order graph.top(n) cuts by: |score| descending, ties in forward order
+        order = (
+            self._graph._order
+        )  # the order graph.top(n) cuts by: |score| descending, ties in forward order
         base = order[:n]
         cut = float(self._absflat[order[n - 1]]) if n > 0 else float(self._absflat[order[0]])
         threshold = cut * PIN_FRACTION
@@ -365,7 +388,9 @@ class CircuitView(WorkbenchWidget):
     def _draw(self, key: tuple, flat: np.ndarray, info: dict[str, Any]) -> None:
         c = max(0, int(self.column))
         in_col = flat[self._flat_c[flat] == c] if self._C > 1 else flat
-        per_column = np.bincount(self._flat_c[flat], minlength=self._C).tolist() if flat.size else [0] * self._C
+        per_column = (
+            np.bincount(self._flat_c[flat], minlength=self._C).tolist() if flat.size else [0] * self._C
+        )
         drawn = in_col[np.argsort(-self._absflat[in_col], kind="stable")][: int(self.max_drawn)]
         scores = self._graph.matrix.reshape(-1)[in_col].astype(np.float64)
         N = len(self._names)
@@ -420,7 +445,9 @@ class CircuitView(WorkbenchWidget):
 
         def done(f):
             self._faith[key] = f
-            if self._circuit_key == key:  # else: stale (a newer circuit is shown); kept for when it comes back
+            if (
+                self._circuit_key == key
+            ):  # else: stale (a newer circuit is shown); kept for when it comes back
                 self._show_faith(key, f)
                 self._record(
                     f"faithfulness of {len(circuit)} edges (top {key[0]}"
@@ -428,7 +455,11 @@ class CircuitView(WorkbenchWidget):
                     + (f", pinned out {', '.join(key[2])}" if key[2] else "")
                     + f"): {float(f):.3f}",
                     f,
-                    args={"n": key[0], "pinned_in": list(key[1]), "pinned_out": list(key[2])},
+                    args={
+                        "n": key[0],
+                        **({"pinned_in": list(key[1])} if key[1] else {}),
+                        **({"pinned_out": list(key[2])} if key[2] else {}),
+                    },  # fmt: skip
                     value=finite(float(f)),
                     top=[],
                 )
@@ -478,7 +509,9 @@ class CircuitView(WorkbenchWidget):
         self._curve_running = True
 
         def run(progress, cancel):
-            progress(0.0, f"faithfulness curve: {len(self._curve_parts) + 1}/{len(self._sizes)} ({size} edges)")
+            progress(
+                0.0, f"faithfulness curve: {len(self._curve_parts) + 1}/{len(self._sizes)} ({size} edges)"
+            )
             return _ops().faithfulness_curve(self.model, self._ds, self._graph, metric=self._metric, sizes=[size],
                                              align=self._align, progress=progress, cancel=cancel)  # fmt: skip
 
@@ -573,7 +606,9 @@ class CircuitView(WorkbenchWidget):
     def pin(self, node: str, mode: str | None = "in") -> CircuitView:
         """Pin `node` in ("in") or out ("out") of the circuit, or unpin it (None); faithfulness recomputes."""
         if node not in self._node:
-            raise _errors().WorkbenchError(f"pin: {node!r} is not a node of this graph (e.g. 'L1H0', 'MLP2').")
+            raise _errors().WorkbenchError(
+                f"pin: {node!r} is not a node of this graph (e.g. 'L1H0', 'MLP2')."
+            )
         if mode not in ("in", "out", None, "none"):
             raise _errors().WorkbenchError(f"pin(node, mode): mode is 'in', 'out' or None, got {mode!r}.")
         pin_in = [p for p in self.pinned_in if p != node] + ([node] if mode == "in" else [])
@@ -620,7 +655,9 @@ class CircuitView(WorkbenchWidget):
     def _on_node(self, content: dict, _buffers: list) -> None:
         node = content.get("node")
         if not isinstance(node, str) or node not in self._node:
-            raise message_error(f"The view asked to patch node {str(node)[:40]!r}, which this graph does not have.")
+            raise message_error(
+                f"The view asked to patch node {str(node)[:40]!r}, which this graph does not have."
+            )
         self.patch_node(node, request_id=str(content.get("id") or ""))
 
     def patch_node(self, node: str, *, request_id: str = "", wait: bool = False) -> CircuitView:
@@ -630,7 +667,9 @@ class CircuitView(WorkbenchWidget):
         errors = _errors()
         i = self._node.get(node)
         if i is None:
-            raise errors.WorkbenchError(f"{node!r} is not a node of this graph (e.g. 'L1H0', 'MLP2', 'embed').")
+            raise errors.WorkbenchError(
+                f"{node!r} is not a node of this graph (e.g. 'L1H0', 'MLP2', 'embed')."
+            )
         kind = self._kinds[i]
         layer, idx = int(self._layers[i]), int(self._index[i])
         label = self._column_label()
@@ -657,7 +696,9 @@ class CircuitView(WorkbenchWidget):
         ds, m, align = self._ds, self._metric, self._align
 
         def run(progress, cancel):
-            return _ops().patch(self.model, ds, metric=m, cells=cells, align=align, progress=progress, cancel=cancel)
+            return _ops().patch(
+                self.model, ds, metric=m, cells=cells, align=align, progress=progress, cancel=cancel
+            )
 
         def done(p):
             exact = float(p) - float(p.corrupt_mean)
@@ -679,7 +720,9 @@ class CircuitView(WorkbenchWidget):
         if g.columns is None and c not in (None, -1):
             raise message_error(f"The view sent column={c} for a graph without columns (by_position=False).")
         col = c if c is not None and c >= 0 else int(self.column)
-        pos = None if g.columns is None else g.columns[max(0, col)]  # the column's label, as the graph's edges
+        pos = (
+            None if g.columns is None else g.columns[max(0, col)]
+        )  # the column's label, as the graph's edges
         from ..ops.circuit_results import Edge
 
         self.patch_edge(Edge(g.senders[s], g.receivers[r], pos), request_id=str(content.get("id") or ""))
@@ -695,7 +738,9 @@ class CircuitView(WorkbenchWidget):
         ds, m, align = self._ds, self._metric, self._align
 
         def run(progress, cancel):
-            return _ops().edge_patch(self.model, ds, [e], metric=m, align=align, progress=progress, cancel=cancel)
+            return _ops().edge_patch(
+                self.model, ds, [e], metric=m, align=align, progress=progress, cancel=cancel
+            )
 
         def done(f):
             exact = float(f.raw) - float(f.corrupt)
