@@ -370,7 +370,7 @@ export function curveChart(
   const target = curve?.target ?? [];
   const padL = 40;
   const padR = 12;
-  const padT = 16;
+  const padT = 24;
   const padB = 34;
   const plotW = width - padL - padR;
   const plotH = height - padT - padB;
@@ -397,7 +397,7 @@ export function curveChart(
   items.push({ t: "line", x1: padL, y1: padT, x2: padL, y2: padT + plotH });
   for (let p = 1; p <= hiN; p *= 10) items.push({ t: "text", x: X(p), y: padT + plotH + 13, text: p >= 1000 ? `${p / 1000}k` : String(p), size: 10, anchor: "middle" });
   items.push({ t: "text", x: padL + plotW / 2, y: padT + plotH + 28, text: "edges kept (top n by |score|, log scale)", size: 10, anchor: "middle" });
-  items.push({ t: "text", x: 4, y: padT - 5, text: "faithfulness (1 = clean, 0 = corrupt)", size: 10 });
+  items.push({ t: "text", x: 4, y: padT - 12, text: "faithfulness (1 = clean, 0 = corrupt)", size: 10 });
   // the current size
   for (let y = padT; y < padT + plotH; y += 6) items.push({ t: "line", x1: X(n), y1: y, x2: X(n), y2: Math.min(y + 3, padT + plotH), color: col.mark, width: 1.5 });
   const pts: [number, number][] = [];
@@ -743,7 +743,10 @@ export class CircuitView extends View<CircuitTraits, CircuitRequest> {
     this.tip.textContent = lines.join("\n");
     this.tip.hidden = false;
     const box = this.svgBox.getBoundingClientRect();
-    this.tip.style.left = `${ev.clientX - box.left + 14}px`;
+    const x = ev.clientX - box.left;
+    const w = this.tip.offsetWidth || 0;
+    // near the right edge the text goes to the left of the pointer (it would be cut off by the pane)
+    this.tip.style.left = `${x + 14 + w > box.width && x - 14 - w >= 0 ? x - 14 - w : x + 14}px`;
     this.tip.style.top = `${ev.clientY - box.top + 10}px`;
   }
 
@@ -846,7 +849,14 @@ export class CircuitView extends View<CircuitTraits, CircuitRequest> {
       button("Pin out", () => this.pin(name, "out"), { "data-testid": "wb-circuit-pin-out", disabled: po.has(name), title: "Drop every edge touching it (o)" }),
       button("Unpin", () => this.pin(name, null), { "data-testid": "wb-circuit-unpin", disabled: !pi.has(name) && !po.has(name), title: "(u)" }),
     );
-    this.nodeBox.append(row);
+    this.nodeBox.append(
+      row,
+      h(
+        "div",
+        { class: "wb-hint", "data-testid": "wb-circuit-pin-rule" },
+        "Pin out: drop every edge touching the node. Pin in: add each of its edges with |score| ≥ 1/10 of the smallest |score| the top-n cut keeps.",
+      ),
+    );
   }
 
   private renderSide(): void {
