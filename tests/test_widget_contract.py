@@ -15,6 +15,7 @@ import workbench.testing
 from workbench.widgets import (
     AttentionView,
     CausalTraceView,
+    CircuitView,
     DatasetView,
     FunctionVectorView,
     LensView,
@@ -44,6 +45,7 @@ VIEWS = {
     "Tracing": CausalTraceView,
     "Steer": SteerView,
     "FunctionVector": FunctionVectorView,
+    "Circuit": CircuitView,
 }
 
 
@@ -98,6 +100,7 @@ def test_every_message_python_sends_is_handled_by_the_view():
 @pytest.fixture(scope="module")
 def views():
     model = workbench.testing.tiny_model("llama")
+    circuit_ds = wb.Dataset([CLEAN], [CORRUPT], target=[" Mary"], foil=[" John"])
     out = {
         "lens": LensView(model, CLEAN),
         "patch": PatchView(model, CLEAN, CORRUPT, target=" Mary", foil=" John"),
@@ -107,6 +110,9 @@ def views():
         "steer": SteerView(model, CLEAN, positive=" Mary", negative=" John", max_new_tokens=2),
         "function_vector": FunctionVectorView(
             model, wb.Task(FV_PAIRS, template="{x} -> {y}\n"), n_shots=2, n_prompts=2, top_n=3, eval_prompts=4
+        ),
+        "circuit": CircuitView(
+            model, circuit_ds, wb.edge_attribution(model, circuit_ds, metric=wb.logit_diff()), n=5
         ),
     }
     for v in out.values():

@@ -78,6 +78,7 @@ from .ops import (
 from .ops.dataset_results import DatasetLensResult, DatasetSweepResult, DatasetValue
 from .result_cache import ResultCache, cache
 from .widgets import AttentionView, DatasetView, LensView, PatchView, SteerView, Workbench  # noqa: E402
+from .widgets.circuit import CircuitView  # noqa: E402
 from .widgets.function_vector import FunctionVectorView  # noqa: E402
 from .widgets.tracing import CausalTraceView  # noqa: E402
 
@@ -89,6 +90,7 @@ __all__ = [
     "Cell",
     "Edit",
     "AttentionView",
+    "CircuitView",
     "Dataset",
     "DatasetView",
     "FunctionVectorView",

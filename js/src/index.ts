@@ -1,5 +1,6 @@
 // anywidget entry point: one shared ES module for every Workbench view.
 import { AttentionView } from "./attention";
+import { CircuitView } from "./circuit";
 import { DatasetView } from "./dataset";
 import { FunctionVectorView } from "./function_vector";
 import { LensView } from "./lens";
@@ -8,7 +9,7 @@ import { PatchView } from "./patch";
 import { SteerView } from "./steer";
 import { injectStyles } from "./style";
 import { TracingView } from "./tracing";
-import type { AttentionTraits, BaseTraits, DatasetTraits, FunctionVectorTraits, LensTraits, PatchTraits, SteerTraits, TracingTraits } from "./traits";
+import type { AttentionTraits, BaseTraits, CircuitTraits, DatasetTraits, FunctionVectorTraits, LensTraits, PatchTraits, SteerTraits, TracingTraits } from "./traits";
 
 export { StaticModel } from "./model";
 
@@ -22,6 +23,7 @@ const VIEWS: Record<string, (m: AnyModel, el: HTMLElement) => { destroy(): void;
   tracing: (m, el) => new TracingView(m as unknown as AnyModel<TracingTraits>, el),
   steer: (m, el) => new SteerView(m as unknown as AnyModel<SteerTraits>, el),
   function_vector: (m, el) => new FunctionVectorView(m as unknown as AnyModel<FunctionVectorTraits>, el),
+  circuit: (m, el) => new CircuitView(m as unknown as AnyModel<CircuitTraits>, el),
 };
 
 // Not exported by name: anywidget >= 0.9 reads `default` ({ initialize?, render }) and warns

@@ -51,6 +51,7 @@ export const VIEW_REQUESTS = {
   tracing: ["restore"],
   steer: ["generate"],
   function_vector: ["head", "toggle", "steer", "recompute"],
+  circuit: ["node", "edge", "measure"],
 } as const;
 
 export type CommonRequest = (typeof VIEW_REQUESTS.common)[number];
@@ -60,6 +61,7 @@ export type TracingRequest = (typeof VIEW_REQUESTS.tracing)[number];
 export type LensRequest = (typeof VIEW_REQUESTS.lens)[number];
 export type SteerRequest = (typeof VIEW_REQUESTS.steer)[number];
 export type FunctionVectorRequest = (typeof VIEW_REQUESTS.function_vector)[number];
+export type CircuitRequest = (typeof VIEW_REQUESTS.circuit)[number];
 
 /** A kernel message of a known kind, or null (anything else is ignored). */
 export function kernelMessage(content: unknown): KernelMessage[KernelKind] | null {

@@ -548,3 +548,117 @@ export interface FunctionVectorTraits extends BaseTraits {
   position_modes: string[];
   trial: Maybe<TrialState>;
 }
+
+/** The graph CircuitView draws (widgets/circuit.py `_graph_state`): fixed for the view's life. */
+export interface CircuitGraphState {
+  senders: string[];
+  receivers: string[];
+  /** The columns of a by-position graph (token positions, or roles with align="roles"); null without positions. */
+  columns: string[] | null;
+  n_layers: number;
+  n_heads: number;
+  n_kv_heads: number;
+  n_edges: number;
+  method: string;
+  metric: string;
+  n_examples: number;
+  align: string;
+  by_position: boolean;
+  clean: number | null;
+  corrupt: number | null;
+  /** Grouped-query attention: the key-value heads have their own ports (where edges into .k / .v end). */
+  gqa: boolean;
+  /** Every node: "embed", "L{l}H{h}", "L{l}KV{g}" (ports), "MLP{l}", "logits". */
+  names: string[];
+  kinds: string[];
+  /** int32 [N]: each node's layer (embed -1, logits L) and head / key-value head index. */
+  layers: Packed;
+  index: Packed;
+  /** int32 [S] / [R]: the node of each sender / receiver. */
+  sender_node: Packed;
+  receiver_node: Packed;
+  /** Each receiver's input: "q", "k", "v", "mlp", "logits". */
+  receiver_kind: string[];
+  /** float32 [N, C]: the sum of every edge out of / into each node (C = 1 without positions); node_in_kv the part
+   *  through .k / .v inputs. */
+  node_in: Packed;
+  node_out: Packed;
+  node_in_kv: Packed;
+}
+
+/** The circuit cut for the current settings (widgets/circuit.py `_draw`): the drawn edges, largest |score| first. */
+export interface CircuitCutState {
+  key: string;
+  n: number;
+  /** Edges in the circuit (top n - pinned out + pinned in, over every column). */
+  size: number;
+  added: number;
+  dropped: number;
+  cut: number;
+  pin_threshold: number | null;
+  max_abs: number | null;
+  per_column: number[];
+  in_column: number;
+  drawn: number;
+  /** int32 [k]: sender, receiver and column of each drawn edge; float32 [k] its score. */
+  s: Packed;
+  r: Packed;
+  c: Packed;
+  score: Packed;
+  /** float32 [N]: the kept edges' sums out of / into each node at the column drawn. */
+  node_in: Packed;
+  node_out: Packed;
+}
+
+/** `wb.faithfulness` of a circuit; `key` names the circuit it measured (stale when it is not the one shown). */
+export interface CircuitFaithState {
+  key: string;
+  value: number | null;
+  raw: number | null;
+  clean: number | null;
+  corrupt: number | null;
+  n_edges: number;
+  sem: number | null;
+}
+
+/** The faithfulness curve measured so far (int32 sizes, float32 values / raw) and the sizes it will have. */
+export interface CircuitCurveState {
+  sizes: Packed;
+  values: Packed;
+  raw: Packed;
+  target: number[];
+  done: boolean;
+}
+
+/** One exact check: a node's wb.patch or an edge's wb.edge_patch, beside the estimate. */
+export interface CircuitCheck {
+  kind: "node" | "edge";
+  name: string;
+  node?: number;
+  edge?: number[];
+  column: string | null;
+  exact: number | null;
+  estimate: number | null;
+  raw: number | null;
+  clean: number | null;
+  corrupt: number | null;
+  normalized: number | null;
+  n: number;
+  site?: string;
+  receiver_kind?: string;
+}
+
+/** CircuitView (widgets/circuit.py). */
+export interface CircuitTraits extends BaseTraits {
+  graph: Maybe<CircuitGraphState>;
+  n: number;
+  column: number;
+  pinned_in: string[];
+  pinned_out: string[];
+  max_drawn: number;
+  circuit: Maybe<CircuitCutState>;
+  faithfulness: Maybe<CircuitFaithState>;
+  curve: Maybe<CircuitCurveState>;
+  inspected: Maybe<CircuitCheck>;
+  checks: CircuitCheck[];
+}

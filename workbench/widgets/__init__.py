@@ -2,6 +2,7 @@
 
 from .attention import AttentionView
 from .base import WorkbenchWidget, pack, unpack
+from .circuit import CircuitView
 from .dataset import DatasetView
 from .function_vector import FunctionVectorView
 from .lens import LensView
@@ -13,6 +14,7 @@ from .workbench import Workbench
 __all__ = [
     "AttentionView",
     "CausalTraceView",
+    "CircuitView",
     "DatasetView",
     "FunctionVectorView",
     "LensView",
