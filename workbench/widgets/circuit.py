@@ -783,7 +783,7 @@ class CircuitView(WorkbenchWidget):
         try:
             from .. import codegen_circuits  # noqa: F401 - the nnsight code generator of the circuit ops
 
-            parts = [f"# ---- the circuit ({len(c)} edges) ----\n{c.to_code()}"]
+            parts = [f"# ---- the circuit ({len(c)} edges) ----\n{c.to_code()}circuit = result\n"]
             if f is not None:
                 parts.append(f"# ---- its faithfulness (wb.faithfulness) ----\n{f.to_code()}")
             return "\n\n".join(parts)
