@@ -11,8 +11,10 @@ from .attribution import attribution_patch
 from .dataset_results import DatasetLensResult
 from .future_lens import FutureLensPrompt, FutureLensResult, future_lens, train_future_lens
 from .generation_lens import GenerationLens, generation_lens
+from .head_detectors import HeadDetectorScores, head_detectors
 from .intervention import intervene
 from .lens import Intervention, logit_lens
+from .logit_attribution import LogitAttribution, logit_attribution
 from .metrics import Metric, kl_to_clean, logit_diff, logprob, prob
 from .patching import patch, patch_sweep
 from .patchscope import PatchscopeResult, patchscope
@@ -53,6 +55,8 @@ train_future_lens = _public("train_future_lens", train_future_lens)
 head_effects = _public("head_effects", head_effects)
 function_vector = _public("function_vector", function_vector)
 evaluate_vector = _public("evaluate_vector", evaluate_vector)
+head_detectors = _public("head_detectors", head_detectors)
+logit_attribution = _public("logit_attribution", logit_attribution)
 
 __all__ = [
     "Add",
@@ -66,9 +70,11 @@ __all__ = [
     "FutureLensPrompt",
     "FutureLensResult",
     "GenerationLens",
+    "HeadDetectorScores",
     "HeadEffects",
     "Intervention",
     "LensResult",
+    "LogitAttribution",
     "Metric",
     "PatchscopeResult",
     "SteerResult",
@@ -87,9 +93,11 @@ __all__ = [
     "function_vector",
     "future_lens",
     "generation_lens",
+    "head_detectors",
     "head_effects",
     "intervene",
     "kl_to_clean",
+    "logit_attribution",
     "logit_diff",
     "logit_lens",
     "logprob",
