@@ -348,6 +348,8 @@ class Model:
         eps = getattr(norm, "variance_epsilon", None)
         if eps is None:
             eps = getattr(norm, "eps", None)
+        if eps is None and centred:
+            eps = 1e-5  # F.layer_norm's default (OlmoLayerNorm passes it as a literal); the op checks the result
         if eps is None:
             raise WorkbenchError(
                 f"The final norm of this {self.config.model_type!r} model ({name}) has no eps attribute, so its "
