@@ -1678,3 +1678,130 @@ def reference_edge_ablation(hf, tok, prompt: str, reference: str, metric, kept: 
     finally:
         tap.remove()
     return float(metric(logits[:, -1, :])[0])
+
+
+# head detectors: eager patterns, one prompt at a time, target keys found by explicit loops over the tokens
+
+
+def _detector_targets(ids: list[int], name: str, t: int) -> list[int] | None:
+    """The key positions detector `name` targets for query t, or None where it is not defined."""
+    if name == "previous_token":
+        return [t - 1] if t >= 1 else None
+    earlier = [s for s in range(t) if ids[s] == ids[t]]
+    if not earlier:
+        return None
+    return earlier if name == "duplicate_token" else [s + 1 for s in earlier]
+
+
+def reference_head_detectors(hf, rows: Sequence[Sequence[int]], names: Sequence[str]) -> dict:
+    """Per detector: [L, H] mean over every prompt's defined queries (pooled) of the attention on the targets,
+    and the number of those queries. Absent detectors (no defined query) are left out."""
+    sums = {n: torch.zeros(n_layers(hf), n_heads(hf), dtype=torch.float64) for n in names}
+    counts = dict.fromkeys(names, 0)
+    for ids in rows:
+        ids = [int(i) for i in ids]
+        pats = _patterns(hf, torch.tensor([ids])).double()  # [L, H, T, T]
+        for name in names:
+            for t in range(len(ids)):
+                keys = _detector_targets(ids, name, t)
+                if keys is None:
+                    continue
+                sums[name] += pats[:, :, t, keys].sum(-1)
+                counts[name] += 1
+    return {n: ((sums[n] / counts[n]).numpy(), counts[n]) for n in names if counts[n]}
+
+
+# ----------------------------------------------------------------------------------------------
+# direct logit attribution: the parts of the final stream from hooks and weight matrices, the final norm
+# written out per family with its scale frozen, the metric's gradient at the model's own logits
+
+
+def _final_norm_frozen(hf, x: torch.Tensor):
+    """(f, bias): f(c) = the final norm's linear part with x's scale frozen, and the norm's bias (or zeros)."""
+    norm = _get(hf, family(hf).final_norm)
+    mt = hf.config.model_type
+    centred = mt in ("gpt2", "gpt_neox", "phi", "olmo")
+    eps = getattr(norm, "variance_epsilon", None) or norm.eps
+    xs = x.double()
+    xc = xs - xs.mean() if centred else xs
+    s = torch.sqrt((xc * xc).mean() + eps)
+    w = getattr(norm, "weight", None)
+    gain = torch.ones_like(xs) if w is None else w.detach().double()
+    if mt in ("gemma", "gemma2", "gemma3_text"):
+        gain = 1.0 + gain
+    b = getattr(norm, "bias", None)
+    bias = torch.zeros_like(xs) if b is None else b.detach().double()
+
+    def f(c: torch.Tensor) -> torch.Tensor:
+        c = c.double()
+        return gain * ((c - c.mean()) if centred else c) / s
+
+    return f, bias
+
+
+def reference_logit_attribution(hf, tok, prompt: str, metric) -> dict:
+    """Direct logit attribution at the last position: heads [L, H], mlps [L], embed, rest (output projection
+    biases, final norm bias, unembedding bias), metric, and the parts' sum check. A part c contributes
+    grad . (W_U f(c) / logits_scaling), grad = d metric / d logits at the model's own last-position logits."""
+    ids = tokens(tok, prompt)
+    L, H, dh = n_layers(hf), n_heads(hf), d_head(hf)
+    fam = family(hf)
+    got: dict = {}
+
+    def keep(key):
+        def fn(x):
+            got[key] = x[0, -1].detach().double().clone()
+
+        return fn
+
+    specs = [("resid_pre", 0, keep("embed"))]
+    specs += [("head", layer, keep(("z", layer))) for layer in range(L)]
+    specs += [("mlp_out", layer, keep(("mlp", layer))) for layer in range(L)]
+    norm = _get(hf, fam.final_norm)
+    handle = _pre_hook(norm, keep("final"))
+    try:
+        with hooks(hf, specs):
+            logits = run_logits(hf, ids)[0, -1]
+    finally:
+        handle.remove()
+    scale = residual_multiplier(hf)
+    lg = logits.detach().clone().requires_grad_(True)
+    value = metric(lg[None])[0]
+    (grad,) = torch.autograd.grad(value, lg)
+    grad = grad.double()
+    w_u = _get(hf, fam.unembed).weight.detach().double()  # [V, D]
+    divisor = float(hf.config.logits_scaling) if hf.config.model_type == "granite" else 1.0
+    f, bias = _final_norm_frozen(hf, got["final"])
+
+    def effect(c: torch.Tensor) -> float:
+        return float(grad @ (w_u @ f(c)) / divisor)
+
+    heads = np.zeros((L, H))
+    mlps = np.zeros(L)
+    parts = got["embed"].clone()
+    rest = 0.0
+    for layer in range(L):
+        proj = _get(blocks(hf)[layer], fam.out_proj)
+        z = got[("z", layer)]
+        for h in range(H):
+            out = reference_head_output(hf, layer, h, z[h * dh : (h + 1) * dh].float()).double() * scale
+            heads[layer, h] = effect(out)
+            parts = parts + out
+        if getattr(proj, "bias", None) is not None:
+            b = proj.bias.detach().double() * scale
+            rest += effect(b)
+            parts = parts + b
+        mlps[layer] = effect(got[("mlp", layer)] * scale)
+        parts = parts + got[("mlp", layer)] * scale
+    rest += float(grad @ (w_u @ bias) / divisor)
+    ub = getattr(_get(hf, fam.unembed), "bias", None)
+    if ub is not None:
+        rest += float(grad @ ub.detach().double() / divisor)
+    return {
+        "heads": heads,
+        "mlps": mlps,
+        "embed": effect(got["embed"]),
+        "rest": rest,
+        "metric": float(value),
+        "stream_error": float((parts - got["final"]).abs().max()),
+    }

@@ -339,6 +339,24 @@ class Model:
         attr = self.arch.residual_multiplier
         return float(getattr(_get_path(self.hf, self.arch.layers)[layer], attr)) if attr else 1.0
 
+    def final_norm_form(self) -> tuple[bool, float]:
+        """(centred, eps) of the final norm: LayerNorm (x - mean) / sqrt(var + eps) or RMSNorm x / sqrt(mean x^2
+        + eps), each times its gain (plus a bias for LayerNorm); what freezing its scale needs."""
+        norm = _get_path(self.hf, self.arch.final_norm)
+        name = type(norm).__name__
+        centred = isinstance(norm, torch.nn.LayerNorm) or ("LayerNorm" in name and "RMS" not in name)
+        eps = getattr(norm, "variance_epsilon", None)
+        if eps is None:
+            eps = getattr(norm, "eps", None)
+        if eps is None and centred:
+            eps = 1e-5  # F.layer_norm's default (OlmoLayerNorm passes it as a literal); the op checks the result
+        if eps is None:
+            raise WorkbenchError(
+                f"The final norm of this {self.config.model_type!r} model ({name}) has no eps attribute, so its "
+                "scale cannot be frozen for direct logit attribution."
+            )
+        return centred, float(eps)
+
     def decoder(self) -> tuple[Any, Any, float, float | None]:
         """(final norm envoy, unembedding envoy, logit divisor, soft cap) for `kernels.decode`."""
         return self.final_norm(), self.unembed(), self.logit_divisor, self.logit_softcap

@@ -1,7 +1,7 @@
 // AttentionView: layers x heads grid of thumbnails; a click opens the full pattern and a head view.
 import { at, maybeUnpack, type NDArray } from "./arrays";
-import { css, readTheme, sequential } from "./colors";
-import { clear, debounce, fmt, h } from "./dom";
+import { css, readTheme, sequential, warm } from "./colors";
+import { button, clear, debounce, fmt, h, select } from "./dom";
 import { drawing, type Figure, type Item } from "./export";
 import { Heatmap } from "./heatmap";
 import type { AnyModel } from "./model";
@@ -74,8 +74,18 @@ export function headViewFigure(heading: string, toks: string[], pat: NDArray, fo
   return drawing(2 * tokW + linesW + 12, top + T * rowH + 4, items);
 }
 
+/** The head detectors the view can colour by: [trait value, label]. */
+export const DETECTORS: [string, string][] = [
+  ["", "none"],
+  ["induction", "induction"],
+  ["previous_token", "previous token"],
+  ["duplicate_token", "duplicate token"],
+];
+
 export class AttentionView extends View<AttentionTraits, AttentionRequest> {
   grid: Heatmap;
+  private detectorSel: HTMLSelectElement;
+  private topBox: HTMLElement;
   pattern: Heatmap;
   private stripBox: HTMLElement;
   private detail: HTMLElement;
@@ -100,13 +110,24 @@ export class AttentionView extends View<AttentionTraits, AttentionRequest> {
     this.pattern.onSelect = (r) => this.highlight(r);
     this.headView = h("div", { class: "wb-headview", "data-testid": "wb-headview" });
     this.detail = h("div", { class: "wb-attn-detail" });
+    this.detectorSel = select(DETECTORS, String(this.model.get("detector") ?? ""), (v) => this.setTrait("detector", v), {
+      "data-testid": "wb-detector",
+      title: "Colour each head by a detector's score (mean attention on the detector's target keys, on repeated random tokens)",
+    });
+    this.topBox = h("div", { class: "wb-detector-top", "data-testid": "wb-detector-list" });
+    const controls = h("div", { class: "wb-row" }, h("label", {}, "colour heads by: ", this.detectorSel));
     this.body.append(
       this.promptRow(),
       this.stripBox,
-      h("div", { class: "wb-panes" }, h("div", { class: "wb-pane" }, h("div", { class: "wb-subtitle" }, "Layers × heads (click a head)"), this.grid.el), this.detail),
+      h("div", { class: "wb-panes" }, h("div", { class: "wb-pane" }, h("div", { class: "wb-subtitle" }, "Layers × heads (click a head)"), controls, this.grid.el, this.topBox), this.detail),
     );
     this.listen("thumbs", () => this.renderGrid());
     this.listen("tokens", () => this.renderGrid());
+    this.listen("detector", () => {
+      this.detectorSel.value = String(this.model.get("detector") ?? "");
+      this.renderGrid();
+    });
+    this.listen("detector_scores", () => this.renderGrid());
     this.listen("pattern", () => this.renderDetail());
     this.followSelection(this.grid);
     this.renderGrid();
@@ -147,23 +168,27 @@ export class AttentionView extends View<AttentionTraits, AttentionRequest> {
       return th ? this.thumbs : null;
     };
     this.thumbs = null;
+    const det = this.detectorState(L, H);
+    // with a detector, each cell is tinted by the head's score and the thumbnail sits inside a wider ring of it
+    const inset = det.scores ? 5 : 2;
     this.grid.setSpec({
       rows: L,
       cols: H,
-      values: new Float32Array(L * H),
-      color: (_v, t) => t.bg,
+      values: det.scores ?? new Float32Array(L * H),
+      color: det.scores ? (v, t) => warm(t)(v) : (_v, t) => t.bg,
       overlay: th
         ? (ctx, _W, _H, cw, ch) => {
             const img = image();
             if (!img) return;
             const S = th.shape[2];
             ctx.imageSmoothingEnabled = false;
-            for (let l = 0; l < L; l++) for (let hd = 0; hd < H; hd++) ctx.drawImage(img, hd * S, l * S, S, S, hd * cw + 2, l * ch + 2, cw - 4, ch - 4);
+            for (let l = 0; l < L; l++) for (let hd = 0; hd < H; hd++) ctx.drawImage(img, hd * S, l * S, S, S, hd * cw + inset, l * ch + inset, cw - 2 * inset, ch - 2 * inset);
           }
         : undefined,
       rowLabels: Array.from({ length: L }, (_, i) => `L${i}`),
       colLabels: Array.from({ length: H }, (_, i) => `H${i}`),
-      tooltip: (l, hd) => [`layer ${l}, head ${hd}`, "click to open"],
+      legend: det.scores ? { lo: 0, hi: 1, label: `${det.label} score (ring colour)` } : undefined,
+      tooltip: (l, hd) => (det.scores ? [`layer ${l}, head ${hd}`, `${det.label} score ${fmt(det.scores[l * H + hd], 2)}`, "click to open"] : [`layer ${l}, head ${hd}`, "click to open"]),
       cellW: 30,
       cellH: 30,
       maxWidth: 420,
@@ -171,6 +196,43 @@ export class AttentionView extends View<AttentionTraits, AttentionRequest> {
     });
     const sel = this.model.get("selected") ?? [];
     if (sel.length === 2 && sel[0] < L && sel[1] < H) this.grid.setSelected([sel[0], sel[1]]);
+    this.grid.canvas.setAttribute("data-detector", det.scores ? det.name : "");
+    this.renderTop(det);
+  }
+
+  /** The chosen detector, its label and (once the kernel sent them for it) its scores [L * H]. */
+  private detectorState(L: number, H: number): { name: string; label: string; scores: Float32Array | null; top: [number, number, number][]; source: string } {
+    const name = String(this.model.get("detector") ?? "");
+    const label = DETECTORS.find(([v]) => v === name)?.[1] ?? name;
+    const got = this.model.get("detector_scores");
+    const arr = got?.scores ? maybeUnpack(got.scores) : null;
+    const ok = Boolean(name) && got?.name === name && arr !== null && arr.data.length === L * H;
+    return { name, label, scores: ok && arr ? Float32Array.from(arr.data) : null, top: ok ? (got?.top ?? []) : [], source: ok ? String(got?.source ?? "") : "" };
+  }
+
+  /** The top heads of the chosen detector as buttons (a click opens the head), or what is pending. */
+  private renderTop(det: ReturnType<AttentionView["detectorState"]>): void {
+    clear(this.topBox);
+    if (!det.name) return;
+    if (!det.scores) {
+      this.topBox.append(h("div", { class: "wb-hint" }, `computing ${det.label} scores…`));
+      return;
+    }
+    const list = h("div", { class: "wb-row", "data-testid": "wb-detector-heads" });
+    for (const [l, hd, v] of det.top) {
+      list.append(
+        button(
+          `L${l}H${hd} ${fmt(v, 2)}`,
+          () => {
+            this.setTrait("selected", [l, hd]);
+            this.grid.setSelected([l, hd]);
+            this.send("head", { layer: l, head: hd });
+          },
+          { "data-testid": "wb-detector-head", "data-layer": l, "data-head": hd, title: `open layer ${l}, head ${hd}` },
+        ),
+      );
+    }
+    this.topBox.append(h("div", { class: "wb-subtitle" }, `Top ${det.label} heads`), list, h("div", { class: "wb-caption" }, `on ${det.source}`));
   }
 
   private renderDetail(): void {

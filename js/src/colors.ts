@@ -54,6 +54,15 @@ export function sequential(theme: Theme, lo: number, hi: number): (v: number) =>
   };
 }
 
+const ORANGE: RGB = [217, 95, 2];
+const ORANGE_D: RGB = [255, 170, 70];
+
+/** A score 0..1 as a warm tint over the background (head detector colouring; distinct from the blue patterns). */
+export function warm(theme: Theme): (v: number) => RGB {
+  const top = theme.dark ? ORANGE_D : ORANGE;
+  return (v) => (Number.isFinite(v) ? mix(theme.bg, top, Math.min(1, Math.max(0, v))) : theme.bg);
+}
+
 /** Diverging scale centred on 0: negative blue, positive red, zero = background. */
 export function diverging(theme: Theme, absMax: number): (v: number) => RGB {
   const pos = theme.dark ? RED_D : RED;

@@ -277,6 +277,18 @@ export interface HeadPattern {
   data: Packed;
 }
 
+/** The chosen head detector's scores (widgets/attention.py `_send_detector`). */
+export interface DetectorScores {
+  /** "induction", "previous_token" or "duplicate_token". */
+  name: string;
+  /** float32 [L, H] in 0..1. */
+  scores: Packed;
+  /** The top heads, highest first: [layer, head, score]. */
+  top: [number, number, number][];
+  /** What the scores were measured on. */
+  source: string;
+}
+
 /** AttentionView (widgets/attention.py). */
 export interface AttentionTraits extends BaseTraits {
   prompt: string;
@@ -285,6 +297,9 @@ export interface AttentionTraits extends BaseTraits {
   n_heads: number;
   thumbs: Maybe<Packed>;
   pattern: Maybe<HeadPattern>;
+  /** "" (none) or a detector name; the view's selector sets it, the kernel answers with detector_scores. */
+  detector: string;
+  detector_scores: Maybe<DetectorScores>;
 }
 
 /** One panel of CausalTraceView: a causal trace of one kind (widgets/tracing.py `_trace_entry`). */

@@ -21,6 +21,12 @@ from .circuits import (
 )
 from .dataset_lens import dataset_lens_frame, plot_dataset_lens
 from .datasets import dataset_sweep_frame, dataset_value_frame, plot_dataset_sweep, plot_dataset_value
+from .detectors import (
+    head_detectors_frame,
+    logit_attribution_frame,
+    plot_head_detectors,
+    plot_logit_attribution,
+)
 from .export import figure_bytes, find_browser, save_figure, save_result_figure
 from .frames import attention_frame, lens_frame, steer_frame, steer_sweep_frame, sweep_frame, value_frame
 from .future_lens import future_lens_frame, plot_future_lens
@@ -66,7 +72,11 @@ __all__ = [
     "generation_lens_frame",
     "find_browser",
     "function_vector_frame",
+    "head_detectors_frame",
     "head_effects_frame",
+    "logit_attribution_frame",
+    "plot_head_detectors",
+    "plot_logit_attribution",
     "plot_function_vector",
     "plot_head_effects",
     "plot_vector_evaluation",

@@ -13,8 +13,10 @@ from .circuits import edge_attribution, edge_patch, faithfulness, faithfulness_c
 from .dataset_results import DatasetLensResult
 from .future_lens import FutureLensPrompt, FutureLensResult, future_lens, train_future_lens
 from .generation_lens import GenerationLens, generation_lens
+from .head_detectors import HeadDetectorScores, head_detectors
 from .intervention import intervene
 from .lens import Intervention, logit_lens
+from .logit_attribution import LogitAttribution, logit_attribution
 from .metrics import Metric, kl_to_clean, logit_diff, logprob, prob
 from .patching import patch, patch_sweep
 from .patchscope import PatchscopeResult, patchscope
@@ -59,6 +61,8 @@ edge_attribution = _public("edge_attribution", edge_attribution)
 faithfulness = _public("faithfulness", faithfulness)
 faithfulness_curve = _public("faithfulness_curve", faithfulness_curve)
 edge_patch = _public("edge_patch", edge_patch)
+head_detectors = _public("head_detectors", head_detectors)
+logit_attribution = _public("logit_attribution", logit_attribution)
 
 __all__ = [
     "Add",
@@ -77,9 +81,11 @@ __all__ = [
     "FutureLensPrompt",
     "FutureLensResult",
     "GenerationLens",
+    "HeadDetectorScores",
     "HeadEffects",
     "Intervention",
     "LensResult",
+    "LogitAttribution",
     "Metric",
     "PatchscopeResult",
     "SteerResult",
@@ -102,9 +108,11 @@ __all__ = [
     "function_vector",
     "future_lens",
     "generation_lens",
+    "head_detectors",
     "head_effects",
     "intervene",
     "kl_to_clean",
+    "logit_attribution",
     "logit_diff",
     "logit_lens",
     "logprob",
