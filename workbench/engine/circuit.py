@@ -147,7 +147,9 @@ def _affine(module: torch.nn.Module, d_in: int, dtype: torch.dtype) -> tuple[tor
     edit made before the call is seen), else its output on the identity minus its output on 0."""
     weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
     forward = type(module).forward
-    own = "forward" not in module.__dict__  # no instance-level forward swapped in
+    # no instance-level forward swapped in (nnsight's own instrumentation runs the module's forward unchanged)
+    swapped = module.__dict__.get("forward")
+    own = swapped is None or type(swapped).__module__.startswith("nnsight.")
     if own and isinstance(module, torch.nn.Linear) and forward is torch.nn.Linear.forward:
         w = weight.detach().t()
         return w, (bias.detach() if bias is not None else torch.zeros(w.shape[1], dtype=w.dtype))
@@ -572,7 +574,8 @@ def attribute(
         sender_outputs(blocks, clean, lay.n_heads), sender_outputs(blocks, corrupt, lay.n_heads), strict=True
     ):
         diff.append(c - k)
-    d = torch.cat(diff) * mask[None, :, :, None]
+    # [B, S, T, d], one copy: a prefix of senders is then a view, and each group of receivers one batched matmul
+    d = (torch.cat(diff) * mask[None, :, :, None]).transpose(0, 1).contiguous()
     n_b, n_t = mask.shape
     shape = (n_b, lay.n_senders, lay.n_receivers) + ((n_t,) if by_position else ())
     scores = torch.zeros(shape, dtype=torch.float32)
@@ -582,13 +585,12 @@ def attribute(
         # receivers of one layer: the attention ones share a prefix of senders, the MLP may see its heads
         for lo, hi in _prefix_groups(lay, r0, n_r):
             s_hi = lay.senders_before(lo)
-            ds, gs = d[:s_hi], g[lo - r0 : hi - r0]
+            ds, gs = d[:, :s_hi], g[lo - r0 : hi - r0].transpose(0, 1)  # [B, s, T, d], [B, r, T, d]
             if by_position:
-                scores[:, :s_hi, lo:hi] = torch.einsum("sbtd,rbtd->bsrt", ds, gs).float()
+                scores[:, :s_hi, lo:hi] = torch.einsum("bstd,brtd->bsrt", ds, gs).float()
             else:
-                scores[:, :s_hi, lo:hi] = torch.einsum(
-                    "sbk,rbk->bsr", ds.reshape(s_hi, n_b, -1), gs.reshape(hi - lo, n_b, -1)
-                ).float()
+                flat = gs.reshape(n_b, hi - lo, -1).transpose(1, 2)  # [B, T d, r]
+                scores[:, :s_hi, lo:hi] = torch.bmm(ds.reshape(n_b, s_hi, -1), flat).float()
         r0 += n_r
     with torch.no_grad():
         ref = (ref_logits if ref_logits is not None else clean.logits).detach()
