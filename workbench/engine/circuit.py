@@ -382,22 +382,32 @@ def sender_outputs(blocks: list[_Block], run: Run, n_heads: int) -> list[torch.T
 def check_additive(blocks: list[_Block], run: Run, model: Model) -> None:
     """The stream must be the sum of the senders (plus shared biases): attention output = o_proj of the head
     outputs, and the final stream = embeddings + every block's terms. Else edges are not defined here."""
-    tol = 1e-3
+    checks = []
     total = run.x_attn[0].detach().clone()
     for layer, b in enumerate(blocks):
         attn = run.attn_out[layer].detach()
         z = run.z[layer].detach()
         heads = torch.einsum("bthk,hkd->btd", z.view(*z.shape[:2], model.n_heads, -1), b.w_o) + b.b_o
-        scale = float(attn.abs().max()) + 1e-6
-        if float((heads - attn).abs().max()) > tol * scale:
+        checks.append((float((heads - attn).abs().max()), float(attn.abs().max())))
+        total = total + b.scale * (attn + run.mlp_out[layer].detach())
+    final = run.x_final.detach()
+    checks.append((float((total - final).abs().max()), float(final.abs().max())))
+    raise_unless_additive(model, checks)
+
+
+def raise_unless_additive(model: Model, checks: Sequence[tuple[float, float]]) -> None:
+    """`check_additive` from its numbers (max |heads + bias - attention output|, max |attention output|) per
+    layer, then (max |senders' sum - final stream|, max |final stream|): the traced engine's check too."""
+    tol = 1e-3
+    for layer, (err, scale) in enumerate(checks[:-1]):
+        if err > tol * (scale + 1e-6):
             raise UnsupportedModelError(
                 f"Circuits need each attention output to be the sum of its heads' outputs; in the "
                 f"{model.arch.name} family (layer {layer}) it is not (a norm after attention, as in Gemma-2). "
                 "Use a family whose attention output is its output projection's: GPT-2, Llama, Qwen, NeoX, Phi."
             )
-        total = total + b.scale * (attn + run.mlp_out[layer].detach())
-    final = run.x_final.detach()
-    if float((total - final).abs().max()) > tol * (float(final.abs().max()) + 1e-6):
+    err, scale = checks[-1]
+    if err > tol * (scale + 1e-6):
         raise UnsupportedModelError(
             f"Circuits need the final residual stream to be the embeddings plus every block's attention and MLP "
             f"outputs; in the {model.arch.name} family it is not."

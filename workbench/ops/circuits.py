@@ -150,7 +150,15 @@ def edge_attribution(
             corrupt_m[idx] = out["corrupt"].numpy()
             done += len(idx)
         _report(progress, 1.0, f"{len(ds)}/{len(ds)} examples ({method})")
-    matrix = (total / len(ds)).astype(np.float32)
+    return make_graph(model, ds, m, lay, al, total / len(ds), clean_m, corrupt_m, method, n_steps, by_position)
+
+
+def make_graph(
+    model: Model, ds: Dataset, m: Metric, lay: engine.Layout, al: Any, mean: np.ndarray, clean_m: np.ndarray,
+    corrupt_m: np.ndarray, method: str, n_steps: int, by_position: bool,
+) -> Graph:  # fmt: skip
+    """The Graph of mean edge scores [S, R] (or [S, R, C]) over the dataset (local and remote engines)."""
+    matrix = np.asarray(mean).astype(np.float32)
     valid = lay.valid()
     matrix[~valid] = np.nan
     options = dict(
@@ -194,9 +202,9 @@ def as_circuit(c: Any) -> Circuit:
     return Circuit(c)
 
 
-def keep_mask(model: Model, circuit: Circuit, runner: Runner, idx: Sequence[int], pads: list[int], width: int) -> torch.Tensor:  # fmt: skip
-    """[B, S, R, T] bool: which edges of each example (at which padded positions) the circuit keeps."""
-    lay = engine.layout(model)
+def circuit_edges(model: Model, circuit: Circuit, runner: Runner) -> list[tuple[int, int, int | None]]:
+    """(sender row, receiver column, dataset column or None for every position) of each edge of a circuit,
+    checked against this model's graph and the dataset's columns."""
     graph = circuit.graph
     if graph is not None and graph.model_key and graph.model_key != model_key(model):
         raise WorkbenchError(
@@ -205,19 +213,30 @@ def keep_mask(model: Model, circuit: Circuit, runner: Runner, idx: Sequence[int]
         )
     checker = _graph_of(model)
     cols = runner.al.columns
-    keep = torch.zeros((len(idx), lay.n_senders, lay.n_receivers, width), dtype=torch.bool)
+    out: list[tuple[int, int, int | None]] = []
     for e in circuit.edges:
         s, r = checker.locate(Edge(e.sender, e.receiver))
         if e.position is None:
-            for j, pad in enumerate(pads):
-                keep[j, s, r, pad:] = True
+            out.append((s, r, None))
             continue
         if e.position not in cols and not isinstance(e.position, int):
             raise WorkbenchError(
                 f"Edge {e} names column {e.position!r}, which this dataset does not have (align="
                 f"{runner.al.align!r}: {cols}); use the dataset and align= the graph was found with."
             )
-        c = runner.al.column(e.position)
+        out.append((s, r, runner.al.column(e.position)))
+    return out
+
+
+def keep_mask(model: Model, circuit: Circuit, runner: Runner, idx: Sequence[int], pads: list[int], width: int) -> torch.Tensor:  # fmt: skip
+    """[B, S, R, T] bool: which edges of each example (at which padded positions) the circuit keeps."""
+    lay = engine.layout(model)
+    keep = torch.zeros((len(idx), lay.n_senders, lay.n_receivers, width), dtype=torch.bool)
+    for s, r, c in circuit_edges(model, circuit, runner):
+        if c is None:
+            for j, pad in enumerate(pads):
+                keep[j, s, r, pad:] = True
+            continue
         for j, (i, pad) in enumerate(zip(idx, pads, strict=True)):
             for p in runner.al.positions[i][c]:
                 keep[j, s, r, pad + p] = True
@@ -454,6 +473,15 @@ def edge_patch(
             for j, i in enumerate(idx):
                 clean_m[i] = float(b.metrics[j](ref[j : j + 1], ref[j].clone())[0])
                 corrupt_m[i] = float(b.metrics[j](corrupt_run.logits[j : j + 1], ref[j].clone())[0])
+    return edge_patch_value(model, m, c, raw, clean_m, corrupt_m, align, ds)
+
+
+def edge_patch_value(
+    model: Model, m: Metric, c: Circuit, raw: np.ndarray, clean_m: np.ndarray, corrupt_m: np.ndarray, align: str,
+    ds: Dataset,
+) -> Faithfulness:  # fmt: skip
+    """The result of exact edge patching from each example's patched, clean and corrupt metrics."""
+    n = len(raw)
     value = float(normalise(np.float32(raw.mean()), clean_m, corrupt_m))
     options = dict(op="edge_patch", metric=m.name, n_edges=len(c), n_examples=n, align=align)
     return Faithfulness(
