@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import workbench as wb
+from workbench.engine.circuit import layout as engine_layout
 from workbench.errors import UnsupportedModelError
 from workbench.ops import circuits_remote as remote
 from workbench.ops.metrics import as_metric
@@ -128,3 +130,65 @@ def test_traced_circuits_equal_the_hook_engine_on_the_embedded_model() -> None:
     p_want = wb.edge_patch(model, ds, want.top(5), metric=m)
     p_got = remote.edge_patch_remote(model, ds, want.top(5), mm, "exact", None, None)
     assert_close(p_got.per_example, p_want.per_example, ATOL, "embedded edge patch of the top 5")
+
+
+def test_scores_computed_a_few_examples_at_a_time_are_the_same(monkeypatch) -> None:
+    from workbench.engine import circuit_traced
+
+    model, ds, mm = tiny("llama"), _ds(), as_metric(wb.logit_diff())
+    whole = remote.edge_attribution_remote(model, ds, mm, "eap-ig", 2, True, ALIGN, None, None)
+    monkeypatch.setattr(circuit_traced, "SCORE_BYTES", 1)  # one example per chunk
+    seen = []
+    real = circuit_traced.attribute
+    monkeypatch.setattr(circuit_traced, "attribute", lambda m, lay, plan, ms: seen.append(plan.chunks) or real(m, lay, plan, ms))
+    parts = remote.edge_attribution_remote(model, ds, mm, "eap-ig", 2, True, ALIGN, None, None)
+    assert seen == [[(0, 1, 0, 2), (1, 2, 2, 4), (2, 3, 4, 6)]]  # 2 gradient rows per example (steps 1, clean)
+    _same_graph(parts, whole, "chunked scores")
+
+
+def test_mixed_rows_over_the_memory_budget_split_into_requests(monkeypatch) -> None:
+    from workbench.engine import circuit_traced
+
+    model, ds, mm = tiny("gpt2"), _ds(), as_metric(wb.logit_diff())
+    g = wb.edge_attribution(model, ds, metric=wb.logit_diff(), align=ALIGN)
+    circuits = [g.top(n) for n in (3, 30, 200)]
+    whole = remote.faithfulness_runs_remote(model, ds, circuits, mm, ALIGN, None, None)
+    calls = []
+    real = circuit_traced.mixed
+    monkeypatch.setattr(circuit_traced, "mixed", lambda m, lay, plan, ms: calls.append(plan.n_circuits) or real(m, lay, plan, ms))
+    width = max(model.to_tokens(c).shape[1] for c, _ in PAIRS)
+    row = engine_layout(model).n_senders * width * model.d_model * 4
+    for fit, want in ((9, [3]), (6, [2, 1]), (3, [1, 1, 1]), (2, [1] * 6)):
+        calls.clear()
+        monkeypatch.setattr(remote, "MIXED_BYTES", fit * row)
+        got = remote.faithfulness_runs_remote(model, ds, circuits, mm, ALIGN, None, None)
+        assert calls == want, fit
+        for a, b in zip(got, whole, strict=True):
+            assert_close(a, b, ATOL, f"{fit} rows per request")
+
+
+def test_circuits_travel_as_an_index_list_or_a_bitmask_alike() -> None:
+    from workbench.engine import circuit_traced
+    from workbench.engine.circuit import layout
+
+    model = tiny("llama")
+    lay = layout(model)
+    pairs = [(model.to_tokens(c), model.to_tokens(k)) for c, k in PAIRS]
+    positions = [[[0], [1, 2]] for _ in PAIRS]
+    rng = np.random.default_rng(1)
+    valid = np.argwhere(lay.valid())
+    small = [(int(s), int(r), int(k)) for (s, r), k in zip(valid[rng.choice(len(valid), 5)], rng.integers(0, 3, 5), strict=True)]
+    big = [(int(s), int(r), 0) for s, r in valid]
+    plan = circuit_traced.mixed_plan(pairs, 0, [small, big], positions, "clean", False, lay)
+    assert plan.packed.numel() > 0 and plan.edges.numel() == 0  # the bitmask is smaller here
+    listed = circuit_traced.mixed_plan(pairs, 0, [small], positions, "clean", False, lay)
+    assert listed.packed.numel() == 0 and listed.edges.shape == (5, 4)
+    shape = (2, lay.n_senders, lay.n_receivers, 3)
+    dense = circuit_traced.keep_tensor(plan.edges, plan.packed, shape, torch.zeros(0))
+    want = torch.zeros(shape)
+    for c, edges in enumerate((small, big)):
+        for s, r, k in edges:
+            want[c, s, r, k] = 1.0
+    assert torch.equal(dense, want)
+    first = circuit_traced.keep_tensor(listed.edges, listed.packed, (1, *shape[1:]), torch.zeros(0))
+    assert torch.equal(first, want[:1])

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..model import Model, SiteRef
@@ -157,6 +158,20 @@ def example_metrics(logits: torch.Tensor, metrics: list[Any], per: int) -> torch
     return torch.cat(parts)
 
 
+def keep_tensor(edges: torch.Tensor, packed: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """The circuits' edges as a 0/1 tensor `shape` [C, S, R, 1 + n_cols] from an index list [E, 4] or, when that
+    is empty and `packed` is not, from a bitmask packed like numpy's packbits (most significant bit first)."""
+    if packed.numel() > 0:
+        shifts = torch.arange(7, -1, -1, device=like.device, dtype=torch.int32)
+        bits = (packed.to(like.device, torch.int32).unsqueeze(1) >> shifts) & 1
+        n = shape[0] * shape[1] * shape[2] * shape[3]
+        return bits.reshape(-1)[:n].reshape(shape).to(like.dtype)
+    out = torch.zeros(shape, dtype=like.dtype, device=like.device)
+    idx = edges.to(like.device, torch.long)
+    out[idx[:, 0], idx[:, 1], idx[:, 2], idx[:, 3]] = 1.0
+    return out
+
+
 def keep_rows(K: torch.Tensor, circ: torch.Tensor, P: torch.Tensor, ex: torch.Tensor, invert: bool,
               s_hi: int, r_lo: int, r_hi: int) -> torch.Tensor:  # fmt: skip
     """[M, s_hi, n, T] 0/1: which edges sender s -> receiver r_lo + i each mixed row keeps at each position.
@@ -180,6 +195,28 @@ def rebuilt(keep: torch.Tensor, blocks: list[tuple[int, torch.Tensor]], base: to
     return out
 
 
+def layer_grads(x: torch.Tensor, xm: torch.Tensor, proj_grads: list, mlp_grad: Any, gr: torch.Tensor,
+                weights: list, cols: list, attn_norm: Any, mlp_norm: Any) -> torch.Tensor:  # fmt: skip
+    """[R_l, G, T, d]: one layer's receivers' gradients in the stream at the gradient rows `gr` (q heads, k and
+    v heads, the MLP): each head's columns of its projection's gradient times its rows of the projection's
+    affine map, then back through the norm at the row's own input x (xm for the MLP)."""
+    parts = []
+    for i, c in cols:
+        g = proj_grads[i]
+        c = c.to(x.device)
+        if g is None:
+            parts.append(torch.zeros(c.shape[0], *x.shape, dtype=x.dtype, device=x.device))
+            continue
+        w = weights[i][0]
+        parts.append(torch.einsum("gtnk,dnk->ngtd", g.detach()[gr][..., c], w[:, c]))
+    g_attn = norm_vjp(attn_norm, x, torch.cat(parts))
+    if mlp_grad is None:
+        g_mlp = torch.zeros(1, *xm.shape, dtype=xm.dtype, device=xm.device)
+    else:
+        g_mlp = norm_vjp(mlp_norm, xm, mlp_grad.detach()[gr].unsqueeze(0))
+    return torch.cat([g_attn, g_mlp.to(g_attn.dtype)])
+
+
 def senders_before(r: int, n_layers: int, n_heads: int, n_kv: int, parallel: bool) -> int:
     """`Layout.senders_before` as a pure function (the bodies take no workbench objects)."""
     per_r, per_s = n_heads + 2 * n_kv + 1, n_heads + 1
@@ -192,6 +229,7 @@ def senders_before(r: int, n_layers: int, n_heads: int, n_kv: int, parallel: boo
 
 
 # --------------------------------------------------------------------------------------- attribution
+SCORE_BYTES = 1 << 30  # the server memory the score computation of a chunk of examples may take
 @dataclass
 class AttributionPlan:
     """The rows of one attribution request and how they map to examples."""
@@ -206,12 +244,15 @@ class AttributionPlan:
     is_step: torch.Tensor  # [B] bool
     columns: torch.Tensor  # [N, T, C]: how much each padded position counts in each result column
     steps: int
+    chunks: list[tuple[int, int, int, int]]  # examples lo..hi and their gradient rows g_lo..g_hi, scored together
 
 
 def attribution_plan(pairs: list[tuple[torch.Tensor, torch.Tensor]], pid: int, steps: int,
-                     positions: list[list[list[int]]] | None) -> AttributionPlan:  # fmt: skip
+                     positions: list[list[list[int]]] | None, lay: Layout, d_model: int,
+                     budget: float | None = None) -> AttributionPlan:  # fmt: skip
     """Rows [clean, corrupt, step 1..steps-1] per example (left-padded together); `positions` the result
-    columns' token positions per example (None: one column, every position)."""
+    columns' token positions per example (None: one column, every position). The scores are computed for as
+    many examples at a time as keep their senders' and receivers' [*, T, d] tensors within `budget` bytes."""
     from .padding import left_pad
 
     per = 2 + max(steps - 1, 0)
@@ -245,9 +286,12 @@ def attribution_plan(pairs: list[tuple[torch.Tensor, torch.Tensor]], pid: int, s
             for ci, ps in enumerate(positions[e]):
                 for p in ps:
                     cols[e, pad + p, ci] += 1.0
+    at_once = max(1, int((budget or SCORE_BYTES) // ((lay.n_senders + lay.n_receivers) * width * d_model * 4)))
+    n_grad = len(grad_rows) // n
+    chunks = [(lo, min(n, lo + at_once), lo * n_grad, min(n, lo + at_once) * n_grad) for lo in range(0, n, at_once)]
     return AttributionPlan(
         batch, per, torch.tensor(grad_rows), weights, torch.tensor(src_c), torch.tensor(src_k),
-        torch.tensor(alpha, dtype=torch.float32), torch.tensor(is_step), cols, steps,
+        torch.tensor(alpha, dtype=torch.float32), torch.tensor(is_step), cols, steps, chunks,
     )  # fmt: skip
 
 
@@ -262,7 +306,7 @@ def attribute(model: Model, lay: Layout, plan: AttributionPlan, metrics: list[An
     attn_norm, mlp_norm, proj, cols, o_proj, rows = f.attn_norm, f.mlp_norm, f.proj, f.cols, f.o_proj, f.rows
     attn_out, mlp, final, embed, scale, d_model = f.attn_out, f.mlp, f.final, f.embed, f.scale, f.d_model
     per, steps = plan.per, plan.steps
-    grad_rows, grad_weights, columns = plan.grad_rows, plan.grad_weights, plan.columns
+    grad_rows, grad_weights, columns, chunks = plan.grad_rows, plan.grad_weights, plan.columns, plan.chunks
     src_clean, src_corrupt, alpha, is_step = plan.src_clean, plan.src_corrupt, plan.alpha, plan.is_step
     n_ex = len(metrics)
     clean_rows = torch.arange(n_ex) * per
@@ -316,75 +360,67 @@ def attribute(model: Model, lay: Layout, plan: AttributionPlan, metrics: list[An
             for i in reversed(range(len(targets))):
                 grads[i] = targets[i].grad
         dev = x_final.device
-        gr = grad_rows.to(dev)
-        gw = grad_weights.to(dev, x_final.dtype)
-        cr, kr = clean_rows.to(dev), corrupt_rows.to(dev)
         w_cols = columns.to(dev, torch.float32)
         real = real_mask.to(dev)  # [N, T]: the examples' real positions
-        # senders' clean - corrupt outputs [S, N, T, d] (pad positions zero) and the additivity check (clean rows)
-        diffs = [(xs_attn[0][cr] - xs_attn[0][kr]).detach().unsqueeze(0)]
-        checks = []
-        total = xs_attn[0][cr].detach()
-        # receivers' gradients in the stream, averaged over each example's gradient rows: [R, N, T, d]
-        receiver_grads = []
-        at = 0
+        w_os, b_os = [], []
         for layer in range(n_layers):
             w_o, b_o = affine(o_proj[layer], zs[layer].shape[-1], zs[layer])
-            w_o = w_o[rows.to(dev)]  # [H, d_head, d]
-            z = zs[layer].detach()
-            heads = head_outputs(z, w_o, n_heads, 1.0)  # [B, H, T, d]
-            a = attn_outs[layer].detach()
-            checks.append(torch.stack([(heads[cr].sum(1) + b_o - a[cr]).abs().max(), a[cr].abs().max()]))
-            mo = mlp_outs[layer].detach()
-            total = total + scale[layer] * (a[cr] + mo[cr])
-            sc = scale[layer]
-            diffs.append((heads[cr] * sc - heads[kr] * sc).transpose(0, 1))
-            diffs.append((mo[cr] * sc - mo[kr] * sc).unsqueeze(0))
-            x = xs_attn[layer].detach()[gr]
-            parts = []
-            n_proj = len(proj[layer])
-            for s in range(3):
-                i, c = cols[layer][s]
-                g = grads[at + i]
-                w = weights[layer][i][0]
-                c = c.to(dev)
-                if g is None:
-                    parts.append(torch.zeros(c.shape[0], *x.shape, dtype=x.dtype, device=dev))
-                    continue
-                parts.append(torch.einsum("gtnk,dnk->ngtd", g.detach()[gr][..., c], w[:, c]))
-            g_attn = norm_vjp(attn_norm[layer], x, torch.cat(parts))
-            gm = grads[at + n_proj]
-            xm = xs_mlp[layer].detach()[gr]
-            m_norm = attn_norm[layer] if mlp_norm[layer] is None else mlp_norm[layer]
-            if gm is None:
-                g_mlp = torch.zeros(1, *xm.shape, dtype=xm.dtype, device=dev)
-            else:
-                g_mlp = norm_vjp(m_norm, xm, gm.detach()[gr].unsqueeze(0))
-            at += n_proj + 1
-            per_row = torch.cat([g_attn, g_mlp.to(g_attn.dtype)])  # [R_l, G, T, d]
-            receiver_grads.append(torch.einsum("rgtd,ng->rntd", per_row, gw.to(per_row.dtype)))
-        xf = x_final.detach()
-        checks.append(torch.stack([(total - xf[cr]).abs().max(), xf[cr].abs().max()]))
-        gf = grads[at]
-        gf = torch.zeros_like(xf[gr]) if gf is None else gf.detach()[gr]
-        receiver_grads.append(torch.einsum("gtd,ng->ntd", gf, gw.to(gf.dtype)).unsqueeze(0))
-        d_all = torch.where(real[None, :, :, None], torch.cat(diffs), 0.0)
+            w_os.append(w_o[rows.to(dev)])  # [H, d_head, d]
+            b_os.append(b_o)
+        checks = torch.zeros(n_layers + 1, 2, device=dev)
         score_sum = torch.zeros(n_senders, n_receivers, w_cols.shape[-1], dtype=torch.float32, device=dev)
-        r0 = 0
-        for g in receiver_grads:
-            lo = r0
-            while lo < r0 + g.shape[0]:
-                s_hi = senders_before(lo, n_layers, n_heads, n_kv, parallel)
-                hi = lo + 1
-                while hi < r0 + g.shape[0] and senders_before(hi, n_layers, n_heads, n_kv, parallel) == s_hi:
-                    hi += 1
-                prod = torch.einsum("sntd,rntd->srnt", d_all[:s_hi], g[lo - r0 : hi - r0].to(d_all.dtype))
-                score_sum[:s_hi, lo:hi] = torch.einsum("srnt,ntc->src", prod.float(), w_cols)
-                lo = hi
-            r0 += g.shape[0]
+        # a few examples at a time: their senders' clean - corrupt outputs [S, n, T, d] and receivers' gradients
+        for lo, hi, g_lo, g_hi in chunks:
+            cr, kr = clean_rows[lo:hi].to(dev), corrupt_rows[lo:hi].to(dev)
+            gr = grad_rows[g_lo:g_hi].to(dev)
+            gw = grad_weights[lo:hi, g_lo:g_hi].to(dev, x_final.dtype)  # averages each example's gradient rows
+            diffs = [(xs_attn[0][cr] - xs_attn[0][kr]).detach().unsqueeze(0)]
+            total = xs_attn[0][cr].detach()
+            receiver_grads = []
+            at = 0
+            for layer in range(n_layers):
+                z = zs[layer].detach()
+                heads_c = head_outputs(z[cr], w_os[layer], n_heads, 1.0)  # [n, H, T, d]
+                heads_k = head_outputs(z[kr], w_os[layer], n_heads, 1.0)
+                a = attn_outs[layer].detach()[cr]
+                mo = mlp_outs[layer].detach()
+                err = (heads_c.sum(1) + b_os[layer] - a).abs().max()
+                checks[layer] = torch.maximum(checks[layer], torch.stack([err, a.abs().max()]).float())
+                sc = scale[layer]
+                total = total + sc * (a + mo[cr])
+                diffs.append((heads_c * sc - heads_k * sc).transpose(0, 1))
+                diffs.append((mo[cr] * sc - mo[kr] * sc).unsqueeze(0))
+                n_proj = len(proj[layer])
+                m_norm = attn_norm[layer] if mlp_norm[layer] is None else mlp_norm[layer]
+                per_row = layer_grads(
+                    xs_attn[layer].detach()[gr], xs_mlp[layer].detach()[gr], grads[at : at + n_proj],
+                    grads[at + n_proj], gr, weights[layer], cols[layer], attn_norm[layer], m_norm,
+                )  # fmt: skip
+                at += n_proj + 1
+                receiver_grads.append(torch.einsum("rgtd,ng->rntd", per_row, gw.to(per_row.dtype)))
+            xf = x_final.detach()[cr]
+            checks[n_layers] = torch.maximum(checks[n_layers], torch.stack([(total - xf).abs().max(), xf.abs().max()]).float())
+            gf = grads[at]
+            gf = torch.zeros_like(x_final[gr]) if gf is None else gf.detach()[gr]
+            receiver_grads.append(torch.einsum("gtd,ng->ntd", gf, gw.to(gf.dtype)).unsqueeze(0))
+            d_all = torch.where(real[lo:hi][None, :, :, None], torch.cat(diffs), 0.0)
+            del diffs
+            w_c = w_cols[lo:hi]
+            r0 = 0
+            for g in receiver_grads:
+                r_lo = r0
+                while r_lo < r0 + g.shape[0]:
+                    s_hi = senders_before(r_lo, n_layers, n_heads, n_kv, parallel)
+                    r_hi = r_lo + 1
+                    while r_hi < r0 + g.shape[0] and senders_before(r_hi, n_layers, n_heads, n_kv, parallel) == s_hi:
+                        r_hi += 1
+                    prod = torch.einsum("sntd,rntd->srnt", d_all[:s_hi], g[r_lo - r0 : r_hi - r0].to(d_all.dtype))
+                    score_sum[:s_hi, r_lo:r_hi] += torch.einsum("srnt,ntc->src", prod.float(), w_c)
+                    r_lo = r_hi
+                r0 += g.shape[0]
         scores = score_sum.save()
         metric_values = values.detach().save()
-        additive = torch.stack(checks).float().save()
+        additive = checks.save()
     vals = metric_values.detach().cpu()
     return {
         "scores": scores.detach().cpu(),
@@ -405,16 +441,18 @@ class MixedPlan:
     ref_rows: torch.Tensor  # [M]
     circ: torch.Tensor  # [M]: which circuit
     ex: torch.Tensor  # [M]: which example
-    edges: torch.Tensor  # [E, 4]: (circuit, sender, receiver, 0 = every position | 1 + column)
+    edges: torch.Tensor  # [E, 4] int32: (circuit, sender, receiver, 0 = every position | 1 + column), or [0, 4]
+    packed: torch.Tensor  # the same as a bitmask of [C, S, R, 1 + n_cols] (numpy packbits), when that is smaller
     places: torch.Tensor  # [N, 1 + n_cols, T]
     n_circuits: int
     invert: bool
 
 
 def mixed_plan(pairs: list[tuple[torch.Tensor, torch.Tensor]], pid: int, circuits: list[list[tuple[int, int, int]]],
-               positions: list[list[list[int]]], base: str, invert: bool) -> MixedPlan:  # fmt: skip
+               positions: list[list[list[int]]], base: str, invert: bool, lay: Layout) -> MixedPlan:  # fmt: skip
     """Rows [clean, corrupt, mixed x C] per example; a mixed row runs the `base` ("clean" | "corrupt") input
-    against the other row as reference; circuits as (sender, receiver, 0 | 1 + column) lists."""
+    against the other row as reference; circuits as (sender, receiver, 0 | 1 + column) lists, sent as an
+    index list or a bitmask, whichever is smaller (a request body stays small for any circuit size)."""
     from .padding import left_pad
 
     n_c = len(circuits)
@@ -439,11 +477,19 @@ def mixed_plan(pairs: list[tuple[torch.Tensor, torch.Tensor]], pid: int, circuit
         for ci, ps in enumerate(positions[e]):
             for p in ps:
                 places[e, 1 + ci, pad + p] = 1.0
-    edges = [(j, s, r, k) for j, cs in enumerate(circuits) for s, r, k in cs]
+    edges = torch.tensor([(j, s, r, k) for j, cs in enumerate(circuits) for s, r, k in cs], dtype=torch.int32)
+    edges = edges.reshape(-1, 4)
+    shape = (n_c, lay.n_senders, lay.n_receivers, 1 + n_cols)
+    packed = torch.zeros(0, dtype=torch.uint8)
+    if edges.numel() * 4 > int(np.prod(shape)) // 8 + 1:
+        dense = np.zeros(shape, bool)
+        dense[tuple(edges.long().T.numpy())] = True
+        packed = torch.from_numpy(np.packbits(dense.reshape(-1)))
+        edges = edges[:0]
     return MixedPlan(
         batch, per, torch.tensor(mixed, dtype=torch.long), torch.tensor(ref, dtype=torch.long),
-        torch.tensor(circ, dtype=torch.long), torch.tensor(ex, dtype=torch.long),
-        torch.tensor(edges, dtype=torch.long).reshape(-1, 4), places, n_c, invert,
+        torch.tensor(circ, dtype=torch.long), torch.tensor(ex, dtype=torch.long), edges, packed, places, n_c,
+        invert,
     )  # fmt: skip
 
 
@@ -458,8 +504,8 @@ def mixed(model: Model, lay: Layout, plan: MixedPlan, metrics: list[Any]) -> dic
     attn_norm, mlp_norm, proj, cols, o_proj, rows = f.attn_norm, f.mlp_norm, f.proj, f.cols, f.o_proj, f.rows
     mlp, final, scale, d_model = f.mlp, f.final, f.scale, f.d_model
     per, invert, n_circ = plan.per, plan.invert, plan.n_circuits
-    mixed_rows, ref_rows, circ, ex, edges, places = (
-        plan.mixed_rows, plan.ref_rows, plan.circ, plan.ex, plan.edges, plan.places,
+    mixed_rows, ref_rows, circ, ex, edges, packed, places = (
+        plan.mixed_rows, plan.ref_rows, plan.circ, plan.ex, plan.edges, plan.packed, plan.places,
     )  # fmt: skip
     batch = plan.batch
     with (
@@ -476,9 +522,7 @@ def mixed(model: Model, lay: Layout, plan: MixedPlan, metrics: list[Any]) -> dic
         dev = x.device
         mr, rr, ci, ei = mixed_rows.to(dev), ref_rows.to(dev), circ.to(dev), ex.to(dev)
         P = places.to(dev, x.dtype)
-        K = torch.zeros(n_circ, n_senders, n_receivers, P.shape[1], dtype=x.dtype, device=dev)
-        idx = edges.to(dev)
-        K[idx[:, 0], idx[:, 1], idx[:, 2], idx[:, 3]] = 1.0
+        K = keep_tensor(edges, packed, (n_circ, n_senders, n_receivers, P.shape[1]), x)
         blocks = [(0, (x[mr] - x[rr]).unsqueeze(1))]  # (first sender index, [M, k, T, d]) in sender order
         for layer in range(n_layers):
             if layer > 0:

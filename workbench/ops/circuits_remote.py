@@ -7,9 +7,11 @@ the [S, R] (or [S, R, C]) score sum, per-example metrics and the additivity chec
 
 - `edge_attribution_remote`: one request with every example's clean, corrupt and (EAP-IG) interpolated rows.
 - `faithfulness_runs_remote`: one request with every example's clean and corrupt rows and one mixed row per
-  circuit: the whole faithfulness curve (every size) is one request, as one user action should be; the
-  server holds each mixed row's sender deltas ([senders, T, d] per row) for the forward, which for the
-  dataset sizes a circuit view uses fits a GPU comfortably.
+  circuit: the whole faithfulness curve (every size) is one request, as one user action should be. The server
+  holds each mixed row's sender outputs ([senders, T, d] per row: 14 MB for the embedded model at 20 tokens)
+  during the forward; only when the rows would need more than MIXED_BYTES (4 GiB: 300 rows of the embedded
+  model, 12 rows of a 32-layer, d = 4096 model at 20 tokens) is the work split into as few requests as fit
+  (circuits first, then examples).
 - `faithfulness_remote` / `edge_patch_remote`: the same with one circuit (edge patch: the corrupt input, the
   clean reference, every edge but the circuit's kept).
 
@@ -56,9 +58,8 @@ def edge_attribution_remote(
     with model.lock, job_status(model, progress, cancel):
         runner = Runner(model, ds, m, align, corrupt=True, progress=None, cancel=cancel)
         al = runner.al
-        plan = traced.attribution_plan(
-            _pairs(runner), pad_id(model.tokenizer), n_steps, al.positions if by_position else None
-        )
+        positions = al.positions if by_position else None
+        plan = traced.attribution_plan(_pairs(runner), pad_id(model.tokenizer), n_steps, positions, lay, model.d_model)
         check_cancel(cancel)
         _report(progress, 0.0, f"{len(ds)} examples ({method}) in one request")
         out = traced.attribute(model, lay, plan, runner.bound)
@@ -71,26 +72,51 @@ def edge_attribution_remote(
     return make_graph(model, ds, m, lay, al, mean, clean_m, corrupt_m, method, n_steps, by_position)
 
 
+MIXED_BYTES = 4 << 30  # the server memory one request's mixed rows may hold in sender outputs ([S, T, d] per row)
+
+
+def _requests(n_examples: int, n_circuits: int, row_bytes: int) -> list[tuple[list[int], list[int]]]:
+    """(examples, circuits) of each request: all in one unless the mixed rows' sender outputs would exceed
+    MIXED_BYTES on the server; then as few requests as fit (circuits split first, then examples)."""
+    fit = max(1, MIXED_BYTES // max(1, row_bytes))
+    examples, circuits = list(range(n_examples)), list(range(n_circuits))
+    if n_examples * n_circuits <= fit:
+        return [(examples, circuits)]
+    if n_examples <= fit:
+        per = fit // n_examples
+        return [(examples, circuits[i : i + per]) for i in range(0, n_circuits, per)]
+    return [(examples[i : i + fit], [c]) for c in circuits for i in range(0, n_examples, fit)]
+
+
 def _mixed(
     model: Model, ds: Dataset, circuits: list[Circuit], m: Metric, align: str, progress: Progress,
     cancel: threading.Event | None, base: str, invert: bool, label: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Each circuit's mixed run per example ([C, N]) and each example's clean and corrupt metrics."""
     lay = engine.layout(model)
+    n = len(ds)
+    raw = np.zeros((len(circuits), n), np.float32)
+    clean_m, corrupt_m = np.zeros(n, np.float32), np.zeros(n, np.float32)
     with model.lock, job_status(model, progress, cancel):
         runner = Runner(model, ds, m, align, corrupt=True, progress=None, cancel=cancel)
+        al = runner.al
         lists = [[(s, r, 0 if c is None else 1 + c) for s, r, c in circuit_edges(model, circ, runner)]
                  for circ in circuits]  # fmt: skip
-        plan = traced.mixed_plan(_pairs(runner), pad_id(model.tokenizer), lists, runner.al.positions, base, invert)
-        check_cancel(cancel)
-        _report(progress, 0.0, f"{label}: {len(circuits)} circuit(s) x {len(ds)} examples in one request")
-        out = traced.mixed(model, lay, plan, runner.bound)
-        _report(progress, 1.0, f"{label}: {len(ds)}/{len(ds)} examples")
-    return (
-        out["raw"].numpy().astype(np.float32),
-        out["clean"].numpy().astype(np.float32),
-        out["corrupt"].numpy().astype(np.float32),
-    )
+        pairs = _pairs(runner)
+        width = max(int(c.shape[1]) for c, _ in pairs)
+        parts = _requests(n, len(circuits), lay.n_senders * width * model.d_model * 4)
+        for k, (exs, cs) in enumerate(parts):
+            check_cancel(cancel)
+            _report(progress, k / len(parts), f"{label}: {len(cs)} circuit(s) x {len(exs)} examples, request "
+                                               f"{k + 1}/{len(parts)}")  # fmt: skip
+            plan = traced.mixed_plan([pairs[i] for i in exs], pad_id(model.tokenizer), [lists[c] for c in cs],
+                                     [al.positions[i] for i in exs], base, invert, lay)  # fmt: skip
+            out = traced.mixed(model, lay, plan, [runner.bound[i] for i in exs])
+            raw[np.ix_(cs, exs)] = out["raw"].numpy()
+            clean_m[exs] = out["clean"].numpy()
+            corrupt_m[exs] = out["corrupt"].numpy()
+        _report(progress, 1.0, f"{label}: {n}/{n} examples")
+    return raw, clean_m, corrupt_m
 
 
 def faithfulness_runs_remote(
