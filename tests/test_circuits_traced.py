@@ -27,7 +27,19 @@ PAIRS = [
     ("Hello world! The cat sat on the", "Hello world! The dog sat on the"),
 ]
 TARGETS = [(" mat", " log"), (" log", " mat"), (" mat", " log")]
-FAMILIES = ("gpt2", "llama", "gpt_neox", "gemma", "phi", "phi3", "qwen2", "qwen3", "mistral", "olmo", "granite")
+FAMILIES = (
+    "gpt2",
+    "llama",
+    "gpt_neox",
+    "gemma",
+    "phi",
+    "phi3",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "olmo",
+    "granite",
+)
 ALIGN = "right"
 
 
@@ -48,7 +60,9 @@ def _same_graph(got: wb.Graph, want: wb.Graph, what: str) -> None:
     assert_close(got.corrupt, want.corrupt, ATOL, f"{what} corrupt")
     assert got.options == want.options and got.columns == want.columns
     assert got.senders == want.senders and got.receivers == want.receivers
-    assert float(np.nanmax(np.abs(want.matrix))) > 1e-3, f"{what}: the scores are all ~0 (the test cannot fail)"
+    assert float(np.nanmax(np.abs(want.matrix))) > 1e-3, (
+        f"{what}: the scores are all ~0 (the test cannot fail)"
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -58,7 +72,9 @@ def test_traced_edge_attribution_equals_the_hook_engine(family: str) -> None:
         for by_position in (False, True):
             want = wb.edge_attribution(model, ds, metric=m, method=method, steps=max(steps, 1), by_position=by_position,
                                        align=ALIGN)  # fmt: skip
-            got = remote.edge_attribution_remote(model, ds, as_metric(m), method, steps, by_position, ALIGN, None, None)
+            got = remote.edge_attribution_remote(
+                model, ds, as_metric(m), method, steps, by_position, ALIGN, None, None
+            )
             _same_graph(got, want, f"{family} {method} by_position={by_position}")
 
 
@@ -104,13 +120,17 @@ def test_traced_curve_is_one_run_of_every_size(family: str) -> None:
                                                               ALIGN, None, None)  # fmt: skip
         assert raw.shape == (len(sizes), len(ds))
         assert_close(raw.mean(1), want.raw, ATOL, f"{family} curve by_position={by_position}")
-        assert_close([clean.mean(), corrupt.mean()], [want.clean, want.corrupt], ATOL, f"{family} curve baselines")
+        assert_close(
+            [clean.mean(), corrupt.mean()], [want.clean, want.corrupt], ATOL, f"{family} curve baselines"
+        )
 
 
 def test_traced_path_refuses_a_family_whose_heads_do_not_add_up() -> None:
     model = tiny("gemma2")  # a norm after attention: the stream is not the sum of the heads' outputs
     with pytest.raises(UnsupportedModelError, match="sum of its heads' outputs"):
-        remote.edge_attribution_remote(model, _ds(), as_metric(wb.logit_diff()), "eap", 0, False, ALIGN, None, None)
+        remote.edge_attribution_remote(
+            model, _ds(), as_metric(wb.logit_diff()), "eap", 0, False, ALIGN, None, None
+        )
 
 
 @pytest.mark.embedded
@@ -140,9 +160,15 @@ def test_scores_computed_a_few_examples_at_a_time_are_the_same(monkeypatch) -> N
     monkeypatch.setattr(circuit_traced, "SCORE_BYTES", 1)  # one example per chunk
     seen = []
     real = circuit_traced.attribute
-    monkeypatch.setattr(circuit_traced, "attribute", lambda m, lay, plan, ms: seen.append(plan.chunks) or real(m, lay, plan, ms))
+    monkeypatch.setattr(
+        circuit_traced,
+        "attribute",
+        lambda m, lay, plan, ms: seen.append(plan.chunks) or real(m, lay, plan, ms),
+    )
     parts = remote.edge_attribution_remote(model, ds, mm, "eap-ig", 2, True, ALIGN, None, None)
-    assert seen == [[(0, 1, 0, 2), (1, 2, 2, 4), (2, 3, 4, 6)]]  # 2 gradient rows per example (steps 1, clean)
+    assert seen == [
+        [(0, 1, 0, 2), (1, 2, 2, 4), (2, 3, 4, 6)]
+    ]  # 2 gradient rows per example (steps 1, clean)
     _same_graph(parts, whole, "chunked scores")
 
 
@@ -155,7 +181,11 @@ def test_mixed_rows_over_the_memory_budget_split_into_requests(monkeypatch) -> N
     whole = remote.faithfulness_runs_remote(model, ds, circuits, mm, ALIGN, None, None)
     calls = []
     real = circuit_traced.mixed
-    monkeypatch.setattr(circuit_traced, "mixed", lambda m, lay, plan, ms: calls.append(plan.n_circuits) or real(m, lay, plan, ms))
+    monkeypatch.setattr(
+        circuit_traced,
+        "mixed",
+        lambda m, lay, plan, ms: calls.append(plan.n_circuits) or real(m, lay, plan, ms),
+    )
     width = max(model.to_tokens(c).shape[1] for c, _ in PAIRS)
     row = engine_layout(model).n_senders * width * model.d_model * 4
     for fit, want in ((9, [3]), (6, [2, 1]), (3, [1, 1, 1]), (2, [1] * 6)):
@@ -177,7 +207,10 @@ def test_circuits_travel_as_an_index_list_or_a_bitmask_alike() -> None:
     positions = [[[0], [1, 2]] for _ in PAIRS]
     rng = np.random.default_rng(1)
     valid = np.argwhere(lay.valid())
-    small = [(int(s), int(r), int(k)) for (s, r), k in zip(valid[rng.choice(len(valid), 5)], rng.integers(0, 3, 5), strict=True)]
+    small = [
+        (int(s), int(r), int(k))
+        for (s, r), k in zip(valid[rng.choice(len(valid), 5)], rng.integers(0, 3, 5), strict=True)
+    ]
     big = [(int(s), int(r), 0) for s, r in valid]
     plan = circuit_traced.mixed_plan(pairs, 0, [small, big], positions, "clean", False, lay)
     assert plan.packed.numel() > 0 and plan.edges.numel() == 0  # the bitmask is smaller here

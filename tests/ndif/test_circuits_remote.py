@@ -78,9 +78,13 @@ def test_by_position_matches_the_local_engine_in_one_request(models, requests) -
     assert g.columns == ["IO", "S1", "S2", "final"]
     _same_graph(g, wb.edge_attribution(local, _ioi(), metric=M, by_position=True, align="roles"), "by roles")
     # examples of different lengths: one left-padded batch on the server
-    g = wb.edge_attribution(remote, _padded(), metric=M, by_position=True, align="right", method="eap-ig", steps=2)
+    g = wb.edge_attribution(
+        remote, _padded(), metric=M, by_position=True, align="right", method="eap-ig", steps=2
+    )
     assert len(requests) == 2
-    want = wb.edge_attribution(local, _padded(), metric=M, by_position=True, align="right", method="eap-ig", steps=2)
+    want = wb.edge_attribution(
+        local, _padded(), metric=M, by_position=True, align="right", method="eap-ig", steps=2
+    )
     _same_graph(g, want, "by position, padded")
 
 
@@ -111,19 +115,19 @@ def test_faithfulness_matches_the_local_engine_in_one_request(models, requests, 
             assert abs(f.raw - f.clean) > 1e-2 and abs(f.raw - f.corrupt) > 1e-2  # a real mixed run
 
 
-def test_curve_is_one_request_for_every_size(models, requests) -> None:  # noqa: F811
+def test_curve_is_one_request_for_every_size(models, requests, local_graph) -> None:  # noqa: F811
     remote, local = models
     g = wb.edge_attribution(remote, _ioi(), metric=M)
     assert len(requests) == 1
     sizes = [10, 100, 1000]
     curve = wb.faithfulness_curve(remote, _ioi(), g, metric=M, sizes=sizes)
     assert len(requests) == 2  # all sizes' mixed rows in one request
-    want_graph = wb.edge_attribution(local, _ioi(), metric=M)
-    want = wb.faithfulness_curve(local, _ioi(), want_graph, metric=M, sizes=sizes)
-    assert [c.edges for c in map(g.top, sizes)] == [c.edges for c in map(want_graph.top, sizes)]
-    assert float(np.abs(curve.raw - want.raw).max()) <= TOL
-    assert float(np.abs(curve.values - want.values).max()) <= 1e-3
-    assert abs(curve.area - want.area) <= 1e-3
+    assert g.top(100).edges == local_graph.top(100).edges  # (near rank 1000, scores equal to 1e-6 may swap)
+    # the local engine on the same circuits (cut from the remote graph, hand-made for the local model)
+    want = [wb.faithfulness(local, _ioi(), wb.Circuit(g.top(n).edges), metric=M) for n in sizes]
+    assert float(np.abs(curve.raw - [f.raw for f in want]).max()) <= TOL
+    assert float(np.abs(curve.values - [float(f) for f in want]).max()) <= 1e-3
+    assert abs(curve.clean - want[0].clean) <= TOL and abs(curve.corrupt - want[0].corrupt) <= TOL
 
 
 def test_edge_patch_matches_the_local_engine_in_one_request(models, requests, local_graph) -> None:  # noqa: F811
@@ -137,4 +141,7 @@ def test_edge_patch_matches_the_local_engine_in_one_request(models, requests, lo
     one = local_graph.top(1).edges[0]
     single = wb.edge_patch(remote, _ioi(), one, metric=M)  # an edge given as such: one request too
     assert len(requests) == 2
-    assert float(np.abs(single.per_example - wb.edge_patch(local, _ioi(), one, metric=M).per_example).max()) <= TOL
+    assert (
+        float(np.abs(single.per_example - wb.edge_patch(local, _ioi(), one, metric=M).per_example).max())
+        <= TOL
+    )

@@ -80,7 +80,9 @@ def facts(model: Model) -> Facts:
         width = {p: max(_width(r.layout, model.d_head) for r in refs.values() if r.path == p) for p in paths}
         proj.append([model.envoy(_ref(layer, p)) for p in paths])
         widths.append([width[p] for p in paths])
-        cols.append([(paths.index(refs[s].path), _columns(refs[s].layout, width[refs[s].path])) for s in "qkv"])
+        cols.append(
+            [(paths.index(refs[s].path), _columns(refs[s].layout, width[refs[s].path])) for s in "qkv"]
+        )
         attn_norm.append(model.envoy(_ref(layer, f"{block}.{arch.attn_norm}")))
         shared = arch.attn_norm == arch.mlp_norm
         mlp_norm.append(None if shared else model.envoy(_ref(layer, f"{block}.{arch.mlp_norm}")))
@@ -158,7 +160,9 @@ def example_metrics(logits: torch.Tensor, metrics: list[Any], per: int) -> torch
     return torch.cat(parts)
 
 
-def keep_tensor(edges: torch.Tensor, packed: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+def keep_tensor(
+    edges: torch.Tensor, packed: torch.Tensor, shape: tuple[int, ...], like: torch.Tensor
+) -> torch.Tensor:
     """The circuits' edges as a 0/1 tensor `shape` [C, S, R, 1 + n_cols] from an index list [E, 4] or, when that
     is empty and `packed` is not, from a bitmask packed like numpy's packbits (most significant bit first)."""
     if packed.numel() > 0:
@@ -230,6 +234,8 @@ def senders_before(r: int, n_layers: int, n_heads: int, n_kv: int, parallel: boo
 
 # --------------------------------------------------------------------------------------- attribution
 SCORE_BYTES = 1 << 30  # the server memory the score computation of a chunk of examples may take
+
+
 @dataclass
 class AttributionPlan:
     """The rows of one attribution request and how they map to examples."""
@@ -244,7 +250,9 @@ class AttributionPlan:
     is_step: torch.Tensor  # [B] bool
     columns: torch.Tensor  # [N, T, C]: how much each padded position counts in each result column
     steps: int
-    chunks: list[tuple[int, int, int, int]]  # examples lo..hi and their gradient rows g_lo..g_hi, scored together
+    chunks: list[
+        tuple[int, int, int, int]
+    ]  # examples lo..hi and their gradient rows g_lo..g_hi, scored together
 
 
 def attribution_plan(pairs: list[tuple[torch.Tensor, torch.Tensor]], pid: int, steps: int,
@@ -286,16 +294,22 @@ def attribution_plan(pairs: list[tuple[torch.Tensor, torch.Tensor]], pid: int, s
             for ci, ps in enumerate(positions[e]):
                 for p in ps:
                     cols[e, pad + p, ci] += 1.0
-    at_once = max(1, int((budget or SCORE_BYTES) // ((lay.n_senders + lay.n_receivers) * width * d_model * 4)))
+    at_once = max(
+        1, int((budget or SCORE_BYTES) // ((lay.n_senders + lay.n_receivers) * width * d_model * 4))
+    )
     n_grad = len(grad_rows) // n
-    chunks = [(lo, min(n, lo + at_once), lo * n_grad, min(n, lo + at_once) * n_grad) for lo in range(0, n, at_once)]
+    chunks = [
+        (lo, min(n, lo + at_once), lo * n_grad, min(n, lo + at_once) * n_grad) for lo in range(0, n, at_once)
+    ]
     return AttributionPlan(
         batch, per, torch.tensor(grad_rows), weights, torch.tensor(src_c), torch.tensor(src_k),
         torch.tensor(alpha, dtype=torch.float32), torch.tensor(is_step), cols, steps, chunks,
     )  # fmt: skip
 
 
-def attribute(model: Model, lay: Layout, plan: AttributionPlan, metrics: list[Any]) -> dict[str, torch.Tensor]:
+def attribute(
+    model: Model, lay: Layout, plan: AttributionPlan, metrics: list[Any]
+) -> dict[str, torch.Tensor]:
     """One traced forward and backward over `plan`'s rows: `scores` [S, R, C] summed over the examples, each
     example's `clean` and `corrupt` metric, and `additive` [L + 1, 2] (max |heads + bias - attention output|,
     max |attention output| per layer; max |stream - final norm input|, max |final norm input|)."""
@@ -329,26 +343,23 @@ def attribute(model: Model, lay: Layout, plan: AttributionPlan, metrics: list[An
             e.requires_grad_(True)
         if steps > 0:
             embed.output = interpolate(e, src_clean, src_corrupt, alpha, is_step)
-        xs_attn, xs_mlp, zs, attn_outs, mlp_outs, proj_outs, mlp_ins, weights = [], [], [], [], [], [], [], []
+        xs_attn, xs_mlp, zs, attn_outs, mlp_outs, weights = [], [], [], [], [], []
         targets = []
         for layer in range(n_layers):
             x = attn_norm[layer].input
             xs_attn.append(x)
-            outs, maps = [], []
+            maps = []
             for p in proj[layer]:
                 o = p.output
                 p.output = o.clone()  # the model may change it in place (OLMo): the gradient is the output's
-                outs.append(o)
                 targets.append(o)
                 maps.append(affine(p, d_model, o))
-            proj_outs.append(outs)
             weights.append(maps)
             zs.append(o_proj[layer].input)
             attn_outs.append(read(attn_out[layer], False))
             xs_mlp.append(x if mlp_norm[layer] is None else mlp_norm[layer].input)
             own = mlp[layer].input.clone()  # the MLP's own copy (its gradient is its own)
             mlp[layer].input = own
-            mlp_ins.append(own)
             targets.append(own)
             mlp_outs.append(read(mlp[layer], False))
         x_final = final.input
@@ -373,7 +384,9 @@ def attribute(model: Model, lay: Layout, plan: AttributionPlan, metrics: list[An
         for lo, hi, g_lo, g_hi in chunks:
             cr, kr = clean_rows[lo:hi].to(dev), corrupt_rows[lo:hi].to(dev)
             gr = grad_rows[g_lo:g_hi].to(dev)
-            gw = grad_weights[lo:hi, g_lo:g_hi].to(dev, x_final.dtype)  # averages each example's gradient rows
+            gw = grad_weights[lo:hi, g_lo:g_hi].to(
+                dev, x_final.dtype
+            )  # averages each example's gradient rows
             diffs = [(xs_attn[0][cr] - xs_attn[0][kr]).detach().unsqueeze(0)]
             total = xs_attn[0][cr].detach()
             receiver_grads = []
@@ -399,7 +412,9 @@ def attribute(model: Model, lay: Layout, plan: AttributionPlan, metrics: list[An
                 at += n_proj + 1
                 receiver_grads.append(torch.einsum("rgtd,ng->rntd", per_row, gw.to(per_row.dtype)))
             xf = x_final.detach()[cr]
-            checks[n_layers] = torch.maximum(checks[n_layers], torch.stack([(total - xf).abs().max(), xf.abs().max()]).float())
+            checks[n_layers] = torch.maximum(
+                checks[n_layers], torch.stack([(total - xf).abs().max(), xf.abs().max()]).float()
+            )
             gf = grads[at]
             gf = torch.zeros_like(x_final[gr]) if gf is None else gf.detach()[gr]
             receiver_grads.append(torch.einsum("gtd,ng->ntd", gf, gw.to(gf.dtype)).unsqueeze(0))
@@ -412,9 +427,14 @@ def attribute(model: Model, lay: Layout, plan: AttributionPlan, metrics: list[An
                 while r_lo < r0 + g.shape[0]:
                     s_hi = senders_before(r_lo, n_layers, n_heads, n_kv, parallel)
                     r_hi = r_lo + 1
-                    while r_hi < r0 + g.shape[0] and senders_before(r_hi, n_layers, n_heads, n_kv, parallel) == s_hi:
+                    while (
+                        r_hi < r0 + g.shape[0]
+                        and senders_before(r_hi, n_layers, n_heads, n_kv, parallel) == s_hi
+                    ):
                         r_hi += 1
-                    prod = torch.einsum("sntd,rntd->srnt", d_all[:s_hi], g[r_lo - r0 : r_hi - r0].to(d_all.dtype))
+                    prod = torch.einsum(
+                        "sntd,rntd->srnt", d_all[:s_hi], g[r_lo - r0 : r_hi - r0].to(d_all.dtype)
+                    )
                     score_sum[:s_hi, r_lo:r_hi] += torch.einsum("srnt,ntc->src", prod.float(), w_c)
                     r_lo = r_hi
                 r0 += g.shape[0]
@@ -441,8 +461,12 @@ class MixedPlan:
     ref_rows: torch.Tensor  # [M]
     circ: torch.Tensor  # [M]: which circuit
     ex: torch.Tensor  # [M]: which example
-    edges: torch.Tensor  # [E, 4] int32: (circuit, sender, receiver, 0 = every position | 1 + column), or [0, 4]
-    packed: torch.Tensor  # the same as a bitmask of [C, S, R, 1 + n_cols] (numpy packbits), when that is smaller
+    edges: (
+        torch.Tensor
+    )  # [E, 4] int32: (circuit, sender, receiver, 0 = every position | 1 + column), or [0, 4]
+    packed: (
+        torch.Tensor
+    )  # the same as a bitmask of [C, S, R, 1 + n_cols] (numpy packbits), when that is smaller
     places: torch.Tensor  # [N, 1 + n_cols, T]
     n_circuits: int
     invert: bool
@@ -576,7 +600,9 @@ def mixed(model: Model, lay: Layout, plan: MixedPlan, metrics: list[Any]) -> dic
                 new_in[mr] = m_norm(built).to(inp.dtype)
                 mlp[layer].input = new_in
             mo = read(mlp[layer], False)
-            blocks.append((1 + layer * per_s + n_heads, (mo[mr] * scale[layer] - mo[rr] * scale[layer]).unsqueeze(1)))
+            blocks.append(
+                (1 + layer * per_s + n_heads, (mo[mr] * scale[layer] - mo[rr] * scale[layer]).unsqueeze(1))
+            )
         r = n_layers * per_r
         keep = keep_rows(K, ci, P, ei, invert, n_senders, r, r + 1)
         full = keep.amin(dim=1) > 0.5

@@ -150,7 +150,9 @@ def edge_attribution(
             corrupt_m[idx] = out["corrupt"].numpy()
             done += len(idx)
         _report(progress, 1.0, f"{len(ds)}/{len(ds)} examples ({method})")
-    return make_graph(model, ds, m, lay, al, total / len(ds), clean_m, corrupt_m, method, n_steps, by_position)
+    return make_graph(
+        model, ds, m, lay, al, total / len(ds), clean_m, corrupt_m, method, n_steps, by_position
+    )
 
 
 def make_graph(

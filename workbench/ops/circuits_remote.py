@@ -59,7 +59,9 @@ def edge_attribution_remote(
         runner = Runner(model, ds, m, align, corrupt=True, progress=None, cancel=cancel)
         al = runner.al
         positions = al.positions if by_position else None
-        plan = traced.attribution_plan(_pairs(runner), pad_id(model.tokenizer), n_steps, positions, lay, model.d_model)
+        plan = traced.attribution_plan(
+            _pairs(runner), pad_id(model.tokenizer), n_steps, positions, lay, model.d_model
+        )
         check_cancel(cancel)
         _report(progress, 0.0, f"{len(ds)} examples ({method}) in one request")
         out = traced.attribute(model, lay, plan, runner.bound)
@@ -72,7 +74,9 @@ def edge_attribution_remote(
     return make_graph(model, ds, m, lay, al, mean, clean_m, corrupt_m, method, n_steps, by_position)
 
 
-MIXED_BYTES = 4 << 30  # the server memory one request's mixed rows may hold in sender outputs ([S, T, d] per row)
+MIXED_BYTES = (
+    4 << 30
+)  # the server memory one request's mixed rows may hold in sender outputs ([S, T, d] per row)
 
 
 def _requests(n_examples: int, n_circuits: int, row_bytes: int) -> list[tuple[list[int], list[int]]]:
@@ -144,7 +148,7 @@ def faithfulness_remote(
 ) -> Faithfulness:
     """`wb.faithfulness` in one request."""
     raw, clean_m, corrupt_m = faithfulness_runs_remote(model, ds, [circuit], m, align, progress, cancel)
-    return _faithfulness_value(model, m, circuit, raw[0], clean_m, corrupt_m, align)
+    return _faithfulness_value(model, m, circuit, raw[0], clean_m, corrupt_m, align, ds)
 
 
 def edge_patch_remote(
@@ -157,5 +161,7 @@ def edge_patch_remote(
     cancel: threading.Event | None,
 ) -> Faithfulness:
     """`wb.edge_patch` in one request: the corrupt run with the circuit's edges carrying their clean output."""
-    raw, clean_m, corrupt_m = _mixed(model, ds, [circuit], m, align, progress, cancel, "corrupt", True, "edge patch")
-    return edge_patch_value(model, m, circuit, raw[0], clean_m, corrupt_m, align)
+    raw, clean_m, corrupt_m = _mixed(
+        model, ds, [circuit], m, align, progress, cancel, "corrupt", True, "edge patch"
+    )
+    return edge_patch_value(model, m, circuit, raw[0], clean_m, corrupt_m, align, ds)
