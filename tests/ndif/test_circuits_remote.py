@@ -11,7 +11,7 @@ import pytest
 
 import workbench as wb
 
-from .test_workbench_remote import models, requests  # noqa: F401  (fixtures)
+from .test_workbench_remote import KEY, models, requests  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.ndif
 
@@ -62,6 +62,8 @@ def test_eap_matches_the_local_engine_in_one_request(models, requests, local_gra
     assert len(requests) == 1  # every example's forward and backward, the scores summed on the server
     _same_graph(g, local_graph, "EAP")
     assert g.top(10).edges == local_graph.top(10).edges
+    code = g.to_code()
+    assert "def attribute" in code and KEY not in code and KEY not in repr(g)
 
 
 def test_eap_ig_matches_the_local_engine_in_one_request(models, requests) -> None:  # noqa: F811
