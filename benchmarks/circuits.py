@@ -335,7 +335,8 @@ def report(args, model, width, units, runs, out, diffs, ref, load_start, load_en
         f"{g.corrupt_mean:.2f}. The unit: one plain batched forward of the {args.n} clean prompts "
         f"(`model.hf(ids, logits_to_keep=1)`, no grad), median of {len(units)} runs measured before every contender: "
         f"**{u_wall * 1e3:.0f} ms wall, {u_cpu * 1e3:.0f} ms CPU**. Forward-pass equivalents per example = time / unit "
-        "(CPU time: steadier than wall on a busy machine). Peak = RSS above the start of the op.",
+        "(CPU time: steadier than wall on a busy machine). Peak = RSS above the start of the op (0: the op ran "
+        "within memory the process already held from the ops before it).",
         "",
         "| contender | wall s | CPU s | fwd-equiv / example (CPU) | (wall) | target | peak MB |",
         "|---|---|---|---|---|---|---|",
