@@ -11,7 +11,7 @@ PORT ?= 8888
 DEMO_DIR ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint js js-test browser-deps bench bench-trace bench-patchscope bench-steer bench-fv bench-remote install clean ndif-test docs wheel
+.PHONY: demo test lint js js-test browser-deps bench bench-trace bench-patchscope bench-steer bench-fv bench-circuits bench-remote install clean ndif-test docs wheel
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -83,6 +83,12 @@ bench-trace: install
 FV_ARGS ?=
 bench-fv: install
 	$(PY) benchmarks/function_vectors.py $(FV_ARGS)
+
+# Issue 17: EAP, EAP-IG and faithfulness over 32 IOI pairs in forward-pass equivalents, and the EAP-IG reference
+# hook loop on the same model (ratio, scores equal); writes benchmarks/results_circuits.md. E.g. CIRCUITS_ARGS="--reps 2".
+CIRCUITS_ARGS ?=
+bench-circuits: install
+	$(PY) benchmarks/circuits.py $(CIRCUITS_ARGS)
 
 # Issue 15: a patchscope over every source state vs one plain-hook forward per state (forward-pass equivalents).
 bench-patchscope: install

@@ -32,6 +32,7 @@ LOCAL = [
     "05_attention_and_induction.ipynb",
     "06_steering.ipynb",
     "08_function_vectors.ipynb",
+    "09_circuits_from_data.ipynb",
 ]
 REMOTE = "07_remote.ipynb"
 CELL_TIMEOUT = int(os.environ.get("WORKBENCH_NOTEBOOK_CELL_TIMEOUT", "600"))
