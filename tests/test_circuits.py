@@ -306,3 +306,18 @@ def test_by_position_circuit_faithfulness(family):
     want = ref.reference_edge_ablation(model.hf, model.tokenizer, CLEAN, CORRUPT, _ref_metric(model), kept)
     assert f.raw == pytest.approx(want, abs=1e-4)
     assert f.raw != pytest.approx(gp.corrupt_mean, abs=1e-4)  # the circuit does something
+
+
+def test_curve_uses_the_graph_metric_by_default():
+    """The contract's call: wb.faithfulness_curve(model, ds, g, sizes=[...]) without metric=."""
+    import pickle
+
+    model = tiny("llama")
+    ds = wb.Dataset(clean=[CLEAN], corrupt=[CORRUPT], target=TARGET, foil=FOIL)
+    g = wb.edge_attribution(model, ds, metric=wb.logit_diff())
+    curve = wb.faithfulness_curve(model, ds, g, sizes=[10, 50])
+    again = wb.faithfulness_curve(model, ds, g, metric=wb.logit_diff(), sizes=[10, 50])
+    np.testing.assert_allclose(curve.values, again.values, atol=1e-6)
+    assert pickle.loads(pickle.dumps(g)).metric is not None
+    custom = wb.edge_attribution(model, ds, metric=lambda logits: logits[:, 5] - logits[:, 7])
+    assert pickle.loads(pickle.dumps(custom)).metric is None  # a lambda metric does not pickle: dropped

@@ -137,7 +137,18 @@ class Graph(Figured, Coded):
     n_kv_heads: int
     model_key: tuple = ()
     dataset_key: tuple = ()
+    metric: Any = field(default=None, compare=False)  # the Metric it was found with (the curve's default)
     _code: Callable[[], str] = field(default=lambda: "")
+
+    def __getstate__(self) -> dict[str, Any]:
+        import pickle
+
+        state = super().__getstate__()
+        try:
+            pickle.dumps(state.get("metric"))
+        except Exception:  # a metric built on a lambda: the graph pickles without it (pass metric= again)
+            state["metric"] = None
+        return state
 
     # ----------------------------------------------------------------- structure
     @property

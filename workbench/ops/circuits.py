@@ -180,6 +180,7 @@ def make_graph(
         n_kv_heads=model.n_kv_heads,
         model_key=model_key(model),
         dataset_key=dataset_key(ds),
+        metric=m,
     )
     graph._code = lambda: _code("edge_attribution", model, m, options, graph=graph, dataset=ds)
     return graph
@@ -375,7 +376,9 @@ def faithfulness_curve(
             "faithfulness_curve(model, dataset, graph): graph is wb.edge_attribution's result."
         )
     check_graph(model, ds, graph)
-    m = as_metric(metric if metric is not None else _graph_metric(graph))
+    m = as_metric(
+        metric if metric is not None else graph.metric if graph.metric is not None else _graph_metric(graph)
+    )
     align = align or graph.options.get("align", "exact")
     try:
         ns = sorted({int(s) for s in sizes})
