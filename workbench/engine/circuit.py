@@ -664,9 +664,9 @@ def mixed(
         else:
             out = stream_cur.unsqueeze(0).expand(r_hi - r_lo, *stream_cur.shape).clone()
             sign, use, which = -1.0, ~k, dropped
-        for s in which.tolist():
-            w = use[:, s].permute(1, 0, 2).unsqueeze(-1).to(out.dtype)  # [n_r, B, T, 1]
-            out.add_(w * deltas[s].unsqueeze(0), alpha=sign)
+        if len(which):  # one batched contraction over the named senders
+            w = use[:, which].to(out.dtype)  # [B, s, n_r, T]
+            out.add_(torch.einsum("bsrt,sbtd->rbtd", w, deltas[which]), alpha=sign)
         f = full[:, r_lo:r_hi].permute(1, 0, 2).unsqueeze(-1)  # [n_r, B, T, 1]
         return torch.where(f, stream_cur.unsqueeze(0), out)
 
