@@ -321,3 +321,20 @@ def test_curve_uses_the_graph_metric_by_default():
     assert pickle.loads(pickle.dumps(g)).metric is not None
     custom = wb.edge_attribution(model, ds, metric=lambda logits: logits[:, 5] - logits[:, 7])
     assert pickle.loads(pickle.dumps(custom)).metric is None  # a lambda metric does not pickle: dropped
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox", "phi", "gemma", "olmo", "qwen3", "granite"])
+def test_norm_vjp_closed_form_equals_autograd(family):
+    """The engine's closed-form LayerNorm / RMSNorm gradient is used (verified) and equals autograd's."""
+    from workbench.engine import circuit as engine
+
+    model = tiny(family)
+    block = engine._blocks(model)[0]
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, model.d_model) * 3 + 0.5
+    grads = torch.randn(4, 2, 5, model.d_model)
+    assert engine._norm_form(block.attn_norm, x) is not None, f"{family}: closed form not used"
+    with torch.enable_grad():
+        xr = x.unsqueeze(0).expand(4, *x.shape).clone().requires_grad_(True)
+        (want,) = torch.autograd.grad(block.attn_norm.forward(xr), xr, grads)
+    assert_close(engine._norm_vjp(block.attn_norm, x, grads), want, atol=1e-5, what=f"{family} norm vjp")

@@ -414,8 +414,51 @@ def raise_unless_additive(model: Model, checks: Sequence[tuple[float, float]]) -
         )
 
 
+def _normalised(x: torch.Tensor, centred: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_hat, scale [.., 1]): LayerNorm's (x - mean) / sqrt(var + eps), or RMSNorm's x / sqrt(mean(x^2) + eps)."""
+    xc = x - x.mean(-1, keepdim=True) if centred else x
+    scale = torch.sqrt((xc * xc).mean(-1, keepdim=True) + eps)
+    return xc / scale, scale
+
+
+def _norm_form(norm: torch.nn.Module, x: torch.Tensor) -> tuple | None:
+    """(centred, x_hat, scale, gain) of a LayerNorm / RMSNorm module at the point x, so that norm(x) =
+    gain * x_hat + bias, verified on x itself (None: not such a norm, or not verified: use autograd)."""
+    name = type(norm).__name__
+    if isinstance(norm, torch.nn.LayerNorm) or ("LayerNorm" in name and "RMS" not in name):
+        centred = True
+    elif "RMSNorm" in name:
+        centred = False
+    else:
+        return None
+    eps = next((v for a in ("variance_epsilon", "eps", "epsilon") if isinstance(v := getattr(norm, a, None), float)),
+               1e-5)  # fmt: skip
+    d = x.shape[-1]
+    with torch.no_grad():
+        probe = torch.ones(1, d, dtype=x.dtype)
+        probe[:, 1::2] = -1.0
+        bias = norm.forward(torch.zeros(1, d, dtype=x.dtype))[0]  # x_hat(0) = 0
+        p_hat, _ = _normalised(probe, centred, eps)
+        gain = (norm.forward(probe)[0] - bias) / p_hat[0]
+        x_hat, scale = _normalised(x, centred, eps)
+        y = norm.forward(x)
+        if not torch.allclose(gain * x_hat + bias, y, rtol=1e-4, atol=1e-5 * (1.0 + float(y.abs().max()))):
+            return None
+    return centred, x_hat, scale, gain
+
+
 def _norm_vjp(norm: torch.nn.Module, x: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-    """[R, B, T, d]: each of R gradients at the norm's output taken back to its input, at the point x."""
+    """[R, B, T, d]: each of R gradients at the norm's output taken back to its input, at the point x.
+    LayerNorm / RMSNorm in closed form (h = gain * g; (h - mean h - x_hat mean(h x_hat)) / scale, without the
+    mean term for RMSNorm), verified against the module at x; any other norm by autograd through the module."""
+    form = _norm_form(norm, x.detach())
+    if form is not None:
+        centred, x_hat, scale, gain = form
+        h = grads.to(x_hat.dtype) * gain
+        out = h - x_hat * (h * x_hat).mean(-1, keepdim=True)
+        if centred:
+            out = out - h.mean(-1, keepdim=True)
+        return out / scale
     with torch.enable_grad():
         xr = x.detach().unsqueeze(0).expand(grads.shape[0], *x.shape).clone().requires_grad_(True)
         y = norm.forward(xr)
@@ -589,18 +632,22 @@ def attribute(
     n_b, n_t = mask.shape
     shape = (n_b, lay.n_senders, lay.n_receivers) + ((n_t,) if by_position else ())
     scores = torch.zeros(shape, dtype=torch.float32)
+    # Receivers in blocks of a few layers (about 100 at a time): one matmul per block against the senders
+    # below its top receiver. Entries of senders above a receiver are computed too and are not edges (the
+    # caller masks them with `Layout.valid`); wider blocks make the contraction compute-bound, not memory-bound.
+    per_block = max(1, 96 // lay.per_layer_receivers)
     r0 = 0
-    for g in grads:
+    for at in range(0, len(grads), per_block):
+        block = grads[at : at + per_block]
+        g = torch.cat(block) if len(block) > 1 else block[0]
         n_r = g.shape[0]
-        # receivers of one layer: the attention ones share a prefix of senders, the MLP may see its heads
-        for lo, hi in _prefix_groups(lay, r0, n_r):
-            s_hi = lay.senders_before(lo)
-            ds, gs = d[:, :s_hi], g[lo - r0 : hi - r0].transpose(0, 1)  # [B, s, T, d], [B, r, T, d]
-            if by_position:
-                scores[:, :s_hi, lo:hi] = torch.einsum("bstd,brtd->bsrt", ds, gs).float()
-            else:
-                flat = gs.reshape(n_b, hi - lo, -1).transpose(1, 2)  # [B, T d, r]
-                scores[:, :s_hi, lo:hi] = torch.bmm(ds.reshape(n_b, s_hi, -1), flat).float()
+        s_hi = max(lay.senders_before(r) for r in range(r0, r0 + n_r))
+        ds, gs = d[:, :s_hi], g.transpose(0, 1)  # [B, s, T, d], [B, r, T, d]
+        if by_position:
+            scores[:, :s_hi, r0 : r0 + n_r] = torch.einsum("bstd,brtd->bsrt", ds, gs).float()
+        else:
+            flat = gs.reshape(n_b, n_r, -1).transpose(1, 2)  # [B, T d, r]
+            scores[:, :s_hi, r0 : r0 + n_r] = torch.bmm(ds.reshape(n_b, s_hi, -1), flat).float()
         r0 += n_r
     with torch.no_grad():
         ref = (ref_logits if ref_logits is not None else clean.logits).detach()
@@ -609,18 +656,6 @@ def attribute(
     return {"scores": scores, "clean": clean_m, "corrupt": corrupt_m}
 
 
-def _prefix_groups(lay: Layout, r0: int, n_r: int) -> list[tuple[int, int]]:
-    """Runs of consecutive receivers in [r0, r0 + n_r) that see the same senders."""
-    groups: list[tuple[int, int]] = []
-    for r in range(r0, r0 + n_r):
-        if groups and lay.senders_before(groups[-1][0]) == lay.senders_before(r):
-            groups[-1] = (groups[-1][0], r + 1)
-        else:
-            groups.append((r, r + 1))
-    return groups
-
-
-# --------------------------------------------------------------------------------------- mixed runs
 def mixed(
     model: Model,
     base: dict[str, torch.Tensor],
