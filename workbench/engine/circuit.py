@@ -621,14 +621,19 @@ def attribute(
     assert acc is not None and clean is not None and corrupt is not None
     grads = [a / len(alphas) for a in acc]
     check_additive(blocks, clean, model)
-    # senders' clean - corrupt outputs [S, B, T, d], pad positions zero
-    diff = [(clean.x_attn[0] - corrupt.x_attn[0]).detach().unsqueeze(0)]
-    for c, k in zip(
-        sender_outputs(blocks, clean, lay.n_heads), sender_outputs(blocks, corrupt, lay.n_heads), strict=True
-    ):
-        diff.append(c - k)
-    # [B, S, T, d], one copy: a prefix of senders is then a view, and each group of receivers one batched matmul
-    d = (torch.cat(diff) * mask[None, :, :, None]).transpose(0, 1).contiguous()
+    # senders' clean - corrupt outputs, written once into [B, S, T, d] (a prefix of senders is then a view, and
+    # each block of receivers one batched matmul); a head's is W_O,h (z_clean - z_corrupt), pad positions zero
+    x0 = clean.x_attn[0]
+    d = torch.empty((x0.shape[0], lay.n_senders, *x0.shape[1:]), dtype=x0.dtype)
+    d[:, 0] = (clean.x_attn[0] - corrupt.x_attn[0]).detach()
+    for layer, blk in enumerate(blocks):
+        dz = (clean.z[layer] - corrupt.z[layer]).detach()
+        at = lay.head(layer, 0)
+        d[:, at : at + lay.n_heads] = (
+            torch.einsum("bthk,hkd->bhtd", dz.view(*dz.shape[:2], lay.n_heads, -1), blk.w_o) * blk.scale
+        )
+        d[:, lay.mlp(layer)] = (clean.mlp_out[layer] - corrupt.mlp_out[layer]).detach() * blk.scale
+    d.mul_(mask[:, None, :, None])
     n_b, n_t = mask.shape
     shape = (n_b, lay.n_senders, lay.n_receivers) + ((n_t,) if by_position else ())
     scores = torch.zeros(shape, dtype=torch.float32)
