@@ -338,3 +338,67 @@ def test_norm_vjp_closed_form_equals_autograd(family):
         xr = x.unsqueeze(0).expand(4, *x.shape).clone().requires_grad_(True)
         (want,) = torch.autograd.grad(block.attn_norm.forward(xr), xr, grads)
     assert_close(engine._norm_vjp(block.attn_norm, x, grads), want, atol=1e-5, what=f"{family} norm vjp")
+
+
+def test_in_place_metric_is_harmless():
+    """A metric that edits the logits it gets in place gives the same graph and faithfulness as a pure one."""
+    model = tiny("llama")
+    t, f = model.token_id(TARGET), model.token_id(FOIL)
+
+    def pure(logits):
+        return logits[:, t] - logits[:, f]
+
+    def in_place(logits):
+        logits[:, t] += 1.0  # edits the logits it was given (a reused tensor would drift by 1 per use)
+        return logits[:, t] - 1.0 - logits[:, f]
+
+    a = wb.edge_attribution(model, CLEAN, CORRUPT, metric=pure)
+    b = wb.edge_attribution(model, CLEAN, CORRUPT, metric=in_place)
+    np.testing.assert_allclose(np.nan_to_num(b.matrix), np.nan_to_num(a.matrix), atol=1e-5)
+    assert b.clean_mean == pytest.approx(a.clean_mean, abs=1e-5)
+    fa = wb.faithfulness(model, CLEAN, a.top(30), CORRUPT, metric=pure)
+    fb = wb.faithfulness(model, CLEAN, a.top(30), CORRUPT, metric=in_place)
+    assert fb.raw == pytest.approx(fa.raw, abs=1e-5) and fb.clean == pytest.approx(fa.clean, abs=1e-5)
+
+
+def test_another_thread_using_the_model():
+    """While edge_attribution runs (its hooks in place), another thread's submodule call computes its true
+    numbers and its whole-model forward waits; the graph equals one computed alone."""
+    import threading
+
+    model = wb.testing.tiny_model("llama", seed=5)
+    m = _metric(model)
+    alone = wb.edge_attribution(model, CLEAN, CORRUPT, metric=m)
+    ids = model.to_tokens(CLEAN)
+    with torch.no_grad():
+        want = model.hf(ids).logits.clone()
+        x = torch.randn(3, model.d_model)
+        want_q = model.hf.model.layers[1].self_attn.q_proj(x).clone()
+    seen: dict = {}
+
+    def progress(_fraction, _message):
+        if seen:
+            return
+        box: dict = {}
+
+        def sub():
+            with torch.no_grad():
+                box["q"] = model.hf.model.layers[1].self_attn.q_proj(x).clone()
+
+        def whole():
+            with torch.no_grad():
+                box["logits"] = model.hf(ids).logits.clone()
+
+        t1, t2 = threading.Thread(target=sub), threading.Thread(target=whole)
+        t1.start()
+        t1.join(30)
+        t2.start()
+        t2.join(0.3)
+        seen.update(box=box, waiting=t2.is_alive(), thread=t2)
+
+    busy = wb.edge_attribution(model, CLEAN, CORRUPT, metric=m, progress=progress)
+    seen["thread"].join(30)
+    np.testing.assert_array_equal(np.nan_to_num(busy.matrix), np.nan_to_num(alone.matrix))
+    assert seen["waiting"], "the other thread's forward ran while the op held the model"
+    torch.testing.assert_close(seen["box"]["q"], want_q)
+    torch.testing.assert_close(seen["box"]["logits"], want)

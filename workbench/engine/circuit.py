@@ -563,7 +563,10 @@ def _metric_sum(
     b: Batch, logits: torch.Tensor, clean_logits: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     values = torch.stack(
-        [m(logits[i : i + 1], clean_logits[i].detach().clone())[0].float() for i, m in enumerate(b.metrics)]
+        [
+            m(logits[i : i + 1].clone(), clean_logits[i].detach().clone())[0].float()
+            for i, m in enumerate(b.metrics)
+        ]
     )
     return values.sum(), values.detach()
 
@@ -781,6 +784,9 @@ def mixed(
         finally:
             handle.remove()
         values = torch.stack(
-            [m(run.logits[i : i + 1], clean_logits[i].clone())[0].float() for i, m in enumerate(metrics)]
+            [
+                m(run.logits[i : i + 1].clone(), clean_logits[i].clone())[0].float()
+                for i, m in enumerate(metrics)
+            ]
         )
     return values

@@ -291,8 +291,8 @@ def _faithfulness_runs(
             ref = corrupt_run.logits if known is not None else engine.forward(model, blocks, b.clean).logits
         if known is None:
             for j, i in enumerate(idx):
-                clean_m[i] = float(b.metrics[j](ref[j : j + 1], ref[j].clone())[0])
-                corrupt_m[i] = float(b.metrics[j](corrupt_run.logits[j : j + 1], ref[j].clone())[0])
+                clean_m[i] = float(b.metrics[j](ref[j : j + 1].clone(), ref[j].clone())[0])
+                corrupt_m[i] = float(b.metrics[j](corrupt_run.logits[j : j + 1].clone(), ref[j].clone())[0])
         step += 1
         for ci, c in enumerate(circuits):
             check_cancel(cancel)
@@ -476,8 +476,8 @@ def edge_patch(
             values = engine.mixed(model, b.corrupt, clean_run, keep, b.metrics, lay, ref, cancel)
             raw[idx] = values.numpy()
             for j, i in enumerate(idx):
-                clean_m[i] = float(b.metrics[j](ref[j : j + 1], ref[j].clone())[0])
-                corrupt_m[i] = float(b.metrics[j](corrupt_run.logits[j : j + 1], ref[j].clone())[0])
+                clean_m[i] = float(b.metrics[j](ref[j : j + 1].clone(), ref[j].clone())[0])
+                corrupt_m[i] = float(b.metrics[j](corrupt_run.logits[j : j + 1].clone(), ref[j].clone())[0])
     return edge_patch_value(model, m, c, raw, clean_m, corrupt_m, align, ds)
 
 
