@@ -673,12 +673,14 @@ def mixed(
     lay: Layout,
     clean_logits: torch.Tensor,
     cancel: threading.Event | None = None,
+    blocks: list[_Block] | None = None,
 ) -> torch.Tensor:
     """The metric [B] of the base input run with every receiver's input = the reference run's stream + the sum,
     over the edges kept (keep [B, S, R, T] bool, per example and position), of (sender's current output - its
     reference output); a receiver that keeps every edge at a position reads its own stream there unchanged.
-    `reference` is the reference inputs or their recorded run (`forward`), to share one run between calls."""
-    blocks = _blocks(model)
+    `reference` is the reference inputs or their recorded run (`forward`), to share one run between calls;
+    `blocks` the weights that run was recorded with (read again when not given)."""
+    blocks = blocks if blocks is not None else _blocks(model)
     if isinstance(reference, Run):
         ref = reference
     else:

@@ -302,7 +302,7 @@ def _faithfulness_runs(
                 f"{label}: circuit {ci + 1}/{len(circuits)}, {idx[-1] + 1}/{n} examples",
             )
             keep = keep_mask(model, c, runner, idx, b.pads, width)
-            values = engine.mixed(model, b.clean, corrupt_run, keep, b.metrics, lay, ref, cancel)
+            values = engine.mixed(model, b.clean, corrupt_run, keep, b.metrics, lay, ref, cancel, blocks)
             raw[ci, idx] = values.numpy()
             step += 1
     return raw, clean_m, corrupt_m
@@ -473,7 +473,7 @@ def edge_patch(
             ref = clean_run.logits
             patched = keep_mask(model, c, runner, idx, b.pads, width)
             keep = ~patched & valid[None, :, :, None]
-            values = engine.mixed(model, b.corrupt, clean_run, keep, b.metrics, lay, ref, cancel)
+            values = engine.mixed(model, b.corrupt, clean_run, keep, b.metrics, lay, ref, cancel, blocks)
             raw[idx] = values.numpy()
             for j, i in enumerate(idx):
                 clean_m[i] = float(b.metrics[j](ref[j : j + 1].clone(), ref[j].clone())[0])
